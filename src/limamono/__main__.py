@@ -1,0 +1,5 @@
+"""`python -m limamono ...` runs the CLI (also under `accelerate launch -m limamono`)."""
+
+from limamono.cli import main
+
+main()

@@ -1,0 +1,46 @@
+"""The `limamono` command: a thin dispatch table over importable functions.
+
+Each command group lives in its own small module under ``limamono.cli`` and registers its
+commands on the one Typer app. Heavy libraries (torch, transformers) are imported inside
+the commands, so ``limamono --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="limamono",
+    help="Build, train, serve and evaluate Limamono-style roleplay models, and chat with them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """Build, train, serve and evaluate Limamono-style roleplay models, and chat with them."""
+    if version:
+        from limamono import __version__
+
+        typer.echo(f"limamono {__version__}")
+        raise typer.Exit()
+
+
+#: Command modules, each exposing ``register(app)``.
+COMMAND_MODULES = [
+    "limamono.cli.format_cmd",
+]
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,39 @@
+"""`limamono render` and `limamono presets export`: the prompt format from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from limamono.cli.common import fail, out
+
+
+def render_cmd(
+    file: Path = typer.Argument(..., help="Conversation file (.yaml or .jsonl; the first "
+                                          "conversation of a .jsonl)."),
+    open_response: bool = typer.Option(False, "--open", help="End with an open character "
+                                       "turn, as sent to the model for the next reply."),
+    length: str = typer.Option("long", "--length", help="Length label of the open turn."),
+    input_length: str | None = typer.Option(None, "--input-length", help="Length label for "
+                                            "user turns that have none."),
+    trigger: str = typer.Option("card", "--trigger", help="'card' (the model card's trigger "
+                                "phrase) or 'preset' (the published SillyTavern preset's)."),
+) -> None:
+    """Print the Limamono prompt of a conversation file."""
+    from limamono import conversation, format
+
+    try:
+        conv = conversation.load(file)[0]
+        text = format.render(conv, open_response=open_response, response_length=length,
+                             input_length=input_length, trigger=trigger)
+    except (conversation.ConversationError, format.FormatError) as exc:
+        fail(str(exc))
+    except IndexError:
+        fail(f"{file}: holds no conversation")
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the format commands to the CLI."""
+    app.command("render")(render_cmd)

@@ -1,0 +1,76 @@
+"""What every consumer of generation shares: the Engine protocol and the text-chunk types.
+
+The real engine (``limamono.engine.Engine``) implements this protocol; the server, the chat
+and the evaluation take any object that does, so their tests inject a scripted fake.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from limamono.samplers import SamplerSettings
+
+FinishReason = Literal["stop", "length", "cancelled"]
+Truncation = Literal["left", "error"]
+
+
+class ContextOverflowError(ValueError):
+    """The prompt does not fit the context and truncation was not allowed."""
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """One piece of streamed text (layer 2 of generation).
+
+    ``text`` never ends inside a UTF-8 character and never contains (part of) a stop string.
+    The last chunk of a stream has ``finish_reason`` set (its text may be empty).
+    """
+
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: The stop string that ended the reply, when ``finish_reason == "stop"`` by a string.
+    stop_string: str | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole reply (layer 3): the joined text and how it ended."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    stop_string: str | None = None
+
+
+class Engine(Protocol):
+    """A text generator with a tokenizer, as the chat, the server and the evaluation use it."""
+
+    model_name: str
+    context_length: int
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+        ...
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of token ids."""
+        ...
+
+    def stream_text(self, prompt: str, settings: SamplerSettings, max_new_tokens: int,
+                    stop: Sequence[str] = (), cancel: threading.Event | None = None,
+                    truncation: Truncation = "left") -> Iterator[TextChunk]:
+        """Stream the reply to ``prompt``; the last chunk carries the finish reason."""
+        ...
+
+    def generate(self, prompt: str, settings: SamplerSettings, max_new_tokens: int,
+                 stop: Sequence[str] = (), cancel: threading.Event | None = None,
+                 truncation: Truncation = "left") -> Completion:
+        """The whole reply to ``prompt``."""
+        ...
