@@ -34,6 +34,34 @@ def render_cmd(
     out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+presets_app = typer.Typer(help="SillyTavern presets for the Limamono format.",
+                          no_args_is_help=True)
+
+
+@presets_app.command("export")
+def presets_export_cmd(
+    directory: Path = typer.Argument(..., help="Folder to write the presets into (created)."),
+    trigger: str = typer.Option("card", "--trigger", help="'card' or 'preset' trigger phrase."),
+    preset: str = typer.Option("limamono", "--preset", help="Sampler preset for the "
+                               "text-completion preset."),
+) -> None:
+    """Write SillyTavern instruct, context, text-completion and master-import presets.
+
+    Import `Limamono.master.json` in SillyTavern (AI Response Formatting > Master Import), or
+    the three separate files. With them SillyTavern sends exactly the Limamono prompt. The
+    HF chat template (`chat_template.jinja`) is written beside them.
+    """
+    from limamono import presets
+
+    try:
+        written = presets.export(directory, trigger=trigger, preset=preset)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    for path in written:
+        out.print(str(path))
+
+
 def register(app: typer.Typer) -> None:
     """Add the format commands to the CLI."""
     app.command("render")(render_cmd)
+    app.add_typer(presets_app, name="presets")
