@@ -60,7 +60,7 @@ def sillytavern_prompt(conv: Conversation, instruct: dict, context: dict) -> str
     params = {"char": conv.character.name, "user": conv.user.name,
               "description": conv.character.description, "scenario": conv.scenario}
     story = _handlebars(context["story_string"], params).lstrip("\n")
-    if not (instruct["wrap"] is False):
+    if instruct["wrap"] is not False:
         story += "\n"
     join = "\n" if instruct["wrap"] else ""
     history = []
