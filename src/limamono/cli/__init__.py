@@ -35,6 +35,7 @@ def _root(
 #: Command modules, each exposing ``register(app)``.
 COMMAND_MODULES = [
     "limamono.cli.format_cmd",
+    "limamono.cli.card_cmd",
 ]
 
 for _name in COMMAND_MODULES:
