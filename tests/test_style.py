@@ -3,8 +3,29 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from limamono.style import Span, from_asterisk_style, is_action, split_spans
+from limamono.conversation import Character, Conversation, Message, User
+from limamono.style import (
+    RULES,
+    SEVERITIES,
+    TYPOGRAPHY_RULES,
+    Issue,
+    Rule,
+    Span,
+    StyleConfig,
+    apply_fixes,
+    from_asterisk_style,
+    is_action,
+    lint,
+    lint_card_data,
+    lint_conversation,
+    normalize,
+    normalize_conversation,
+    select_rules,
+    split_spans,
+)
 
 # --------------------------------------------------------------------------- spans
 
@@ -69,3 +90,146 @@ def test_is_action_thresholds() -> None:
     assert is_action("looks at you")
     with pytest.raises(ValueError, match="max_sound_words must be at least 1"):
         is_action("x", max_sound_words=0)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def _found(text: str, rule: str, **names: str) -> list[tuple[int, int]]:
+    return [(i.start, i.end) for i in lint(text, rules=[rule], **names)]
+
+
+def test_registry_ids_are_stable_and_complete() -> None:
+    assert list(RULES) == ["LM001", "LM002", "LM003", "LM004", "LM005", "LM010", "LM011",
+                           "LM012", "LM013", "LM020", "LM021", "LM022", "LM030", "LM040",
+                           "LM041", "LM042"]
+    assert [r for r in RULES if RULES[r].fixable] == list(TYPOGRAPHY_RULES)
+    assert RULES["LM021"] == Rule("LM021", "impersonation", "error", RULES["LM021"].description)
+    assert all(r.severity in SEVERITIES and r.description for r in RULES.values())
+
+
+@pytest.mark.parametrize(("rule", "text", "spans"), [
+    ("LM001", "\u201cHi,\u201d she said.", [(0, 1), (4, 5)]),
+    ("LM002", "It\u2019s \u2018fine\u2019.", [(2, 3), (5, 6), (10, 11)]),
+    ("LM003", "Well\u2026 no\u2026", [(4, 5), (8, 9)]),
+    ("LM004", "Wait ! Then ... nothing , ok ;", [(4, 5), (11, 12), (23, 24), (28, 29)]),
+    ("LM004", "Then ...later. Use .NET :D ok", []),
+    ("LM005", "She  left.   Then  ,", [(3, 5), (10, 13)]),
+    ("LM010", 'He said "go. "Now," she said.', [(18, 19)]),
+    ("LM010", '"Wait.\n\n"Go."', [(0, 1)]),
+    ("LM011", "_Is he lying? she thought. my_var is fine", [(0, 1)]),
+    ("LM011", "she thought_ nothing", [(11, 12)]),
+    ("LM012", "*thud* and *crash", [(11, 12)]),
+    ("LM012", "3 * 4 and 2*3 and * * *", []),
+    ("LM013", "He read ''Dune. Don't.", [(8, 10)]),
+    ("LM013", "He read ''Dune''. Don't.", []),
+    ("LM020", "Fine.\n### Input:\nmore", [(6, 16)]),
+    ("LM020", "Not a ### header", []),
+    ("LM030", "*She smiled and walked to the door.* *thud* *knock knock*", [(0, 36)]),
+    ("LM040", 'I walked in. "I am here," she said. _I hope._ We left.', [(0, 1), (46, 48)]),
+    ("LM041", 'You wake up. "You too." Your hands shake.', [(0, 3), (24, 28)]),
+    ("LM042", 'She walks in. He slowly turns. It was late. "She is." They are here. '
+              "She was, it seems.", [(0, 9), (14, 29), (54, 62), (78, 86)]),
+])
+def test_rule_offsets(rule: str, text: str, spans: list[tuple[int, int]]) -> None:
+    assert _found(text, rule) == spans
+
+
+def test_impersonation_depends_on_the_speaker() -> None:
+    text = "Ann: hello\nShe waited.\nBob: hi"
+    names = {"char_name": "Ann", "user_name": "Bob"}
+    assert [(i.rule, i.start, i.end) for i in lint(text, rules=["LM021", "LM022"], **names)] \
+        == [("LM022", 0, 4), ("LM021", 23, 27)]
+    as_user = lint(text, rules=["LM021", "LM022"], role="user", **names)
+    assert [(i.rule, i.start) for i in as_user] == [("LM021", 0), ("LM022", 23)]
+    assert lint(text, rules=["LM021", "LM022"]) == []  # no names, nothing to compare
+
+
+def test_present_tense_uses_the_speaker_names() -> None:
+    text = "Edda Varn walks to the door. Corin waits."
+    found = lint(text, rules=["present-tense-narration"], char_name="Edda Varn",
+                 user_name="Corin")
+    assert [(i.start, i.end) for i in found] == [(0, 15), (29, 40)]
+
+
+def test_issue_fields_and_rule_selection() -> None:
+    [item] = lint("Hi\u2026", rules=["ellipsis-character"])
+    assert item == Issue("LM003", "warning", "ellipsis character: write '...'", 2, 3, None, "...")
+    assert item.to_dict()["name"] == "ellipsis-character"
+    assert select_rules(["lm004", "repeated-spaces"]) == ["LM004", "LM005"]
+    with pytest.raises(ValueError, match="unknown style rule 'LM999'; known rules: LM001"):
+        select_rules(["LM999"])
+
+
+def test_max_sound_words_is_configurable() -> None:
+    text = "*drip tap ding bang*"
+    assert [i.rule for i in lint(text, rules=["LM030"])] == ["LM030"]
+    assert lint(text, rules=["LM030"], config=StyleConfig(max_sound_words=4)) == []
+    with pytest.raises(ValueError, match="max_sound_words must be at least 1, got 0"):
+        StyleConfig(max_sound_words=0)
+
+
+def test_clean_house_style_has_no_issues() -> None:
+    text = ('Edda looked up from her logbook. "Who\'s there?" _Not again._\n\n'
+            "*knock knock* The door rattled. She had read ''The Jungle Book'' twice...")
+    assert lint(text, char_name="Edda", user_name="Corin") == []
+
+
+# --------------------------------------------------------------------------- normalize
+
+_PROSE = st.text(alphabet="ab Z9 \t\n.,!?;:\"'_*-\u201c\u201d\u2018\u2019\u2026\u201e",
+                 max_size=60)
+
+
+def _skeleton(text: str) -> str:
+    """The text with the normalized characters mapped to ASCII and spaces dropped."""
+    table = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"',
+                           "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
+                           "\u2026": "...", " ": None, "\t": None})
+    return text.translate(table)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_PROSE, st.text(max_size=40)))
+def test_normalize_is_idempotent_and_only_touches_quotes_ellipses_spaces(text: str) -> None:
+    once, issues = normalize(text)
+    assert normalize(once) == (once, [])
+    assert apply_fixes(text, issues) == once  # the issues explain every change
+    assert _skeleton(once) == _skeleton(text)
+    assert lint(once, rules=list(TYPOGRAPHY_RULES)) == []
+
+
+def test_normalize_exact_result_and_issues_in_original_offsets() -> None:
+    text = "\u201cWait \u2026\u201d  she said , then left\u2026"
+    fixed, issues = normalize(text)
+    assert fixed == '"Wait..." she said, then left...'
+    assert [(i.rule, i.start, i.end) for i in issues] == [
+        ("LM001", 0, 1), ("LM004", 5, 6), ("LM003", 6, 7), ("LM001", 7, 8),
+        ("LM005", 8, 10), ("LM004", 18, 19), ("LM003", 30, 31)]
+    assert normalize("Don\u2019t.", rules=["LM003"]) == ("Don\u2019t.", [])
+
+
+def _conversation(*texts: tuple[str, str]) -> Conversation:
+    return Conversation(Character("Edda", "Keeper."), User("Corin"), "A storm.",
+                        [Message(role, text) for role, text in texts])  # type: ignore[arg-type]
+
+
+def test_lint_and_normalize_conversation_carry_message_index() -> None:
+    conv = _conversation(("char", 'She nodded. "Yes\u2026"'), ("user", "Edda: stop it."),
+                         ("char", "Corin: hi"))
+    found = [(i.message_index, i.rule, i.start) for i in lint_conversation(conv)]
+    assert found == [(0, "LM003", 16), (1, "LM021", 0), (2, "LM021", 0)]
+    fixed, issues = normalize_conversation(conv)
+    assert fixed.messages[0] == Message("char", 'She nodded. "Yes..."')
+    assert fixed.messages[1:] == conv.messages[1:]
+    assert [(i.message_index, i.rule) for i in issues] == [(0, "LM003")]
+    assert conv.messages[0].text.endswith('\u2026"')  # the input is not modified
+
+
+def test_lint_card_data_greetings_get_all_rules_sheet_fields_typography() -> None:
+    data = {"name": "Sera", "description": "Sera walks\u2026 *She smiles at you*",
+            "first_mes": "*She smiles at you* Hello.", "alternate_greetings": ["", "{{user}}: x"],
+            "mes_example": 123}
+    found = [(key, i.rule, i.start) for key, i in lint_card_data(data)]
+    assert found == [("first_mes", "LM030", 0), ("alternate_greetings[1]", "LM021", 0),
+                     ("description", "LM003", 10)]
