@@ -1,0 +1,518 @@
+"""Roleplay chat sessions: history with swipes, length control, context budget, guard.
+
+A ``ChatSession`` turns the chat history into a Limamono prompt (through ``format.render``,
+the only code that writes headers), streams the character's reply from any ``Engine`` and
+keeps every alternative reply as a swipe. The terminal chat, the demo and the tests drive
+it; ``limamono.store`` persists it. Nothing here prints.
+
+Decisions (the spec leaves them open):
+
+- Length labels: the open response gets ``response_length`` (default ``long``) and the
+  latest user message ``input_length`` (default ``tiny``); every other turn is labelled from
+  its word count with the dataset builder's bounds, so the prompt reads like training data.
+  A label set on a message (imported conversations) wins.
+- Context budget: ``engine.context_length - max_new_tokens`` prompt tokens. When the history
+  does not fit, the oldest messages are left out a quarter of the history at a time, and
+  the count only grows while the chat grows: the rendered prefix changes once per chunk
+  instead of every turn, so the engine's KV-cache reuse keeps working.
+- Impersonation guard: a reply ends where a line starts with ``{user}:`` or where a ``###``
+  header begins (also when the engine stopped there on a stop string); the kind of cut is
+  recorded on the swipe, for the UI and the metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from limamono import format as fmt
+from limamono.conversation import LENGTHS, Character, Conversation, Message, Role, User
+from limamono.generation import ContextOverflowError, Engine, TextChunk
+
+if TYPE_CHECKING:
+    from limamono.samplers import SamplerSettings
+
+#: Kinds of impersonation-guard cut: the user's turn, or a ``###`` header.
+Cut = Literal["user", "header"]
+
+
+class ChatError(ValueError):
+    """A chat operation that cannot be done in the session's current state."""
+
+
+@dataclass
+class Swipe:
+    """One alternative text of a message.
+
+    Attributes:
+        text: the text, without the ``Name: `` prefix.
+        cut: ``"user"`` or ``"header"`` when the impersonation guard ended the reply there.
+        finish_reason: how generation ended (``stop``, ``length``, ``cancelled``); None for
+            text a person wrote.
+        info: data kept from an imported file (SillyTavern ``swipe_info``), never rendered.
+    """
+
+    text: str
+    cut: Cut | None = None
+    finish_reason: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChatMessage:
+    """A message of the chat: who speaks and its alternatives (swipes).
+
+    Attributes:
+        role: ``char`` or ``user``.
+        swipes: the alternatives, at least one; ``swipe_id`` picks the one shown and rendered.
+        swipe_id: index into ``swipes``.
+        length: a fixed length label; None labels the message from its word count.
+        hidden: left out of the prompt (SillyTavern's ``is_system`` messages).
+        send_date: when it was written, as the source wrote it (ISO 8601 for new messages).
+        extra: fields of an imported file that limamono does not model, kept for export.
+    """
+
+    role: Role
+    swipes: list[Swipe]
+    swipe_id: int = 0
+    length: str | None = None
+    hidden: bool = False
+    send_date: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.swipes:
+            raise ChatError("a message needs at least one swipe")
+        if not 0 <= self.swipe_id < len(self.swipes):
+            raise ChatError(f"swipe_id {self.swipe_id} is out of range 0..{len(self.swipes) - 1}")
+
+    @classmethod
+    def of(cls, role: Role, text: str, **kwargs: Any) -> ChatMessage:
+        """A message with a single swipe."""
+        return cls(role, [Swipe(text)], **kwargs)
+
+    @property
+    def current(self) -> Swipe:
+        """The swipe shown and rendered."""
+        return self.swipes[self.swipe_id]
+
+    @property
+    def text(self) -> str:
+        """The text of the current swipe."""
+        return self.current.text
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """How a session builds prompts and generates.
+
+    Attributes:
+        max_new_tokens: the most tokens of one reply (reserved out of the context).
+        response_length: length label of the next reply (``long`` by default, card advice).
+        input_length: length label of the latest user message (``tiny``, card advice).
+        trigger: the trigger phrase: ``card``, ``preset`` or a literal phrase.
+        drop_fraction: share of the history left out at once when it does not fit.
+        length_bounds: word bounds of the labels of past turns (the dataset builder's).
+    """
+
+    max_new_tokens: int = 200
+    response_length: str = fmt.DEFAULT_RESPONSE_LENGTH
+    input_length: str = fmt.DEFAULT_INPUT_LENGTH
+    trigger: str = fmt.DEFAULT_TRIGGER
+    drop_fraction: float = 0.25
+    length_bounds: tuple[int, ...] = fmt.DEFAULT_LENGTH_BOUNDS
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ChatError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        for name in ("response_length", "input_length"):
+            if getattr(self, name) not in LENGTHS:
+                raise ChatError(f"{name} {getattr(self, name)!r} is not one of "
+                                f"{', '.join(LENGTHS)}")
+        if not 0 < self.drop_fraction <= 1:
+            raise ChatError(f"drop_fraction must be in (0, 1], got {self.drop_fraction}")
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """A prompt ready for the engine and what was left out to make it fit.
+
+    Attributes:
+        text: the prompt.
+        tokens: its length in the engine's tokens.
+        dropped: how many of the oldest messages are out of context.
+        budget: the most prompt tokens allowed (context length minus the reply's tokens).
+    """
+
+    text: str
+    tokens: int
+    dropped: int
+    budget: int
+
+
+@dataclass(frozen=True)
+class ReplyResult:
+    """How the last generation ended (set when its stream is exhausted or closed)."""
+
+    text: str
+    finish_reason: str
+    cut: Cut | None
+    prompt_tokens: int
+    completion_tokens: int
+    dropped: int
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+def thoughts(text: str) -> list[str]:
+    """The character's thoughts (``_..._`` spans) in a text, without the underscores."""
+    from limamono.style import split_spans
+
+    return [s.inner for s in split_spans(text) if s.kind == "thought"]
+
+
+def label_for_prompt(messages: Sequence[ChatMessage], config: ChatConfig,
+                     continuing: bool = False) -> list[Message]:
+    """The rendered form of the visible messages, each with its length label (see module doc).
+
+    Args:
+        messages: the messages to render (hidden ones already removed).
+        config: gives the input label and the word bounds.
+        continuing: the last message is a reply being continued: it keeps the
+            ``response_length`` label it was generated with.
+    """
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        length = m.length
+        if length is None:
+            if i == last_user:
+                length = config.input_length
+            elif continuing and i == len(messages) - 1:
+                length = config.response_length
+            else:
+                length = fmt.length_for_words(fmt.word_count(m.text), config.length_bounds)
+        out.append(Message(m.role, m.text, length))
+    return out
+
+
+def drop_chunk(history_size: int, fraction: float) -> int:
+    """How many messages to leave out at once: ``fraction`` of the history, at least one."""
+    return max(1, math.ceil(history_size * fraction))
+
+
+class ImpersonationGuard:
+    """Cuts a streamed reply where the model starts the user's turn or a header.
+
+    Text is held back while it could be the start of such a cut (``\\nUs`` or ``#``), so a
+    streaming UI never shows a fragment of the user's name that is then taken back.
+
+    Args:
+        user_name: the user's name.
+        at_line_start: the reply starts a line (a new reply, not a continuation): leading
+            whitespace is dropped and ``{user}:`` at the very start is a cut too.
+    """
+
+    def __init__(self, user_name: str, at_line_start: bool = True) -> None:
+        self._marker = f"{user_name}:"
+        name = re.escape(user_name)
+        start = "^" if at_line_start else "(?!)"
+        self._pattern = re.compile(rf"(?:{start}|\n)[ \t]*{name}:|###")
+        self._at_line_start = at_line_start
+        self.text = ""
+        self.emitted = 0
+        self.cut: Cut | None = None
+
+    def feed(self, chunk: str) -> str:
+        """Add streamed text; return the part that is safe to show now ("" once cut)."""
+        if self.cut is not None:
+            return ""
+        self.text += chunk
+        if self._at_line_start and self.emitted == 0:
+            stripped = self.text.lstrip()
+            self.text = stripped
+        match = self._pattern.search(self.text)
+        if match:
+            self.cut = "header" if match.group(0) == "###" else "user"
+            self.text = self.text[:match.start()].rstrip()
+            return self._emit(len(self.text))
+        return self._emit(self._safe_end())
+
+    def finish(self) -> str:
+        """The held-back rest at the end of the stream (nothing was cut after all)."""
+        self.text = self.text.rstrip()
+        return self._emit(len(self.text))
+
+    def _emit(self, end: int) -> str:
+        end = max(end, self.emitted)
+        piece = self.text[self.emitted:end]
+        self.emitted = end
+        return piece
+
+    def _safe_end(self) -> int:
+        text = self.text
+        end = len(text.rstrip())  # trailing space is dropped if the reply ends or is cut here
+        stripped = text.rstrip("#")
+        if len(text) - len(stripped) < 3:
+            end = min(end, len(stripped.rstrip()))
+        line_start = text.rfind("\n") + 1
+        if line_start > 0 or self._at_line_start:
+            tail = text[line_start:].lstrip(" \t")
+            if self._marker.startswith(tail):
+                end = min(end, max(line_start - 1, 0))
+        return end
+
+
+# --------------------------------------------------------------------------- the session
+
+class ChatSession:
+    """A roleplay chat with one character: history, prompts, generation, swipes, undo.
+
+    Args:
+        character: the character the model plays.
+        user: the user (name, optional persona).
+        engine: any ``Engine``; the session only calls ``tokenize``, ``context_length`` and
+            ``stream_text``.
+        settings: sampler settings passed to the engine as they are.
+        scenario: the sheet's ``Scenario:`` line.
+        history: the messages so far (e.g. the greeting).
+        config: prompt and generation settings.
+        on_change: called with the session after every change of the history (persistence).
+    """
+
+    def __init__(self, character: Character, user: User, engine: Engine,
+                 settings: SamplerSettings | None = None, scenario: str = "",
+                 history: Sequence[ChatMessage] = (), config: ChatConfig | None = None,
+                 on_change: Callable[[ChatSession], None] | None = None) -> None:
+        self.character = character
+        self.user = user
+        self.engine = engine
+        self.settings = settings
+        self.scenario = scenario
+        self.history: list[ChatMessage] = list(history)
+        self.config = config or ChatConfig()
+        self.on_change = on_change
+        self.dropped = 0
+        self.last_result: ReplyResult | None = None
+        self._undo: list[list[ChatMessage]] = []
+
+    @classmethod
+    def from_conversation(cls, conversation: Conversation, engine: Engine,
+                          settings: SamplerSettings | None = None,
+                          config: ChatConfig | None = None) -> ChatSession:
+        """A session that starts from a conversation file (its messages become the history)."""
+        history = [ChatMessage.of(m.role, m.text, length=m.length)
+                   for m in conversation.messages]
+        return cls(conversation.character, conversation.user, engine, settings,
+                   conversation.scenario, history, config)
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def response_length(self) -> str:
+        """Length label of the next reply."""
+        return self.config.response_length
+
+    @response_length.setter
+    def response_length(self, value: str) -> None:
+        self.config = replace(self.config, response_length=value)
+
+    @property
+    def input_length(self) -> str:
+        """Length label of the latest user message."""
+        return self.config.input_length
+
+    @input_length.setter
+    def input_length(self, value: str) -> None:
+        self.config = replace(self.config, input_length=value)
+
+    # ------------------------------------------------------------------ prompts
+
+    def conversation(self, messages: Sequence[ChatMessage] | None = None,
+                     continuing: bool = False) -> Conversation:
+        """The visible history as a labelled ``Conversation`` (what the prompt renders)."""
+        visible = [m for m in (self.history if messages is None else messages) if not m.hidden]
+        return Conversation(self.character, self.user, self.scenario,
+                            label_for_prompt(visible, self.config, continuing))
+
+    def build_prompt(self, messages: Sequence[ChatMessage] | None = None,
+                     open_response: bool = True, continuing: bool = False) -> PromptPlan:
+        """Render the prompt for the next reply, leaving out old messages until it fits.
+
+        Raises:
+            ContextOverflowError: even the Instruction block and the last message do not fit.
+        """
+        visible = [m for m in (self.history if messages is None else messages) if not m.hidden]
+        budget = self.engine.context_length - self.config.max_new_tokens
+        chunk = drop_chunk(len(visible), self.config.drop_fraction)
+        dropped = min(self.dropped, max(len(visible) - 1, 0))
+        while True:
+            conv = self.conversation(visible[dropped:], continuing)
+            text = fmt.render(conv, open_response=open_response,
+                              response_length=self.config.response_length,
+                              trigger=self.config.trigger)
+            tokens = len(self.engine.tokenize(text))
+            if tokens <= budget:
+                self.dropped = dropped
+                return PromptPlan(text, tokens, dropped, budget)
+            if dropped >= len(visible) - 1:
+                raise ContextOverflowError(
+                    f"the prompt needs {tokens} tokens but only {budget} fit (context "
+                    f"{self.engine.context_length} minus max_new_tokens "
+                    f"{self.config.max_new_tokens}); shorten the character sheet or the last "
+                    "message, or lower max_new_tokens")
+            dropped = min(dropped + chunk, len(visible) - 1)
+
+    # ------------------------------------------------------------------ generation
+
+    def send(self, text: str, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Add the user's message and stream the character's reply (see ``_stream_reply``)."""
+        if not text.strip():
+            raise ChatError("the message is empty")
+        self._checkpoint()
+        self.history.append(ChatMessage.of("user", text.strip(), send_date=_now()))
+        self._changed()
+        return self._stream_reply(cancel)
+
+    def reply(self, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Stream a new character message after the history as it is (e.g. the greeting)."""
+        self._checkpoint()
+        return self._stream_reply(cancel)
+
+    def regenerate(self, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Stream another alternative of the last reply, kept as a new swipe.
+
+        When the last message is the user's, this generates the missing reply instead.
+        """
+        self._checkpoint()
+        if self.history and self.history[-1].role == "char":
+            return self._stream_reply(cancel, swipe_of=self.history[-1])
+        return self._stream_reply(cancel)
+
+    def continue_reply(self, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Stream more text for the last reply, appended to its current swipe."""
+        if not self.history or self.history[-1].role != "char":
+            raise ChatError("there is no reply to continue (the last message is not the "
+                            "character's)")
+        self._checkpoint()
+        return self._stream_continuation(cancel)
+
+    def _stream_reply(self, cancel: threading.Event | None,
+                      swipe_of: ChatMessage | None = None) -> Iterator[str]:
+        context = self.history[:-1] if swipe_of is not None else self.history
+        plan = self.build_prompt(context, open_response=True)
+        guard = ImpersonationGuard(self.user.name, at_line_start=True)
+        result = yield from self._run(plan, guard, cancel)
+        swipe = Swipe(guard.text, guard.cut, result.finish_reason)
+        if swipe_of is None:
+            self.history.append(ChatMessage("char", [swipe], send_date=_now()))
+        else:
+            swipe_of.swipes.append(swipe)
+            swipe_of.swipe_id = len(swipe_of.swipes) - 1
+        self.last_result = replace(result, text=guard.text, cut=guard.cut)
+        self._changed()
+
+    def _stream_continuation(self, cancel: threading.Event | None) -> Iterator[str]:
+        message = self.history[-1]
+        plan = self.build_prompt(open_response=False, continuing=True)
+        guard = ImpersonationGuard(self.user.name, at_line_start=False)
+        result = yield from self._run(plan, guard, cancel)
+        old = message.current
+        message.swipes[message.swipe_id] = replace(
+            old, text=(old.text + guard.text).rstrip(), cut=guard.cut or old.cut,
+            finish_reason=result.finish_reason)
+        self.last_result = replace(result, text=guard.text, cut=guard.cut)
+        self._changed()
+
+    def _run(self, plan: PromptPlan, guard: ImpersonationGuard,
+             cancel: threading.Event | None) -> Iterator[str]:
+        """Stream through the guard; return the (unguarded) result when the stream ends."""
+        stop = fmt.stop_strings(self.user.name)
+        stream = self.engine.stream_text(plan.text, self.settings, self.config.max_new_tokens,
+                                         stop=stop, cancel=cancel)
+        last = TextChunk("", "cancelled")
+        try:
+            for chunk in stream:
+                last = chunk
+                piece = guard.feed(chunk.text)
+                if piece:
+                    yield piece
+                if guard.cut is not None:
+                    break
+                if chunk.stop_string is not None:
+                    guard.cut = "header" if chunk.stop_string.startswith("#") else "user"
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        rest = guard.finish()
+        if rest:
+            yield rest
+        reason = "stop" if guard.cut else (last.finish_reason or "cancelled")
+        return ReplyResult(guard.text, reason, guard.cut, last.prompt_tokens or plan.tokens,
+                           last.completion_tokens, plan.dropped)
+
+    # ------------------------------------------------------------------ editing
+
+    def choose_swipe(self, index: int, position: int = -1) -> ChatMessage:
+        """Show swipe ``index`` (0-based) of the message at ``position`` (default: the last)."""
+        message = self._message(position)
+        if not 0 <= index < len(message.swipes):
+            raise ChatError(f"swipe {index + 1} does not exist (the message has "
+                            f"{len(message.swipes)})")
+        self._checkpoint()
+        message.swipe_id = index
+        self._changed()
+        return message
+
+    def edit(self, text: str, position: int = -1) -> ChatMessage:
+        """Replace the text of the current swipe of a message (default: the last)."""
+        message = self._message(position)
+        if not text.strip():
+            raise ChatError("the new text is empty (use delete to remove a message)")
+        self._checkpoint()
+        message.swipes[message.swipe_id] = replace(message.current, text=text.strip(), cut=None)
+        self._changed()
+        return message
+
+    def delete(self, position: int = -1) -> ChatMessage:
+        """Remove a message (default: the last) and return it."""
+        self._message(position)
+        self._checkpoint()
+        removed = self.history.pop(position)
+        self.dropped = 0
+        self._changed()
+        return removed
+
+    def undo(self) -> bool:
+        """Go back to the history before the last change; False when there is nothing to undo."""
+        if not self._undo:
+            return False
+        self.history = self._undo.pop()
+        self.dropped = 0
+        self._changed()
+        return True
+
+    def _message(self, position: int) -> ChatMessage:
+        try:
+            return self.history[position]
+        except IndexError:
+            raise ChatError(f"there is no message {position} (the chat has "
+                            f"{len(self.history)})") from None
+
+    def _checkpoint(self) -> None:
+        self._undo.append(copy.deepcopy(self.history))
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
