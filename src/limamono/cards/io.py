@@ -89,7 +89,11 @@ def _read_png(data: bytes, name: str, limits: CardLimits) -> Card:
     text = png.find_card_text(chunks, name, limits)
     where = f"{text.keyword!r} chunk at byte {text.chunk.offset}"
     payload = decode_base64(text.payload, name, where)
-    card = card_from_json(parse_json(payload, f"{name} ({text.keyword})", limits), name)
+    try:
+        obj = parse_json(payload, name, limits)
+    except CardError as exc:
+        raise CardError(name, f"{where}: {exc.reason}") from None
+    card = card_from_json(obj, name)
     card.image = data
     return card
 
@@ -130,9 +134,9 @@ def _read_text_card(data: bytes, name: str, suffix: str) -> Card:
     try:
         conversation = loads_yaml(text, name)
     except ConversationError as exc:
-        where = name if exc.line is None else f"{name}:{exc.line}"
+        line = f"line {exc.line}: " if exc.line is not None else ""
         field = f"field {exc.field!r}: " if exc.field else ""
-        raise CardError(where, field + exc.reason) from None
+        raise CardError(name, line + field + exc.reason) from None
     return conversation_to_card(conversation, name)
 
 

@@ -102,8 +102,8 @@ def parse_json(payload: bytes, source: str, limits: CardLimits = DEFAULT_LIMITS)
     try:
         value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        raise CardError(source, f"card JSON is not valid: {exc.msg} at line {exc.lineno} "
-                                f"column {exc.colno}") from None
+        raise CardError(source, f"card JSON is not valid: {exc.msg} (line {exc.lineno}, "
+                                f"column {exc.colno})") from None
     except RecursionError:
         raise CardError(source, "card JSON is nested too deeply") from None
     except ValueError as exc:  # raised by the two hooks

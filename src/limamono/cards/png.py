@@ -86,9 +86,10 @@ def read_chunks(data: bytes, source: str, limits: CardLimits) -> list[Chunk]:
 
 
 def _read_chunk(data: bytes, pos: int, source: str, limits: CardLimits) -> Chunk:
+    if pos == len(data):
+        raise CardError(source, f"truncated file: it ends at byte {pos} without an IEND chunk")
     if pos + 8 > len(data):
-        raise CardError(source, f"truncated file: it ends at byte {len(data)} without an "
-                                "IEND chunk")
+        raise CardError(source, f"truncated file: the chunk at byte {pos} is cut short")
     length, kind = _HEADER.unpack_from(data, pos)
     shown = kind.decode("latin-1")
     if not kind.isalpha():  # bytes.isalpha is ASCII letters only
