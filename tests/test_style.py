@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
+import typer
+from click.testing import Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from limamono import conversation as _conv_io
+from limamono.cli import style_cmd
 from limamono.conversation import Character, Conversation, Message, User
 from limamono.style import (
     RULES,
@@ -26,6 +35,7 @@ from limamono.style import (
     select_rules,
     split_spans,
 )
+from limamono.style.files import iter_files, lint_file
 
 # --------------------------------------------------------------------------- spans
 
@@ -233,3 +243,162 @@ def test_lint_card_data_greetings_get_all_rules_sheet_fields_typography() -> Non
     found = [(key, i.rule, i.start) for key, i in lint_card_data(data)]
     assert found == [("first_mes", "LM030", 0), ("alternate_greetings[1]", "LM021", 0),
                      ("description", "LM003", 10)]
+
+
+# --------------------------------------------------------------------------- files and CLI
+
+_YAML = """\
+# A comment the fix must keep.
+character:
+  name: Edda
+  description: Keeper of the light.
+user: Corin
+scenario: A storm.
+messages:
+  - role: char
+    text: |
+      Edda looked up \u2026 "Who\u2019s there ?"
+  - role: user
+    text: Corin knocked again.
+"""
+
+
+@pytest.fixture
+def lint_app() -> typer.Typer:
+    """A Typer app with only `lint`, so these tests do not depend on other command modules."""
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Test root."""
+
+    style_cmd.register(app)
+    return app
+
+
+def _run(app: typer.Typer, *args: str) -> Result:
+    return CliRunner().invoke(app, ["lint", *args])
+
+
+def test_cli_exit_codes_and_lines(lint_app: typer.Typer, tmp_path: Path) -> None:
+    clean = tmp_path / "clean.txt"
+    clean.write_text('She nodded. "Yes."\n', encoding="utf-8")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Fine.\nShe left , slowly.\n", encoding="utf-8")
+    assert _run(lint_app, str(clean)).exit_code == 0
+    result = _run(lint_app, str(clean), str(bad))
+    assert result.exit_code == 1
+    assert result.stdout == f"{bad}:2:9 LM004 warning space before ',': remove it\n"
+    assert "1 issue(s) (0 error(s), 1 warning(s)) in 2 file(s)" in result.stderr
+    result = _run(lint_app, str(tmp_path / "missing.yaml"), str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}:2:9 LM004" in result.stdout  # the readable file is still reported
+    assert "missing.yaml: no such file" in result.stderr
+    assert _run(lint_app, str(bad), "--fail-on", "error").exit_code == 0
+    assert _run(lint_app, str(bad), "--ignore", "LM004").exit_code == 0
+    assert _run(lint_app, str(bad), "--rules", "LM999").exit_code == 2
+    assert _run(lint_app).exit_code == 2
+
+
+def test_cli_conversation_json_and_unparsable(lint_app: typer.Typer, tmp_path: Path) -> None:
+    path = tmp_path / "edda.yaml"
+    path.write_text(_YAML, encoding="utf-8")
+    result = _run(lint_app, str(path), "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    issues = data["files"][0]["issues"]
+    assert [(i["rule"], i["message_index"], i["start"], i["location"]) for i in issues] == [
+        ("LM004", 0, 14, "message 0:14"), ("LM003", 0, 15, "message 0:15"),
+        ("LM002", 0, 21, "message 0:21"), ("LM004", 0, 29, "message 0:29")]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("character: [unclosed\n", encoding="utf-8")
+    result = _run(lint_app, str(broken), "--fix")
+    assert result.exit_code == 2
+    assert broken.read_text(encoding="utf-8") == "character: [unclosed\n"  # never written
+
+
+def test_cli_fix_txt_exact(lint_app: typer.Typer, tmp_path: Path) -> None:
+    path = tmp_path / "prose.txt"
+    path.write_text("\u201cWait \u2026\u201d  she said , softly.\n*She smiled at him.*\n",
+                    encoding="utf-8")
+    result = _run(lint_app, str(path), "--fix")
+    assert path.read_text(encoding="utf-8") == \
+        '"Wait..." she said, softly.\n*She smiled at him.*\n'
+    assert result.exit_code == 1  # the asterisk action has no safe fix and is still reported
+    assert result.stdout == (f"{path}:2:1 LM030 warning action in asterisks: asterisks are "
+                             "for sounds (*thud*); write the action as plain narration\n")
+    assert f"{path}: fixed 6 issue(s)" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["prose.txt"]  # no temp file left
+
+
+def test_fix_yaml_patches_in_place_keeping_comments(tmp_path: Path) -> None:
+    path = tmp_path / "edda.yaml"
+    path.write_text(_YAML, encoding="utf-8")
+    report = lint_file(path, fix=True)
+    assert (report.error, report.fixed, report.note, report.findings) == (None, 4, None, [])
+    assert path.read_text(encoding="utf-8") == _YAML.replace(
+        "up \u2026 \"Who\u2019s there ?\"", "up... \"Who's there?\"")
+
+
+def test_fix_yaml_falls_back_to_dump_when_patching_breaks_quoting(tmp_path: Path) -> None:
+    path = tmp_path / "quoted.yaml"
+    path.write_text("# gone after the fix\ncharacter: {name: Edda}\nuser: Corin\nmessages:\n"
+                    "  - {role: char, text: 'It\u2019s late.'}\n", encoding="utf-8")
+    report = lint_file(path, fix=True)
+    assert report.note == "rewritten from the data (YAML comments and layout not kept)"
+    expected = _conv_io.load_yaml(path)
+    assert expected.messages[0].text == "It's late."
+    assert path.read_text(encoding="utf-8") == _conv_io.dump_yaml(expected)
+
+
+def test_fix_jsonl_reports_conversation_index(tmp_path: Path) -> None:
+    record = {"character": {"name": "Edda"}, "user": "Corin",
+              "messages": [{"role": "char", "text": "Hi ."}]}
+    path = tmp_path / "two.jsonl"
+    path.write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n", encoding="utf-8")
+    report = lint_file(path)
+    assert [f.location() for f in report.findings] == ["conversation 0:message 0:2",
+                                                      "conversation 1:message 0:2"]
+    assert lint_file(path, fix=True).fixed == 2
+    assert path.read_text(encoding="utf-8").count('"Hi."') == 2
+
+
+def test_fix_is_atomic_when_the_write_fails(lint_app: typer.Typer, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "edda.yaml"
+    path.write_text(_YAML, encoding="utf-8")
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    result = _run(lint_app, str(path), "--fix")
+    assert result.exit_code == 2
+    assert "cannot write" in result.stderr and "the file is unchanged" in result.stderr
+    assert path.read_text(encoding="utf-8") == _YAML
+    assert [p.name for p in tmp_path.iterdir()] == ["edda.yaml"]
+
+
+def test_folder_walk_sheets_and_cards(lint_app: typer.Typer, tmp_path: Path,
+                                      shared_dir: Path) -> None:
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "x.txt").write_text("bad , text", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("bad , text", encoding="utf-8")
+    (tmp_path / "sheet.txt").write_text("Edda\nShe walks the cliffs\u2026\nScenario: Night.",
+                                        encoding="utf-8")
+    assert [p.name for p in iter_files([tmp_path])] == ["sheet.txt"]
+    [report] = [lint_file(p) for p in iter_files([tmp_path])]
+    assert [f.issue.rule for f in report.findings] == ["LM003"]  # no present-tense warning
+    card = shared_dir / "testdata" / "cards" / "default_Seraphina.png"
+    card_report = lint_file(card)
+    assert card_report.kind == "card"
+    assert [f.location() for f in card_report.findings] == [
+        "first_mes:0", "first_mes:280", "first_mes:580"]
+
+
+def test_cli_list_rules(lint_app: typer.Typer) -> None:
+    result = _run(lint_app, "--list-rules")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0] == ("LM001 curly-double-quote warning (fixable): "
+                                             "Typographic double quotes; dialogue uses ASCII '\"'.")
+    assert len(result.stdout.splitlines()) == len(RULES)

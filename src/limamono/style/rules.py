@@ -309,7 +309,10 @@ def _asterisk_action(ctx: Context) -> Iterator[Issue]:
 
 _FIRST_PERSON = re.compile(
     r"\b(?:I|[Mm]e|[Mm]y|[Mm]ine|[Mm]yself|[Ww]e|[Uu]s|[Oo]urs?|[Oo]urselves)\b")
-_SECOND_PERSON = re.compile(r"\b[Yy]ou(?:rs?|rself|rselves)?\b")
+# Only capitalised (sentence-initial) forms: chat-RP second-person narration starts its
+# sentences with "You ..."/"Your ...", while the generic "you" of novel prose ("people told
+# you more when...") sits mid-sentence and is fine.
+_SECOND_PERSON = re.compile(r"\bYou(?:rs?|rself|rselves)?\b")
 _SINGULAR = r"[Hh]e|[Ss]he|[Ii]t"
 _ADVERB = r"(?:\w+ly|also|still|just|then|now|often|never|always|sometimes|finally)\s+"
 # Words ending in -s that follow a pronoun without being a present-tense verb.
@@ -345,7 +348,8 @@ def _first_person(ctx: Context) -> Iterator[Issue]:
 
 
 @_rule("LM041", "second-person-narration", "warning",
-       "Second-person pronoun outside dialogue, thoughts, sounds and titles (heuristic).")
+       "Sentence-initial 'You'/'Your' outside dialogue, thoughts, sounds and titles "
+       "(heuristic).")
 def _second_person(ctx: Context) -> Iterator[Issue]:
     for span in ctx.narration():
         for m in _SECOND_PERSON.finditer(span.text):
@@ -358,7 +362,9 @@ def _second_person(ctx: Context) -> Iterator[Issue]:
        "A present-tense verb after a third-person subject in narration (heuristic).")
 def _present_tense(ctx: Context) -> Iterator[Issue]:
     singular = re.compile(rf"\b(?:{_subjects(ctx)})\s+(?:{_ADVERB})?([\w']+)")
-    plural = re.compile(rf"\b[Tt]hey\s+(?:{_ADVERB})?([\w']+)")
+    # "they are" mid-sentence is mostly a general truth ("the way people do when they are
+    # tired"); only a sentence-initial "They are" is counted.
+    plural = re.compile(rf"\bThey\s+(?:{_ADVERB})?([\w']+)")
     for span in ctx.narration():
         hits = [m for m in singular.finditer(span.text) if _is_present_singular(m.group(1))]
         hits += [m for m in plural.finditer(span.text) if m.group(1).lower() in _PLURAL_PRESENT]
