@@ -34,6 +34,7 @@ def _root(
 
 #: Command modules, each exposing ``register(app)``.
 COMMAND_MODULES = [
+    "limamono.cli.style_cmd",
     "limamono.cli.format_cmd",
     "limamono.cli.card_cmd",
 ]
