@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from limamono import cards, format
@@ -156,6 +158,22 @@ def test_card_after_idat_and_wrapped_base64() -> None:
     wrapped = b"\n".join(_b64(V3_CARD)[i:i + 76] for i in range(0, len(_b64(V3_CARD)), 76))
     card = read_card_bytes(_png_with(cpng.text_chunk("ccv3", wrapped)), "w.png")
     assert card.data["nickname"] == "Mo"
+
+
+def test_huge_ihdr_is_never_decoded(tmp_path: Path) -> None:
+    # A 20000x20000 header over a 10-byte IDAT: decoding would be a pixel bomb; we never do.
+    ihdr = cpng.Chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 6, 0, 0, 0))
+    chunks = [ihdr, cpng.Chunk(b"acTL", bytes(8)), cpng.Chunk(b"IDAT", b"0123456789"),
+              cpng.text_chunk("ccv3", _b64(V3_CARD)), cpng.Chunk(b"IEND", b"")]
+    data = cpng.PNG_SIGNATURE + b"".join(c.encode() for c in chunks)
+    start = time.perf_counter()
+    card = read_card_bytes(data, "bomb.png")
+    assert time.perf_counter() - start < 1.0
+    assert card.name == "Mara Quell"
+    write_card(card, tmp_path / "out.png")
+    out = cpng.read_chunks((tmp_path / "out.png").read_bytes(), "o", cards.DEFAULT_LIMITS)
+    assert [c.type for c in out] == [b"IHDR", b"acTL", b"IDAT", b"tEXt", b"tEXt", b"IEND"]
+    assert cpng.image_size(out) == (20000, 20000)
 
 
 def test_v1_bom_pygmalion_and_future_spec() -> None:
@@ -436,3 +454,58 @@ def test_png_helpers_make_valid_chunks() -> None:
     assert encoded[-4:] == struct.pack(">I", zlib.crc32(b"tEXtchara\0abc") & 0xFFFFFFFF)
     assert read_card_bytes(_png_with(cpng.text_chunk("chara", _b64({"name": "A"}))),
                            "a.png").name == "A"
+
+
+# --------------------------------------------------------------------------- properties
+
+_GOOD_PNG = _png_with(cpng.text_chunk("chara", _b64(V3_CARD)))
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cut=st.integers(0, len(_GOOD_PNG)), at=st.integers(0, len(_GOOD_PNG) - 1),
+       byte=st.integers(0, 255), insert=st.binary(max_size=16))
+def test_damaged_png_gives_a_card_or_card_error(cut: int, at: int, byte: int,
+                                                insert: bytes) -> None:
+    for data in (_GOOD_PNG[:cut], _GOOD_PNG[:at] + bytes([byte]) + _GOOD_PNG[at + 1:],
+                 _GOOD_PNG[:at] + insert + _GOOD_PNG[at:]):
+        try:
+            card = read_card_bytes(data, "fuzz.png")
+        except CardError as exc:
+            assert exc.path == "fuzz.png" and exc.reason
+        else:
+            assert card.name
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=_JSON, data=st.dictionaries(st.sampled_from(
+    ["name", "description", "tags", "extensions", "alternate_greetings", "nickname",
+     "character_book", "creation_date", "other"]), _JSON, max_size=6))
+def test_any_json_gives_a_card_or_card_error(value: Any, data: dict[str, Any]) -> None:
+    for obj in (value, {"spec": "chara_card_v3", "spec_version": "3.0", "data": data}):
+        try:
+            card = read_card_bytes(json.dumps(obj).encode(), "fuzz.json")
+        except CardError as exc:
+            assert exc.path == "fuzz.json" and exc.reason
+        else:
+            assert card.name.strip()
+            again = read_card_bytes(cards.to_json_text(card).encode(), "again.json")
+            assert again.data == card.data
+
+
+_LINE = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=st.lists(_LINE, min_size=1, max_size=8))
+def test_sheet_parse_is_stable(lines: list[str]) -> None:
+    try:
+        first = sheet_to_card("\n".join(lines))
+    except CardError:
+        return
+    second = sheet_to_card(card_to_sheet(first.card))
+    assert second.card.data == first.card.data
+    assert (second.attributes, second.trivia, second.scenario) == (
+        first.attributes, first.trivia, first.scenario)

@@ -149,7 +149,11 @@ def card_png_bytes(card: Card) -> bytes:
     copied byte for byte, so the pixels are untouched.
     """
     image = card.image or png.placeholder_png()
-    chunks = png.read_chunks(image, card.source, DEFAULT_LIMITS)
+    # The image was checked when it was read (perhaps under raised limits); only the framing
+    # is re-checked here, so a card read under custom limits can still be written.
+    trusted = CardLimits(max_file_bytes=len(image), max_chunk_bytes=len(image),
+                         max_text_chunks=len(image) // 12 + 1)
+    chunks = png.read_chunks(image, card.source, trusted)
     new = [png.text_chunk(keyword, base64.b64encode(_compact_json(card, spec)))
            for keyword, spec in (("chara", SPEC_V2), ("ccv3", SPEC_V3))]
     return png.with_card_chunks(chunks, new, card.source)
