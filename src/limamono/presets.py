@@ -12,11 +12,10 @@ real SillyTavern 1.12.6 (``shared/testdata/sillytavern/limamono-presets/README.m
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from limamono import atomic
 from limamono import format as fmt
 
 PRESET_NAME = "Limamono"
@@ -151,18 +150,6 @@ def export(directory: str | Path, trigger: str = fmt.DEFAULT_TRIGGER,
     }
     written = []
     for name, data in files.items():
-        written.append(_write_atomic(out / name, json.dumps(data, indent=4) + "\n"))
-    written.append(_write_atomic(out / "chat_template.jinja", fmt.chat_template(trigger)))
+        written.append(atomic.write_text(out / name, json.dumps(data, indent=4) + "\n"))
+    written.append(atomic.write_text(out / "chat_template.jinja", fmt.chat_template(trigger)))
     return written
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -36,7 +36,9 @@ def _root(
 COMMAND_MODULES = [
     "limamono.cli.style_cmd",
     "limamono.cli.format_cmd",
+    "limamono.cli.eval_cmd",
     "limamono.cli.card_cmd",
+    "limamono.cli.data_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,67 @@
+"""`limamono eval`: loss and behaviour metrics, several adapters side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from limamono.cli.common import err, fail, out
+
+
+def eval_cmd(
+    data: Path = typer.Option(..., "--data", help="Folder of conversations; those marked "
+                              "`meta: {split: eval}` are the held-out set (all if none is)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Report folder (report.md, "
+                                "report.json, lengths.png, metrics.png)."),
+    model: str = typer.Option("smollm2-135m", "--model", help="Base model name or folder."),
+    adapter: list[str] = typer.Option(["demo", "none"], "--adapter", help="Adapter folder, "
+                                      "'demo' (the bundled one) or 'none'; repeat to compare."),
+    samples: int = typer.Option(8, "--samples", help="Prompts (character turns) per length."),
+    lengths: str = typer.Option("short,long,massive", "--lengths", help="Requested response "
+                                "lengths, comma-separated."),
+    seed: int = typer.Option(1234, "--seed", help="Base seed (prompt k uses seed + k)."),
+    max_tokens: int = typer.Option(320, "--max-tokens", help="Cap on tokens per reply."),
+    preset: str = typer.Option("limamono", "--preset", help="Sampler preset."),
+) -> None:
+    """Evaluate the base model and adapters on held-out conversations.
+
+    For each variant: eval loss and perplexity on the supervised tokens, then one reply per
+    prompt and requested length (fixed seeds, paired across variants), checked for style
+    compliance, format integrity, impersonation, thoughts, length adherence (Spearman) and
+    repetition. The report compares the variants side by side.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from limamono.evaluate.report import write_report
+    from limamono.evaluate.run import EvalConfig, run
+
+    try:
+        config = EvalConfig(data=data, model=model, adapters=tuple(adapter),
+                            lengths=tuple(x.strip() for x in lengths.split(",") if x.strip()),
+                            samples=samples, seed=seed, max_new_tokens=max_tokens,
+                            preset=preset)
+    except ValueError as exc:
+        fail(str(exc))
+    if not data.is_dir():
+        fail(f"{data}: not a folder of conversations")
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(variant: str, done: int, total: int) -> None:
+            if variant not in tasks:
+                tasks[variant] = bar.add_task(f"generating ({variant})", total=total)
+            bar.update(tasks[variant], completed=done)
+
+        try:
+            results = run(config, progress)
+        except (OSError, ValueError) as exc:
+            fail(str(exc))
+    for path in write_report(config, results, output):
+        out.print(str(path))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eval` to the CLI."""
+    app.command("eval")(eval_cmd)

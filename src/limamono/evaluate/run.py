@@ -1,0 +1,228 @@
+"""Run an evaluation: loss on held-out conversations, then replies generated and checked.
+
+For every model variant (the base with each adapter, ``none`` = the bare base) this computes
+the mean loss and perplexity over the supervised tokens of the held-out conversations
+(the same masks as training), then generates a reply at character turns of those
+conversations for each requested length, with the ``limamono`` preset and fixed seeds, and
+checks each reply (``metrics.check_reply``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from limamono import format as fmt
+from limamono.conversation import LENGTHS, Conversation
+from limamono.evaluate.metrics import BehaviourSummary, Sample, check_reply, summarize
+
+#: Token budget per requested length: about 1.6 tokens a word times the label's upper
+#: word bound (SmolLM2's tokenizer on the example prose), capped by ``max_new_tokens``.
+_TOKENS_PER_WORD = 1.6
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``limamono eval`` runs.
+
+    Attributes:
+        data: folder of conversation files; those with ``meta.split: eval`` are used (all of
+            them when none is marked).
+        model: base model name or path.
+        adapters: adapter names or folders to compare; ``none`` is the bare base model.
+        lengths: requested response lengths (at least two for the Spearman figure).
+        samples: most prompts per length (character turns, spread over the conversations).
+        seed: base seed; prompt k uses ``seed + k`` for every variant, so they are paired.
+        max_new_tokens: cap on the token budget of any reply.
+        preset: sampler preset.
+        seq_len: sequence length for the loss (longer conversations are windowed).
+    """
+
+    data: Path
+    model: str = "smollm2-135m"
+    adapters: tuple[str, ...] = ("none",)
+    lengths: tuple[str, ...] = ("short", "long", "massive")
+    samples: int = 8
+    seed: int = 1234
+    max_new_tokens: int = 320
+    preset: str = "limamono"
+    seq_len: int = 2048
+
+    def __post_init__(self) -> None:
+        problems = [f"length {x!r} is not one of {', '.join(LENGTHS)}"
+                    for x in self.lengths if x not in LENGTHS]
+        if not self.adapters:
+            problems.append("at least one adapter (or 'none') is needed")
+        if self.samples < 1:
+            problems.append(f"samples must be >= 1, got {self.samples}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if problems:
+            raise ValueError("invalid eval config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A generation prompt: a conversation cut before a character turn."""
+
+    conversation: Conversation
+    turn: int
+    requested_length: str
+    seed: int
+
+    @property
+    def history(self) -> list[str]:
+        return [m.text for m in self.conversation.messages]
+
+
+@dataclass
+class VariantResult:
+    """Figures of one model variant."""
+
+    adapter: str
+    eval_loss: float | None
+    perplexity: float | None
+    supervised_tokens: int
+    behaviour: BehaviourSummary | None
+    samples: list[Sample] = field(default_factory=list)
+
+
+def held_out(data: Path) -> list[Conversation]:
+    """The conversations marked ``meta.split: eval`` under ``data`` (all when none is)."""
+    from limamono import conversation as conv_mod
+
+    files = sorted(p for p in Path(data).rglob("*") if p.suffix in (".yaml", ".yml", ".jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{data}: no conversation files (.yaml, .yml, .jsonl)")
+    convs = [c for p in files for c in conv_mod.load(p)]
+    marked = [c for c in convs if c.meta.get("split") == "eval"]
+    return marked or convs
+
+
+def make_prompts(conversations: Sequence[Conversation], config: EvalConfig) -> list[Prompt]:
+    """Prompts at character turns after the greeting, ``samples`` per requested length.
+
+    Turns are taken round-robin over the conversations (seeded), so a small ``samples``
+    still covers every conversation. The history keeps labels from its word counts.
+    """
+    rng = random.Random(config.seed)
+    per_conv = []
+    for conv in conversations:
+        turns = [i for i, m in enumerate(conv.messages) if m.role == "char" and i > 0]
+        rng.shuffle(turns)
+        per_conv.append([(conv, i) for i in turns])
+    # Round-robin: first a turn of every conversation, then a second one of each, ...
+    slots = [row[r] for r in range(max(map(len, per_conv), default=0))
+             for row in per_conv if r < len(row)]
+    chosen = slots[:config.samples]
+    prompts = []
+    for k, (conv, turn) in enumerate(chosen):
+        cut = fmt.label_lengths(Conversation(conv.character, conv.user, conv.scenario,
+                                             conv.messages[:turn], conv.meta))
+        for length in config.lengths:
+            prompts.append(Prompt(cut, turn, length, config.seed + k))
+    return prompts
+
+
+def token_budget(length: str, cap: int) -> int:
+    """Tokens allowed for a reply of the requested length."""
+    bounds = (*fmt.DEFAULT_LENGTH_BOUNDS, fmt.DEFAULT_LENGTH_BOUNDS[-1] * 2)
+    return min(cap, math.ceil(bounds[LENGTHS.index(length)] * _TOKENS_PER_WORD))
+
+
+def generate_samples(engine: Any, prompts: Sequence[Prompt], config: EvalConfig,
+                     progress: Callable[[int], None] | None = None) -> list[Sample]:
+    """Generate and check one reply per prompt."""
+    from limamono.samplers import get_preset
+
+    base = get_preset(config.preset)
+    out = []
+    for prompt in prompts:
+        conv = prompt.conversation
+        text = fmt.render(conv, open_response=True, response_length=prompt.requested_length)
+        done = engine.generate(text, base.replace(seed=prompt.seed),
+                               token_budget(prompt.requested_length, config.max_new_tokens),
+                               stop=fmt.stop_strings(conv.user.name))
+        check = check_reply(done.text, char_name=conv.character.name,
+                            user_name=conv.user.name, history=prompt.history,
+                            stop_string=done.stop_string,
+                            truncated=done.finish_reason == "length")
+        out.append(Sample(prompt.requested_length, done.text, check, done.finish_reason))
+        if progress:
+            progress(1)
+    return out
+
+
+def eval_loss(model: Any, tokenizer: Any, data: Path, seq_len: int) -> tuple[float, int]:
+    """Mean cross-entropy over the supervised tokens of the held-out samples.
+
+    Returns (loss, supervised token count). Masks come from the dataset builder, so this is
+    exactly the loss the trainer reports on its eval split.
+    """
+    import torch
+
+    from limamono.dataset.build import BuildConfig, build
+
+    result = build(str(data), tokenizer, BuildConfig(seq_len=seq_len, val=0.0))
+    samples = [s for s in result.samples if s.split == "eval"] or result.samples
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for sample in samples:
+            ids = torch.tensor([sample.input_ids])
+            labels = torch.tensor([sample.labels])
+            logits = model(input_ids=ids).logits.float()
+            # Shift: the logit at position t predicts token t+1.
+            loss = torch.nn.functional.cross_entropy(
+                logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
+            total += loss.item()
+            count += int((labels[0, 1:] != -100).sum())
+    if count == 0:
+        raise ValueError(f"{data}: the held-out conversations have no supervised tokens")
+    return total / count, count
+
+
+def evaluate_variant(engine: Any, adapter: str, conversations: Sequence[Conversation],
+                     config: EvalConfig,
+                     progress: Callable[[int], None] | None = None) -> VariantResult:
+    """Loss and behaviour of one loaded engine."""
+    loss, tokens = eval_loss(engine.model, engine.tokenizer, config.data, config.seq_len)
+    samples = generate_samples(engine, make_prompts(conversations, config), config, progress)
+    return VariantResult(adapter, loss, math.exp(loss), tokens, summarize(samples), samples)
+
+
+def run(config: EvalConfig, progress: Callable[[str, int, int], None] | None = None,
+        load: Callable[[str, str], Any] | None = None) -> list[VariantResult]:
+    """Evaluate every variant in turn (one model in memory at a time).
+
+    Args:
+        config: what to evaluate.
+        progress: called as ``progress(variant, done, total)`` after each reply.
+        load: ``load(model, adapter) -> engine``; defaults to ``limamono.engine.load_engine``.
+    """
+    if load is None:
+        from limamono.engine import load_engine
+
+        def load(model: str, adapter: str) -> Any:
+            return load_engine(model=model, adapter=None if adapter == "none" else adapter)
+
+    conversations = held_out(config.data)
+    total = len(make_prompts(conversations, config))
+    results = []
+    for adapter in config.adapters:
+        engine = load(config.model, adapter)
+        done = 0
+
+        def tick(n: int, adapter: str = adapter) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(adapter, done, total)
+
+        results.append(evaluate_variant(engine, adapter, conversations, config, tick))
+        del engine
+    return results

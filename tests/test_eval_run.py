@@ -1,0 +1,101 @@
+"""The evaluation run and report on a scripted engine (replies) over a tiny model (loss)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from limamono.evaluate.report import write_report
+from limamono.evaluate.run import EvalConfig, held_out, make_prompts, run, token_budget
+from limamono.generation import Completion
+
+DATA = Path(__file__).parent / "assets" / "eval_data"
+
+
+class ScriptedEngine:
+    """Replies by requested length; loss comes from the real tiny model."""
+
+    def __init__(self, model, tokenizer, replies):
+        self.model, self.tokenizer, self.replies = model, tokenizer, replies
+        self.prompts: list[tuple[str, int, int | None]] = []
+
+    def generate(self, prompt, settings, max_new_tokens, stop=(), cancel=None,
+                 truncation="left"):
+        self.prompts.append((prompt, max_new_tokens, settings.seed))
+        length = prompt.rsplit("(length = ", 1)[1].split(")")[0]
+        text, stop_string = self.replies[length]
+        return Completion(text, "stop", 10, 5, stop_string)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+            AutoTokenizer.from_pretrained(tiny_model_dir))
+
+
+def test_held_out_uses_the_marked_split():
+    convs = held_out(DATA)
+    assert [c.user.name for c in convs] == ["Tom"]
+
+
+def test_prompts_cover_char_turns_after_the_greeting():
+    config = EvalConfig(data=DATA, lengths=("short", "huge"), samples=5, seed=7)
+    prompts = make_prompts(held_out(DATA), config)
+    assert sorted({p.turn for p in prompts}) == [2, 4]
+    assert [p.requested_length for p in prompts] == ["short", "huge", "short", "huge"]
+    assert len({p.seed for p in prompts}) == 2  # paired: same seed for both lengths
+    assert all(m.length for p in prompts for m in p.conversation.messages)
+
+
+def test_token_budget():
+    assert token_budget("short", 320) == 96      # 60 words * 1.6
+    assert token_budget("huge", 320) == 320      # capped
+    assert token_budget("micro", 10) == 10
+
+
+def test_run_and_report(tiny, tmp_path):
+    replies = {"short": (" Mira nodded. _Fine._", "###"),
+               "long": (' Mira smiled and poured the tea. "Drink this, traveler, it '
+                        'will warm you through."', "###"),
+               "massive": (" Mira talked about the light, the ships, the storms and the "
+                           "keepers before her for a long while.\nTom: Thanks.", "\nTom:")}
+    engines = []
+
+    def load(model, adapter):
+        engines.append(ScriptedEngine(*tiny, replies))
+        return engines[-1]
+
+    config = EvalConfig(data=DATA, adapters=("none", "other"), samples=2)
+    calls = []
+    results = run(config, progress=lambda v, d, t: calls.append((v, d, t)), load=load)
+    assert [r.adapter for r in results] == ["none", "other"]
+    r = results[0]
+    assert r.supervised_tokens > 20 and r.perplexity == pytest.approx(math.exp(r.eval_loss))
+    b = r.behaviour
+    assert b.samples == 6
+    assert b.impersonation_rate == pytest.approx(2 / 6)
+    assert b.thought_rate == pytest.approx(2 / 6)
+    assert b.median_words == {"short": 3.0, "long": 14.0, "massive": 20.0}
+    assert b.length_spearman == pytest.approx(1.0)
+    assert calls[-1] == ("other", 6, 6)
+    assert engines[0].prompts[0][0].endswith("### Response: (length = short)\nMira:")
+
+    written = write_report(config, results, tmp_path / "report")
+    assert sorted(p.name for p in written) == ["lengths.png", "metrics.png", "report.json",
+                                               "report.md"]
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["variants"][1]["behaviour"]["impersonation_rate"] == pytest.approx(2 / 6)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| impersonation rate | 33.3 % ✗ | 33.3 % ✗ |" in md
+    assert "| thought rate | 33.3 % ✓ | 33.3 % ✓ |" in md
+
+
+def test_bad_config_lists_every_problem():
+    with pytest.raises(ValueError) as info:
+        EvalConfig(data=DATA, lengths=("long", "vast"), samples=0)
+    assert "vast" in str(info.value) and "samples" in str(info.value)
