@@ -219,7 +219,7 @@ def _unclosed(ctx: Context, kind: str) -> Iterator[Issue]:
 def _stray(ctx: Context, kind: str) -> Iterator[Issue]:
     """Issues for closing ``_``/``*`` markers with nothing open."""
     delimiter = DELIMITERS[kind]
-    for i in stray_closers(ctx.text):
+    for i in stray_closers(ctx.text, ctx.spans):
         if ctx.text[i] == delimiter:
             yield issue(_MARKER_RULES[kind], i, i + 1,
                         f"{delimiter!r} closes a {kind} that was never opened")

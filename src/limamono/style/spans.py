@@ -35,6 +35,7 @@ SpanKind = Literal["narration", "dialogue", "thought", "sound", "title"]
 DELIMITERS: dict[str, str] = {"dialogue": '"', "thought": "_", "sound": "*", "title": "''"}
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_CANDIDATE = re.compile("[\"'_*]")
 
 
 @dataclass(frozen=True)
@@ -115,18 +116,22 @@ def delimiter_kind(text: str, i: int) -> tuple[SpanKind, int] | None:
     return None
 
 
-def stray_closers(text: str) -> list[int]:
+def stray_closers(text: str, spans: list[Span] | None = None) -> list[int]:
     """Offsets of ``_`` and ``*`` shaped like a closing delimiter with nothing open.
 
     Example: in ``she thought_ nothing`` the underscore closes a thought that never opened.
+
+    Args:
+        text: the prose.
+        spans: ``split_spans(text)``, when the caller has it already.
     """
     out = []
-    for span in split_spans(text):
+    for span in split_spans(text) if spans is None else spans:
         if span.kind != "narration":
             continue
-        for k, ch in enumerate(span.text):
-            i = span.start + k
-            if ch in "_*" and _can_close(text, i) and not _can_open(text, i):
+        for m in re.finditer("[_*]", span.text):
+            i = span.start + m.start()
+            if _can_close(text, i) and not _can_open(text, i):
                 out.append(i)
     return out
 
@@ -136,6 +141,12 @@ def _scan_paragraph(text: str, start: int, end: int) -> list[Span]:
     out: list[Span] = []
     i = start
     while i < end:
+        # Jump to the next character that could be a delimiter (the scan is per message, on
+        # every generated reply in evaluation, so it should not step through every letter).
+        candidate = _CANDIDATE.search(text, i, end)
+        if candidate is None:
+            break
+        i = candidate.start()
         found = delimiter_kind(text, i)
         if found is None:
             i += 1
