@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -169,6 +170,8 @@ def test_issue_fields_and_rule_selection() -> None:
     assert select_rules(["lm004", "repeated-spaces"]) == ["LM004", "LM005"]
     with pytest.raises(ValueError, match="unknown style rule 'LM999'; known rules: LM001"):
         select_rules(["LM999"])
+    with pytest.raises(ValueError, match="role must be 'char' or 'user', got 'bot'"):
+        lint("x", role="bot")  # type: ignore[arg-type]
 
 
 def test_max_sound_words_is_configurable() -> None:
@@ -402,3 +405,26 @@ def test_cli_list_rules(lint_app: typer.Typer) -> None:
     assert result.stdout.splitlines()[0] == ("LM001 curly-double-quote warning (fixable): "
                                              "Typographic double quotes; dialogue uses ASCII '\"'.")
     assert len(result.stdout.splitlines()) == len(RULES)
+
+
+# --------------------------------------------------------------------------- properties
+
+_MARKUP = st.text(alphabet="aB 1.\"'_*\n", max_size=50)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_MARKUP)
+def test_split_spans_cover_the_text_contiguously(text: str) -> None:
+    spans = split_spans(text)
+    assert "".join(s.text for s in spans) == text
+    assert all(a.end == b.start for a, b in itertools.pairwise(spans))
+    assert all(s.text == text[s.start:s.end] and s.text for s in spans)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="aB sheat.\"*\n", max_size=50))
+def test_from_asterisk_style_keeps_words_and_leaves_no_action(text: str) -> None:
+    converted = from_asterisk_style(text)
+    assert [c for c in converted if c.isalnum()] == [c for c in text if c.isalnum()]
+    assert lint(converted, rules=["LM030"]) == []
+    assert from_asterisk_style(converted) == converted

@@ -57,7 +57,12 @@ def lint(text: str, *, char_name: str | None = None, user_name: str | None = Non
 
     Returns:
         The issues ordered by offset, then rule id.
+
+    Raises:
+        ValueError: for an unknown rule or a ``role`` other than ``char``/``user``.
     """
+    if role not in ("char", "user"):
+        raise ValueError(f"role must be 'char' or 'user', got {role!r}")
     ctx = Context(text, char_name, user_name, role, config or StyleConfig())
     found = [i for rule_id in select_rules(rules) for i in CHECKS[rule_id](ctx)]
     return sorted(found, key=lambda i: (i.start, i.rule))

@@ -92,9 +92,8 @@ def split_spans(text: str) -> list[Span]:
         The spans in order; an empty list for empty text.
 
     Example:
-        >>> [(s.kind, s.text) for s in split_spans('She nodded. "Yes." _Finally._')]
-        [('narration', 'She nodded. '), ('dialogue', '"Yes."'), ('narration', ' '), \
-('thought', '_Finally._')]
+        >>> [(s.kind, s.text) for s in split_spans('Mo said "Hi." _Ha!_')]
+        [('narration', 'Mo said '), ('dialogue', '"Hi."'), ('narration', ' '), ('thought', '_Ha!_')]
     """
     raw: list[Span] = []
     for p_start, p_end in paragraphs(text):
