@@ -128,6 +128,7 @@ def test_registry_ids_are_stable_and_complete() -> None:
     ("LM005", "She  left.   Then  ,", [(3, 5), (10, 13)]),
     ("LM010", 'He said "go. "Now," she said.', [(18, 19)]),
     ("LM010", '"Wait.\n\n"Go."', [(0, 1)]),
+    ("LM010", '"Wait.\r\n\r\n"Go."', [(0, 1)]),
     ("LM011", "_Is he lying? she thought. my_var is fine", [(0, 1)]),
     ("LM011", "she thought_ nothing", [(11, 12)]),
     ("LM012", "*thud* and *crash", [(11, 12)]),
@@ -332,6 +333,14 @@ def test_cli_fix_txt_exact(lint_app: typer.Typer, tmp_path: Path) -> None:
                              "for sounds (*thud*); write the action as plain narration\n")
     assert f"{path}: fixed 6 issue(s)" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["prose.txt"]  # no temp file left
+
+
+def test_fix_keeps_crlf_line_endings(tmp_path: Path) -> None:
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(b'"Hi ," she said.\r\n\r\n"Bye."\r\n')
+    report = lint_file(path, fix=True)
+    assert (report.fixed, report.findings) == (1, [])
+    assert path.read_bytes() == b'"Hi," she said.\r\n\r\n"Bye."\r\n'
 
 
 def test_fix_yaml_patches_in_place_keeping_comments(tmp_path: Path) -> None:

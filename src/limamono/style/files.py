@@ -181,8 +181,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _read_text(report: FileReport) -> str | None:
+    """The file's text with its line endings as they are (a fix must not convert CRLF)."""
     try:
-        return report.path.read_text(encoding="utf-8")
+        with open(report.path, encoding="utf-8", newline="") as handle:
+            return handle.read()
     except UnicodeDecodeError as exc:
         report.error = f"not UTF-8 text (byte {exc.start})"
     except OSError as exc:

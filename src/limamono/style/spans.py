@@ -34,7 +34,7 @@ SpanKind = Literal["narration", "dialogue", "thought", "sound", "title"]
 #: The delimiter that opens and closes each kind of span.
 DELIMITERS: dict[str, str] = {"dialogue": '"', "thought": "_", "sound": "*", "title": "''"}
 
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r]*\n")  # CRLF text too
 _CANDIDATE = re.compile("[\"'_*]")
 
 
