@@ -128,9 +128,7 @@ def _read_text_card(data: bytes, name: str, suffix: str) -> Card:
     except UnicodeDecodeError as exc:
         raise CardError(name, f"not UTF-8 text (invalid byte at offset {exc.start})") from None
     if suffix == ".txt":
-        parts = sheet_to_card(text, name)
-        assert parts.card is not None
-        return parts.card
+        return sheet_to_card(text, name).card
     try:
         conversation = loads_yaml(text, name)
     except ConversationError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from limamono.cards.limits import CardError
@@ -114,7 +115,8 @@ def card_to_conversation(card: Card, user_name: str = DEFAULT_USER,
     scenario = _prompt_text(card, card.data["scenario"], user_name)
     opening = greetings(card, user_name)
     first = [Message("char", opening[0])] if card.data["first_mes"].strip() else []
-    meta: dict[str, Any] = {"source": card.source} if card.source != "<card>" else {}
+    # The file name only: a conversation file should not carry the converter's folders.
+    meta: dict[str, Any] = {"source": Path(card.source).name} if card.source != "<card>" else {}
     return Conversation(character, User(user_name), scenario, first, meta)
 
 
@@ -143,10 +145,10 @@ class SheetParts:
         trivia: ``- item`` lines, without the dash.
         scenario: the text after the last ``Scenario: `` line ("" if none).
         description: everything between the name line and the Scenario line.
+        card: the card the sheet makes (a leading ``Personality:`` line is its personality).
         missing: layout parts absent from the sheet: ``attributes``, ``paragraphs``,
             ``trivia``, ``scenario`` (a generated draft should be checked for these).
         notes: other departures from the layout, e.g. an attribute after a paragraph.
-        card: the card the sheet makes (a leading ``Personality:`` line is its personality).
     """
 
     name: str
@@ -155,9 +157,9 @@ class SheetParts:
     trivia: list[str]
     scenario: str
     description: str
+    card: Card
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    card: Card | None = None
 
 
 def sheet_to_card(text: str, source: str = "<sheet>") -> SheetParts:
@@ -179,15 +181,16 @@ def sheet_to_card(text: str, source: str = "<sheet>") -> SheetParts:
     attributes, paragraphs, trivia, notes = _classify(body)
     missing = [part for part, have in (("attributes", attributes), ("paragraphs", paragraphs),
                                        ("trivia", trivia), ("scenario", scenario)) if not have]
-    description = "\n".join(body).strip("\n")
+    # Stripped as card_to_sheet strips them, so sheet -> card -> sheet is stable.
+    description = "\n".join(body).strip()
     personality = ""
     if body and body[0].startswith(PERSONALITY_PREFIX):
-        personality = body[0][len(PERSONALITY_PREFIX):]
-        description = "\n".join(body[1:]).strip("\n")
+        personality = body[0][len(PERSONALITY_PREFIX):].strip()
+        description = "\n".join(body[1:]).strip()
     card = new_card(name, source, description=description, personality=personality,
                     scenario=scenario)
     return SheetParts(name, attributes, paragraphs, trivia, scenario, "\n".join(body).strip("\n"),
-                      missing, notes, card)
+                      card, missing, notes)
 
 
 def _split_scenario(lines: list[str]) -> tuple[list[str], str]:
