@@ -1,0 +1,328 @@
+"""The sampler chain: ``make_sampler(settings)`` builds the ordered stages once per request.
+
+Speed (the engine allows ~4 ms of sampling per token): disabled samplers are left out of
+the chain at build time; penalties touch only the window's distinct ids; the candidates
+are sorted once and every truncation sampler then cuts a prefix (or, for typical-p, masks)
+of the already sorted, ever shorter candidate list; a leading top-k uses ``torch.topk``
+instead of a full sort. The ``limamono`` preset costs one sort of the vocabulary per token.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+
+from limamono.samplers import functions as F
+from limamono.samplers.settings import (
+    KOBOLDCPP_SAMPLERS,
+    TEXTGEN_DEFAULT_PRIORITY,
+    TEXTGEN_TEMPERATURE_LAST,
+    SamplerSettings,
+)
+
+
+def sort_descending(values: torch.Tensor) -> torch.Tensor:
+    """The values of a 1-D tensor in descending order (no indices).
+
+    On CPU numpy's vectorised sort is ~15x faster than ``torch.sort`` for a 49k vocabulary
+    (0.3 ms against 5 ms on this machine), and the chain needs only the values.
+    """
+    if values.device.type == "cpu" and values.dtype == torch.float32:
+        return torch.from_numpy(-np.sort(-values.numpy()))
+    return torch.sort(values, descending=True).values
+
+
+class _Candidates:
+    """The surviving tokens of one step, tracked without sorting token ids where possible.
+
+    Two modes. Prefix mode (``ids is None``): the survivors are the first ``m`` tokens of
+    ``logits`` in stable descending order, and ``sorted_vals`` (a descending prefix of at
+    least ``m`` values) is all a prefix sampler needs. Explicit mode: ``ids`` lists the
+    survivors, in descending order when ``ids_sorted``. ``logits`` [vocab] is the chain's own
+    float32 copy in vocabulary order; values of removed tokens there are stale.
+    """
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+        self.vocab = logits.numel()
+        self.m = self.vocab
+        self.sorted_vals: torch.Tensor | None = None
+        self.ids: torch.Tensor | None = None
+        self.ids_sorted = False
+
+    def sorted_survivor_vals(self) -> torch.Tensor:
+        """The survivors' logits, descending."""
+        if self.ids is None:
+            if self.sorted_vals is None:
+                self.sorted_vals = sort_descending(self.logits)
+            return self.sorted_vals[:self.m]
+        if not self.ids_sorted:
+            order = torch.sort(self.logits[self.ids], descending=True, stable=True).indices
+            self.ids, self.ids_sorted = self.ids[order], True
+        return self.logits[self.ids]
+
+    def keep_prefix(self, count: int) -> None:
+        """Keep the first ``count`` survivors in descending order."""
+        if self.ids is None:
+            self.m = min(self.m, count)
+        else:
+            self.sorted_survivor_vals()
+            self.ids = self.ids[:count]
+
+    def survivor_ids(self) -> torch.Tensor:
+        """The survivors' ids (any order); fixes them, leaving prefix mode."""
+        if self.ids is None:
+            self.ids, self.ids_sorted = self._top_m(), False
+        return self.ids
+
+    def _top_m(self) -> torch.Tensor:
+        """Ids of the first ``m`` tokens in stable descending order, by thresholding: O(vocab).
+
+        Ties at the threshold are taken lowest id first, as a stable sort would.
+        """
+        if self.m == self.vocab:
+            return torch.arange(self.vocab, device=self.logits.device)
+        threshold = self.sorted_survivor_vals()[self.m - 1]
+        above = (self.logits > threshold).nonzero().squeeze(1)
+        if above.numel() == self.m:
+            return above
+        tied = (self.logits == threshold).nonzero().squeeze(1)[: self.m - above.numel()]
+        return torch.cat([above, tied])
+
+    def changed_logits(self) -> None:
+        """After a penalty: the order of ``logits`` changed, cached sorting is void."""
+        if self.ids is None and self.m < self.vocab:
+            self.survivor_ids()
+        self.sorted_vals = None
+        self.ids_sorted = False
+
+    def full(self) -> torch.Tensor:
+        """Logits [vocab] in vocabulary order, removed tokens ``-inf``."""
+        if self.ids is None and self.m == self.vocab:
+            return self.logits
+        ids = self.survivor_ids()
+        out = torch.full_like(self.logits, -math.inf)
+        return out.index_put_((ids,), self.logits[ids])
+
+
+# A stage transforms the candidates of one step, given the context ids.
+Stage = Callable[[_Candidates, torch.Tensor], None]
+
+
+def _penalty_stage(apply: Callable[[torch.Tensor, torch.Tensor], None]) -> Stage:
+    """A stage from an in-place penalty on full-vocab logits ``apply(logits, context_ids)``."""
+    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+        cands.changed_logits()
+        apply(cands.logits, context_ids)
+    return stage
+
+
+def _prefix_stage(kernel: Callable[[torch.Tensor], int]) -> Stage:
+    """A stage from a kernel that keeps a prefix of the sorted survivors."""
+    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+        cands.keep_prefix(kernel(cands.sorted_survivor_vals()))
+    return stage
+
+
+def _typical_stage(p: float) -> Stage:
+    """Typical-p works on any order and may drop the top token, so it fixes the ids."""
+    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+        ids = cands.survivor_ids()
+        kept = F.keep_typical(cands.logits[ids], p)
+        if not isinstance(kept, int):
+            cands.ids = ids[kept]
+    return stage
+
+
+def _top_k_stage(k: int) -> Stage:
+    """Top-k; before anything is sorted, ``torch.topk`` is cheaper than a full sort."""
+    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+        if cands.ids is None and cands.sorted_vals is None and k < cands.m == cands.vocab:
+            cands.sorted_vals = torch.topk(cands.logits, k, sorted=True).values
+        cands.keep_prefix(k)
+    return stage
+
+
+def _temperature_stage(t: float) -> Stage:
+    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+        cands.logits /= t  # order-preserving for t > 0, so the sorted state stays valid
+        if cands.sorted_vals is not None:
+            cands.sorted_vals = cands.sorted_vals / t
+    return stage
+
+
+def _textgen_penalties(s: SamplerSettings) -> list[Stage]:
+    def apply(logits: torch.Tensor, context_ids: torch.Tensor) -> None:
+        window = F.textgen_window(context_ids, s.rep_pen_range)
+        if not window.numel():
+            return
+        if s.rep_pen != 1.0:
+            F.penalise_(logits, torch.unique(window), s.rep_pen)
+        if s.presence_penalty or s.frequency_penalty:
+            ids, counts = torch.unique(window, return_counts=True)
+            logits[ids] -= s.presence_penalty + s.frequency_penalty * counts.to(logits.dtype)
+    active = s.rep_pen != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
+    return [_penalty_stage(apply)] if active else []
+
+
+def _koboldcpp_penalty(s: SamplerSettings) -> Stage | None:
+    if s.rep_pen == 1.0 and s.presence_penalty == 0.0 and s.frequency_penalty == 0.0:
+        return None
+    return _penalty_stage(lambda logits, ids: F.koboldcpp_rep_pen_(
+        logits, ids, s.rep_pen, s.rep_pen_range, s.rep_pen_slope, s.presence_penalty,
+        s.frequency_penalty))
+
+
+def _truncation(name: str, s: SamplerSettings, top_k: int) -> Stage | None:
+    """The stage for one truncation sampler or temperature, or None when it is off."""
+    variant = s.dialect
+    if name == "top_k":
+        return _top_k_stage(top_k) if top_k > 0 else None
+    if name == "temperature":
+        return _temperature_stage(s.temperature) if s.temperature not in (0.0, 1.0) else None
+    if name == "typical_p":
+        return _typical_stage(s.typical) if s.typical < 1.0 else None
+    kernels: dict[str, tuple[bool, Callable[[torch.Tensor], int]]] = {
+        "top_p": (s.top_p < 1.0, partial(F.keep_top_p, p=s.top_p)),
+        "min_p": (s.min_p > 0.0, partial(F.keep_min_p, p=s.min_p)),
+        "top_a": (s.top_a > 0.0, partial(F.keep_top_a, a=s.top_a)),
+        "tfs": (s.tfs < 1.0, partial(F.keep_tail_free, z=s.tfs, variant=variant)),
+    }
+    enabled, kernel = kernels[name]
+    return _prefix_stage(kernel) if enabled else None
+
+
+def textgen_order(s: SamplerSettings) -> tuple[str, ...]:
+    """The implemented samplers in the order the textgen dialect runs them (after penalties).
+
+    Names missing from ``sampler_priority`` run first, in the default order, as
+    text-generation-webui sorts unlisted samplers first (its ``custom_sort_key`` gives -1).
+    """
+    priority = s.sampler_priority if s.sampler_priority is not None \
+        else TEXTGEN_TEMPERATURE_LAST
+    known = [n for n in TEXTGEN_DEFAULT_PRIORITY if _is_truncation(n)]
+    listed = [n for n in priority if _is_truncation(n)]
+    return (*(n for n in known if n not in listed), *listed)
+
+
+def _is_truncation(name: str) -> bool:
+    return name in ("temperature", "top_k", "top_p", "typical_p", "tfs", "top_a", "min_p")
+
+
+def build_stages(s: SamplerSettings) -> list[Stage]:
+    """The enabled stages of ``s`` in dialect order. Temperature 0 runs as top-k 1."""
+    top_k = 1 if s.temperature == 0.0 else s.top_k
+    if s.dialect == "textgen":
+        stages = _textgen_penalties(s)
+        names = textgen_order(s)
+    else:
+        stages = []
+        names = []
+        for sampler_id in s.sampler_order:
+            name = KOBOLDCPP_SAMPLERS[sampler_id]
+            if name == "rep_pen":
+                names.append("rep_pen")
+            elif name == "top_p":  # KoboldCpp's id 2 runs top-p, then min-p
+                names += ["top_p", "min_p"]
+            else:
+                names.append("typical_p" if name == "typical" else name)
+    for name in names:
+        stage = _koboldcpp_penalty(s) if name == "rep_pen" else _truncation(name, s, top_k)
+        if stage is not None:
+            stages.append(stage)
+    return stages
+
+
+@dataclass
+class Sampler:
+    """A ready chain for one settings object; build it with ``make_sampler``.
+
+    ``process`` and ``sample`` are safe to call once per generated token. A seeded sampler
+    owns its random generator, so one sampler gives one reproducible sequence.
+    """
+
+    settings: SamplerSettings
+
+    def __post_init__(self) -> None:
+        self._stages = build_stages(self.settings)
+        self._generator: torch.Generator | None = None
+        if self.settings.seed is not None:
+            self._generator = torch.Generator().manual_seed(self.settings.seed)
+
+    def run(self, context_ids: torch.Tensor, logits: torch.Tensor) -> _Candidates:
+        """The surviving candidates after every stage (``logits`` is not modified)."""
+        F._check_logits(logits)
+        if self._stages:
+            F._check_context(context_ids, logits.numel())
+        cands = _Candidates(logits.detach().to(torch.float32, copy=True))
+        for stage in self._stages:
+            stage(cands, context_ids)
+        return cands
+
+    def process(self, context_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """New logits [vocab] after penalties and samplers; removed tokens are ``-inf``.
+
+        Args:
+            context_ids: 1-D int64, prompt plus the tokens generated so far.
+            logits: 1-D float [vocab], the model's next-token logits.
+
+        Returns:
+            A new tensor of ``logits``' dtype (the arithmetic runs in float32).
+        """
+        return self.run(context_ids, logits).full().to(logits.dtype)
+
+    def sample(self, context_ids: torch.Tensor, logits: torch.Tensor,
+               generator: torch.Generator | None = None) -> int:
+        """Draw the next token id.
+
+        Args:
+            context_ids: 1-D int64, prompt plus the tokens generated so far.
+            logits: 1-D float [vocab].
+            generator: CPU random source; default the sampler's own (seeded when ``seed``
+                is set), else torch's global one.
+        """
+        cands = self.run(context_ids, logits)
+        ids = None if cands.ids is None and cands.m == cands.vocab else cands.survivor_ids()
+        if ids is not None and ids.numel() == 1:
+            return int(ids[0])
+        values = cands.logits if ids is None else cands.logits[ids]
+        # Inverse-CDF draw: one uniform number, ~10x cheaper than torch.multinomial here.
+        cdf = torch.cumsum(torch.softmax(values, dim=-1), dim=-1)
+        u = torch.rand(1, generator=generator or self._generator).to(cdf.device)
+        choice = min(int(torch.searchsorted(cdf, u * cdf[-1], right=True)), cdf.numel() - 1)
+        return choice if ids is None else int(ids[choice])
+
+
+def make_sampler(settings: SamplerSettings) -> Sampler:
+    """The sampler for ``settings``: the one factory the engine, server and tests use."""
+    return Sampler(settings)
+
+
+def bench_overhead(settings: SamplerSettings | None = None, vocab: int = 49152, n: int = 200,
+                   context: int = 4096) -> float:
+    """Mean milliseconds of ``Sampler.sample`` per token on random logits.
+
+    Args:
+        settings: What to time; default the ``limamono`` preset.
+        vocab: Vocabulary size (SmolLM2: 49152).
+        n: Tokens to time (after 5 warm-up calls).
+        context: Context length in tokens (the rep-pen window is taken from it).
+    """
+    from limamono.samplers.settings import get_preset
+
+    sampler = make_sampler(settings or get_preset("limamono"))
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(n + 5, vocab, generator=gen) * 3  # a peaked, LM-like spread
+    ids = torch.randint(0, vocab, (context,), generator=gen)
+    for row in logits[:5]:
+        sampler.sample(ids, row)
+    start = time.perf_counter()
+    for row in logits[5:]:
+        sampler.sample(ids, row)
+    return (time.perf_counter() - start) * 1000 / n

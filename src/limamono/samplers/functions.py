@@ -1,0 +1,340 @@
+"""The samplers as small pure functions on 1-D logits, and the kernels they share.
+
+Two layers:
+
+- Kernels (``keep_*``) take candidate logits already sorted in descending order and say
+  which survive: an ``int`` (a prefix of that many) or a bool mask (typical-p, the one
+  sampler that may drop the most likely token). They do not check their arguments; the
+  chain (``limamono.samplers.chain``) calls them after ``SamplerSettings`` validated
+  everything, so one sort serves every truncation sampler of a token.
+- Public functions (``top_k``, ``tail_free``, ``repetition_penalty``, ...) check their own
+  arguments, take logits in vocabulary order and return new logits with removed tokens set
+  to ``-inf``. They never modify their input and always keep at least one token.
+
+Semantics follow ``shared/reference/sampling_perf.md`` §1-2 and the source comments below.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+
+from limamono.samplers.settings import SamplerError, check_float, check_int
+
+Keep = int | torch.Tensor  # a prefix length, or a bool mask over the sorted candidates
+TfsVariant = Literal["textgen", "koboldcpp"]
+
+#: llama.cpp/KoboldCpp: below this sum of |second differences| the tail is treated as
+#: linear and TFS uses uniform weights instead of dividing by (almost) zero.
+TFS_FLAT_SUM = 1e-6
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def keep_top_k(sorted_logits: torch.Tensor, k: int) -> int:
+    """Top-k: the first ``k`` candidates (all when ``k <= 0``)."""
+    n = sorted_logits.numel()
+    return n if k <= 0 else min(k, n)
+
+
+def keep_top_p(sorted_logits: torch.Tensor, p: float) -> int:
+    """Top-p (nucleus): the smallest prefix whose probability mass reaches ``p``.
+
+    A token is kept when the mass of the tokens before it is still below ``p``; this is
+    HF's ``TopPLogitsWarper`` and llama.cpp's rule, stated from the top.
+    """
+    n = sorted_logits.numel()
+    if p >= 1.0:
+        return n
+    probs = torch.softmax(sorted_logits, dim=-1)
+    before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each candidate
+    return max(1, int((before < p).sum()))
+
+
+def keep_min_p(sorted_logits: torch.Tensor, p: float) -> int:
+    """Min-p: the candidates with probability >= ``p`` times the top probability.
+
+    Compared in logit space (``l >= l_max + ln p``), which needs no softmax.
+    """
+    n = sorted_logits.numel()
+    if p <= 0.0:
+        return n
+    threshold = sorted_logits[0] + math.log(p)
+    return max(1, int((sorted_logits >= threshold).sum()))
+
+
+def keep_top_a(sorted_logits: torch.Tensor, a: float) -> int:
+    """Top-a: the candidates with probability >= ``a * p_max**2`` (KoboldCpp, TGW)."""
+    n = sorted_logits.numel()
+    if a <= 0.0:
+        return n
+    probs = torch.softmax(sorted_logits, dim=-1)
+    return max(1, int((probs >= a * probs[0] * probs[0]).sum()))
+
+
+def keep_typical(sorted_logits: torch.Tensor, p: float) -> Keep:
+    """Typical-p: the tokens whose surprise is closest to the entropy, up to mass ``p``.
+
+    As HF's ``TypicalLogitsWarper``: order by ``|-log p - H|``, take the first index where
+    the cumulative mass reaches ``p`` and keep every token at most that far from ``H``
+    (ties included). Returns a mask, since the most likely token may be dropped.
+    """
+    n = sorted_logits.numel()
+    if p >= 1.0 or n == 1:
+        return n
+    logp = torch.log_softmax(sorted_logits, dim=-1)
+    probs = logp.exp()
+    entropy = -(logp * probs).nansum()  # nansum: -inf * 0 for removed tokens
+    distance = (-logp - entropy).abs()
+    order = argsort_ascending(distance)  # ties need no order: all tied tokens are kept
+    by_distance = distance[order]
+    mass = torch.cumsum(probs[order], dim=-1)
+    last = min(int((mass < p).sum()), n - 1)
+    return distance <= by_distance[last]
+
+
+def argsort_ascending(values: torch.Tensor) -> torch.Tensor:
+    """Indices that sort a 1-D tensor ascending (unstable); numpy's is ~3x faster on CPU."""
+    if values.device.type == "cpu" and values.dtype == torch.float32:
+        return torch.from_numpy(np.argsort(values.numpy()))
+    return torch.argsort(values)
+
+
+def keep_tail_free(sorted_logits: torch.Tensor, z: float, variant: TfsVariant) -> int:
+    """Tail-free sampling: cut where the curvature of the sorted probabilities flattens.
+
+    Both variants take ``w = |d2| / sum|d2|`` (second differences of the sorted
+    probabilities; uniform when the sum is <= 1e-6, so never NaN) and its running sum
+    ``cdf``; ``i*`` is the first index where ``cdf > z``.
+
+    - ``"koboldcpp"`` (llama.cpp before Oct 2024, KoboldCpp ``sample_tail_free`` with
+      ``min_keep=1``): keeps ``i*`` tokens, where ``i*`` must be >= 1; all if none.
+    - ``"textgen"`` (text-generation-webui/KoboldAI ``TailFreeLogitsWarper``): keeps
+      ``i* + 1`` tokens; when no index crosses ``z`` it still drops the last token.
+
+    ``z >= 1`` or fewer than 3 candidates: no-op.
+    """
+    n = sorted_logits.numel()
+    if z >= 1.0 or n <= 2:
+        return n
+    probs = torch.softmax(sorted_logits.float(), dim=-1)
+    d1 = probs[:-1] - probs[1:]
+    d2 = (d1[:-1] - d1[1:]).abs()  # n - 2 values
+    total = float(d2.sum())
+    if total > TFS_FLAT_SUM:
+        # cdf = cumsum(d2) / total > z, without dividing every element
+        cum, threshold = torch.cumsum(d2, dim=-1), z * total
+    else:
+        cum, threshold = torch.arange(1, n - 1, dtype=torch.float32), z * (n - 2)
+    first = int(torch.searchsorted(cum, torch.tensor([threshold], dtype=cum.dtype,
+                                                     device=cum.device), right=True))
+    if variant == "koboldcpp":
+        if first == 0:  # the cut may only fall at index >= min_keep = 1
+            first = int(torch.searchsorted(cum[1:], torch.tensor(
+                [threshold], dtype=cum.dtype, device=cum.device), right=True)) + 1
+        return first if first < n - 2 else n
+    return first + 1 if first < n - 2 else n - 1
+
+
+# ------------------------------------------------------------------ public pure samplers
+
+
+def _check_logits(logits: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 1 \
+            or not logits.is_floating_point() or logits.numel() == 0:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        raise SamplerError("logits", shape, "must be a non-empty 1-D float tensor [vocab]")
+
+
+def filter_sorted(logits: torch.Tensor, keep: Callable[[torch.Tensor], Keep]) -> torch.Tensor:
+    """Apply a kernel to ``logits`` in vocabulary order: sort, keep, mask the rest ``-inf``.
+
+    Args:
+        logits: 1-D logits [vocab].
+        keep: A kernel on descending-sorted logits (see ``keep_*``).
+
+    Returns:
+        New logits, removed tokens ``-inf``.
+    """
+    _check_logits(logits)
+    sorted_logits, order = torch.sort(logits, descending=True, stable=True)
+    kept = keep(sorted_logits)
+    if isinstance(kept, int):
+        mask = torch.zeros_like(order, dtype=torch.bool)
+        mask[:kept] = True
+    else:
+        mask = kept
+    removed = torch.ones_like(mask).scatter(0, order, ~mask)
+    return logits.masked_fill(removed, -math.inf)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Divide the logits by ``temperature``; 0 keeps only the most likely token (greedy)."""
+    _check_logits(logits)
+    t = check_float("temperature", temperature, 0.0)
+    if t == 0.0:
+        return filter_sorted(logits, lambda s: 1)
+    return logits / t
+
+
+def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` most likely tokens; ``k = 0`` is off."""
+    k = check_int("top_k", k, 0)
+    return filter_sorted(logits, lambda s: keep_top_k(s, k))
+
+
+def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens with mass >= ``p``; ``p = 1`` is off."""
+    p = check_float("top_p", p, 0.0, 1.0)
+    return filter_sorted(logits, lambda s: keep_top_p(s, p))
+
+
+def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep tokens with probability >= ``p * p_max``; ``p = 0`` is off."""
+    p = check_float("min_p", p, 0.0, 1.0)
+    return filter_sorted(logits, lambda s: keep_min_p(s, p))
+
+
+def top_a(logits: torch.Tensor, a: float) -> torch.Tensor:
+    """Keep tokens with probability >= ``a * p_max**2``; ``a = 0`` is off."""
+    a = check_float("top_a", a, 0.0, 1.0)
+    return filter_sorted(logits, lambda s: keep_top_a(s, a))
+
+
+def typical_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Locally typical sampling with mass ``p``; ``p = 1`` is off."""
+    p = check_float("typical", p, 0.0, 1.0)
+    return filter_sorted(logits, lambda s: keep_typical(s, p))
+
+
+def tail_free(logits: torch.Tensor, z: float, variant: TfsVariant = "textgen") -> torch.Tensor:
+    """Tail-free sampling with parameter ``z`` (``tfs``); ``z = 1`` is off.
+
+    Args:
+        logits: 1-D logits [vocab].
+        z: The ``tfs`` value, in [0, 1].
+        variant: ``"textgen"`` keeps ``i*+1`` tokens, ``"koboldcpp"`` keeps ``i*`` (see
+            ``keep_tail_free``).
+    """
+    z = check_float("tfs", z, 0.0, 1.0)
+    if variant not in ("textgen", "koboldcpp"):
+        raise SamplerError("variant", variant, "must be 'textgen' or 'koboldcpp'")
+    return filter_sorted(logits, lambda s: keep_tail_free(s, z, variant))
+
+
+# ------------------------------------------------------------------------------ penalties
+
+
+def _check_context(context_ids: torch.Tensor, vocab: int) -> None:
+    if not isinstance(context_ids, torch.Tensor) or context_ids.dim() != 1 \
+            or context_ids.is_floating_point():
+        shape = tuple(context_ids.shape) if isinstance(context_ids, torch.Tensor) \
+            else type(context_ids)
+        raise SamplerError("context_ids", shape, "must be a 1-D integer tensor of token ids")
+    if context_ids.numel() and (int(context_ids.max()) >= vocab or int(context_ids.min()) < 0):
+        raise SamplerError("context_ids", (int(context_ids.min()), int(context_ids.max())),
+                           f"token ids must lie in [0, {vocab}) (the logits' size)")
+
+
+def textgen_window(context_ids: torch.Tensor, rep_pen_range: int) -> torch.Tensor:
+    """The last ``rep_pen_range`` context tokens; 0 is the whole context (TGW's ``[-0:]``)."""
+    return context_ids[-rep_pen_range:] if rep_pen_range > 0 else context_ids
+
+
+def penalise_(logits: torch.Tensor, ids: torch.Tensor, penalty: float | torch.Tensor) -> None:
+    """In place: divide the positive logits of ``ids`` by ``penalty``, multiply the others.
+
+    ``ids`` must be distinct, so each token is penalised once however often it occurs.
+    """
+    values = logits[ids]
+    logits[ids] = torch.where(values <= 0, values * penalty, values / penalty)
+
+
+def repetition_penalty(context_ids: torch.Tensor, logits: torch.Tensor, rep_pen: float,
+                       rep_pen_range: int = 0) -> torch.Tensor:
+    """text-generation-webui/HF repetition penalty over the last ``rep_pen_range`` tokens.
+
+    Each distinct token in the window is penalised once: a positive logit is divided by
+    ``rep_pen``, a negative one multiplied (0 stays 0).
+
+    Args:
+        context_ids: 1-D token ids, prompt and output so far.
+        logits: 1-D logits [vocab].
+        rep_pen: The penalty, > 0; 1 is off.
+        rep_pen_range: Window size; 0 is the whole context.
+    """
+    _check_logits(logits)
+    _check_context(context_ids, logits.numel())
+    rep_pen = check_float("rep_pen", rep_pen, 0.0, low_open=True)
+    window = textgen_window(context_ids, check_int("rep_pen_range", rep_pen_range, 0))
+    out = logits.clone()
+    if rep_pen != 1.0 and window.numel():
+        penalise_(out, torch.unique(window), rep_pen)
+    return out
+
+
+def presence_frequency_penalty(context_ids: torch.Tensor, logits: torch.Tensor,
+                               presence_penalty: float, frequency_penalty: float,
+                               rep_pen_range: int = 0) -> torch.Tensor:
+    """OpenAI-style penalties: ``l -= count * frequency + (count > 0) * presence``.
+
+    Counts are taken over the same window as the repetition penalty (text-generation-webui).
+    """
+    _check_logits(logits)
+    _check_context(context_ids, logits.numel())
+    presence = check_float("presence_penalty", presence_penalty, -2.0, 2.0)
+    frequency = check_float("frequency_penalty", frequency_penalty, -2.0, 2.0)
+    window = textgen_window(context_ids, check_int("rep_pen_range", rep_pen_range, 0))
+    out = logits.clone()
+    if window.numel() and (presence or frequency):
+        ids, counts = torch.unique(window, return_counts=True)
+        out[ids] -= presence + frequency * counts.to(out.dtype)
+    return out
+
+
+def koboldcpp_rep_pen_(logits: torch.Tensor, context_ids: torch.Tensor, rep_pen: float,
+                       rep_pen_range: int, rep_pen_slope: float, presence_penalty: float,
+                       frequency_penalty: float = 0.0) -> None:
+    """In place: KoboldCpp's ``sample_rep_pen`` (arguments already validated).
+
+    The window is the last ``max(rep_pen_range, 1)`` tokens. Tokens in its newer half get
+    ``rep_pen``; tokens only in its older half get ``1 + (rep_pen - 1) * slope`` (when
+    ``rep_pen > 1``; a slope outside (0, 1] counts as 1, i.e. flat). Then
+    ``presence_penalty`` is subtracted from every window token. ``frequency_penalty``
+    (not in KoboldCpp, 0 by default) subtracts ``count * frequency`` as in OpenAI's rule.
+    """
+    window = context_ids[-max(rep_pen_range, 1):]
+    n = window.numel()
+    if n == 0 or (rep_pen == 1.0 and presence_penalty == 0.0 and frequency_penalty == 0.0):
+        return
+    slope = rep_pen_slope if 0.0 < rep_pen_slope <= 1.0 else 1.0
+    reduced = 1.0 + (rep_pen - 1.0) * slope if rep_pen > 1.0 else rep_pen
+    ids, counts = torch.unique(window, return_counts=True)
+    near = torch.isin(ids, window[n // 2:])  # the newer half; ceil(n/2) tokens
+    penalty = torch.where(near, rep_pen, reduced).to(logits.dtype)
+    penalise_(logits, ids, penalty)
+    logits[ids] -= presence_penalty + frequency_penalty * counts.to(logits.dtype)
+
+
+def koboldcpp_repetition_penalty(context_ids: torch.Tensor, logits: torch.Tensor,
+                                 rep_pen: float, rep_pen_range: int, rep_pen_slope: float = 1.0,
+                                 presence_penalty: float = 0.0) -> torch.Tensor:
+    """KoboldCpp's repetition penalty with its range and slope rules (see ``koboldcpp_rep_pen_``).
+
+    Differs from ``repetition_penalty``: range 0 means 1 token (KoboldCpp clamps it), the
+    older half of the window can get a smaller penalty, and presence applies per token.
+    """
+    _check_logits(logits)
+    _check_context(context_ids, logits.numel())
+    out = logits.clone()
+    koboldcpp_rep_pen_(out, context_ids,
+                       check_float("rep_pen", rep_pen, 0.0, low_open=True),
+                       check_int("rep_pen_range", rep_pen_range, 0),
+                       check_float("rep_pen_slope", rep_pen_slope, 0.0),
+                       check_float("presence_penalty", presence_penalty, -2.0, 2.0))
+    return out

@@ -1,0 +1,264 @@
+"""Sampler settings: the one typed, validated config for every sampler, and the named presets.
+
+Field names are the wire names SillyTavern sends (``tfs``, ``rep_pen_range``, ``min_p``...),
+so a request body maps onto this class with few aliases (see ``limamono.samplers.wire``).
+This module needs no torch, so the CLI and the server schemas can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Dialect = Literal["textgen", "koboldcpp"]
+DIALECTS: tuple[str, ...] = ("textgen", "koboldcpp")
+
+#: KoboldCpp sampler ids (``expose.h``). Id 2 runs top-p and then min-p.
+KOBOLDCPP_SAMPLERS: dict[int, str] = {
+    0: "top_k", 1: "top_a", 2: "top_p", 3: "tfs", 4: "typical", 5: "temperature", 6: "rep_pen",
+}
+#: KoboldCpp's and SillyTavern's default order: rep-pen first, temperature last.
+KOBOLDCPP_DEFAULT_ORDER: tuple[int, ...] = (6, 0, 1, 3, 4, 2, 5)
+
+#: text-generation-webui's default ``sampler_priority`` (``modules/sampler_hijack.py``);
+#: every name here is accepted on the wire, the ones in ``TEXTGEN_IMPLEMENTED`` are run.
+TEXTGEN_DEFAULT_PRIORITY: tuple[str, ...] = (
+    "repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "temperature",
+    "dynamic_temperature", "quadratic_sampling", "top_n_sigma", "top_k", "top_p", "typical_p",
+    "epsilon_cutoff", "eta_cutoff", "tfs", "top_a", "min_p", "adaptive_p", "mirostat", "xtc",
+    "encoder_repetition_penalty", "no_repeat_ngram",
+)
+#: The text-generation-webui names this package implements. Penalties always run first in
+#: the textgen dialect, so only the truncation samplers and temperature are ordered.
+TEXTGEN_IMPLEMENTED: frozenset[str] = frozenset(
+    {"temperature", "top_k", "top_p", "typical_p", "tfs", "top_a", "min_p"})
+#: Names that ``temperature_last`` moves to the end (text-generation-webui does the same).
+TEXTGEN_TEMPERATURE_NAMES: tuple[str, ...] = (
+    "temperature", "dynamic_temperature", "quadratic_sampling")
+#: Our textgen order when ``sampler_priority`` is None: the default with temperature last,
+#: as the published Limamono preset sets ``temperature_last: true``.
+TEXTGEN_TEMPERATURE_LAST: tuple[str, ...] = (
+    *(n for n in TEXTGEN_DEFAULT_PRIORITY if n not in TEXTGEN_TEMPERATURE_NAMES),
+    *TEXTGEN_TEMPERATURE_NAMES,
+)
+
+#: Largest seed a ``torch.Generator`` accepts.
+MAX_SEED = 2**64 - 1
+
+
+class SamplerError(ValueError):
+    """A sampler setting is invalid; ``field`` is its wire name, ``value`` what was given."""
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        super().__init__(f"{field}={value!r}: {reason}")
+        self.field = field
+        self.value = value
+        #: The message without the ``field=value:`` prefix (to re-raise under an alias).
+        self.reason = reason
+
+
+def check_float(field: str, value: Any, low: float, high: float = math.inf, *,
+                low_open: bool = False) -> float:
+    """Return ``value`` as a float after checking type, finiteness and range.
+
+    Args:
+        field: The wire name, for the error.
+        value: What was given.
+        low: Smallest allowed value.
+        high: Largest allowed value (inclusive; ``inf`` for none).
+        low_open: Whether ``low`` itself is excluded.
+
+    Raises:
+        SamplerError: Not a real number, NaN/inf, or out of range (the message says the range).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SamplerError(field, value, f"must be a number, got {type(value).__name__}")
+    number = float(value)
+    allowed = _range_text(low, high, low_open)
+    if not math.isfinite(number):
+        raise SamplerError(field, value, f"must be a finite number in {allowed}")
+    if number < low or (low_open and number == low) or number > high:
+        raise SamplerError(field, value, f"out of range; allowed {allowed}")
+    return number
+
+
+def check_int(field: str, value: Any, low: int, high: int | None = None) -> int:
+    """Return ``value`` as an int after checking type and range.
+
+    Whole floats (``2048.0``, as JSON numbers from some clients) are accepted.
+
+    Raises:
+        SamplerError: Not a whole number, or out of range (the message says the range).
+    """
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SamplerError(field, value, f"must be a whole number, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        upper = "" if high is None else f", at most {high}"
+        raise SamplerError(field, value, f"out of range; allowed at least {low}{upper}")
+    return value
+
+
+def _range_text(low: float, high: float, low_open: bool) -> str:
+    left = "(" if low_open else "["
+    right = ")" if math.isinf(high) else "]"
+    return f"{left}{low:g}, {high:g}{right}"
+
+
+def check_sampler_order(value: Any) -> tuple[int, ...]:
+    """Validate a KoboldCpp ``sampler_order``: distinct known ids (a subset is allowed).
+
+    Raises:
+        SamplerError: Not a list of ints, empty, an unknown id, or a repeated id.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        raise SamplerError("sampler_order", value, "must be a list of sampler ids 0-6")
+    if not value:
+        raise SamplerError("sampler_order", value, "must not be empty; KoboldCpp's default is "
+                           f"{list(KOBOLDCPP_DEFAULT_ORDER)}")
+    ids = tuple(check_int("sampler_order", item, 0, 6) for item in value)
+    if len(set(ids)) != len(ids):
+        raise SamplerError("sampler_order", value, "lists a sampler id twice")
+    return ids
+
+
+def check_sampler_priority(value: Any) -> tuple[str, ...] | None:
+    """Validate a text-generation-webui ``sampler_priority``: distinct known names, or None.
+
+    A string is split on commas and newlines, as text-generation-webui does.
+
+    Raises:
+        SamplerError: Not a list of names, an unknown name, or a repeated name.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [part.strip() for part in value.replace("\n", ",").split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(n, str) for n in value):
+        raise SamplerError("sampler_priority", value, "must be a list of sampler names")
+    names = tuple(value)
+    unknown = [n for n in names if n not in TEXTGEN_DEFAULT_PRIORITY]
+    if unknown:
+        raise SamplerError("sampler_priority", value, f"unknown name(s) {unknown}; known: "
+                           f"{', '.join(TEXTGEN_DEFAULT_PRIORITY)}")
+    if len(set(names)) != len(names):
+        raise SamplerError("sampler_priority", value, "lists a sampler name twice")
+    return names
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Every sampler setting, under the wire names SillyTavern sends.
+
+    Each default turns its sampler off, except temperature (1.0, which is a no-op anyway).
+
+    Attributes:
+        temperature: Divides the logits; 0 means greedy. Range [0, inf).
+        top_k: Keep the k most likely tokens; 0 is off.
+        top_p: Keep the smallest set with probability mass >= top_p; 1 is off. Range [0, 1].
+        min_p: Keep tokens with p >= min_p * p_max; 0 is off. Range [0, 1].
+        typical: Typical-p (locally typical sampling) mass; 1 is off. Range [0, 1].
+        top_a: Keep tokens with p >= top_a * p_max**2; 0 is off. Range [0, 1].
+        tfs: Tail-free sampling z; 1 is off. Range [0, 1].
+        rep_pen: Repetition penalty: a positive logit of a token in the window is divided by
+            it, a negative one multiplied; 1 is off. Range (0, inf).
+        rep_pen_range: Window of the last N context tokens (prompt + output). textgen: 0 is
+            the whole context; koboldcpp: 0 counts as 1, as KoboldCpp clamps it.
+        rep_pen_slope: KoboldCpp only: the older half of the window gets the penalty
+            ``1 + (rep_pen - 1) * slope``; values outside (0, 1] mean 1 (flat), as in KoboldCpp.
+        presence_penalty: Subtracted once from each token in the window. Range [-2, 2].
+        frequency_penalty: Subtracted per occurrence in the window. Range [-2, 2].
+        seed: Seed of the random generator; None is random (the wire's -1).
+        dialect: Whose semantics to follow: TFS variant, rep-pen range/slope rules, order.
+        sampler_order: KoboldCpp sampler ids, used in the koboldcpp dialect.
+        sampler_priority: text-generation-webui names, used in the textgen dialect; None is
+            the default order with temperature last.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    typical: float = 1.0
+    top_a: float = 0.0
+    tfs: float = 1.0
+    rep_pen: float = 1.0
+    rep_pen_range: int = 0
+    rep_pen_slope: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    dialect: Dialect = "textgen"
+    sampler_order: tuple[int, ...] = KOBOLDCPP_DEFAULT_ORDER
+    sampler_priority: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Validate every field and normalise numbers and sequences to their declared types."""
+        for name, value in _validated(self).items():
+            object.__setattr__(self, name, value)
+
+    def replace(self, **changes: Any) -> SamplerSettings:
+        """A copy with ``changes`` applied and validated.
+
+        Raises:
+            SamplerError: A changed value is invalid, or a name is not a field.
+        """
+        fields = {f.name for f in dataclasses.fields(self)}
+        for name in changes:
+            if name not in fields:
+                raise SamplerError(name, changes[name], f"not a sampler setting; known: "
+                                   f"{', '.join(sorted(fields))}")
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def greedy(self) -> bool:
+        """Whether sampling picks the most likely token (temperature 0 or top-k 1)."""
+        return self.temperature == 0 or self.top_k == 1
+
+
+def _validated(s: SamplerSettings) -> dict[str, Any]:
+    """The checked, type-normalised value of every field (raises SamplerError)."""
+    if s.dialect not in DIALECTS:
+        raise SamplerError("dialect", s.dialect, f"must be one of {', '.join(DIALECTS)}")
+    seed = None if s.seed is None else check_int("seed", s.seed, 0, MAX_SEED)
+    return {
+        "temperature": check_float("temperature", s.temperature, 0.0),
+        "top_k": check_int("top_k", s.top_k, 0),
+        "top_p": check_float("top_p", s.top_p, 0.0, 1.0),
+        "min_p": check_float("min_p", s.min_p, 0.0, 1.0),
+        "typical": check_float("typical", s.typical, 0.0, 1.0),
+        "top_a": check_float("top_a", s.top_a, 0.0, 1.0),
+        "tfs": check_float("tfs", s.tfs, 0.0, 1.0),
+        "rep_pen": check_float("rep_pen", s.rep_pen, 0.0, low_open=True),
+        "rep_pen_range": check_int("rep_pen_range", s.rep_pen_range, 0),
+        "rep_pen_slope": check_float("rep_pen_slope", s.rep_pen_slope, 0.0),
+        "presence_penalty": check_float("presence_penalty", s.presence_penalty, -2.0, 2.0),
+        "frequency_penalty": check_float("frequency_penalty", s.frequency_penalty, -2.0, 2.0),
+        "seed": seed,
+        "sampler_order": check_sampler_order(s.sampler_order),
+        "sampler_priority": check_sampler_priority(s.sampler_priority),
+    }
+
+
+#: Named presets (the registry). ``limamono`` is the card's settings (SPEC §5).
+PRESETS: dict[str, SamplerSettings] = {
+    "limamono": SamplerSettings(temperature=1.0, tfs=0.85, rep_pen=1.11, rep_pen_range=2048,
+                                top_p=1.0, top_k=0),
+    "greedy": SamplerSettings(temperature=0.0),
+}
+
+
+def get_preset(name: str) -> SamplerSettings:
+    """The preset called ``name``.
+
+    Raises:
+        SamplerError: Unknown name (the message lists the known ones).
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise SamplerError("preset", name, f"unknown preset; known: {', '.join(PRESETS)}") \
+            from None

@@ -1,0 +1,159 @@
+"""Request fields to ``SamplerSettings``: the one place where wire aliases are mapped.
+
+SillyTavern sends each sampler under several names at once (``tfs`` and ``tfs_z``,
+``rep_pen``, ``repetition_penalty`` and ``repeat_penalty``, ...; see
+``shared/reference/sillytavern_api.md`` §1.3-1.4). When several aliases are present, the
+dialect's own name wins: text-generation-webui reads its canonical names and ignores the
+others; KoboldCpp reads its native names, and takes the largest of the three repetition
+penalties (``transform_genparams``).
+
+Fields absent from a request (or JSON ``null``) keep the base settings' values, which are
+the server's preset. Unknown keys are ignored, as both servers do; ``unsupported_fields``
+names the ones that ask for a sampler this package does not implement, so a caller can warn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from limamono.samplers.settings import (
+    DIALECTS,
+    TEXTGEN_DEFAULT_PRIORITY,
+    TEXTGEN_TEMPERATURE_LAST,
+    TEXTGEN_TEMPERATURE_NAMES,
+    SamplerError,
+    SamplerSettings,
+    check_sampler_priority,
+)
+
+#: Field -> wire names, the textgen dialect's preferred name first.
+TEXTGEN_ALIASES: dict[str, tuple[str, ...]] = {
+    "temperature": ("temperature", "temp"),
+    "top_k": ("top_k",),
+    "top_p": ("top_p",),
+    "min_p": ("min_p",),
+    "typical": ("typical_p", "typical"),
+    "top_a": ("top_a",),
+    "tfs": ("tfs", "tfs_z"),
+    "rep_pen": ("repetition_penalty", "rep_pen", "repeat_penalty"),
+    "rep_pen_range": ("repetition_penalty_range", "rep_pen_range", "repeat_last_n",
+                      "penalty_range"),
+    "rep_pen_slope": ("rep_pen_slope",),
+    "presence_penalty": ("presence_penalty", "presence_pen"),
+    "frequency_penalty": ("frequency_penalty", "freq_pen"),
+    "seed": ("seed", "sampler_seed"),
+    "sampler_order": ("sampler_order",),
+    "sampler_priority": ("sampler_priority",),
+}
+
+#: Field -> wire names, KoboldCpp's native name first.
+KOBOLDCPP_ALIASES: dict[str, tuple[str, ...]] = {
+    **TEXTGEN_ALIASES,
+    "typical": ("typical", "typical_p"),
+    "rep_pen": ("rep_pen", "repetition_penalty", "repeat_penalty"),
+    "rep_pen_range": ("rep_pen_range", "repetition_penalty_range", "repeat_last_n",
+                      "penalty_range"),
+    "seed": ("sampler_seed", "seed"),
+}
+
+#: Fields whose wire value -1 means "off / whole context / random" (vLLM, TabbyAPI, ST).
+_MINUS_ONE: dict[str, Any] = {"top_k": 0, "rep_pen_range": 0, "seed": None}
+
+#: Wire fields that turn on a sampler this package does not implement, with the value that
+#: means "off". SillyTavern sends them all, normally off.
+UNSUPPORTED_OFF: dict[str, Any] = {
+    "mirostat": 0, "mirostat_mode": 0, "dry_multiplier": 0, "xtc_probability": 0,
+    "smoothing_factor": 0, "dynamic_temperature": False, "dynatemp_range": 0,
+    "epsilon_cutoff": 0, "eta_cutoff": 0, "top_n_sigma": 0, "skew": 0,
+    "encoder_repetition_penalty": 1, "no_repeat_ngram_size": 0, "penalty_alpha": 0,
+}
+
+
+def settings_from_fields(fields: Mapping[str, Any], base: SamplerSettings,
+                         dialect: str) -> SamplerSettings:
+    """Settings for one request: ``base`` overridden by the sampler fields in ``fields``.
+
+    Args:
+        fields: A request body (any mapping; unknown keys are ignored).
+        base: The server's settings; fields absent from the request keep these values.
+        dialect: ``"textgen"`` (OpenAI and text-generation-webui APIs) or ``"koboldcpp"``
+            (KoboldCpp/KoboldAI APIs); picks alias precedence and sampler semantics.
+
+    Returns:
+        Validated settings with ``dialect`` set.
+
+    Raises:
+        SamplerError: A value has the wrong type, is NaN/inf or out of range; ``field`` is
+            the wire name the request used.
+    """
+    if dialect not in DIALECTS:
+        raise SamplerError("dialect", dialect, f"must be one of {', '.join(DIALECTS)}")
+    aliases = KOBOLDCPP_ALIASES if dialect == "koboldcpp" else TEXTGEN_ALIASES
+    changes: dict[str, Any] = {"dialect": dialect}
+    used: dict[str, str] = {}  # field -> the wire name its value came from
+    for field, names in aliases.items():
+        found = _pick(fields, field, names, dialect)
+        if found is not None:
+            used[field], changes[field] = found
+    if dialect == "textgen" and fields.get("temperature_last") is not None:
+        used["sampler_priority"] = "sampler_priority"
+        changes["sampler_priority"] = _apply_temperature_last(
+            fields["temperature_last"], changes.get("sampler_priority", base.sampler_priority))
+    try:
+        return base.replace(**changes)
+    except SamplerError as error:
+        raise SamplerError(used.get(error.field, error.field), error.value, error.reason) \
+            from None
+
+
+def _pick(fields: Mapping[str, Any], field: str, names: tuple[str, ...],
+          dialect: str) -> tuple[str, Any] | None:
+    """(wire name, value) for ``field``, or None when the request does not set it."""
+    present = [(name, fields[name]) for name in names if fields.get(name) is not None]
+    if not present:
+        return None
+    if field == "rep_pen" and dialect == "koboldcpp" and len(present) > 1:
+        # KoboldCpp: rep_pen = max(repeat_penalty, repetition_penalty, rep_pen).
+        numbers = [(n, v) for n, v in present if _is_number(v)]
+        if len(numbers) == len(present):
+            return max(numbers, key=lambda item: item[1])
+    name, value = present[0]
+    if field in _MINUS_ONE and _is_number(value) and value == -1:
+        value = _MINUS_ONE[field]
+    if field in ("sampler_order", "sampler_priority") and isinstance(value, list):
+        value = tuple(value)
+    return name, value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _apply_temperature_last(flag: Any, priority: Any) -> tuple[str, ...]:
+    """text-generation-webui's ``temperature_last``: move the temperature samplers last.
+
+    ``False`` means the given order, or text-generation-webui's own default (temperature
+    early) when the request gives none.
+    """
+    if not isinstance(flag, bool):
+        raise SamplerError("temperature_last", flag, "must be true or false")
+    names = check_sampler_priority(priority)
+    if not flag:
+        return names if names is not None else TEXTGEN_DEFAULT_PRIORITY
+    if names is None:
+        return TEXTGEN_TEMPERATURE_LAST
+    return (*(n for n in names if n not in TEXTGEN_TEMPERATURE_NAMES),
+            *(n for n in names if n in TEXTGEN_TEMPERATURE_NAMES))
+
+
+def unsupported_fields(fields: Mapping[str, Any]) -> list[str]:
+    """Wire fields in ``fields`` that ask for a sampler this package does not implement.
+
+    Returns:
+        Their names, in request order (values equal to "off" are not listed).
+    """
+    return [name for name, value in fields.items()
+            if name in UNSUPPORTED_OFF and value is not None and value != UNSUPPORTED_OFF[name]]
