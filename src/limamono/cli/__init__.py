@@ -39,6 +39,7 @@ COMMAND_MODULES = [
     "limamono.cli.eval_cmd",
     "limamono.cli.card_cmd",
     "limamono.cli.data_cmd",
+    "limamono.cli.chat_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,217 @@
+"""`limamono chat`, `chats ...`, `demo` and `card generate` driven through the CLI.
+
+The engine is the scripted one from test_chat (``chat_cmd.make_engine`` is replaced), so
+every prompt and reply is known; stdin is piped, one line a message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from limamono.cli import app, chat_cmd
+from limamono.generation import TextChunk
+from limamono.store import ChatStore
+from test_chat import ScriptedEngine
+
+ASSETS = Path(__file__).parent / "assets"
+REPO = Path(__file__).resolve().parents[1]
+MIRA = ASSETS / "chat_mira.yaml"
+runner = CliRunner()
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> ScriptedEngine:
+    scripted = ScriptedEngine(["She nodded."])
+    monkeypatch.setattr(chat_cmd, "make_engine", lambda model, adapter: scripted)
+    return scripted
+
+
+def flat(text: str) -> str:
+    """Output with Rich's line wrapping undone (errors wrap at the console width)."""
+    return " ".join(text.split())
+
+
+def chat(db: Path, lines: list[str], *args: str) -> str:
+    result = runner.invoke(app, ["chat", "--card", str(MIRA), "--user", "Tom", "--db", str(db),
+                                 *args], input="".join(f"{line}\n" for line in lines))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_chat_streams_replies_and_saves_them(engine: ScriptedEngine, tmp_path: Path) -> None:
+    engine.replies = ["She nodded slowly.", "Sit by the stove."]
+    output = chat(tmp_path / "c.db", ["Hello there.", "Is it always this wet?"])
+    assert "Chat 1 with Mira Holt" in output
+    assert 'Mira Holt: Mira looked up from the lamp as the door banged open.' in output
+    assert "Mira Holt: She nodded slowly.\n" in output
+    assert "Mira Holt: Sit by the stove.\n" in output
+    assert engine.prompts[1].endswith(
+        "### Input: (length = tiny)\nTom: Is it always this wet?\n\n"
+        "### Response: (length = long)\nMira Holt:")
+    saved = ChatStore(tmp_path / "c.db").load_chat(1)
+    assert [m.text for m in saved.messages][1:] == ["Hello there.", "She nodded slowly.",
+                                                    "Is it always this wet?", "Sit by the stove."]
+
+
+def test_every_slash_command(engine: ScriptedEngine, tmp_path: Path) -> None:
+    engine.replies = ["First reply.", "Second reply.", " And more.", "Third reply."]
+    export = tmp_path / "out.jsonl"
+    output = chat(tmp_path / "c.db", [
+        "Hello.", "/regen", "/swipe 1", "/continue", "/length short", "/input-length micro",
+        "Next message.", "/edit Fixed text.", "/undo", "/chats", f"/save {export}", "/help",
+        "/bogus", "/swipe x", "/quit", "never read"])
+    assert "Mira Holt: Second reply.\n  (swipe 2/2)" in output
+    assert "Mira Holt: First reply.\n  (swipe 1/2)" in output
+    assert "(continuing) And more." in output
+    assert "replies are now short" in output and "labelled micro" in output
+    assert engine.prompts[3].endswith("### Input: (length = micro)\nTom: Next message.\n\n"
+                                      "### Response: (length = short)\nMira Holt:")
+    assert "Mira Holt: Fixed text." in output
+    assert "undone; the chat now ends with:\nMira Holt: Third reply." in output
+    assert "│ 1  │ Mira Holt │ Tom" in output
+    assert f"saved as chat 1 in {tmp_path / 'c.db'}" in output
+    assert "/input-length X" in output
+    assert "unknown command '/bogus'" in output
+    assert "/swipe needs a number, got 'x'" in output
+    assert len(engine.prompts) == 4, "nothing after /quit was read"
+    saved = ChatStore(tmp_path / "c.db").load_chat(1)
+    assert [m.text for m in saved.messages][1:] == ["Hello.", "First reply. And more.",
+                                                    "Next message.", "Third reply."]
+    exported = [json.loads(line) for line in export.read_text().split("\n")]
+    assert exported[0]["character_name"] == "Mira Holt"
+    assert exported[3]["swipes"] == ["First reply. And more.", "Second reply."]
+
+
+def test_impersonation_guard_cuts_and_records(engine: ScriptedEngine, tmp_path: Path) -> None:
+    engine.replies = ['She nodded. "Come in."\nTom: I step inside and take the lamp.']
+    engine.apply_stops = False
+    output = chat(tmp_path / "c.db", ["Hello."])
+    assert 'Mira Holt: She nodded. "Come in."\n' in output
+    assert "I step inside" not in output
+    assert "cut where the model began writing Tom's turn" in output
+    reply = ChatStore(tmp_path / "c.db").load_chat(1).messages[-1]
+    assert reply.text == 'She nodded. "Come in."' and reply.current.cut == "user"
+
+
+def test_header_cut_with_the_engine_stop_string(engine: ScriptedEngine, tmp_path: Path) -> None:
+    engine.replies = ["She nodded.\n\n### Input:\nTom: hi"]
+    output = chat(tmp_path / "c.db", ["Hello."])
+    assert "cut where the model began a new ### block" in output
+    assert ChatStore(tmp_path / "c.db").load_chat(1).messages[-1].current.cut == "header"
+
+
+class InterruptingEngine(ScriptedEngine):
+    """Sends the process a real SIGINT (Ctrl-C) after two chunks of the reply."""
+
+    def stream_text(self, prompt, settings, max_new_tokens, stop=(), cancel=None,
+                    truncation="left") -> Iterator[TextChunk]:
+        for n, chunk in enumerate(super().stream_text(prompt, settings, max_new_tokens, stop,
+                                                      cancel), start=1):
+            yield chunk
+            if n == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_the_reply_but_not_the_chat(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    engine = InterruptingEngine(["one two three four five six"])
+    monkeypatch.setattr(chat_cmd, "make_engine", lambda model, adapter: engine)
+    output = chat(tmp_path / "c.db", ["Hello.", "Still here?"])
+    assert "Mira Holt: one two\n  (stopped)" in output
+    assert len(engine.prompts) == 2
+    assert ChatStore(tmp_path / "c.db").load_chat(1).messages[2].text == "one two"
+
+
+def test_resume_a_saved_chat(engine: ScriptedEngine, tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    chat(db, ["Hello."])
+    result = runner.invoke(app, ["chat", "--chat", "1", "--db", str(db)], input="Again.\n")
+    assert result.exit_code == 0, result.output
+    assert "Tom: Hello.\nMira Holt: She nodded.\n" in result.output
+    assert len(ChatStore(db).load_chat(1).messages) == 5
+    missing = runner.invoke(app, ["chat", "--chat", "9", "--db", str(db)], input="")
+    assert missing.exit_code == 2 and "no chat with id 9" in flat(missing.output)
+    neither = runner.invoke(app, ["chat", "--db", str(db)], input="")
+    assert neither.exit_code == 2 and "give either --card FILE" in flat(neither.output)
+
+
+def test_chats_list_show_export_import_delete(engine: ScriptedEngine, tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    chat(db, ["Hello."])
+    listed = runner.invoke(app, ["chats", "list", "--db", str(db)])
+    assert "│ 1  │ Mira Holt │ Tom  │ 3" in listed.output
+    shown = runner.invoke(app, ["chats", "show", "1", "--db", str(db)])
+    assert "Chat 1: Mira Holt and Tom\n" in shown.output and "Tom: Hello." in shown.output
+    jsonl, yaml_file = tmp_path / "c.jsonl", tmp_path / "c.yaml"
+    for target in (jsonl, yaml_file):
+        done = runner.invoke(app, ["chats", "export", "1", "-o", str(target), "--db", str(db)])
+        assert done.exit_code == 0, done.output
+    again = runner.invoke(app, ["chats", "export", "1", "-o", str(jsonl), "--db", str(db)])
+    assert again.exit_code == 2 and "exists; pass --force" in flat(again.output)
+    assert "Tom: Hello." in yaml_file.read_text() or "text: Hello." in yaml_file.read_text()
+    imported = runner.invoke(app, ["chats", "import", str(jsonl), "--card", str(MIRA),
+                                   "--db", str(db)])
+    assert imported.exit_code == 0 and "as chat 2" in imported.output
+    assert ChatStore(db).load_chat(2).character == ChatStore(db).load_chat(1).character
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"user_name":"T","character_name":"M"}\n{"mes": 1}\n')
+    failed = runner.invoke(app, ["chats", "import", str(bad), "--db", str(db)])
+    assert failed.exit_code == 2
+    assert "bad.jsonl:2: field 'mes' must be text" in flat(failed.output)
+    deleted = runner.invoke(app, ["chats", "delete", "2", "--yes", "--db", str(db)])
+    assert deleted.exit_code == 0
+    assert [c.id for c in ChatStore(db).list_chats()] == [1]
+
+
+def test_demo_runs_the_scripted_roleplay(engine: ScriptedEngine, tmp_path: Path) -> None:
+    engine.replies = ["She set down her pen.", "She began with the ledger."]
+    result = runner.invoke(app, ["demo", "--db", str(tmp_path / "c.db")])
+    assert result.exit_code == 0, result.output
+    output = result.output
+    first = sorted((REPO / "examples" / "characters").glob("*.yaml"))[0]
+    saved = ChatStore(tmp_path / "c.db").load_chat(1)
+    name = saved.character.name
+    assert f"Demo: Sam visits {name} ({first.name})" in output
+    assert f"{name}: {saved.messages[0].text[:40]}" in output
+    assert f"Sam: {chat_cmd.DEMO_TURNS[0]}" in output
+    assert f"{name}: She set down her pen.\n" in output
+    assert f"Sam: {chat_cmd.DEMO_TURNS[1]}" in output
+    assert f"{name}: She began with the ledger.\n" in output
+    assert "Saved as chat 1 in" in output
+    assert [s.seed for s in engine.settings] == [7, 8]
+    assert [s.tfs for s in engine.settings] == [0.85, 0.85]
+    assert [m.role for m in saved.messages] == ["char", "user", "char", "user", "char"]
+
+
+def test_demo_with_a_chosen_character(engine: ScriptedEngine, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--character", str(MIRA), "--user", "Tom",
+                                 "--db", str(tmp_path / "c.db")])
+    assert result.exit_code == 0, result.output
+    assert "Demo: Tom visits Mira Holt (chat_mira.yaml)" in result.output
+    assert "Mira Holt: Mira looked up from the lamp" in result.output
+
+
+@pytest.mark.parametrize("command", [["chat"], ["demo"], ["chats"], ["chats", "list"],
+                                     ["chats", "show"], ["chats", "export"],
+                                     ["chats", "import"], ["chats", "delete"],
+                                     ["card", "generate"]])
+def test_help(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output and len(result.output) > 200
+
+
+@pytest.mark.slow
+def test_demo_on_the_embedded_model(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--db", str(tmp_path / "c.db"), "--max-tokens", "40"])
+    assert result.exit_code == 0, result.output
+    saved = ChatStore(tmp_path / "c.db").load_chat(1)
+    assert [m.role for m in saved.messages] == ["char", "user", "char", "user", "char"]
+    assert all(m.text for m in saved.messages)
