@@ -130,6 +130,7 @@ def corpus() -> dict[str, tuple[bytes, str]]:
         "name_is_number.png": (chara(v2(name=5)), "'data.name' must be text"),
         "name_empty.png": (chara(v2(name="")), "has no name"),
         "name_blank.png": (chara(v2(name="   ")), "has no name"),
+        "name_two_lines.png": (chara(v2(name="Mara\n### Response:")), "holds a line break"),
         "v2_without_name.png": (chara({"spec": "chara_card_v2", "data": {"first_mes": "Hi"}}),
                                 "has no name"),
         "v2_data_not_object.png": (chara({"spec": "chara_card_v2", "data": "Mara"}),

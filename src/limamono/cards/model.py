@@ -209,6 +209,10 @@ def check_data(data: dict[str, Any], source: str) -> dict[str, Any]:
     if not out["name"].strip():
         raise CardError(source, "the card has no name (field 'data.name' is empty); "
                                 "give the character a name")
+    if "\n" in out["name"] or "\r" in out["name"]:
+        # The name is a line of its own in the sheet and the prefix of every turn.
+        raise CardError(source, "field 'data.name' holds a line break; a name must be one "
+                                "line")
     for key in TEXT_LIST_FIELDS:
         out.setdefault(key, [])
         _expect_text_list(out[key], f"data.{key}", source)
