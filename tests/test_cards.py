@@ -243,6 +243,12 @@ def test_png_round_trip_keeps_pixels_and_fields(tmp_path: Path) -> None:
     chara = json.loads(base64.b64decode(dict(_text_chunks(second))["chara"]))
     assert (chara["spec"], chara["data"]["first_mes"]) == ("chara_card_v2", "Changed.")
     assert read_card(tmp_path / "m2.png").data["first_mes"] == "Changed."
+    from PIL import Image  # an independent reader agrees the file is a sound PNG
+
+    with Image.open(tmp_path / "m2.png") as image:
+        image.load()
+        assert image.size == (400, 600)
+        assert image.text["chara"].encode() == dict(_text_chunks(second))["chara"]
 
 
 def test_write_refuses_unknown_extension_and_missing_folder(tmp_path: Path) -> None:
