@@ -1,0 +1,210 @@
+"""`limamono data lint|build|stats`: check, build and measure a training dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from limamono.cli.common import EXIT_BAD_INPUT, EXIT_PROBLEMS, err, fail, out
+
+data_app = typer.Typer(help="Check, build and measure a training dataset (a folder of "
+                            "conversation YAML, JSONL and LimaRP YAML files).",
+                       no_args_is_help=True)
+
+
+def _bounds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        fail(f"--length-bounds {text!r}: expected six increasing integers, e.g. "
+             "10,30,60,120,240,480")
+
+
+def _tokenizer(model: str) -> Any:
+    from limamono.models import ModelError, load_tokenizer
+
+    folder = Path(model)
+    if (folder / "tokenizer_config.json").is_file() and not (folder / "config.json").exists():
+        # A tokenizer-only folder is enough to build a dataset.
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    try:
+        return load_tokenizer(model)
+    except ModelError as exc:
+        fail(str(exc))
+
+
+@data_app.command("lint")
+def lint_cmd(
+    path: Path = typer.Argument(..., help="Dataset folder (searched recursively) or one file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the problems as JSON."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
+) -> None:
+    """List every problem in every dataset file: schema, style rules, alternation, empty
+    turns, missing Scenario, duplicate conversations. Exit 0 clean (warnings allowed unless
+    --strict), 1 problems found, 2 unusable input."""
+    from dataclasses import asdict
+
+    from limamono.dataset import lint_dir
+
+    try:
+        problems = lint_dir(path)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps([asdict(p) for p in problems]))
+    else:
+        for p in problems:
+            colour = "red" if p.severity == "error" else "yellow"
+            out.print(f"{p.where()}: [{colour}]{p.severity}[/] [bold]{p.rule}[/] {p.message}",
+                      highlight=False)
+        errors = sum(p.severity == "error" for p in problems)
+        err.print(f"{errors} error(s), {len(problems) - errors} warning(s)")
+    if any(p.severity == "error" or strict for p in problems):
+        raise typer.Exit(EXIT_PROBLEMS)
+
+
+def _build_config(seq_len: int, val: float, seed: int, overflow: str, end_of_turn: str,
+                  train_on_inputs: bool, length_bounds: str, window_overlap: int,
+                  trigger: str, normalize: bool) -> Any:
+    from limamono.dataset import BuildConfig
+
+    try:
+        return BuildConfig(seq_len=seq_len, val=val, seed=seed, overflow=overflow,  # type: ignore[arg-type]
+                           end_of_turn=end_of_turn, train_on_inputs=train_on_inputs,  # type: ignore[arg-type]
+                           length_bounds=_bounds(length_bounds),
+                           window_overlap=window_overlap, trigger=trigger, normalize=normalize)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+_SEQ = typer.Option(4096, "--seq-len", help="Most tokens in one sample.")
+_VAL = typer.Option(0.05, "--val", help="Fraction of conversations held out for eval.")
+_SEED = typer.Option(42, "--seed", help="Seed of the train/eval split.")
+_OVERFLOW = typer.Option("window", "--overflow", help="Over-long conversations: window "
+                         "(split at turns, keep the Instruction block), truncate, drop, error.")
+_EOT = typer.Option("header", "--end-of-turn", help="Trained end of a character turn: header "
+                    "(the next '\\n\\n###') or eos (the EOS token).")
+_TOI = typer.Option(False, "--train-on-inputs", help="Train every token (no masking).")
+_BOUNDS = typer.Option("10,30,60,120,240,480", "--length-bounds", help="Upper word counts "
+                       "of micro,tiny,short,medium,long,massive (above: huge).")
+_OVERLAP = typer.Option(2, "--window-overlap", help="Turns of context repeated (masked) at "
+                        "the start of the next window.")
+_TRIGGER = typer.Option("card", "--trigger", help="Trigger phrase: card, preset or the text.")
+_NORMALIZE = typer.Option(True, "--normalize/--no-normalize", help="Apply the style "
+                          "module's safe fixes (quotes, ellipses, spaces); each is reported.")
+_MODEL = typer.Option("smollm2-135m", "--model", "-m", help="Model whose tokenizer is used.")
+
+
+@data_app.command("build")
+def build_cmd(
+    path: Path = typer.Argument(..., help="Dataset folder or file."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the build to."),
+    model: str = _MODEL, seq_len: int = _SEQ, val: float = _VAL, seed: int = _SEED,
+    overflow: str = _OVERFLOW, end_of_turn: str = _EOT, train_on_inputs: bool = _TOI,
+    length_bounds: str = _BOUNDS, window_overlap: int = _OVERLAP, trigger: str = _TRIGGER,
+    normalize: bool = _NORMALIZE,
+) -> None:
+    """Build masked training samples: train.jsonl/eval.jsonl (Axolotl input_output
+    segments), tokenized/{train,eval}.jsonl (input ids and labels) and stats.json."""
+    from limamono.dataset import DatasetError, build, write_build
+
+    config = _build_config(seq_len, val, seed, overflow, end_of_turn, train_on_inputs,
+                           length_bounds, window_overlap, trigger, normalize)
+    tokenizer = _tokenizer(model)
+    try:
+        result = build(str(path), tokenizer, config)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    except DatasetError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    stats = write_build(result, output, tokenizer, model)
+    _report(stats)
+    out.print(f"wrote {output}/train.jsonl, eval.jsonl, tokenized/, stats.json")
+
+
+def _report(stats: dict[str, Any]) -> None:
+    """The build's reported events on stderr: fixes, duplicates, over-long, skipped."""
+    for fix in stats["style_fixes"]:
+        err.print(f"normalized: {fix['file']} message {fix['message_index']} "
+                  f"({', '.join(fix.get('rules', []))})", highlight=False)
+    for name in stats["duplicates_dropped"]:
+        err.print(f"duplicate dropped: {name}", highlight=False)
+    for event in stats["overlong"]["conversations"]:
+        err.print(f"over-long: {event['source']} ({event['tokens']} tokens): "
+                  f"{event['action']} -> {event['samples']} sample(s)", highlight=False)
+    for name in stats["skipped_no_supervised_tokens"]:
+        err.print(f"skipped (no trained token): {name}", highlight=False)
+    for warning in stats["warnings"]:
+        where = "" if warning["message_index"] is None else f" message {warning['message_index']}"
+        err.print(f"warning: {warning['file']}{where} [{warning['rule']}] {warning['message']}",
+                  highlight=False)
+    _table(stats)
+
+
+def _table(stats: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="dataset")
+    table.add_column("figure")
+    for split in ("all", "train", "eval"):
+        table.add_column(split, justify="right")
+    splits = stats["splits"]
+    rows = [("conversations", stats["conversations"]), ("samples", stats["samples"]),
+            ("tokens", stats["sample_tokens"]), ("supervised tokens",
+                                                 stats["supervised_tokens"])]
+    keys = ["conversations", "samples", "tokens", "supervised_tokens"]
+    for (label, total), key in zip(rows, keys, strict=True):
+        table.add_row(label, str(total), str(splits["train"][key]), str(splits["eval"][key]))
+    table.add_row("messages", str(stats["messages"]), "", "")
+    table.add_row("tokens (whole conversations)", str(stats["tokens"]), "", "")
+    table.add_row("over-long conversations", str(stats["overlong"]["count"]), "", "")
+    out.print(table)
+    roles = Table(title="per role")
+    for col in ("role", "messages", "mean words", "mean tokens", "max tokens", "labels"):
+        roles.add_column(col)
+    for role, fig in stats["roles"].items():
+        labels = ", ".join(f"{k} {v}" for k, v in stats["length_labels"][role].items())
+        roles.add_row(role, str(fig["words"]["count"]), str(fig["words"]["mean"]),
+                      str(fig["tokens"]["mean"]), str(int(fig["tokens"]["max"])), labels)
+    out.print(roles)
+
+
+@data_app.command("stats")
+def stats_cmd(
+    path: Path = typer.Argument(..., help="A built folder (has stats.json) or a dataset "
+                                "folder (built in memory, nothing written)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    model: str = _MODEL, seq_len: int = _SEQ, val: float = _VAL, seed: int = _SEED,
+    overflow: str = _OVERFLOW, end_of_turn: str = _EOT, train_on_inputs: bool = _TOI,
+    length_bounds: str = _BOUNDS, window_overlap: int = _OVERLAP, trigger: str = _TRIGGER,
+) -> None:
+    """Show a dataset's figures: conversations, messages, tokens, supervised tokens,
+    per-role lengths, the length-label histogram and over-long counts."""
+    from limamono.dataset import DatasetError, build, compute_stats, is_built, read_stats
+
+    if is_built(path):
+        stats = read_stats(path)
+    else:
+        config = _build_config(seq_len, val, seed, overflow, end_of_turn, train_on_inputs,
+                               length_bounds, window_overlap, trigger, True)
+        tokenizer = _tokenizer(model)
+        try:
+            stats = compute_stats(build(str(path), tokenizer, config), tokenizer)
+        except FileNotFoundError as exc:
+            fail(str(exc))
+        except DatasetError as exc:
+            fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps(stats))
+    else:
+        _table(stats)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``data`` command group to the CLI."""
+    app.add_typer(data_app, name="data")

@@ -1,0 +1,101 @@
+"""Dataset builder: conversation files to masked, tokenised training samples (SPEC §6).
+
+Public API:
+
+- ``lint_dir(root)``: every problem of every file (schema, rules, style, duplicates).
+- ``load_dir(root)``, ``load_file(path)``, ``from_limarp(data)``: inputs.
+- ``BuildConfig``, ``build(root, tokenizer, config)``, ``build_samples(records, ...)``:
+  samples with exact loss masks; ``write_build(result, out, tokenizer)`` writes them.
+- ``compute_stats``, ``read_stats``, ``read_tokenized``, ``is_built``: figures and outputs.
+- ``layout``, ``compose``, ``PieceTokenizer``: the mask policy, piece by piece.
+"""
+
+from limamono.dataset.build import (
+    OVERFLOW,
+    BuildConfig,
+    BuildResult,
+    DatasetError,
+    OverflowEvent,
+    Sample,
+    build,
+    build_samples,
+    plan_samples,
+    split_records,
+)
+from limamono.dataset.output import (
+    STATS_FILE,
+    compute_stats,
+    is_built,
+    read_stats,
+    read_tokenized,
+    segment_row,
+    tokenizer_fingerprint,
+    write_build,
+)
+from limamono.dataset.samples import (
+    END_OF_TURN,
+    END_SIGNAL,
+    IGNORE_INDEX,
+    Layout,
+    Piece,
+    PieceTokenizer,
+    bos_text,
+    compose,
+    layout,
+    truncate,
+)
+from limamono.dataset.sources import (
+    Problem,
+    Record,
+    check_record,
+    content_hash,
+    duplicate_problems,
+    find_files,
+    from_limarp,
+    is_limarp,
+    lint_dir,
+    load_dir,
+    load_file,
+)
+
+__all__ = [
+    "END_OF_TURN",
+    "END_SIGNAL",
+    "IGNORE_INDEX",
+    "OVERFLOW",
+    "STATS_FILE",
+    "BuildConfig",
+    "BuildResult",
+    "DatasetError",
+    "Layout",
+    "OverflowEvent",
+    "Piece",
+    "PieceTokenizer",
+    "Problem",
+    "Record",
+    "Sample",
+    "bos_text",
+    "build",
+    "build_samples",
+    "check_record",
+    "compose",
+    "compute_stats",
+    "content_hash",
+    "duplicate_problems",
+    "find_files",
+    "from_limarp",
+    "is_built",
+    "is_limarp",
+    "layout",
+    "lint_dir",
+    "load_dir",
+    "load_file",
+    "plan_samples",
+    "read_stats",
+    "read_tokenized",
+    "segment_row",
+    "split_records",
+    "tokenizer_fingerprint",
+    "truncate",
+    "write_build",
+]

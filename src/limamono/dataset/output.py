@@ -1,0 +1,148 @@
+"""Dataset statistics (the card's figures and more) and the files a build writes.
+
+Layout of a built dataset folder::
+
+    train.jsonl, eval.jsonl          Axolotl `input_output` rows: {"segments": [{text, label}]}
+    tokenized/train.jsonl, eval.jsonl  {"source", "window", "input_ids", "labels"}
+    stats.json                       figures, the build config and everything reported
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+crashed build never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from limamono import format as fmt
+from limamono.conversation import LENGTHS
+from limamono.dataset.build import SPLITS, BuildResult, Sample
+from limamono.dataset.samples import PieceTokenizer, Tokenizer
+
+STATS_FILE = "stats.json"
+TOKENIZED_DIR = "tokenized"
+#: Version of the built-folder layout, stored in stats.json.
+BUILD_VERSION = 1
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> dict[str, Any]:
+    """A short identity of a tokenizer: its name, vocabulary size and a probe's ids hash."""
+    probe = "### Response: (length = long)\nÉlodie: \"Hello…\" _thinking_ *thud* 12345"
+    ids = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    return {"name": str(getattr(tokenizer, "name_or_path", "") or ""),
+            "vocab_size": len(tokenizer) if hasattr(tokenizer, "__len__") else None,
+            "probe_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
+
+
+def _summary(values: Sequence[int]) -> dict[str, float]:
+    if not values:
+        return {"count": 0, "mean": 0.0, "median": 0.0, "max": 0.0, "total": 0.0}
+    return {"count": len(values), "mean": round(statistics.fmean(values), 1),
+            "median": float(statistics.median(values)), "max": float(max(values)),
+            "total": float(sum(values))}
+
+
+def compute_stats(result: BuildResult, tokenizer: Tokenizer) -> dict[str, Any]:
+    """The card's figures (conversations, messages, tokens) plus supervised tokens,
+    per-role lengths, the length-label histogram, over-long counts and per-split counts."""
+    tok = PieceTokenizer(tokenizer)
+    words: dict[str, list[int]] = {"char": [], "user": []}
+    tokens: dict[str, list[int]] = {"char": [], "user": []}
+    labels: dict[str, Counter[str]] = {"char": Counter(), "user": Counter()}
+    for record in result.records:
+        for message in record.conversation.messages:
+            words[message.role].append(fmt.word_count(message.text))
+            tokens[message.role].append(len(tok.ids(" " + message.text)))
+            labels[message.role][message.length or "none"] += 1
+    per_split = {split: _split_stats(result, split) for split in SPLITS}
+    return {
+        "conversations": len(result.records),
+        "messages": sum(len(r.conversation.messages) for r in result.records),
+        "tokens": sum(result.conversation_tokens.values()),
+        "samples": len(result.samples),
+        "sample_tokens": sum(len(s.input_ids) for s in result.samples),
+        "supervised_tokens": sum(s.supervised for s in result.samples),
+        "roles": {role: {"words": _summary(words[role]), "tokens": _summary(tokens[role])}
+                  for role in words},
+        "length_labels": {role: {k: labels[role][k] for k in (*LENGTHS, "none")
+                                 if labels[role][k]} for role in labels},
+        "overlong": {"count": len(result.overflow),
+                     "by_action": dict(Counter(e.action for e in result.overflow)),
+                     "conversations": [asdict(e) for e in result.overflow]},
+        "splits": per_split,
+        "duplicates_dropped": result.duplicates,
+        "style_fixes": result.fixes,
+        "skipped_no_supervised_tokens": result.skipped,
+        "warnings": [{"file": p.file, "rule": p.rule, "message": p.message,
+                      "message_index": p.message_index} for p in result.warnings],
+    }
+
+
+def _split_stats(result: BuildResult, split: str) -> dict[str, int]:
+    samples = [s for s in result.samples if s.split == split]
+    return {"conversations": sum(1 for v in result.splits.values() if v == split),
+            "samples": len(samples), "tokens": sum(len(s.input_ids) for s in samples),
+            "supervised_tokens": sum(s.supervised for s in samples)}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def segment_row(sample: Sample) -> dict[str, Any]:
+    """The Axolotl ``input_output`` row of a sample."""
+    return {"segments": [{"text": p.text, "label": p.label} for p in sample.pieces]}
+
+
+def write_build(result: BuildResult, out: str | Path, tokenizer: Tokenizer,
+                model: str | None = None) -> dict[str, Any]:
+    """Write a built dataset folder (see the module docstring); returns the stats written."""
+    out = Path(out)
+    for split in SPLITS:
+        samples = [s for s in result.samples if s.split == split]
+        atomic_write(out / f"{split}.jsonl", _jsonl(segment_row(s) for s in samples))
+        atomic_write(out / TOKENIZED_DIR / f"{split}.jsonl", _jsonl(
+            {"source": s.source, "window": s.window, "input_ids": s.input_ids,
+             "labels": s.labels} for s in samples))
+    stats = compute_stats(result, tokenizer)
+    stats["build"] = {"version": BUILD_VERSION, "format_version": fmt.FORMAT_VERSION,
+                      "model": model, "tokenizer": tokenizer_fingerprint(tokenizer),
+                      "config": asdict(result.config)}
+    atomic_write(out / STATS_FILE, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    return stats
+
+
+def is_built(path: str | Path) -> bool:
+    """Whether ``path`` is a built dataset folder (has stats.json and tokenized files)."""
+    path = Path(path)
+    return (path / STATS_FILE).is_file() and (path / TOKENIZED_DIR / "train.jsonl").is_file()
+
+
+def read_stats(path: str | Path) -> dict[str, Any]:
+    """The stats.json of a built dataset folder."""
+    return json.loads((Path(path) / STATS_FILE).read_text(encoding="utf-8"))
+
+
+def read_tokenized(path: str | Path, split: str) -> list[dict[str, Any]]:
+    """The tokenised rows (``input_ids``, ``labels``, ``source``) of one split."""
+    file = Path(path) / TOKENIZED_DIR / f"{split}.jsonl"
+    if not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines()
+            if line.strip()]

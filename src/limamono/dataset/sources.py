@@ -1,0 +1,280 @@
+"""Dataset inputs: find conversation files, import LimaRP YAML, and lint every record.
+
+A dataset is a folder (searched recursively) of conversation YAML files, JSONL files (one
+conversation per line) and LimaRP YAML files. Loading never stops at the first bad file:
+every schema error, every rule broken by every conversation is collected as a ``Problem``
+naming the file, the message index and the rule, so one ``limamono data lint`` run shows
+everything there is to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from limamono import conversation as conv_mod
+from limamono import format as fmt
+from limamono.conversation import Character, Conversation, ConversationError, Message, User
+
+Severity = Literal["error", "warning"]
+
+#: File suffixes read from a dataset folder.
+SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".jsonl")
+
+#: LimaRP placeholders: the character the model plays and the other side.
+LIMARP_FIRST, LIMARP_SECOND = "<FIRST>", "<SECOND>"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset file or conversation.
+
+    Attributes:
+        file: the file it was found in.
+        rule: a stable rule id (``schema``, ``duplicate``, ``empty-turn``, a style rule id...).
+        message: what is wrong and how to fix it.
+        severity: ``error`` blocks a build; ``warning`` is reported only.
+        message_index: the offending message, when the problem belongs to one.
+        line: 1-based line in the file, when known.
+        record: index of the conversation in a JSONL file (0 for YAML files).
+    """
+
+    file: str
+    rule: str
+    message: str
+    severity: Severity = "error"
+    message_index: int | None = None
+    line: int | None = None
+    record: int = 0
+
+    def where(self) -> str:
+        """``file[:line]`` plus the message index, for one-line reports."""
+        place = self.file if self.line is None else f"{self.file}:{self.line}"
+        if self.message_index is not None:
+            place += f" message {self.message_index}"
+        return place
+
+
+@dataclass(frozen=True)
+class Record:
+    """A loaded conversation and where it came from (file, and record index within it)."""
+
+    conversation: Conversation
+    file: str
+    index: int = 0
+
+    @property
+    def name(self) -> str:
+        """``file`` or ``file#index`` for JSONL records after the first."""
+        return self.file if self.index == 0 else f"{self.file}#{self.index}"
+
+
+def find_files(root: str | Path) -> list[Path]:
+    """Every dataset file under ``root`` (or ``root`` itself if it is a file), sorted.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+# --------------------------------------------------------------------------- LimaRP
+
+def is_limarp(data: Any) -> bool:
+    """Whether a parsed YAML document is a LimaRP record (``names`` + ``conversation``)."""
+    return isinstance(data, dict) and "conversation" in data and "names" in data
+
+
+def from_limarp(data: dict[str, Any], source: str = "<limarp>") -> Conversation:
+    """Convert a LimaRP record into a Conversation.
+
+    ``<FIRST>`` is the character the model plays (its persona becomes the sheet body),
+    ``<SECOND>`` the user; placeholders are replaced by the names everywhere.
+
+    Raises:
+        ConversationError: a field is missing or has the wrong type.
+    """
+    names = _limarp_map(data, "names", source)
+    personas = _limarp_map(data, "persona", source, required=False)
+    char = _limarp_text(names.get(LIMARP_FIRST), f"names.{LIMARP_FIRST}", source).strip()
+    user = _limarp_text(names.get(LIMARP_SECOND), f"names.{LIMARP_SECOND}", source).strip()
+
+    def fill(text: str) -> str:
+        return text.replace(LIMARP_FIRST, char).replace(LIMARP_SECOND, user)
+
+    turns = data.get("conversation")
+    if not isinstance(turns, list):
+        raise ConversationError("expected a list of {name, text} turns", source,
+                                field="conversation")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise ConversationError("expected a mapping with name and text", source,
+                                    field=f"conversation[{i}]")
+        text = _limarp_text(turn.get("text"), f"conversation[{i}].text", source)
+        role = "char" if turn.get("name") == LIMARP_FIRST else "user"
+        messages.append(Message(role, fill(text).strip("\n")))
+    description = fill(_limarp_text(personas.get(LIMARP_FIRST, ""), "persona", source))
+    user_persona = fill(_limarp_text(personas.get(LIMARP_SECOND, ""), "persona", source))
+    scenario = fill(_limarp_text(data.get("scenario", ""), "scenario", source)).strip()
+    return Conversation(Character(char, description.strip("\n")), User(user, user_persona),
+                        scenario, messages, {"format": "limarp"})
+
+
+def _limarp_map(data: dict[str, Any], key: str, source: str,
+                required: bool = True) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise ConversationError(f"expected a mapping keyed {LIMARP_FIRST}/{LIMARP_SECOND}",
+                                source, field=key)
+    return value
+
+
+def _limarp_text(value: Any, field: str, source: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConversationError(f"expected text, got {type(value).__name__}", source,
+                                field=field)
+    return value
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_file(path: str | Path) -> list[Conversation]:
+    """The conversations of one file: limamono YAML, LimaRP YAML or JSONL.
+
+    Raises:
+        ConversationError: naming the file, line and field at fault.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            data = None  # let the schema loader produce the located error
+        if is_limarp(data):
+            return [from_limarp(data, str(path))]
+    return conv_mod.load(path)
+
+
+def load_dir(root: str | Path) -> tuple[list[Record], list[Problem]]:
+    """Load every file under ``root``; schema errors become problems instead of stopping.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+    """
+    records: list[Record] = []
+    problems: list[Problem] = []
+    for path in find_files(root):
+        try:
+            found = load_file(path)
+        except ConversationError as exc:
+            problems.append(Problem(str(path), "schema", _schema_message(exc), line=exc.line))
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(str(path), "schema", f"cannot read: {exc}"))
+            continue
+        records.extend(Record(c, str(path), i) for i, c in enumerate(found))
+    return records, problems
+
+
+def _schema_message(exc: ConversationError) -> str:
+    field = f"field {exc.field!r}: " if exc.field else ""
+    return f"{field}{exc.reason}"
+
+
+# --------------------------------------------------------------------------- checks
+
+def content_hash(conversation: Conversation) -> str:
+    """SHA-256 of what a conversation says (sheet, names, scenario, turns; not ``meta``)."""
+    body = replace(conversation, meta={}).to_dict()
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False)
+                          .encode("utf-8")).hexdigest()
+
+
+def check_record(record: Record) -> list[Problem]:
+    """Every problem of one conversation: format, empty turns, alternation, scenario, style."""
+    conv, out = record.conversation, []
+
+    def add(rule: str, message: str, severity: Severity = "error",
+            index: int | None = None) -> None:
+        out.append(Problem(record.file, rule, message, severity, index, record=record.index))
+
+    if not conv.scenario:
+        add("missing-scenario", "no scenario: add `scenario:` (the card strongly advises a "
+            "Scenario line at the end of every sheet)", "warning")
+    if not any(m.role == "char" for m in conv.messages):
+        add("no-char-turn", "no character turn, so nothing would be trained", "warning")
+    for i, message in enumerate(conv.messages):
+        if not message.text.strip():
+            add("empty-turn", "the turn is empty: write its text or delete it", index=i)
+        if i and message.role == conv.messages[i - 1].role:
+            add("alternation", f"two {message.role} turns in a row (messages {i - 1} and "
+                f"{i}): merge them or add the missing turn between", "warning", i)
+        try:
+            fmt.render_segments(replace(conv, messages=[message]))
+        except fmt.FormatError as exc:
+            add("header-in-text", str(exc).split(": ", 1)[-1], index=i)
+    out.extend(_style_problems(record))
+    return out
+
+
+def _style_problems(record: Record) -> list[Problem]:
+    """Problems from ``limamono.style.lint_conversation`` when that module provides it."""
+    try:
+        from limamono import style
+    except ImportError:  # pragma: no cover - the style package is part of the project
+        return []
+    lint = getattr(style, "lint_conversation", None)
+    if lint is None:
+        return []
+    problems = []
+    for issue in lint(record.conversation):
+        severity = "error" if getattr(issue, "severity", "warning") == "error" else "warning"
+        problems.append(Problem(record.file, str(issue.rule), str(issue.message), severity,
+                                getattr(issue, "message_index", None), record=record.index))
+    return problems
+
+
+def duplicate_problems(records: Iterable[Record]) -> list[Problem]:
+    """One problem per conversation whose content repeats an earlier one."""
+    seen: dict[str, Record] = {}
+    out = []
+    for record in records:
+        digest = content_hash(record.conversation)
+        if digest in seen:
+            first = seen[digest]
+            out.append(Problem(record.file, "duplicate", f"same content as {first.name} "
+                               f"(sha256 {digest[:12]}): delete one copy", record=record.index))
+        else:
+            seen[digest] = record
+    return out
+
+
+def lint_dir(root: str | Path) -> list[Problem]:
+    """Every problem in every file under ``root``: schema, rules, style and duplicates.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+    """
+    records, problems = load_dir(root)
+    for record in records:
+        problems.extend(check_record(record))
+    problems.extend(duplicate_problems(records))
+    return sorted(problems, key=lambda p: (p.file, p.record, p.message_index or -1, p.rule))
