@@ -215,3 +215,63 @@ def test_demo_on_the_embedded_model(tmp_path: Path) -> None:
     saved = ChatStore(tmp_path / "c.db").load_chat(1)
     assert [m.role for m in saved.messages] == ["char", "user", "char", "user", "char"]
     assert all(m.text for m in saved.messages)
+
+
+# --------------------------------------------------------------------------- card generate
+
+SHEET_REPLY = ("Age: 41\nNessa has piloted the Wendle ferry since she was nineteen.\n\n"
+               "- Hates fog.\nScenario: Fog rolls over the river at dawn.\n\n### Response:")
+
+
+def test_sheet_prompt_and_draft() -> None:
+    from limamono.format import TRIGGERS
+    from limamono.generate_data import draft_report, draft_sheet, sheet_prompt
+
+    assert sheet_prompt("Nessa Crane", "Occupation: ferry pilot") == (
+        TRIGGERS["card"] + "\n\n### Instruction:\nNessa Crane\nOccupation: ferry pilot\n")
+    assert sheet_prompt() == TRIGGERS["card"] + "\n\n### Instruction:\n"
+    engine = ScriptedEngine([SHEET_REPLY])
+    draft = draft_sheet(engine, None, "Nessa Crane", "Occupation: ferry pilot")
+    assert engine.prompts == [sheet_prompt("Nessa Crane", "Occupation: ferry pilot")]
+    assert draft.sheet == ("Nessa Crane\nOccupation: ferry pilot\nAge: 41\nNessa has piloted "
+                           "the Wendle ferry since she was nineteen.\n- Hates fog.\n"
+                           "Scenario: Fog rolls over the river at dawn.")
+    assert draft.parts is not None and draft.parts.missing == []
+    assert draft.parts.scenario == "Fog rolls over the river at dawn."
+    assert draft_report(draft) == []
+    bare = draft_sheet(ScriptedEngine(["Age: 41\nShe pilots the ferry."]), None, "Nessa")
+    assert bare.parts is not None and bare.parts.scenario == ""
+    assert draft_report(bare) == ["missing: trivia (not invented; add it by hand)",
+                                  "missing: scenario (not invented; add it by hand)"]
+    empty = draft_sheet(ScriptedEngine(["\n\n"]), None)
+    assert empty.parts is None and draft_report(empty)[0].startswith("the sheet could not be")
+
+
+def test_card_generate_saves_the_draft(engine: ScriptedEngine, tmp_path: Path) -> None:
+    engine.replies = [SHEET_REPLY]
+    target = tmp_path / "nessa.json"
+    result = runner.invoke(app, ["card", "generate", "--name", "Nessa Crane", "--hint",
+                                 "Occupation: ferry pilot", "--seed", "3", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert "draft sheet" in result.output and "saved the draft to" in result.output
+    data = json.loads(target.read_text())["data"]
+    assert data["name"] == "Nessa Crane"
+    assert data["scenario"] == "Fog rolls over the river at dawn."
+    assert data["description"].startswith("Occupation: ferry pilot\nAge: 41\n")
+    assert engine.settings[0].seed == 3
+    again = runner.invoke(app, ["card", "generate", "-o", str(target)])
+    assert again.exit_code == 2 and "exists; pass --force" in flat(again.output)
+
+
+def test_card_generate_reports_missing_parts_and_refuses_nothing(engine: ScriptedEngine,
+                                                                  tmp_path: Path) -> None:
+    engine.replies = ["Age: 41\nShe pilots the ferry."]
+    target = tmp_path / "nessa.yaml"
+    result = runner.invoke(app, ["card", "generate", "--name", "Nessa", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert "warning: missing: scenario (not invented; add it by hand)" in flat(result.output)
+    assert "Scenario" not in target.read_text()
+    engine.replies = [""]
+    empty = runner.invoke(app, ["card", "generate", "-o", str(tmp_path / "x.png")])
+    assert empty.exit_code == 1 and "nothing was saved" in flat(empty.output)
+    assert not (tmp_path / "x.png").exists()

@@ -40,6 +40,7 @@ COMMAND_MODULES = [
     "limamono.cli.card_cmd",
     "limamono.cli.data_cmd",
     "limamono.cli.chat_cmd",
+    "limamono.cli.cardgen_cmd",
 ]
 
 for _name in COMMAND_MODULES:
