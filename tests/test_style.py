@@ -310,6 +310,8 @@ def test_cli_conversation_json_and_unparsable(lint_app: typer.Typer, tmp_path: P
     result = _run(lint_app, str(path), "--json")
     assert result.exit_code == 1
     data = json.loads(result.stdout)
+    assert data["summary"] == {"files": 1, "issues": 4, "errors": 0, "warnings": 4, "fixed": 0,
+                               "unusable": 0}
     issues = data["files"][0]["issues"]
     assert [(i["rule"], i["message_index"], i["start"], i["location"]) for i in issues] == [
         ("LM004", 0, 14, "message 0:14"), ("LM003", 0, 15, "message 0:15"),

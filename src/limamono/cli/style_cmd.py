@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from limamono.cli.common import EXIT_BAD_INPUT, EXIT_OK, EXIT_PROBLEMS, err, fail, out
+from limamono.style.convert import DEFAULT_MAX_SOUND_WORDS
 
 if TYPE_CHECKING:
     from limamono.style.files import FileReport
@@ -44,8 +45,9 @@ def lint_cmd(
                                      "to run (default: all)."),
     ignore: str | None = typer.Option(None, "--ignore", help="Comma-separated rule ids or "
                                       "names to skip."),
-    max_sound_words: int = typer.Option(3, "--max-sound-words", min=1, help="Asterisk spans "
-                                        "longer than this many words are actions (LM030)."),
+    max_sound_words: int = typer.Option(
+        DEFAULT_MAX_SOUND_WORDS, "--max-sound-words", min=1,
+        help="Asterisk spans longer than this many words are actions (LM030)."),
     fail_on: str = typer.Option("warning", "--fail-on", help="'warning': any issue exits 1; "
                                 "'error': only errors do."),
     list_rules: bool = typer.Option(False, "--list-rules", help="List the rules and exit."),
@@ -58,7 +60,7 @@ def lint_cmd(
         for rule in RULES.values():
             fixable = " (fixable)" if rule.fixable else ""
             out.print(f"{rule.id} {rule.name} {rule.severity}{fixable}: {rule.description}",
-                      markup=False, highlight=False, soft_wrap=True)
+                      markup=False, emoji=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_OK)
     if not paths:
         fail("give at least one PATH (a file or folder), or --list-rules")
@@ -99,37 +101,41 @@ def _print_lines(reports: list[FileReport]) -> None:
             err.print(Text.assemble(("error:", "bold red"), f" {report.path}: {report.error}"),
                       highlight=False, soft_wrap=True)
         if report.note:
-            err.print(f"{report.path}: {report.note}", markup=False, highlight=False,
-                      soft_wrap=True)
+            err.print(Text(f"{report.path}: {report.note}"), highlight=False, soft_wrap=True)
         if report.fixed:
-            err.print(f"{report.path}: fixed {report.fixed} issue(s)", markup=False,
-                      highlight=False, soft_wrap=True)
+            err.print(Text(f"{report.path}: fixed {report.fixed} issue(s)"), highlight=False,
+                      soft_wrap=True)
         for finding in report.findings:
             item = finding.issue
             line = Text.assemble(f"{report.path}:{finding.location()} ", (item.rule, "bold"),
                                  " ", (item.severity, colours[item.severity]),
                                  f" {item.message}")
             out.print(line, soft_wrap=True, highlight=False)
-    err.print(_summary(reports), markup=False, highlight=False, soft_wrap=True)
+    err.print(Text(_summary(_counts(reports))), highlight=False, soft_wrap=True)
 
 
 def _print_json(reports: list[FileReport]) -> None:
-    data = {"files": [r.to_dict() for r in reports], "summary": _summary(reports)}
-    out.print(json.dumps(data, indent=2, ensure_ascii=False), markup=False, highlight=False,
+    data = {"files": [r.to_dict() for r in reports], "summary": _counts(reports)}
+    # A Text object is printed verbatim: no markup, emoji codes or highlighting in the JSON.
+    out.print(Text(json.dumps(data, indent=2, ensure_ascii=False)), highlight=False,
               soft_wrap=True)
 
 
-def _summary(reports: list[FileReport]) -> str:
+def _counts(reports: list[FileReport]) -> dict[str, int]:
     findings = [f for r in reports for f in r.findings]
     errors = sum(f.issue.severity == "error" for f in findings)
-    parts = [f"{len(findings)} issue(s) ({errors} error(s), {len(findings) - errors} "
-             f"warning(s)) in {len(reports)} file(s)"]
-    fixed = sum(r.fixed for r in reports)
-    if fixed:
-        parts.append(f"{fixed} fixed")
-    bad = sum(1 for r in reports if r.error)
-    if bad:
-        parts.append(f"{bad} file(s) unreadable or unwritable")
+    return {"files": len(reports), "issues": len(findings), "errors": errors,
+            "warnings": len(findings) - errors, "fixed": sum(r.fixed for r in reports),
+            "unusable": sum(1 for r in reports if r.error)}
+
+
+def _summary(counts: dict[str, int]) -> str:
+    parts = [f"{counts['issues']} issue(s) ({counts['errors']} error(s), {counts['warnings']} "
+             f"warning(s)) in {counts['files']} file(s)"]
+    if counts["fixed"]:
+        parts.append(f"{counts['fixed']} fixed")
+    if counts["unusable"]:
+        parts.append(f"{counts['unusable']} file(s) unreadable or unwritable")
     return "; ".join(parts)
 
 
