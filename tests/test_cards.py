@@ -313,6 +313,25 @@ def test_seraphina_converts_to_house_style_and_round_trips(shared_dir: Path) -> 
         conv.character, conv.scenario, conv.messages)
 
 
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples" / "characters").glob("*.txt"))
+
+
+@pytest.mark.parametrize("sheet", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_bundled_characters_sheet_yaml_and_card_agree(sheet: Path) -> None:
+    text = sheet.read_text()
+    parts = sheet_to_card(text, str(sheet))
+    assert (parts.missing, parts.notes) == ([], [])
+    assert card_to_sheet(parts.card) == text.rstrip("\n")
+    conversation = loads_yaml(sheet.with_suffix(".yaml").read_text())
+    assert (conversation.character.name, conversation.scenario) == (parts.name, parts.scenario)
+    if sheet.with_suffix(".png").exists():
+        from_png = card_to_conversation(read_card(sheet.with_suffix(".png")),
+                                        conversation.user.name)
+        assert (from_png.character, from_png.scenario) == (conversation.character,
+                                                           conversation.scenario)
+        assert [m.text for m in from_png.messages] == [conversation.messages[0].text]
+
+
 # --------------------------------------------------------------------------- macros, sheets
 
 @pytest.mark.parametrize(("text", "expected"), [
