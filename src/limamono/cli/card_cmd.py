@@ -7,11 +7,16 @@ command lives under one ``limamono card`` group.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from limamono.cli.common import fail, out
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from limamono.cards import Card
 
 card_app = typer.Typer(
     name="card",
@@ -42,7 +47,7 @@ def show_cmd(
     out.print(_summary_table(card))
 
 
-def _summary_table(card: Any) -> Any:
+def _summary_table(card: Card) -> Table:
     from rich.table import Table
     from rich.text import Text
 
