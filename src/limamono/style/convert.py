@@ -2,8 +2,9 @@
 
 Most SillyTavern cards write narration the chat-RP way, wrapped in asterisks. The house
 style writes narration bare and keeps asterisks for onomatopoeia only (``*thud*``). The
-converter and the linter share one judgement, ``is_action``, so a converted text never
-draws an asterisk-action warning and the linter never flags what the converter would keep.
+converter and the linter share one judgement, ``is_action``, so the linter never flags what
+the converter keeps on purpose. The one exception is the one-word action (``*smiles*``):
+the linter flags it, but only a writer can give it a subject, so the converter leaves it.
 """
 
 from __future__ import annotations
@@ -23,15 +24,24 @@ _FUNCTION_WORDS = frozenset({
     "but", "into", "from", "for", "up", "down", "away", "back", "over",
 })
 _END_PUNCTUATION = ".!?,;:-\u2014\u2026\"'"
+# One-word chat-RP actions ("*smiles*"): verbs in the third person, never onomatopoeia
+# (the sounds are "*gasp*", "*sob*", "*thud*"; "*gasps*" is someone doing it).
+_ONE_WORD_ACTIONS = frozenset({
+    "smiles", "sighs", "nods", "laughs", "giggles", "chuckles", "blushes", "grins", "smirks",
+    "winks", "shrugs", "hugs", "waves", "pouts", "frowns", "gasps", "blinks", "yawns", "cries",
+    "sobs", "stares", "glares", "whispers", "mumbles", "mutters", "grumbles", "kisses",
+    "cuddles", "snuggles", "facepalms", "bows", "leaves", "sits", "stands", "looks", "walks",
+})
 
 
 def is_action(inner: str, max_sound_words: int = DEFAULT_MAX_SOUND_WORDS) -> bool:
     """Whether the text of an asterisk span is an action (narration) rather than a sound.
 
-    One word is always a sound (``*thud*``, ``*BANG!*``); a word repeated is a sound however
-    long (``*knock knock knock knock*``). Otherwise a span is an action when it has more
-    than ``max_sound_words`` words, ends with a full stop (``*She smiled.*``), or contains a
-    pronoun, article or preposition (``*looks at you*``).
+    One word is a sound (``*thud*``, ``*BANG!*``) unless it is a common chat-RP action verb
+    (``*smiles*``, ``*sighs*``); a word repeated is a sound however long (``*knock knock
+    knock knock*``). Otherwise a span is an action when it has more than ``max_sound_words``
+    words, ends with a full stop (``*She smiled.*``), or contains a pronoun, article or
+    preposition (``*looks at you*``).
 
     Args:
         inner: the span text without its asterisks.
@@ -44,7 +54,9 @@ def is_action(inner: str, max_sound_words: int = DEFAULT_MAX_SOUND_WORDS) -> boo
         raise ValueError(f"max_sound_words must be at least 1, got {max_sound_words}")
     words = [w.strip(string.punctuation).lower() for w in inner.split()]
     words = [w for w in words if w]
-    if len(words) <= 1 or len(set(words)) == 1:
+    if len(words) == 1:
+        return words[0] in _ONE_WORD_ACTIONS
+    if len(set(words)) <= 1:
         return False
     if len(words) > max_sound_words:
         return True
@@ -61,8 +73,9 @@ def from_asterisk_style(text: str, max_sound_words: int = DEFAULT_MAX_SOUND_WORD
     reads as a sentence of its own (it starts with a capital and the next text starts a new
     sentence) but has no closing punctuation gets a full stop: ``*She waved* "Hi."`` becomes
     ``She waved. "Hi."``. A space is put back where removing an asterisk would glue two
-    words together. Nothing else changes: person and tense (``*smiles*``) cannot be fixed
-    mechanically, curly quotes are left to ``normalize``, and an unclosed asterisk stays.
+    words together. Nothing else changes: one-word actions (``*smiles*``), person and tense
+    cannot be fixed mechanically (the linter still reports them), curly quotes are left to
+    ``normalize``, and an unclosed asterisk stays.
 
     Args:
         text: prose in the chat-RP style (e.g. a card's ``first_mes``).
@@ -74,7 +87,8 @@ def from_asterisk_style(text: str, max_sound_words: int = DEFAULT_MAX_SOUND_WORD
     spans = split_spans(text)
     out: list[str] = []
     for span in spans:
-        if not (span.kind == "sound" and span.closed and is_action(span.inner, max_sound_words)):
+        if not (span.kind == "sound" and span.closed and len(span.inner.split()) > 1
+                and is_action(span.inner, max_sound_words)):
             out.append(span.text)
             continue
         after = text[span.end:]
