@@ -363,7 +363,8 @@ def test_card_to_conversation_fields_personality_nickname_and_greetings() -> Non
 
 
 def test_card_without_greeting_has_no_messages() -> None:
-    card = new_card("Ivo", description="Line one\r\nline two", alternate_greetings=["Alt."])
+    card = new_card("Ivo", description="Line one\r\nline two", first_mes="\r\n",
+                    alternate_greetings=["Alt."])
     conv = card_to_conversation(card)
     assert conv.messages == []
     assert conv.character.description == "Line one\nline two"

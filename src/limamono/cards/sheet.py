@@ -113,8 +113,8 @@ def card_to_conversation(card: Card, user_name: str = DEFAULT_USER,
         card = to_house_style(card)
     character = Character(card.name.strip(), sheet_body(card, user_name))
     scenario = _prompt_text(card, card.data["scenario"], user_name)
-    opening = greetings(card, user_name)
-    first = [Message("char", opening[0])] if card.data["first_mes"].strip() else []
+    greeting = _prompt_text(card, card.data["first_mes"], user_name)
+    first = [Message("char", greeting)] if greeting else []
     # The file name only: a conversation file should not carry the converter's folders.
     meta: dict[str, Any] = {"source": Path(card.source).name} if card.source != "<card>" else {}
     return Conversation(character, User(user_name), scenario, first, meta)
