@@ -54,7 +54,8 @@ def read_card(path: str | Path, limits: CardLimits = DEFAULT_LIMITS) -> Card:
         if size > limits.max_file_bytes:
             raise CardError(str(path), f"the file is {size} bytes, over the limit of "
                                        f"{limits.max_file_bytes}")
-        data = path.read_bytes()
+        with path.open("rb") as handle:  # bounded: the file may grow after the stat
+            data = handle.read(limits.max_file_bytes + 1)
     except FileNotFoundError:
         raise CardError(str(path), "no such file") from None
     except OSError as exc:
