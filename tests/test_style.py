@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -357,10 +358,26 @@ def test_fix_yaml_patches_in_place_keeping_comments(tmp_path: Path) -> None:
         "up \u2026 \"Who\u2019s there ?\"", "up... \"Who's there?\"")
 
 
-def test_fix_yaml_falls_back_to_dump_when_patching_breaks_quoting(tmp_path: Path) -> None:
+_HEAD = "# kept\ncharacter: {name: Edda}\nuser: Corin\nmessages:\n"
+
+
+@pytest.mark.parametrize(("message", "fixed"), [
+    ("- {role: char, text: 'It\u2019s late .'}", "- {role: char, text: 'It''s late.'}"),
+    ('- {role: char, text: "\u201cNo\u201d"}', '- {role: char, text: "\\"No\\""}'),
+    ("- role: char\n  text: \u201cNo,\u201d she said.",
+     '- role: char\n  text: "\\"No,\\" she said."'),
+])
+def test_fix_yaml_escapes_or_requotes_scalars(tmp_path: Path, message: str, fixed: str) -> None:
     path = tmp_path / "quoted.yaml"
-    path.write_text("# gone after the fix\ncharacter: {name: Edda}\nuser: Corin\nmessages:\n"
-                    "  - {role: char, text: 'It\u2019s late.'}\n", encoding="utf-8")
+    path.write_text(_HEAD + message + "\n", encoding="utf-8")
+    report = lint_file(path, fix=True)
+    assert (report.error, report.note, report.findings) == (None, None, [])
+    assert path.read_text(encoding="utf-8") == _HEAD + fixed + "\n"
+
+
+def test_fix_yaml_falls_back_to_dump_when_patching_cannot_work(tmp_path: Path) -> None:
+    path = tmp_path / "escaped.yaml"
+    path.write_text(_HEAD + '  - {role: char, text: "It\\u2019s late."}\n', encoding="utf-8")
     report = lint_file(path, fix=True)
     assert report.note == "rewritten from the data (YAML comments and layout not kept)"
     expected = _conv_io.load_yaml(path)
@@ -443,3 +460,20 @@ def test_from_asterisk_style_keeps_words_and_leaves_no_action(text: str) -> None
     assert [i for i in lint(converted, rules=["LM030"])
             if " " in converted[i.start:i.end].strip("*")] == []  # one-word actions stay
     assert from_asterisk_style(converted) == converted
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="ab \n.,!?:\"'#-\u201c\u201d\u2019\u2026", min_size=1,
+                        max_size=30).filter(lambda t: t.strip("\n")), min_size=1, max_size=3),
+       st.sampled_from([".yaml", ".jsonl"]))
+def test_fix_result_always_equals_normalize_conversation(texts: list[str], suffix: str) -> None:
+    conv = _conversation(*(("char", t.strip("\n")) for t in texts))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"c{suffix}"
+        body = (_conv_io.dump_yaml(conv) if suffix == ".yaml"
+                else _conv_io.dumps_jsonl([conv, conv]))
+        path.write_text(body, encoding="utf-8")
+        report = lint_file(path, fix=True, rules=list(TYPOGRAPHY_RULES))
+        assert report.error is None
+        expected = normalize_conversation(conv)[0]
+        assert _conv_io.load(path) == ([expected] if suffix == ".yaml" else [expected] * 2)

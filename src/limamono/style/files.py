@@ -6,11 +6,14 @@ safe ones of ``normalize`` and are written atomically (a temp file in the same f
 are ever written.
 
 How a YAML conversation is fixed (decision): the message texts are patched in place in the
-file's own text (located through the YAML node positions), so comments and layout survive;
-the patched text is parsed again and must give exactly the normalized conversation. When it
-does not (e.g. a fix would break a quoted YAML scalar), the file is rewritten with
-``conversation.dump_yaml`` instead, which does not keep comments. JSONL files are patched
-the same way as a whole and rewritten with ``dumps_jsonl`` when that fails.
+file's own text (located through the YAML node positions, new quotes escaped inside quoted
+scalars), so comments and layout survive; the patched text is parsed again and must give
+exactly the normalized conversation. If it does not, each fixed message that is not a block
+scalar is written as a double-quoted scalar instead (a plain ``text: \u201cHi,\u201d she
+said.`` cannot stay plain once it starts with ``"``); if even that fails (e.g. the curly
+quote was written as a ``\u2019`` escape), the file is rewritten with
+``conversation.dump_yaml``, which does not keep comments. JSONL files are patched as a whole
+and rewritten with ``dumps_jsonl`` when that fails.
 
 A ``.txt`` file is prose, linted with every rule, unless it is a wiki-style character sheet
 (a line starts with ``Scenario:``): sheets are written in the present tense and are not
@@ -19,6 +22,7 @@ turns, so they get the typography and marker rules only.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -252,10 +256,11 @@ def _fix_conversations(report: FileReport, conversations: list[Conversation],
     if not count:
         return conversations
     original = _read_text(report) or ""
-    patched = _patched_text(report.path, original, rules)
-    if patched is not None and _reparse(report.path, patched) == fixed:
-        text = patched
-    else:
+    candidates = (_patched_text(report.path, original, rules, requote)
+                  for requote in (False, True))
+    text = next((t for t in candidates if t is not None and _reparse(report.path, t) == fixed),
+                None)
+    if text is None:
         yaml_file = report.path.suffix.lower() != ".jsonl"
         text = conv_io.dump_yaml(fixed[0]) if yaml_file else conv_io.dumps_jsonl(fixed)
         report.note = ("rewritten from the data (YAML comments and layout not kept)"
@@ -263,10 +268,16 @@ def _fix_conversations(report: FileReport, conversations: list[Conversation],
     return fixed if _write(report, text, count) else conversations
 
 
-def _patched_text(path: Path, text: str, rules: list[str] | None) -> str | None:
-    """The file text with the safe fixes applied inside the message texts only."""
+def _patched_text(path: Path, text: str, rules: list[str] | None,
+                  requote: bool = False) -> str | None:
+    """The file text with the safe fixes applied inside the message texts only.
+
+    With ``requote``, a fixed message that is not a block scalar (``|``/``>``) is written
+    again as a double-quoted scalar instead of being patched: a plain scalar that would now
+    start with ``"`` (``text: \u201cHi,\u201d she said.``) cannot stay plain.
+    """
     if path.suffix.lower() == ".jsonl":
-        return normalize(text, rules=rules)[0]
+        return None if requote else normalize(text, rules=rules)[0]
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -274,10 +285,23 @@ def _patched_text(path: Path, text: str, rules: list[str] | None) -> str | None:
     fixes: list[Issue] = []
     for node in _message_text_nodes(root):
         start, end = node.start_mark.index, node.end_mark.index
-        for item in normalize(text[start:end], rules=rules)[1]:
+        found = normalize(text[start:end], rules=rules)[1]
+        if requote and found and node.style not in ("|", ">"):
+            # JSON string syntax is valid YAML double-quoted scalar syntax.
+            value = json.dumps(normalize(node.value, rules=rules)[0], ensure_ascii=False)
+            fixes.append(Issue(found[0].rule, found[0].severity, "requoted", start, end,
+                               None, value))
+            continue
+        # Inside a quoted scalar the new ASCII quote must be escaped the YAML way.
+        escape = _QUOTED_ESCAPES.get(node.style or "", {})
+        for item in found:
+            new = "".join(escape.get(ch, ch) for ch in item.replacement or "")
             fixes.append(Issue(item.rule, item.severity, item.message, start + item.start,
-                               start + item.end, None, item.replacement))
+                               start + item.end, None, new))
     return apply_fixes(text, fixes)
+
+
+_QUOTED_ESCAPES = {"'": {"'": "''"}, '"': {'"': '\\"'}}
 
 
 def _message_text_nodes(root: yaml.Node | None) -> Iterator[yaml.ScalarNode]:
