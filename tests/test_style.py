@@ -341,12 +341,14 @@ def test_cli_fix_txt_exact(lint_app: typer.Typer, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["prose.txt"]  # no temp file left
 
 
-def test_fix_keeps_crlf_line_endings(tmp_path: Path) -> None:
+def test_fix_keeps_crlf_line_endings_and_permissions(tmp_path: Path) -> None:
     path = tmp_path / "crlf.txt"
     path.write_bytes(b'"Hi ," she said.\r\n\r\n"Bye."\r\n')
+    path.chmod(0o640)
     report = lint_file(path, fix=True)
     assert (report.fixed, report.findings) == (1, [])
     assert path.read_bytes() == b'"Hi," she said.\r\n\r\n"Bye."\r\n'
+    assert path.stat().st_mode & 0o777 == 0o640  # permissions kept
 
 
 def test_fix_yaml_patches_in_place_keeping_comments(tmp_path: Path) -> None:

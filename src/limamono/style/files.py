@@ -173,11 +173,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     except OSError as exc:
         raise FixWriteError(f"cannot write beside {path}: {exc.strerror or exc}") from None
     try:
-        os.chmod(tmp, path.stat().st_mode & 0o777)  # keep the original's permissions
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777)  # keep the original's permissions
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -255,7 +255,9 @@ def _fix_conversations(report: FileReport, conversations: list[Conversation],
     count = sum(len(issues) for _, issues in results)
     if not count:
         return conversations
-    original = _read_text(report) or ""
+    original = _read_text(report)
+    if original is None:  # unreadable since it was loaded: write nothing
+        return conversations
     candidates = (_patched_text(report.path, original, rules, requote)
                   for requote in (False, True))
     text = next((t for t in candidates if t is not None and _reparse(report.path, t) == fixed),
