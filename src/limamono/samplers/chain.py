@@ -140,6 +140,14 @@ def _typical_stage(p: float) -> Stage:
     return stage
 
 
+def _tfs_stage(z: float, variant: F.TfsVariant) -> Stage:
+    """Tail-free sampling; the textgen variant also counts the tokens already removed."""
+    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+        vals = cands.sorted_survivor_vals()
+        cands.keep_prefix(F.keep_tail_free(vals, z, variant, cands.vocab - vals.numel()))
+    return stage
+
+
 def _top_k_stage(k: int) -> Stage:
     """Top-k; before anything is sorted, ``torch.topk`` is cheaper than a full sort."""
     def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
@@ -186,13 +194,14 @@ def _truncation(name: str, s: SamplerSettings, top_k: int) -> Stage | None:
         return _top_k_stage(top_k) if top_k > 0 else None
     if name == "temperature":
         return _temperature_stage(s.temperature) if s.temperature not in (0.0, 1.0) else None
+    if name == "tfs":
+        return _tfs_stage(s.tfs, variant) if s.tfs < 1.0 else None
     if name == "typical_p":
         return _typical_stage(s.typical) if s.typical < 1.0 else None
     kernels: dict[str, tuple[bool, Callable[[torch.Tensor], int]]] = {
         "top_p": (s.top_p < 1.0, partial(F.keep_top_p, p=s.top_p)),
         "min_p": (s.min_p > 0.0, partial(F.keep_min_p, p=s.min_p)),
         "top_a": (s.top_a > 0.0, partial(F.keep_top_a, a=s.top_a)),
-        "tfs": (s.tfs < 1.0, partial(F.keep_tail_free, z=s.tfs, variant=variant)),
     }
     enabled, kernel = kernels[name]
     return _prefix_stage(kernel) if enabled else None

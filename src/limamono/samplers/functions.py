@@ -52,8 +52,9 @@ def keep_top_p(sorted_logits: torch.Tensor, p: float) -> int:
     if p >= 1.0:
         return n
     probs = torch.softmax(sorted_logits, dim=-1)
-    before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each candidate
-    return max(1, int((before < p).sum()))
+    cum = torch.cumsum(probs, dim=-1)
+    # the first index where the mass reaches p is the last one kept
+    return min(n, int((cum < p).sum()) + 1)
 
 
 def keep_min_p(sorted_logits: torch.Tensor, p: float) -> int:
@@ -105,7 +106,8 @@ def argsort_ascending(values: torch.Tensor) -> torch.Tensor:
     return torch.argsort(values)
 
 
-def keep_tail_free(sorted_logits: torch.Tensor, z: float, variant: TfsVariant) -> int:
+def keep_tail_free(sorted_logits: torch.Tensor, z: float, variant: TfsVariant,
+                   removed: int = 0) -> int:
     """Tail-free sampling: cut where the curvature of the sorted probabilities flattens.
 
     Both variants take ``w = |d2| / sum|d2|`` (second differences of the sorted
@@ -113,32 +115,44 @@ def keep_tail_free(sorted_logits: torch.Tensor, z: float, variant: TfsVariant) -
     ``cdf``; ``i*`` is the first index where ``cdf > z``.
 
     - ``"koboldcpp"`` (llama.cpp before Oct 2024, KoboldCpp ``sample_tail_free`` with
-      ``min_keep=1``): keeps ``i*`` tokens, where ``i*`` must be >= 1; all if none.
+      ``min_keep=1``): keeps ``i*`` tokens, where ``i*`` must be >= 1; all if none. It sees
+      only the candidates that earlier samplers left.
     - ``"textgen"`` (text-generation-webui/KoboldAI ``TailFreeLogitsWarper``): keeps
-      ``i* + 1`` tokens; when no index crosses ``z`` it still drops the last token.
+      ``i* + 1`` tokens, and never the last one of the vocabulary. It runs on the whole
+      vocabulary, where tokens removed earlier are ``-inf`` (probability 0); ``removed`` says
+      how many such tokens follow the candidates, since they add curvature at the cut.
 
-    ``z >= 1`` or fewer than 3 candidates: no-op.
+    ``z >= 1`` or fewer than 3 tokens: no-op.
     """
     n = sorted_logits.numel()
-    if z >= 1.0 or n <= 2:
+    total_n = n + removed if variant == "textgen" else n
+    if z >= 1.0 or total_n <= 2:
         return n
     probs = torch.softmax(sorted_logits.float(), dim=-1)
+    if variant == "textgen" and removed:
+        # zeros past the first two add nothing to |d2|, so two stand for all of them
+        probs = torch.cat([probs, probs.new_zeros(min(removed, 2))])
     d1 = probs[:-1] - probs[1:]
-    d2 = (d1[:-1] - d1[1:]).abs()  # n - 2 values
+    d2 = (d1[:-1] - d1[1:]).abs()
     total = float(d2.sum())
     if total > TFS_FLAT_SUM:
         # cdf = cumsum(d2) / total > z, without dividing every element
         cum, threshold = torch.cumsum(d2, dim=-1), z * total
     else:
-        cum, threshold = torch.arange(1, n - 1, dtype=torch.float32), z * (n - 2)
-    first = int(torch.searchsorted(cum, torch.tensor([threshold], dtype=cum.dtype,
-                                                     device=cum.device), right=True))
+        cum, threshold = torch.arange(1, total_n - 1, dtype=torch.float32), z * (total_n - 2)
+    first = _first_above(cum, threshold)
     if variant == "koboldcpp":
         if first == 0:  # the cut may only fall at index >= min_keep = 1
-            first = int(torch.searchsorted(cum[1:], torch.tensor(
-                [threshold], dtype=cum.dtype, device=cum.device), right=True)) + 1
-        return first if first < n - 2 else n
-    return first + 1 if first < n - 2 else n - 1
+            first = _first_above(cum[1:], threshold) + 1
+        return first if first < cum.numel() else n
+    keep = first + 1 if first < cum.numel() else total_n - 1
+    return min(keep, n)
+
+
+def _first_above(ascending: torch.Tensor, threshold: float) -> int:
+    """Index of the first value > ``threshold`` in a non-decreasing tensor (len if none)."""
+    value = torch.tensor([threshold], dtype=ascending.dtype, device=ascending.device)
+    return int(torch.searchsorted(ascending, value, right=True))
 
 
 # ------------------------------------------------------------------ public pure samplers
@@ -224,6 +238,9 @@ def tail_free(logits: torch.Tensor, z: float, variant: TfsVariant = "textgen") -
     z = check_float("tfs", z, 0.0, 1.0)
     if variant not in ("textgen", "koboldcpp"):
         raise SamplerError("variant", variant, "must be 'textgen' or 'koboldcpp'")
+    if variant == "koboldcpp":  # KoboldCpp's candidate list no longer holds removed tokens
+        finite = int(torch.isfinite(logits).sum())
+        return filter_sorted(logits, lambda s: keep_tail_free(s[:finite], z, variant))
     return filter_sorted(logits, lambda s: keep_tail_free(s, z, variant))
 
 

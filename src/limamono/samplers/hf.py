@@ -37,9 +37,9 @@ def generate_kwargs(settings: SamplerSettings) -> dict[str, Any]:
     The seed is not set here: call ``torch.manual_seed(settings.seed)`` before ``generate``
     when reproducibility matters (``generate`` draws from torch's global generator).
     """
-    return {
-        "do_sample": not settings.greedy,
-        "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None, "typical_p": 1.0,
-        "repetition_penalty": 1.0,
-        "logits_processor": LogitsProcessorList([SamplerLogitsProcessor(settings)]),
-    }
+    processors = LogitsProcessorList([SamplerLogitsProcessor(settings)])
+    if settings.greedy:
+        return {"do_sample": False, "logits_processor": processors}
+    # neutral values override whatever the model's generation_config sets
+    return {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None,
+            "typical_p": 1.0, "repetition_penalty": 1.0, "logits_processor": processors}
