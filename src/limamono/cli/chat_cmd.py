@@ -33,8 +33,7 @@ SPAN_STYLES: dict[str, str] = {"narration": "", "dialogue": "bold", "thought": "
 
 #: The demo's scripted user turns: generic enough for any bundled character.
 DEMO_TURNS = (
-    "Good afternoon. I hope I'm not intruding; they told me in the village you might be "
-    "willing to talk.",
+    "Hello. I hope I'm not intruding; someone told me you might be willing to talk.",
     "Then tell me the story from the beginning, if you would. Where did it all start?",
 )
 
