@@ -10,11 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from limamono import atomic
 from limamono.cards import png
 from limamono.cards.limits import DEFAULT_LIMITS, CardError, CardLimits
 from limamono.cards.model import SPEC_V2, SPEC_V3, Card, card_from_json, parse_json, to_json_obj
@@ -213,24 +212,12 @@ def export_card(card: Card, path: str | Path, user_name: str = DEFAULT_USER,
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file next to ``path`` and move it into place.
+    """Write ``data`` atomically (``limamono.atomic``), as a CardError on failure.
 
     Raises:
         CardError: the folder does not exist or cannot be written.
     """
-    folder = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        atomic.write_bytes(path, data)
     except OSError as exc:
-        raise CardError(str(path), f"cannot write: {exc.strerror or exc}") from None
-    try:
-        # mkstemp makes the file private (0600); a card is an ordinary shareable file.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise CardError(str(path), f"cannot write: {exc.strerror or exc}") from None

@@ -23,8 +23,6 @@ turns, so they get the typography and marker rules only.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
+from limamono import atomic
 from limamono import conversation as conv_io
 from limamono.conversation import Conversation, ConversationError
 from limamono.style.lint import (
@@ -163,24 +162,14 @@ def lint_file(path: str | Path, *, fix: bool = False, rules: Iterable[str] | Non
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to a temp file beside ``path``, then move it into place.
+    """Write ``text`` (UTF-8, newlines as given) atomically (``limamono.atomic``).
 
     Raises:
         FixWriteError: the write failed; ``path`` is unchanged and no temp file is left.
     """
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic.write_text(path, text)
     except OSError as exc:
-        raise FixWriteError(f"cannot write beside {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o777)  # keep the original's permissions
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise FixWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
