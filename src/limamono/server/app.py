@@ -1,0 +1,230 @@
+"""The app factory: ``create_app(engine, config)`` builds the whole HTTP API around one engine.
+
+Tests inject a scripted engine; ``limamono serve`` injects the real one. Layers, outside in:
+CORS (only with allowed origins), Bearer auth (with an API key), the body-size limit, then
+the Kobold and OpenAI routes and ``/health``. Every error, including validation errors and
+unknown routes, is a JSON body naming the field at fault (``limamono.server.errors``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from limamono import __version__
+from limamono.generation import Engine
+from limamono.server import kobold, openai
+from limamono.server.config import ServerConfig
+from limamono.server.errors import (
+    TOO_LARGE,
+    UNAUTHORIZED,
+    UNPROCESSABLE,
+    ApiError,
+    error_body,
+)
+from limamono.server.queue import GenerationQueue
+from limamono.server.state import ServerState
+
+#: Routes that need no API key: liveness and the version checks clients make first.
+PUBLIC_PATHS = frozenset({"/health", *kobold.PUBLIC_PATHS})
+
+
+def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
+    """The HTTP app serving ``engine``.
+
+    Args:
+        engine: Anything implementing ``limamono.generation.Engine``.
+        config: Limits, queue size, auth and CORS; default ``ServerConfig()``.
+
+    Returns:
+        A FastAPI app; its generation worker thread starts now and stops at shutdown.
+    """
+    config = config or ServerConfig()
+    state = ServerState(engine, config, GenerationQueue(engine, config.queue))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.queue.close()
+
+    app = FastAPI(title="limamono", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
+                  description="KoboldAI/KoboldCpp, text-generation-webui and OpenAI-compatible "
+                              "APIs for a Limamono-style roleplay model.")
+    app.state.limamono = state
+    app.include_router(kobold.router(state))
+    app.include_router(openai.router(state))
+    _add_health(app, state)
+    _add_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    if config.api_key is not None:
+        app.add_middleware(BearerAuth, key=config.api_key, public=PUBLIC_PATHS)
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
+    return app
+
+
+def _add_health(app: FastAPI, state: ServerState) -> None:
+    @app.get("/health", tags=["health"], summary="Liveness: 503 when the generation worker died")
+    async def health() -> JSONResponse:
+        queue = state.queue
+        body = {"status": "ok" if queue.alive else "unavailable", "model": state.model_name,
+                "busy": queue.busy, "waiting": queue.waiting}
+        return JSONResponse(body, status_code=200 if queue.alive else 503)
+
+
+# --------------------------------------------------------------------------- errors
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(request.url.path, error.message, error.field, error.kind),
+                            status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        field, message = validation_message(error.errors())
+        return JSONResponse(error_body(request.url.path, message, field),
+                            status_code=UNPROCESSABLE)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse(error_body(request.url.path, str(error.detail), kind="http_error"),
+                            status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, error: Exception) -> JSONResponse:
+        # Request boundary: an unexpected failure is still a JSON answer.
+        return JSONResponse(error_body(request.url.path, f"internal error: {error}",
+                                       kind="server_error"), status_code=500)
+
+
+def validation_message(errors: Any) -> tuple[str | None, str]:
+    """(field, message) for pydantic errors: the first field's dotted path and every problem.
+
+    ``loc`` starts with ``body``; a body that is not a JSON object has no further path.
+    """
+    problems, first = [], None
+    for item in errors:
+        path = [str(p) for p in item.get("loc", ()) if p != "body"]
+        field = _dotted(path) or "body"
+        first = first or field
+        problems.append(f"{field}: {item.get('msg', 'invalid')}")
+    return first, "; ".join(problems) or "invalid request body"
+
+
+def _dotted(path: list[str]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out
+
+
+# --------------------------------------------------------------------------- middleware
+
+async def _reply(scope: Scope, receive: Receive, send: Send, status: int, message: str,
+                 headers: dict[str, str] | None = None, kind: str = "invalid_request_error",
+                 ) -> None:
+    response = JSONResponse(error_body(scope["path"], message, kind=kind),
+                            status_code=status, headers=headers)
+    await response(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, reading the stream itself.
+
+    A declared ``Content-Length`` over the limit is refused before reading; a chunked or
+    lying body is counted as it arrives and refused as soon as it passes the limit. The
+    accepted body is replayed to the app, and later ``receive`` calls (the disconnect) go
+    to the server.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the body size, then pass the request on."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if _content_length(scope) > self.limit:
+            await self._too_large(scope, receive, send)
+            return
+        parts, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending its body
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(parts), receive), send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _reply(scope, receive, send, TOO_LARGE,
+                     f"request body over {self.limit} bytes; fix: send a shorter prompt "
+                     "or raise the server's body limit", kind="request_too_large")
+
+
+def _content_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class BearerAuth:
+    """Require ``Authorization: Bearer <key>`` on every path but ``public`` (constant time)."""
+
+    def __init__(self, app: ASGIApp, key: str, public: frozenset[str]) -> None:
+        self.app = app
+        self.key = key.encode()
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass authorised requests on; answer 401 to the others."""
+        if scope["type"] != "http" or scope["path"] in self.public or self._authorised(scope):
+            await self.app(scope, receive, send)
+            return
+        await _reply(scope, receive, send, UNAUTHORIZED,
+                     "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
+                     headers={"WWW-Authenticate": "Bearer"}, kind="authentication_error")
+
+    def _authorised(self, scope: Scope) -> bool:
+        header = next((v for k, v in scope.get("headers", []) if k == b"authorization"), b"")
+        scheme, _, token = header.partition(b" ")
+        # compare_digest's time does not depend on where the strings differ.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)

@@ -1,0 +1,231 @@
+"""OpenAI-compatible routes, with the KoboldCpp and text-generation-webui extras.
+
+``/v1/completions`` serves three SillyTavern modes with one handler: KoboldCpp (its native
+fields and samplers, detected by ``params.dialect_of``), text-generation-webui (its extra
+fields) and generic OpenAI (standard fields only; the rest comes from the server's preset).
+``/v1/chat/completions`` renders the messages with the Limamono format. Streams are
+``data: {json}`` events ending with ``data: [DONE]``; a chunk never carries top-level
+``error``, ``message`` or ``detail`` keys, which SillyTavern would show as an error.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from limamono import format as fmt
+from limamono.generation import TextChunk
+from limamono.server.errors import BAD_REQUEST, ApiError, stream_error
+from limamono.server.params import GenerationRequest, dialect_of, single_prompt, text_request
+from limamono.server.schemas import ChatCompletionRequest, CompletionRequest, EncodeRequest
+from limamono.server.state import ServerState, body_fields
+from limamono.server.streaming import EventStream, job_stream, sse, wire_finish_reason
+
+DONE = "data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class ReplyMeta:
+    """The fields every chunk of one reply repeats."""
+
+    id: str
+    created: int
+    model: str
+    usage: bool  # add token usage to the last chunk (``stream_options.include_usage``)
+
+    @staticmethod
+    def new(prefix: str, model: str, usage: bool = False) -> ReplyMeta:
+        """Fresh metadata for a reply (``cmpl-...`` or ``chatcmpl-...``)."""
+        return ReplyMeta(f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), model, usage)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's ``usage`` object."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_request(body: CompletionRequest, state: ServerState) -> GenerationRequest:
+    """Check a ``/v1/completions`` body in its dialect (OpenAI limits: no clamping)."""
+    fields = body_fields(body)
+    return text_request(fields, single_prompt(body.prompt), dialect_of(fields), clamp=False,
+                        config=state.config, engine_context=state.engine.context_length)
+
+
+def _length_label(value: str | None, default: str, field: str) -> str | None:
+    """A length label from the request: absent -> ``default``, ``none`` -> no label."""
+    if value is None:
+        return default
+    if value == "none":
+        return None
+    try:
+        return fmt.check_length(value, field)
+    except fmt.FormatError as error:
+        raise ApiError(BAD_REQUEST, str(error), field=field) from None
+
+
+def chat_prompt(body: ChatCompletionRequest) -> tuple[str, list[str]]:
+    """The Limamono prompt of a chat request and the format's stop strings.
+
+    Raises:
+        ApiError: 400 naming the message (or extension field) at fault.
+    """
+    trigger = body.trigger or fmt.DEFAULT_TRIGGER
+    if trigger not in fmt.TRIGGERS:
+        raise ApiError(BAD_REQUEST, f"trigger={trigger!r}: must be one of "
+                       f"{', '.join(fmt.TRIGGERS)}", field="trigger")
+    response_length = _length_label(body.response_length, fmt.DEFAULT_RESPONSE_LENGTH,
+                                    "response_length")
+    input_length = _length_label(body.input_length, fmt.DEFAULT_INPUT_LENGTH, "input_length")
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    try:
+        conversation = fmt.from_chat_messages(messages, user_name=body.user_name or "User",
+                                              char_name=body.char_name)
+        prompt = fmt.render(conversation, open_response=True, response_length=response_length,
+                            input_length=input_length, trigger=trigger)
+    except fmt.FormatError as error:
+        index = error.message_index
+        field = "messages" if index is None else f"messages[{index}]"
+        raise ApiError(BAD_REQUEST, str(error), field=field) from None
+    return prompt, fmt.stop_strings(conversation.user.name)
+
+
+def chat_request(body: ChatCompletionRequest, state: ServerState) -> GenerationRequest:
+    """Check a ``/v1/chat/completions`` body (text-generation-webui samplers)."""
+    prompt, stops = chat_prompt(body)
+    return text_request(body_fields(body), prompt, "textgen", clamp=False,
+                        config=state.config, engine_context=state.engine.context_length,
+                        extra_stops=stops)
+
+
+def completion_events(meta: ReplyMeta) -> Callable[[TextChunk], list[str]]:
+    """The SSE events of ``/v1/completions`` chunks."""
+
+    def events(chunk: TextChunk) -> list[str]:
+        reason = wire_finish_reason(chunk.finish_reason)
+        if not chunk.text and reason is None:
+            return []
+        data: dict[str, Any] = {
+            "id": meta.id, "object": "text_completion", "created": meta.created,
+            "model": meta.model, "choices": [{"index": 0, "text": chunk.text,
+                                              "finish_reason": reason, "logprobs": None}]}
+        if reason is not None and meta.usage:
+            data["usage"] = usage(chunk.prompt_tokens, chunk.completion_tokens)
+        return [sse(data)]
+
+    return events
+
+
+def chat_events(meta: ReplyMeta) -> Callable[[TextChunk], list[str]]:
+    """The SSE events of ``/v1/chat/completions`` chunks (the role first, then deltas).
+
+    The open turn ends with ``Name:``, so the reply starts with a space that is not part
+    of the message: it is dropped from the first text.
+    """
+    started = False
+
+    def events(chunk: TextChunk) -> list[str]:
+        nonlocal started
+        out = []
+        text = chunk.text if started else chunk.text.lstrip(" ")
+        if not started and (text or chunk.finish_reason):
+            started = True
+            out.append(_chat_chunk(meta, {"role": "assistant", "content": ""}, None))
+        if text:
+            out.append(_chat_chunk(meta, {"content": text}, None))
+        reason = wire_finish_reason(chunk.finish_reason)
+        if reason is not None:
+            data = _chat_chunk_data(meta, {}, reason)
+            if meta.usage:
+                data["usage"] = usage(chunk.prompt_tokens, chunk.completion_tokens)
+            out.append(sse(data))
+        return out
+
+    return events
+
+
+def _chat_chunk_data(meta: ReplyMeta, delta: dict[str, Any], reason: str | None,
+                     ) -> dict[str, Any]:
+    return {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
+            "model": meta.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+
+
+def _chat_chunk(meta: ReplyMeta, delta: dict[str, Any], reason: str | None) -> str:
+    return sse(_chat_chunk_data(meta, delta, reason))
+
+
+def openai_error_event(message: str) -> str:
+    """The event reporting an engine failure in an OpenAI stream (then ``[DONE]``)."""
+    return sse(stream_error(message))
+
+
+def _wants_usage(body: CompletionRequest | ChatCompletionRequest) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def router(state: ServerState) -> APIRouter:
+    """The OpenAI and text-generation-webui routes, bound to ``state``."""
+    api = APIRouter(tags=["openai"])
+
+    @api.get("/v1/models", summary="The served model (SillyTavern's status check)")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": state.model_name, "object": "model",
+                                            "created": 0, "owned_by": "limamono"}]}
+
+    @api.post("/v1/completions", summary="Text completion (OpenAI, KoboldCpp, textgen)",
+              response_model=None)
+    async def completions(body: CompletionRequest, request: Request,
+                          ) -> dict[str, Any] | EventStream:
+        job = await state.submit(completion_request(body, state))
+        meta = ReplyMeta.new("cmpl", state.model_name, _wants_usage(body))
+        if body.stream:
+            return job_stream(job, completion_events(meta), openai_error_event, DONE)
+        reply = await state.reply(job, request.receive)
+        return {"id": meta.id, "object": "text_completion", "created": meta.created,
+                "model": meta.model,
+                "choices": [{"index": 0, "text": reply.text, "logprobs": None,
+                             "finish_reason": wire_finish_reason(reply.finish_reason)}],
+                "usage": usage(reply.prompt_tokens, reply.completion_tokens)}
+
+    @api.post("/v1/chat/completions", summary="Chat, rendered with the Limamono format",
+              response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request,
+                               ) -> dict[str, Any] | EventStream:
+        job = await state.submit(chat_request(body, state))
+        meta = ReplyMeta.new("chatcmpl", state.model_name, _wants_usage(body))
+        if body.stream:
+            return job_stream(job, chat_events(meta), openai_error_event, DONE)
+        reply = await state.reply(job, request.receive)
+        return {"id": meta.id, "object": "chat.completion", "created": meta.created,
+                "model": meta.model,
+                "choices": [{"index": 0, "finish_reason": wire_finish_reason(reply.finish_reason),
+                             "message": {"role": "assistant",
+                                         "content": reply.text.lstrip(" ")}}],
+                "usage": usage(reply.prompt_tokens, reply.completion_tokens)}
+
+    @api.get("/v1/internal/model/info", summary="Model and LoRA names (text-generation-webui)")
+    async def model_info() -> dict[str, Any]:
+        loras = [state.config.adapter_name] if state.config.adapter_name else []
+        return {"model_name": state.model_name, "lora_names": loras}
+
+    @api.post("/v1/internal/encode", summary="Tokenize a text (text-generation-webui)")
+    async def encode(body: EncodeRequest) -> dict[str, Any]:
+        ids = await state.tokenize(body.text)
+        return {"tokens": ids, "length": len(ids)}
+
+    @api.post("/v1/internal/token-count", summary="Count a text's tokens (text-generation-webui)")
+    async def token_count(body: EncodeRequest) -> dict[str, Any]:
+        return {"length": len(await state.tokenize(body.text))}
+
+    @api.post("/v1/internal/stop-generation", summary="Stop the running generation")
+    async def stop_generation() -> str:
+        state.queue.abort()
+        return "OK"
+
+    return api

@@ -1,0 +1,219 @@
+"""From a validated request body to one generation: prompt, samplers, length, stops, context.
+
+Everything here runs before a request enters the queue, so a bad request is refused with
+400 naming its field and never reaches the engine. The policies, per emulated API:
+
+- Reply length: Kobold routes clamp ``max_length`` so that some prompt still fits, as
+  KoboldCpp does; OpenAI routes refuse a ``max_tokens`` that leaves no room for a prompt
+  (400), as vLLM does. Both refuse values below 1 or above ``MAX_TOKENS_CAP``.
+- Context overflow: every route cuts the prompt from the left (the engine drops the oldest
+  whole turns of a Limamono prompt, else the oldest tokens), which is what KoboldCpp and
+  text-generation-webui do and what SillyTavern expects. A client's own context size
+  (``truncation_length``, ``max_context_length``, ``num_ctx``) below the model's is
+  honoured by cutting the prompt to it.
+- Sampler semantics: the KoboldCpp dialect on Kobold routes and for KoboldCpp-shaped
+  ``/v1/completions`` bodies (see ``dialect_of``), the text-generation-webui one elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from limamono.generation import Engine
+from limamono.samplers import SamplerError, SamplerSettings, settings_from_fields
+from limamono.server.config import ServerConfig
+from limamono.server.errors import BAD_REQUEST, ApiError
+
+#: Larger reply lengths are refused outright on every route (a typo or an attack).
+MAX_TOKENS_CAP = 1 << 20
+
+#: Request-level aliases (not samplers), each dialect's own name first.
+MAX_TOKEN_FIELDS = {
+    "koboldcpp": ("max_length", "max_tokens", "max_new_tokens", "n_predict", "num_predict"),
+    "textgen": ("max_tokens", "max_new_tokens", "max_completion_tokens", "max_length",
+                "n_predict", "num_predict"),
+}
+STOP_FIELDS = {
+    "koboldcpp": ("stop_sequence", "stop", "stopping_strings"),
+    "textgen": ("stop", "stopping_strings", "stop_sequence"),
+}
+CONTEXT_FIELDS = {
+    "koboldcpp": ("max_context_length", "truncation_length", "num_ctx"),
+    "textgen": ("truncation_length", "num_ctx", "max_context_length"),
+}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation, checked and ready for the queue.
+
+    Attributes:
+        prompt: The prompt text (cut later by the engine if it does not fit).
+        settings: The sampler settings (the preset overridden by the request).
+        max_new_tokens: Tokens to generate at most.
+        stop: Stop strings (the reply ends before the first one; never included).
+        context: The context to fit prompt + reply into (<= the engine's).
+        genkey: The client's key, for ``/api/extra/abort`` and ``/generate/check``.
+    """
+
+    prompt: str
+    settings: SamplerSettings
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    context: int
+    genkey: str | None = None
+
+
+def dialect_of(body: Mapping[str, Any]) -> str:
+    """The sampler dialect of a ``/v1/completions`` body: ``koboldcpp`` or ``textgen``.
+
+    KoboldCpp-shaped means SillyTavern's own marker ``api_type: "koboldcpp"``, or
+    ``sampler_order``, a KoboldCpp-native key that SillyTavern sends to no other backend
+    type (its text-generation-webui mode sends ``rep_pen`` and ``rep_pen_slope`` too, so
+    those do not count).
+    """
+    if body.get("api_type") == "koboldcpp" or body.get("sampler_order") is not None:
+        return "koboldcpp"
+    return "textgen"
+
+
+def first_present(body: Mapping[str, Any], names: Sequence[str]) -> tuple[str, Any] | None:
+    """(name, value) of the first of ``names`` that ``body`` sets to a non-null value."""
+    for name in names:
+        if body.get(name) is not None:
+            return name, body[name]
+    return None
+
+
+def sampler_settings(body: Mapping[str, Any], base: SamplerSettings,
+                     dialect: str) -> SamplerSettings:
+    """The request's samplers; a bad value is a 400 naming the wire field."""
+    try:
+        return settings_from_fields(body, base, dialect)
+    except SamplerError as error:
+        raise ApiError(BAD_REQUEST, str(error), field=error.field) from None
+
+
+def effective_context(body: Mapping[str, Any], dialect: str, engine_context: int) -> int:
+    """The context to fit into: the client's size when it is smaller than the engine's."""
+    found = first_present(body, CONTEXT_FIELDS[dialect])
+    if found is None:
+        return engine_context
+    name, value = found
+    if value < 1:
+        raise ApiError(BAD_REQUEST, f"{name}={value}: must be at least 1 (or absent: "
+                       f"the model's {engine_context})", field=name)
+    return min(value, engine_context)
+
+
+def max_new_tokens(body: Mapping[str, Any], dialect: str, default: int, context: int,
+                   clamp: bool) -> int:
+    """The reply length: the request's, checked; clamped (Kobold) or refused (OpenAI).
+
+    Raises:
+        ApiError: Below 1, above ``MAX_TOKENS_CAP``, or (``clamp=False``) leaving no room
+            for a prompt in ``context``.
+    """
+    found = first_present(body, MAX_TOKEN_FIELDS[dialect])
+    name, value = found if found is not None else ("max_tokens", default)
+    if value < 1 or value > MAX_TOKENS_CAP:
+        raise ApiError(BAD_REQUEST, f"{name}={value}: must be in [1, {MAX_TOKENS_CAP}]",
+                       field=name)
+    # KoboldCpp keeps at least min(ctx - 4, 16) tokens for the prompt.
+    limit = context - max(1, min(context - 4, 16))
+    if value <= limit:
+        return value
+    if clamp:
+        return max(1, limit)
+    raise ApiError(BAD_REQUEST, f"{name}={value} leaves no room for a prompt in the context of "
+                   f"{context} tokens; fix: at most {max(1, limit)}", field=name)
+
+
+def stop_strings(body: Mapping[str, Any], dialect: str, config: ServerConfig,
+                 extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The stop strings: the request's (a string or a list), then ``extra``, deduplicated.
+
+    Empty strings are dropped. A leading newline, as SillyTavern sends in instruct mode, is
+    kept: it is part of the string to match.
+
+    Raises:
+        ApiError: More than ``config.max_stop_strings`` or one longer than
+            ``config.max_stop_chars``.
+    """
+    found = first_present(body, STOP_FIELDS[dialect])
+    name, value = found if found is not None else ("stop", [])
+    given = [value] if isinstance(value, str) else list(value)
+    if len(given) > config.max_stop_strings:
+        raise ApiError(BAD_REQUEST, f"{name} has {len(given)} stop strings; at most "
+                       f"{config.max_stop_strings} are allowed", field=name)
+    for i, stop in enumerate(given):
+        if len(stop) > config.max_stop_chars:
+            raise ApiError(BAD_REQUEST, f"{name}[{i}] has {len(stop)} characters; at most "
+                           f"{config.max_stop_chars} are allowed", field=f"{name}[{i}]")
+    return tuple(s for s in dict.fromkeys([*given, *extra]) if s)
+
+
+def single_prompt(value: str | list[str], field: str = "prompt") -> str:
+    """The one prompt of a request (OpenAI allows a list; one reply per request here)."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ApiError(BAD_REQUEST, f"{field} is a list of {len(value)} prompts; send "
+                           "exactly one (one reply per request)", field=field)
+        value = value[0]
+    if not value:
+        raise ApiError(BAD_REQUEST, f"{field} is empty; send the text to continue", field=field)
+    return value
+
+
+def check_single_reply(body: Mapping[str, Any]) -> None:
+    """Refuse ``n`` / ``best_of`` other than 1 (several replies would multiply the work)."""
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        if value is not None and value != 1:
+            raise ApiError(BAD_REQUEST, f"{name}={value}: only 1 is supported; send one "
+                           "request per reply", field=name)
+
+
+def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool,
+                 config: ServerConfig, engine_context: int,
+                 extra_stops: Sequence[str] = ()) -> GenerationRequest:
+    """Check a text-completion body and build its :class:`GenerationRequest`.
+
+    Args:
+        body: The validated body as a dict (unknown keys included and ignored).
+        prompt: The prompt text.
+        dialect: ``koboldcpp`` or ``textgen`` (aliases and sampler semantics).
+        clamp: Clamp an over-long reply length (Kobold) instead of refusing it.
+        config: The server config (preset, limits).
+        engine_context: The engine's context length.
+        extra_stops: Stop strings the route adds (the chat route's ``###`` and user line).
+
+    Raises:
+        ApiError: 400 naming the field at fault.
+    """
+    check_single_reply(body)
+    context = effective_context(body, dialect, engine_context)
+    return GenerationRequest(
+        prompt=prompt,
+        settings=sampler_settings(body, config.sampler_settings(), dialect),
+        max_new_tokens=max_new_tokens(body, dialect, config.default_max_tokens, context, clamp),
+        stop=stop_strings(body, dialect, config, extra_stops),
+        context=context,
+        genkey=body.get("genkey"),
+    )
+
+
+def cut_to_context(engine: Engine, request: GenerationRequest) -> str:
+    """The prompt cut from the left to the request's context, when it is below the engine's.
+
+    The engine itself fits prompts to its own context (dropping whole turns of a Limamono
+    prompt); this only handles a client that asked for a smaller context, by keeping the
+    last tokens. Tokenizing does not take the engine's generation lock.
+    """
+    if request.context >= engine.context_length:
+        return request.prompt
+    budget = request.context - request.max_new_tokens
+    ids = engine.tokenize(request.prompt)
+    return request.prompt if len(ids) <= budget else engine.detokenize(ids[len(ids) - budget:])

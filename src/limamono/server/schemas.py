@@ -1,0 +1,155 @@
+"""Request bodies of the HTTP API as pydantic models (validation and the OpenAPI schema).
+
+The models check types only: ranges and alias precedence of the sampler fields are
+``limamono.samplers``' job (``settings_from_fields``), and the request-level limits
+(``max_tokens``, stop strings, context) are ``limamono.server.params``'. Every model keeps
+unknown keys (``extra="allow"``): SillyTavern forwards its whole settings body, including
+keys no backend knows (``api_server``, ``legacy_api``, ...), and those must just work.
+
+``strict`` stops pydantic from turning ``"0.7"`` into ``0.7`` or ``1`` into ``True`` (an
+error names the field instead), and ``allow_inf_nan=False`` rejects the ``NaN`` and
+``Infinity`` that Python's JSON parser accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from limamono.samplers import SamplerSettings
+from limamono.samplers.wire import KOBOLDCPP_ALIASES, TEXTGEN_ALIASES
+
+#: Python type of each SamplerSettings field -> the JSON type its wire names accept.
+_WIRE_TYPES: dict[str, Any] = {
+    "float": float | None,
+    "int": int | None,
+    "int | None": int | None,
+    "tuple[int, ...]": list[int] | None,
+    "tuple[str, ...] | None": list[str] | str | None,
+}
+
+
+class Body(BaseModel):
+    """Base of every request body: strict types, finite numbers, unknown keys kept."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+def _sampler_fields() -> dict[str, Any]:
+    """One optional field per sampler wire name, typed from ``SamplerSettings``.
+
+    Built from the alias tables of ``limamono.samplers.wire`` so that the schema can never
+    miss (or invent) an alias.
+    """
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(SamplerSettings)}
+    fields: dict[str, Any] = {}
+    for table in (TEXTGEN_ALIASES, KOBOLDCPP_ALIASES):
+        for setting, names in table.items():
+            for name in names:
+                doc = f"Sampler setting `{setting}` (wire name `{name}`); absent: the preset."
+                fields[name] = (_WIRE_TYPES[kinds[setting]], Field(None, description=doc))
+    fields["temperature_last"] = (bool | None, Field(
+        None, description="text-generation-webui: run temperature after the other samplers."))
+    return fields
+
+
+SamplerFields: type[Body] = create_model(  # type: ignore[call-overload]
+    "SamplerFields", __base__=Body, __doc__="Every sampler wire name SillyTavern sends.",
+    **_sampler_fields())
+
+_STOP_DOC = "Stop strings (a string or a list); the reply ends before the first one found."
+_CTX_DOC = "The client's context size; the prompt is cut from the left to fit it."
+
+
+class KoboldGenerateRequest(SamplerFields):  # type: ignore[misc, valid-type]
+    """KoboldAI/KoboldCpp ``/api/v1/generate`` and ``/api/extra/generate/stream``."""
+
+    prompt: str = Field(description="The whole prompt, as text.")
+    memory: str | None = Field(None, description="Text put before the prompt (KoboldCpp).")
+    max_length: int | None = Field(None, description="Tokens to generate (clamped to fit).")
+    max_context_length: int | None = Field(None, description=_CTX_DOC)
+    stop_sequence: list[str] | None = Field(None, description=_STOP_DOC)
+    genkey: str | None = Field(None, description="Client key, for abort and check.")
+
+
+class StreamOptions(Body):
+    """OpenAI ``stream_options``."""
+
+    include_usage: bool | None = None
+
+
+class CompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]
+    """``/v1/completions``: OpenAI fields plus the KoboldCpp and text-generation-webui ones."""
+
+    prompt: str | list[str] = Field(description="The prompt (a list must hold one string).")
+    model: str | None = Field(None, description="Ignored: one model is served.")
+    max_tokens: int | None = Field(None, description="Tokens to generate.")
+    max_new_tokens: int | None = Field(None, description="Alias of max_tokens.")
+    max_length: int | None = Field(None, description="KoboldCpp alias of max_tokens.")
+    n_predict: int | None = Field(None, description="llama.cpp alias of max_tokens.")
+    num_predict: int | None = Field(None, description="Ollama alias of max_tokens.")
+    stop: str | list[str] | None = Field(None, description=_STOP_DOC)
+    stopping_strings: list[str] | None = Field(None, description="Alias of stop.")
+    stop_sequence: list[str] | None = Field(None, description="KoboldCpp alias of stop.")
+    stream: bool = Field(False, description="Stream server-sent events.")
+    stream_options: StreamOptions | None = None
+    truncation_length: int | None = Field(None, description=_CTX_DOC)
+    num_ctx: int | None = Field(None, description="Alias of truncation_length.")
+    max_context_length: int | None = Field(None, description="Alias of truncation_length.")
+    n: int | None = Field(None, description="Replies per request: only 1 is supported.")
+    best_of: int | None = Field(None, description="Only 1 is supported.")
+    api_type: str | None = Field(None, description=(
+        "SillyTavern's backend type; `koboldcpp` selects KoboldCpp sampler semantics."))
+    genkey: str | None = Field(None, description="Client key, for abort and check.")
+
+
+class ChatMessage(Body):
+    """One OpenAI chat message; ``name`` names the speaker, ``length`` labels the turn."""
+
+    role: str
+    content: str | list[dict[str, Any]]
+    name: str | None = None
+    length: str | None = None
+
+
+class ChatCompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]
+    """``/v1/chat/completions``: messages rendered with the Limamono format."""
+
+    messages: list[ChatMessage] = Field(description=(
+        "System: the character sheet (name on the first line, `Scenario: ...` last); "
+        "then user/assistant turns."))
+    model: str | None = Field(None, description="Ignored: one model is served.")
+    max_tokens: int | None = Field(None, description="Tokens to generate.")
+    max_completion_tokens: int | None = Field(None, description="Alias of max_tokens.")
+    stop: str | list[str] | None = Field(None, description=_STOP_DOC)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(None, description="Only 1 is supported.")
+    response_length: str | None = Field(None, description=(
+        "Length label of the reply (`micro` ... `unlimited`, or `none`); default `long`."))
+    input_length: str | None = Field(None, description=(
+        "Length label of user turns without their own; default `tiny`."))
+    user_name: str | None = Field(None, description="The user's name when no message names it.")
+    char_name: str | None = Field(None, description="Overrides the sheet's first line.")
+    trigger: str | None = Field(None, description="Trigger phrase: `card` (default) or `preset`.")
+
+
+class TokenCountRequest(Body):
+    """KoboldCpp ``/api/extra/tokencount``."""
+
+    prompt: str
+    special: bool | None = None
+
+
+class EncodeRequest(Body):
+    """text-generation-webui ``/v1/internal/encode`` and ``/token-count``."""
+
+    text: str
+
+
+class AbortRequest(Body):
+    """KoboldCpp ``/api/extra/abort`` and ``/api/extra/generate/check``."""
+
+    genkey: str | None = None

@@ -1,0 +1,149 @@
+"""A scripted engine and server helpers for the server tests (and a test of the fake itself).
+
+``FakeEngine`` implements ``limamono.generation.Engine`` deterministically: one character is
+one token, the reply is streamed word by word, stop strings cut it like the real engine's,
+and in slow mode every chunk after the first waits for ``release`` (or the cancel event),
+so queue and cancellation tests control exactly when a generation runs and ends.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from limamono.generation import Completion, TextChunk
+
+
+@dataclass
+class Call:
+    """What the fake engine was asked to do."""
+
+    prompt: str
+    settings: Any
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    truncation: str
+
+
+@dataclass
+class FakeEngine:
+    """A deterministic Engine; see the module docstring."""
+
+    reply: str = "Hello there, traveller. The lamp is lit."
+    context_length: int = 2048
+    model_name: str = "fake-limamono"
+    slow: bool = False
+    calls: list[Call] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    tokenized: int = 0
+
+    def tokenize(self, text: str) -> list[int]:
+        self.tokenized += 1
+        return [ord(c) for c in text]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return "".join(chr(i) for i in ids)
+
+    def stream_text(self, prompt: str, settings: Any, max_new_tokens: int,
+                    stop: Sequence[str] = (), cancel: threading.Event | None = None,
+                    truncation: str = "left") -> Iterator[TextChunk]:
+        self.calls.append(Call(prompt, settings, max_new_tokens, tuple(stop), truncation))
+        self.started.set()
+        try:
+            yield from self._chunks(prompt, max_new_tokens, stop, cancel)
+        finally:
+            self.stopped.set()
+
+    def _chunks(self, prompt: str, max_new_tokens: int, stop: Sequence[str],
+                cancel: threading.Event | None) -> Iterator[TextChunk]:
+        text, reason, hit = self.reply, "stop", None
+        found = [(text.find(s), s) for s in stop if s and s in text]
+        if found:
+            at, hit = min(found)
+            text = text[:at]
+        if len(text) > max_new_tokens:
+            text, reason, hit = text[:max_new_tokens], "length", None
+        count = 0
+        for i, piece in enumerate(re.findall(r"\s*\S+|\s+$", text)):
+            if i > 0 and self.slow:
+                while not self.release.is_set():
+                    if cancel is not None and cancel.wait(0.005):
+                        break
+            if cancel is not None and cancel.is_set():
+                yield TextChunk("", "cancelled", len(prompt), count)
+                return
+            count += len(piece)
+            yield TextChunk(piece, None, len(prompt), count)
+        yield TextChunk("", reason, len(prompt), count, hit)
+
+    def generate(self, prompt: str, settings: Any, max_new_tokens: int,
+                 stop: Sequence[str] = (), cancel: threading.Event | None = None,
+                 truncation: str = "left") -> Completion:
+        chunks = list(self.stream_text(prompt, settings, max_new_tokens, stop, cancel,
+                                       truncation))
+        last = chunks[-1]
+        return Completion("".join(c.text for c in chunks), last.finish_reason or "length",
+                          last.prompt_tokens, last.completion_tokens, last.stop_string)
+
+
+@contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a loopback port chosen by the OS; yield its base URL.
+
+    The socket is bound and listening before the server thread starts, so a client can
+    connect at once (the connection waits in the backlog): no sleeps, no fixed port.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def sse_events(raw: str) -> list[dict[str, str]]:
+    """Parse an event stream the way SillyTavern's ``sse-stream.js`` does.
+
+    Events are separated by a blank line (``\\n\\n``, ``\\r\\n\\r\\n`` or ``\\r\\r``);
+    ``data:`` lines of one event are joined with newlines; ``event:`` names it.
+    """
+    events = []
+    for block in re.split(r"\r\n\r\n|\n\n|\r\r", raw):
+        if not block.strip():
+            continue
+        event: dict[str, str] = {}
+        data = []
+        for line in re.split(r"\r\n|\n|\r", block):
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event["event"] = value
+        event["data"] = "\n".join(data)
+        events.append(event)
+    return events
+
+
+def test_fake_engine_cuts_at_stop_strings_and_max_tokens() -> None:
+    engine = FakeEngine(reply="One two\nUser: three")
+    chunks = list(engine.stream_text("p", None, 100, stop=["\nUser:"]))
+    assert "".join(c.text for c in chunks) == "One two"
+    assert (chunks[-1].finish_reason, chunks[-1].stop_string) == ("stop", "\nUser:")
+    short = engine.generate("p", None, 5)
+    assert (short.text, short.finish_reason) == ("One t", "length")
