@@ -41,6 +41,7 @@ COMMAND_MODULES = [
     "limamono.cli.data_cmd",
     "limamono.cli.chat_cmd",
     "limamono.cli.cardgen_cmd",
+    "limamono.cli.serve_cmd",
 ]
 
 for _name in COMMAND_MODULES:

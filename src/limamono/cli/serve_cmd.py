@@ -1,0 +1,113 @@
+"""`limamono serve`: the HTTP API for SillyTavern and other clients, on uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import typer
+
+from limamono.cli.common import err, fail
+
+_HELP = (
+    "Serve a model over the APIs SillyTavern already speaks.\n\n"
+    "KoboldAI/KoboldCpp (URL http://HOST:PORT/api), text-generation-webui and "
+    "OpenAI-compatible text completion (URL http://HOST:PORT), and /v1/chat/completions "
+    "in the Limamono format.\n\n"
+    "One generation runs at a time; up to --queue requests wait, more get 503. Binds "
+    "127.0.0.1 unless told otherwise. See docs/SILLYTAVERN.md."
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_config(preset: str, queue: int, api_key: str | None, cors_origins: list[str],
+                  max_body_mb: float, default_max_tokens: int, adapter: str | None) -> Any:
+    """The :class:`~limamono.server.ServerConfig` for the options (ValueError if invalid)."""
+    from limamono.models import resolve_adapter
+    from limamono.server import ServerConfig
+
+    adapter_dir = resolve_adapter(adapter)
+    return ServerConfig(preset=preset, queue=queue, api_key=api_key or None,
+                        cors_origins=tuple(cors_origins),
+                        max_body_bytes=int(max_body_mb * 1024 * 1024),
+                        default_max_tokens=default_max_tokens,
+                        adapter_name=adapter_dir.name if adapter_dir else None)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` command to ``app``."""
+
+    @app.command("serve", help=_HELP)
+    def serve(
+        model: str = typer.Option("smollm2-135m", "--model", "-m",
+                                  help="Embedded model name, HF folder or cached hub id."),
+        adapter: str | None = typer.Option(None, "--adapter",
+                                           help="LoRA adapter folder, 'demo' or 'none'."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind."),
+        port: int = typer.Option(5001, "--port", help="TCP port (KoboldCpp's default)."),
+        api_key: str | None = typer.Option(
+            None, "--api-key", envvar="LIMAMONO_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on every route but health and version."),
+        context: int | None = typer.Option(None, "--context",
+                                           help="Context length in tokens (default: the "
+                                                "model's)."),
+        preset: str = typer.Option("limamono", "--preset",
+                                   help="Sampler preset for fields a request does not send."),
+        queue: int = typer.Option(16, "--queue", help="Requests that may wait behind the "
+                                                      "running one; more get 503."),
+        cors_origin: list[str] = typer.Option(
+            [], "--cors-origin", help="Browser origin allowed to call the API (repeatable); "
+                                      "none: no CORS."),
+        max_body_mb: float = typer.Option(4.0, "--max-body-mb",
+                                          help="Larger request bodies get 413."),
+        max_tokens: int = typer.Option(256, "--max-tokens",
+                                       help="Reply length when a request gives none."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
+        threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
+        log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    ) -> None:
+        try:
+            config = server_config(preset, queue, api_key, cors_origin, max_body_mb,
+                                   max_tokens, adapter)
+        except ValueError as error:
+            fail(str(error))
+        if not is_loopback(host) and config.api_key is None:
+            err.print(f"[yellow]warning:[/] binding {host} without --api-key: anyone who "
+                      "can reach this port can use the model", markup=True)
+        engine = _load(model, adapter, dtype, threads, context)
+        _run(engine, config, host, port, log_level)
+
+
+def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
+          context: int | None) -> Any:
+    from limamono.engine import load_engine
+    from limamono.models import ModelError
+
+    try:
+        return load_engine(model, adapter=adapter, dtype=dtype, threads=threads,
+                           context_length=context,
+                           progress=lambda what, done, total: err.print(
+                               f"[dim]{what} {done}/{total}[/]", highlight=False))
+    except (ModelError, ValueError) as error:
+        fail(str(error))
+
+
+def _run(engine: Any, config: Any, host: str, port: int, log_level: str) -> None:
+    import uvicorn
+
+    from limamono.server import create_app
+
+    where = f"http://{host}:{port}"
+    err.print(f"Serving [bold]{engine.model_name}[/] (context {engine.context_length}) at "
+              f"{where}\n  SillyTavern Text Completion (KoboldCpp or TextGen WebUI): {where}\n"
+              f"  SillyTavern KoboldAI Classic: {where}/api", markup=True, highlight=False)
+    uvicorn.run(create_app(engine, config), host=host, port=port, log_level=log_level)
