@@ -30,7 +30,7 @@ from limamono.samplers import (
     typical_p,
     unsupported_fields,
 )
-from limamono.samplers.chain import build_stages, textgen_order
+from limamono.samplers.chain import bench_overhead, build_stages, textgen_order
 
 NO_CONTEXT = torch.tensor([], dtype=torch.long)
 
@@ -561,3 +561,36 @@ def test_textgen_chain_equals_composed_functions() -> None:
     want = apply_temperature(min_p(top_a(y, 0.005), 0.01), 1.3)
     assert kept(got) == kept(want) and len(kept(got)) > 1
     assert torch.allclose(got[torch.isfinite(got)], want[torch.isfinite(want)])
+
+
+def test_ties_at_the_cut_keep_the_lowest_ids() -> None:
+    x = torch.tensor([1.0, 2.0, 2.0, 2.0, 0.0])
+    assert kept(make_sampler(SamplerSettings(top_k=2)).process(NO_CONTEXT, x)) == [1, 2]
+    assert kept(make_sampler(SamplerSettings(top_p=0.5, tfs=0.99)).process(NO_CONTEXT, x)) == \
+        kept(top_p(tail_free(x, 0.99), 0.5))
+
+
+@pytest.mark.parametrize("settings", [
+    get_preset("limamono"), SamplerSettings(typical=0.9, min_p=0.05, seed=1),
+    SamplerSettings(top_k=5, temperature=0.5), get_preset("limamono").replace(
+        dialect="koboldcpp", sampler_order=(0, 6, 3, 4, 1, 2, 5), top_k=30, typical=0.95),
+])
+def test_samples_are_survivors(settings: SamplerSettings) -> None:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(300, generator=gen) * 2
+    context = torch.randint(0, 300, (100,), generator=gen)
+    sampler = make_sampler(settings)
+    allowed = set(kept(sampler.process(context, x)))
+    draws = {sampler.sample(context, x, gen) for _ in range(200)}
+    assert draws <= allowed and len(draws) > 1
+
+
+def test_nan_logits_are_reported() -> None:
+    with pytest.raises(SamplerError, match="NaN") as info:
+        make_sampler(SamplerSettings()).sample(NO_CONTEXT, torch.tensor([0.0, math.nan]))
+    assert info.value.field == "logits"
+
+
+def test_bench_overhead_runs() -> None:
+    ms = bench_overhead(vocab=2000, n=10, context=100)
+    assert 0 < ms < 1000
