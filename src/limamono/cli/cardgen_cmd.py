@@ -36,6 +36,8 @@ def generate_cmd(
     seed: int | None = typer.Option(None, "--seed", help="Seed for a repeatable draft."),
     max_tokens: int = typer.Option(400, "--max-tokens", min=1, help="Most tokens to write."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
+                                       "model (default: the engine's choice)."),
 ) -> None:
     """Draft a character sheet with the model and save it as a card (check it before use)."""
     from limamono.cards import CardError, export_card
@@ -48,7 +50,7 @@ def generate_cmd(
         fail(f"{output} exists; pass --force to replace it")
     if name is not None and (not name.strip() or "\n" in name):
         fail("--name must be one non-empty line")
-    engine = chat_cmd.make_engine(model, None if adapter == "none" else adapter)
+    engine = chat_cmd.make_engine(model, None if adapter == "none" else adapter, threads)
     draft = draft_sheet(engine, chat_cmd.make_settings(preset, seed), name,
                         hint.replace("\\n", "\n") if hint else None, max_tokens)
     out.print(Panel(Text(draft.sheet or "(nothing)"), title="draft sheet (generated: check "
