@@ -594,3 +594,25 @@ def test_nan_logits_are_reported() -> None:
 def test_bench_overhead_runs() -> None:
     ms = bench_overhead(vocab=2000, n=10, context=100)
     assert 0 < ms < 1000
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_samplers_commands() -> None:
+    from typer.testing import CliRunner
+
+    from limamono.cli import app
+
+    runner = CliRunner()
+    for args in (["samplers", "--help"], ["samplers", "list", "--help"],
+                 ["samplers", "bench", "--help"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage" in result.output
+    listed = runner.invoke(app, ["samplers", "list"])
+    assert listed.exit_code == 0
+    assert "tfs=0.85, rep_pen=1.11, rep_pen_range=2048" in listed.output
+    bench = runner.invoke(app, ["samplers", "bench", "--vocab", "500", "--n", "5",
+                                "--dialect", "koboldcpp"])
+    assert bench.exit_code == 0 and "limamono (koboldcpp):" in bench.output
+    assert runner.invoke(app, ["samplers", "bench", "--preset", "nope"]).exit_code == 2

@@ -1,0 +1,63 @@
+"""`limamono samplers list|bench`: the sampler presets and their cost per token."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import typer
+
+from limamono.cli.common import fail, out
+
+samplers_app = typer.Typer(help="Sampler presets (the card's `limamono` settings and others).",
+                           no_args_is_help=True)
+
+
+@samplers_app.command("list")
+def list_cmd() -> None:
+    """Print every preset with the settings that differ from 'off'."""
+    from rich.table import Table
+
+    from limamono.samplers import PRESETS, SamplerSettings
+
+    off = SamplerSettings()
+    table = Table("preset", "settings (others off)")
+    for name, preset in PRESETS.items():
+        changed = [f"{f.name}={getattr(preset, f.name)}" for f in dataclasses.fields(preset)
+                   if getattr(preset, f.name) != getattr(off, f.name)]
+        table.add_row(name, ", ".join(changed) or "(all off)")
+    out.print(table)
+
+
+@samplers_app.command("bench")
+def bench_cmd(
+    preset: str = typer.Option("limamono", "--preset", help="Preset to time."),
+    dialect: str = typer.Option("", "--dialect", help="Override the preset's dialect: "
+                                "'textgen' or 'koboldcpp'."),
+    vocab: int = typer.Option(49152, "--vocab", min=3, help="Vocabulary size (SmolLM2: 49152)."),
+    n: int = typer.Option(200, "--n", min=1, help="Calls to time."),
+    context: int = typer.Option(4096, "--context", min=1, help="Context length in tokens."),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: torch's "
+                                "default)."),
+) -> None:
+    """Time one sampling step (penalties, filters, draw) on random logits; print the median."""
+    import torch
+
+    from limamono.samplers import SamplerError, bench_overhead, get_preset
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        settings = get_preset(preset)
+        if dialect:
+            settings = settings.replace(dialect=dialect)
+    except SamplerError as exc:
+        fail(str(exc))
+    ms = bench_overhead(settings, vocab=vocab, n=n, context=context)
+    out.print(f"{preset} ({settings.dialect}): {ms:.3f} ms per token (median of {n}; "
+              f"vocab {vocab}, context {context}, {torch.get_num_threads()} threads)",
+              soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `samplers` command group."""
+    app.add_typer(samplers_app, name="samplers")
