@@ -39,7 +39,6 @@ COMMAND_MODULES = [
     "limamono.cli.eval_cmd",
     "limamono.cli.card_cmd",
     "limamono.cli.data_cmd",
-    "limamono.cli.train_cmd",
     "limamono.cli.chat_cmd",
     "limamono.cli.cardgen_cmd",
     "limamono.cli.serve_cmd",
