@@ -292,9 +292,22 @@ def test_koboldcpp_range_and_presence() -> None:
 
 def test_disabled_samplers_are_skipped() -> None:
     assert build_stages(SamplerSettings()) == []
+    assert len(build_stages(SamplerSettings(dialect="koboldcpp"))) == 1  # the 3000 cut
     assert len(build_stages(get_preset("limamono"))) == 2  # rep-pen, tfs
     x = torch.randn(50)
     assert torch.equal(make_sampler(SamplerSettings()).process(NO_CONTEXT, x), x)
+
+
+def test_koboldcpp_prefilters_to_3000_tokens() -> None:
+    x = torch.randn(5000, generator=torch.Generator().manual_seed(0))
+    assert len(kept(make_sampler(SamplerSettings()).process(NO_CONTEXT, x))) == 5000
+    kcpp = make_sampler(SamplerSettings(dialect="koboldcpp")).process(NO_CONTEXT, x)
+    assert kept(kcpp) == kept(top_k(x, 3000))
+    # rep-pen runs after the cut: even a boosting penalty (< 1) cannot bring a token back
+    low = int(x.argmin())
+    s = SamplerSettings(dialect="koboldcpp", rep_pen=0.01, rep_pen_range=4)
+    assert low in kept(make_sampler(s.replace(dialect="textgen")).process(torch.tensor([low]), x))
+    assert low not in kept(make_sampler(s).process(torch.tensor([low]), x))
 
 
 def test_textgen_order() -> None:
@@ -506,15 +519,15 @@ def test_logits_processor_inside_generate() -> None:
     prompt = torch.tensor([[1, 5, 9, 12, 5, 30]])
     settings = get_preset("limamono").replace(seed=1)
     torch.manual_seed(1)
-    out = model.generate(prompt, max_new_tokens=8, min_new_tokens=8,
+    out = model.generate(prompt, max_new_tokens=5, min_new_tokens=5,
                          **generate_kwargs(settings))
-    assert out.shape == (1, 14) and torch.equal(out[0, :6], prompt[0])
+    assert out.shape == (1, 11) and torch.equal(out[0, :6], prompt[0])
     assert int(out.max()) < 64
 
     # greedy through the processor equals transformers' own greedy search
-    greedy = model.generate(prompt, max_new_tokens=8, min_new_tokens=8,
+    greedy = model.generate(prompt, max_new_tokens=5, min_new_tokens=5,
                             **generate_kwargs(get_preset("greedy")))
-    plain = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    plain = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert torch.equal(greedy, plain)
 
     # batched rows are processed one by one with their own context

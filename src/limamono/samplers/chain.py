@@ -226,6 +226,10 @@ def _is_truncation(name: str) -> bool:
     return name in ("temperature", "top_k", "top_p", "typical_p", "tfs", "top_a", "min_p")
 
 
+#: KoboldCpp's fixed top-k before the user's samplers (``SampleLogits``; 5000 before 2025).
+KOBOLDCPP_PREFILTER = 3000
+
+
 def build_stages(s: SamplerSettings) -> list[Stage]:
     """The enabled stages of ``s`` in dialect order. Temperature 0 runs as top-k 1."""
     top_k = 1 if s.temperature == 0.0 else s.top_k
@@ -233,7 +237,9 @@ def build_stages(s: SamplerSettings) -> list[Stage]:
         stages = _textgen_penalties(s)
         names = textgen_order(s)
     else:
-        stages = []
+        # KoboldCpp always cuts to the top 3000 before its chain (so rep-pen cannot revive
+        # a token beyond them, and TFS normalises over them); a no-op on small vocabularies.
+        stages = [_prefix_stage(partial(F.keep_top_k, k=KOBOLDCPP_PREFILTER))]
         names = []
         for sampler_id in s.sampler_order:
             name = KOBOLDCPP_SAMPLERS[sampler_id]
