@@ -466,9 +466,9 @@ def demo_cmd(
     start = load_character(path, user)
     settings = make_settings("limamono", seed)
     err.print(f"[dim]loading {model} (adapter: {adapter})...[/]", highlight=False)
-    began = time.monotonic()
+    setup = time.monotonic()
     engine = make_engine(model, None if adapter == "none" else adapter, threads)
-    err.print(f"[dim]model ready in {time.monotonic() - began:.1f} s[/]", highlight=False)
+    err.print(f"[dim]model ready in {time.monotonic() - setup:.1f} s[/]", highlight=False)
     chat_id = new_chat(store, start, User(user))
     session = start_session(store, chat_id, engine, settings, max_tokens)
     loop = ChatLoop(session, store, chat_id, seed)
@@ -484,10 +484,10 @@ def demo_cmd(
         began = time.monotonic()
         loop.handle(turn)
         result = session.last_result
-        if result is not None:
-            rate = result.completion_tokens / max(time.monotonic() - began, 1e-9)
-            err.print(f"[dim]{result.completion_tokens} tokens, {rate:.1f} tokens/s[/]",
-                      highlight=False)
+        if result is not None:  # the time includes reading the prompt (no cache the first time)
+            err.print(f"[dim]{result.completion_tokens} tokens after a {result.prompt_tokens}-"
+                      f"token prompt in {time.monotonic() - began:.1f} s[/]", highlight=False)
+    err.print(f"[dim]demo took {time.monotonic() - setup:.1f} s after setup[/]", highlight=False)
     out.print(f"\nSaved as chat {chat_id} in {store.path}. Go on with: "
               f"limamono chat --chat {chat_id}" + (f" --db {db}" if db else ""), soft_wrap=True)
 

@@ -1,4 +1,4 @@
-"""Chat persistence in SQLite, and SillyTavern chat JSONL import and export.
+"""The chat database: SQLite with WAL, a versioned schema, one transaction per change.
 
 Durability (SPEC: a kill at any moment leaves every acknowledged message readable):
 
@@ -12,12 +12,6 @@ Durability (SPEC: a kill at any moment leaves every acknowledged message readabl
 - The schema version is ``PRAGMA user_version``; migrations run in a transaction, and a
   database from a newer limamono, or a file that is not a database, is refused before
   anything is written to it.
-
-SillyTavern chat files (first line ``{user_name, character_name, create_date,
-chat_metadata}``, then one message a line) round-trip: each imported record is kept as it
-was, and export writes it back unchanged unless limamono changed what it models (text,
-swipes, speaker, date), so fields limamono does not know survive. A file that fails to
-parse is reported with its line and never written over.
 """
 
 from __future__ import annotations
@@ -26,7 +20,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -35,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from limamono.chat import ChatMessage, Swipe
-from limamono.conversation import LENGTHS, Character, User
+from limamono.conversation import Character, User
 
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = 1
@@ -325,238 +318,3 @@ class ChatStore:
 
     def _no_chat(self, chat_id: int) -> str:
         return f"no chat with id {chat_id} in {self.path} (see `limamono chats list`)"
-
-
-# --------------------------------------------------------------------------- SillyTavern
-
-#: Where the imported record and what limamono read from it are kept on a message/chat.
-ST_KEY = "sillytavern"
-
-
-@dataclass
-class SillyTavernChat:
-    """A parsed SillyTavern chat file."""
-
-    user_name: str
-    character_name: str
-    create_date: str
-    header: dict[str, Any]
-    messages: list[ChatMessage]
-
-
-def parse_sillytavern(text: str, source: str = "<string>") -> SillyTavernChat:
-    """Parse SillyTavern chat JSONL (a BOM is tolerated).
-
-    Raises:
-        StoreError: naming the line and field at fault; nothing is guessed or skipped.
-    """
-    lines = text.lstrip("\ufeff").splitlines()
-    records = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
-    if not records:
-        raise StoreError(f"{source}: the file is empty (expected a header line, then messages)")
-    parsed = [(n, _json_object(line, source, n)) for n, line in records]
-    header_line, header = parsed[0]
-    if "mes" in header or not ({"user_name", "character_name"} & header.keys()):
-        raise StoreError(f"{source}:{header_line}: expected the chat header "
-                         "({user_name, character_name, create_date, chat_metadata}) first")
-    user_name = _st_text(header, "user_name", source, header_line, "User")
-    char_name = _st_text(header, "character_name", source, header_line, "")
-    messages = [_st_message(obj, source, n, user_name, char_name) for n, obj in parsed[1:]]
-    seen = _header_fields(user_name, char_name)
-    return SillyTavernChat(user_name, char_name, str(header.get("create_date", "")),
-                           {ST_KEY: {"raw": header, "seen": seen}}, messages)
-
-
-def export_sillytavern(chat: StoredChat) -> str:
-    """SillyTavern chat JSONL for a stored chat (``JSON.stringify`` spacing, no final newline)."""
-    kept = chat.metadata.get(ST_KEY, {})
-    header = _merge(kept.get("raw", {"create_date": chat.created, "chat_metadata": {}}),
-                    kept.get("seen", {}), _header_fields(chat.user.name, chat.character.name))
-    lines = [header] + [_export_message(m, chat.user.name, chat.character.name)
-                        for m in chat.messages]
-    return "\n".join(json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-                     for obj in lines)
-
-
-def import_sillytavern(store: ChatStore, path: str | os.PathLike[str],
-                       character: Character | None = None, scenario: str = "") -> int:
-    """Import a SillyTavern chat file as a new chat; return its id.
-
-    Args:
-        store: the database.
-        path: the ``.jsonl`` file (only read).
-        character: the character sheet to chat with (default: the file's character name only).
-        scenario: the sheet's scenario, with ``character``.
-    """
-    path = Path(path)
-    chat = parse_sillytavern(_read_text(path), str(path))
-    if character is None:
-        character = Character(chat.character_name or "Character")
-    return store.create_chat(character, User(chat.user_name), scenario, chat.messages,
-                             title=path.stem, source=str(path), metadata=chat.header,
-                             created=chat.create_date or None)
-
-
-def write_file_safely(path: str | os.PathLike[str], text: str, force: bool = False) -> None:
-    """Write ``text`` atomically (temp file, fsync, rename), never over a chat that fails to load.
-
-    Raises:
-        StoreError: the file exists and ``force`` is off, or it exists and is not a readable
-            SillyTavern chat (so it may be someone's chat this tool cannot read).
-    """
-    path = Path(path)
-    if path.exists():
-        if not force:
-            raise StoreError(f"{path} exists; pass --force to replace it")
-        try:
-            parse_sillytavern(_read_text(path), str(path))
-        except StoreError as exc:
-            raise StoreError(f"{path} exists and does not load as a chat ({exc}); it was left "
-                             "untouched: move it away first") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StoreError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise StoreError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
-def _json_object(line: str, source: str, number: int) -> dict[str, Any]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"{source}:{number}: not valid JSON: {exc.msg} (column {exc.colno})"
-                         ) from None
-    if not isinstance(obj, dict):
-        raise StoreError(f"{source}:{number}: expected a JSON object, got "
-                         f"{type(obj).__name__}")
-    return obj
-
-
-def _st_text(obj: dict[str, Any], key: str, source: str, line: int, default: str) -> str:
-    value = obj.get(key, default)
-    if not isinstance(value, str):
-        raise StoreError(f"{source}:{line}: field {key!r} must be text, got "
-                         f"{type(value).__name__}")
-    return value
-
-
-def _st_message(obj: dict[str, Any], source: str, line: int, user_name: str,
-                char_name: str) -> ChatMessage:
-    """One message record → ChatMessage, keeping the record for export."""
-    where = f"{source}:{line}"
-    mes = _st_text(obj, "mes", source, line, "")
-    if "mes" not in obj:
-        raise StoreError(f"{where}: field 'mes' is missing (every message line needs it)")
-    for key in ("is_user", "is_system"):
-        if key in obj and not isinstance(obj[key], bool):
-            raise StoreError(f"{where}: field {key!r} must be true or false")
-    texts = obj.get("swipes") or [mes]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise StoreError(f"{where}: field 'swipes' must be a list of texts")
-    swipe_id = obj.get("swipe_id", 0)
-    if not isinstance(swipe_id, int) or isinstance(swipe_id, bool) \
-            or not 0 <= swipe_id < len(texts):
-        raise StoreError(f"{where}: field 'swipe_id' must be an index into 'swipes' "
-                         f"(0..{len(texts) - 1}), got {swipe_id!r}")
-    texts = list(texts)
-    texts[swipe_id] = mes  # SillyTavern shows `mes`; it is the truth when the two differ
-    ours = _limamono_extra(obj, where)
-    infos = obj.get("swipe_info") if isinstance(obj.get("swipe_info"), list) else []
-    cuts, reasons = ours.get("cuts", []), ours.get("finish_reasons", [])
-    swipes = [Swipe(t, _at(cuts, i), _at(reasons, i),
-                    infos[i] if i < len(infos) and isinstance(infos[i], dict) else {})
-              for i, t in enumerate(texts)]
-    message = ChatMessage("user" if obj.get("is_user") else "char", swipes, swipe_id,
-                          ours.get("length"), bool(obj.get("is_system", False)),
-                          str(obj.get("send_date", "")))
-    message.extra = {ST_KEY: {"raw": obj, "seen": _message_fields(message, user_name,
-                                                                   char_name)}}
-    return message
-
-
-def _limamono_extra(obj: dict[str, Any], where: str) -> dict[str, Any]:
-    extra = obj.get("extra")
-    ours = extra.get("limamono", {}) if isinstance(extra, dict) else {}
-    if not isinstance(ours, dict):
-        raise StoreError(f"{where}: field 'extra.limamono' must be an object")
-    if ours.get("length") is not None and ours["length"] not in LENGTHS:
-        raise StoreError(f"{where}: field 'extra.limamono.length' must be one of "
-                         f"{', '.join(LENGTHS)}, got {ours['length']!r}")
-    return ours
-
-
-def _at(items: Any, i: int) -> Any:
-    return items[i] if isinstance(items, list) and i < len(items) else None
-
-
-def _header_fields(user_name: str, char_name: str) -> dict[str, Any]:
-    return {"user_name": user_name, "character_name": char_name}
-
-
-def _message_fields(message: ChatMessage, user_name: str, char_name: str) -> dict[str, Any]:
-    """The SillyTavern fields limamono models, as it would write them for ``message``."""
-    fields: dict[str, Any] = {
-        "name": user_name if message.role == "user" else char_name,
-        "is_user": message.role == "user",
-        "is_system": message.hidden,
-        "send_date": message.send_date,
-        "mes": message.text,
-        "swipes": [s.text for s in message.swipes],
-        "swipe_id": message.swipe_id,
-    }
-    ours: dict[str, Any] = {}
-    if message.length is not None:
-        ours["length"] = message.length
-    if any(s.cut for s in message.swipes):
-        ours["cuts"] = [s.cut for s in message.swipes]
-    if any(s.finish_reason for s in message.swipes):
-        ours["finish_reasons"] = [s.finish_reason for s in message.swipes]
-    if ours:
-        fields["limamono"] = ours
-    if any(s.info for s in message.swipes):
-        fields["swipe_info"] = [s.info for s in message.swipes]
-    return fields
-
-
-def _export_message(message: ChatMessage, user_name: str, char_name: str) -> dict[str, Any]:
-    kept = message.extra.get(ST_KEY, {})
-    raw, seen = kept.get("raw"), kept.get("seen", {})
-    fields = _message_fields(message, user_name, char_name)
-    ours = fields.pop("limamono", None)
-    if raw is None:  # written by limamono: SillyTavern's usual keys
-        raw = {"extra": {}}
-    out = _merge(raw, seen, fields)
-    if ours != seen.get("limamono"):
-        extra = dict(out.get("extra") or {})
-        extra.pop("limamono", None)
-        if ours:
-            extra["limamono"] = ours
-        out["extra"] = extra
-    return out
-
-
-def _merge(raw: dict[str, Any], seen: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with every field that changed since import replaced by its new value."""
-    out = dict(raw)
-    for key, value in fields.items():
-        if key in seen and seen[key] == value:
-            continue  # unchanged since import: keep what the file had (or did not have)
-        if key not in seen and key not in raw and value in ([], {}, None):
-            continue
-        out[key] = value
-    return out
