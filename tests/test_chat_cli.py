@@ -142,6 +142,18 @@ def test_resume_a_saved_chat(engine: ScriptedEngine, tmp_path: Path) -> None:
     assert neither.exit_code == 2 and "give either --card FILE" in flat(neither.output)
 
 
+def test_a_chat_that_fails_to_load_is_not_saved_over(engine: ScriptedEngine,
+                                                      tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    chat(db, ["Hello."])
+    ChatStore(db)._db.execute("UPDATE messages SET extra = '{oops' WHERE position = 2")
+    result = runner.invoke(app, ["chat", "--chat", "1", "--db", str(db)], input="Again.\n")
+    assert result.exit_code == 2 and "message 2 cannot be read" in flat(result.output)
+    assert len(engine.prompts) == 1
+    rows = ChatStore(db)._db.execute("SELECT position, extra FROM messages").fetchall()
+    assert rows == [(0, "{}"), (1, "{}"), (2, "{oops")]
+
+
 def test_chats_list_show_export_import_delete(engine: ScriptedEngine, tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     chat(db, ["Hello."])

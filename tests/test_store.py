@@ -90,6 +90,20 @@ def test_session_changes_are_saved_as_they_happen(tmp_path: Path) -> None:
     assert ChatStore(tmp_path / "c.db").load_chat(chat_id).messages[-1].text == "One."
 
 
+def test_a_chat_that_fails_to_load_is_reported_and_left_alone(tmp_path: Path) -> None:
+    with ChatStore(tmp_path / "c.db") as store:
+        chat_id = store.create_chat(CHAR, User("Tom"), messages=sample_messages())
+        store._db.execute("UPDATE messages SET swipe_id = 7 WHERE position = 1")
+        with pytest.raises(StoreError, match=r"chat 1, message 1 cannot be read \(swipe_id 7 "
+                                             r"is out of range 0\.\.0\); nothing was changed"):
+            store.load_chat(chat_id)
+        store._db.execute("UPDATE messages SET swipe_id = 0, extra = '{oops' WHERE position = 1")
+        with pytest.raises(StoreError, match="chat 1, message 1 cannot be read"):
+            store.load_chat(chat_id)
+        assert store._db.execute("SELECT extra FROM messages WHERE position = 1"
+                                 ).fetchone()[0] == "{oops"
+
+
 def test_schema_version_and_refusals_leave_files_untouched(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     ChatStore(db).close()

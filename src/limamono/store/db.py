@@ -246,7 +246,8 @@ class ChatStore:
         """Read a whole chat.
 
         Raises:
-            StoreError: no chat has this id.
+            StoreError: no chat has this id, or a row cannot be read (the message names the
+                message; nothing is changed, so the chat is never saved over).
         """
         row = self._db.execute(
             "SELECT c.id, ch.name, ch.description, ch.scenario, c.user_name, c.user_persona, "
@@ -254,11 +255,22 @@ class ChatStore:
             "JOIN characters ch ON ch.id = c.character_id WHERE c.id = ?", (chat_id,)).fetchone()
         if row is None:
             raise StoreError(self._no_chat(chat_id))
-        messages = [self._read_message(r) for r in self._db.execute(
-            "SELECT id, role, swipe_id, length, hidden, send_date, extra, position "
-            "FROM messages WHERE chat_id = ? ORDER BY position", (chat_id,)).fetchall()]
+        messages = []
+        for r in self._db.execute("SELECT id, role, swipe_id, length, hidden, send_date, "
+                                  "extra, position FROM messages WHERE chat_id = ? "
+                                  "ORDER BY position", (chat_id,)).fetchall():
+            try:
+                messages.append(self._read_message(r))
+            except (ValueError, TypeError) as exc:  # bad JSON, bad swipe index, no swipes
+                raise StoreError(f"{self.path}: chat {chat_id}, message {r[7]} cannot be read "
+                                 f"({exc}); nothing was changed") from None
+        try:
+            metadata = json.loads(row[9])
+        except ValueError as exc:
+            raise StoreError(f"{self.path}: chat {chat_id} metadata cannot be read ({exc}); "
+                             "nothing was changed") from None
         return StoredChat(row[0], Character(row[1], row[2]), row[3], User(row[4], row[5]),
-                          messages, row[6], row[7], row[8], json.loads(row[9]))
+                          messages, row[6], row[7], row[8], metadata)
 
     def list_chats(self) -> list[ChatSummary]:
         """Every chat, most recently updated first."""
