@@ -119,6 +119,8 @@ def validation_message(errors: Any) -> tuple[str | None, str]:
     problems, first = [], None
     for item in errors:
         path = [str(p) for p in item.get("loc", ()) if p != "body"]
+        if item.get("type") == "json_invalid":  # loc holds the character position
+            path = []
         field = _dotted(path) or "body"
         first = first or field
         problems.append(f"{field}: {item.get('msg', 'invalid')}")
