@@ -1,4 +1,4 @@
-"""Roleplay chat sessions: history with swipes, length control, context budget, guard.
+"""The chat session: prompts with length labels, the context budget, generation, editing.
 
 A ``ChatSession`` turns the chat history into a Limamono prompt (through ``format.render``,
 the only code that writes headers), streams the character's reply from any ``Engine`` and
@@ -24,157 +24,27 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 from limamono import format as fmt
-from limamono.conversation import LENGTHS, Character, Conversation, Message, Role, User
+from limamono.chat.guard import ImpersonationGuard
+from limamono.chat.messages import (
+    ChatConfig,
+    ChatError,
+    ChatMessage,
+    PromptPlan,
+    ReplyResult,
+    Swipe,
+)
+from limamono.conversation import Character, Conversation, Message, User
 from limamono.generation import ContextOverflowError, Engine, TextChunk
 
 if TYPE_CHECKING:
     from limamono.samplers import SamplerSettings
-
-#: Kinds of impersonation-guard cut: the user's turn, or a ``###`` header.
-Cut = Literal["user", "header"]
-
-
-class ChatError(ValueError):
-    """A chat operation that cannot be done in the session's current state."""
-
-
-@dataclass
-class Swipe:
-    """One alternative text of a message.
-
-    Attributes:
-        text: the text, without the ``Name: `` prefix.
-        cut: ``"user"`` or ``"header"`` when the impersonation guard ended the reply there.
-        finish_reason: how generation ended (``stop``, ``length``, ``cancelled``); None for
-            text a person wrote.
-        info: data kept from an imported file (SillyTavern ``swipe_info``), never rendered.
-    """
-
-    text: str
-    cut: Cut | None = None
-    finish_reason: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ChatMessage:
-    """A message of the chat: who speaks and its alternatives (swipes).
-
-    Attributes:
-        role: ``char`` or ``user``.
-        swipes: the alternatives, at least one; ``swipe_id`` picks the one shown and rendered.
-        swipe_id: index into ``swipes``.
-        length: a fixed length label; None labels the message from its word count.
-        hidden: left out of the prompt (SillyTavern's ``is_system`` messages).
-        send_date: when it was written, as the source wrote it (ISO 8601 for new messages).
-        extra: fields of an imported file that limamono does not model, kept for export.
-    """
-
-    role: Role
-    swipes: list[Swipe]
-    swipe_id: int = 0
-    length: str | None = None
-    hidden: bool = False
-    send_date: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.swipes:
-            raise ChatError("a message needs at least one swipe")
-        if not 0 <= self.swipe_id < len(self.swipes):
-            raise ChatError(f"swipe_id {self.swipe_id} is out of range 0..{len(self.swipes) - 1}")
-
-    @classmethod
-    def of(cls, role: Role, text: str, **kwargs: Any) -> ChatMessage:
-        """A message with a single swipe."""
-        return cls(role, [Swipe(text)], **kwargs)
-
-    @property
-    def current(self) -> Swipe:
-        """The swipe shown and rendered."""
-        return self.swipes[self.swipe_id]
-
-    @property
-    def text(self) -> str:
-        """The text of the current swipe."""
-        return self.current.text
-
-
-@dataclass(frozen=True)
-class ChatConfig:
-    """How a session builds prompts and generates.
-
-    Attributes:
-        max_new_tokens: the most tokens of one reply (reserved out of the context).
-        response_length: length label of the next reply (``long`` by default, card advice).
-        input_length: length label of the latest user message (``tiny``, card advice).
-        trigger: the trigger phrase: ``card``, ``preset`` or a literal phrase.
-        drop_fraction: share of the history left out at once when it does not fit.
-        length_bounds: word bounds of the labels of past turns (the dataset builder's).
-    """
-
-    max_new_tokens: int = 200
-    response_length: str = fmt.DEFAULT_RESPONSE_LENGTH
-    input_length: str = fmt.DEFAULT_INPUT_LENGTH
-    trigger: str = fmt.DEFAULT_TRIGGER
-    drop_fraction: float = 0.25
-    length_bounds: tuple[int, ...] = fmt.DEFAULT_LENGTH_BOUNDS
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ChatError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        for name in ("response_length", "input_length"):
-            if getattr(self, name) not in LENGTHS:
-                raise ChatError(f"{name} {getattr(self, name)!r} is not one of "
-                                f"{', '.join(LENGTHS)}")
-        if not 0 < self.drop_fraction <= 1:
-            raise ChatError(f"drop_fraction must be in (0, 1], got {self.drop_fraction}")
-
-
-@dataclass(frozen=True)
-class PromptPlan:
-    """A prompt ready for the engine and what was left out to make it fit.
-
-    Attributes:
-        text: the prompt.
-        tokens: its length in the engine's tokens.
-        dropped: how many of the oldest messages are out of context.
-        budget: the most prompt tokens allowed (context length minus the reply's tokens).
-    """
-
-    text: str
-    tokens: int
-    dropped: int
-    budget: int
-
-
-@dataclass(frozen=True)
-class ReplyResult:
-    """How the last generation ended (set when its stream is exhausted or closed)."""
-
-    text: str
-    finish_reason: str
-    cut: Cut | None
-    prompt_tokens: int
-    completion_tokens: int
-    dropped: int
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-def thoughts(text: str) -> list[str]:
-    """The character's thoughts (``_..._`` spans) in a text, without the underscores."""
-    from limamono.style import split_spans
-
-    return [s.inner for s in split_spans(text) if s.kind == "thought"]
 
 
 def label_for_prompt(messages: Sequence[ChatMessage], config: ChatConfig,
@@ -205,68 +75,6 @@ def label_for_prompt(messages: Sequence[ChatMessage], config: ChatConfig,
 def drop_chunk(history_size: int, fraction: float) -> int:
     """How many messages to leave out at once: ``fraction`` of the history, at least one."""
     return max(1, math.ceil(history_size * fraction))
-
-
-class ImpersonationGuard:
-    """Cuts a streamed reply where the model starts the user's turn or a header.
-
-    Text is held back while it could be the start of such a cut (``\\nUs`` or ``#``), so a
-    streaming UI never shows a fragment of the user's name that is then taken back.
-
-    Args:
-        user_name: the user's name.
-        at_line_start: the reply starts a line (a new reply, not a continuation): leading
-            whitespace is dropped and ``{user}:`` at the very start is a cut too.
-    """
-
-    def __init__(self, user_name: str, at_line_start: bool = True) -> None:
-        self._marker = f"{user_name}:"
-        name = re.escape(user_name)
-        start = "^" if at_line_start else "(?!)"
-        self._pattern = re.compile(rf"(?:{start}|\n)[ \t]*{name}:|###")
-        self._at_line_start = at_line_start
-        self.text = ""
-        self.emitted = 0
-        self.cut: Cut | None = None
-
-    def feed(self, chunk: str) -> str:
-        """Add streamed text; return the part that is safe to show now ("" once cut)."""
-        if self.cut is not None:
-            return ""
-        self.text += chunk
-        if self._at_line_start and self.emitted == 0:
-            stripped = self.text.lstrip()
-            self.text = stripped
-        match = self._pattern.search(self.text)
-        if match:
-            self.cut = "header" if match.group(0) == "###" else "user"
-            self.text = self.text[:match.start()].rstrip()
-            return self._emit(len(self.text))
-        return self._emit(self._safe_end())
-
-    def finish(self) -> str:
-        """The held-back rest at the end of the stream (nothing was cut after all)."""
-        self.text = self.text.rstrip()
-        return self._emit(len(self.text))
-
-    def _emit(self, end: int) -> str:
-        end = max(end, self.emitted)
-        piece = self.text[self.emitted:end]
-        self.emitted = end
-        return piece
-
-    def _safe_end(self) -> int:
-        text = self.text
-        end = len(text.rstrip())  # trailing space is dropped if the reply ends or is cut here
-        stripped = text.rstrip("#")
-        if len(text) - len(stripped) < 3:
-            end = min(end, len(stripped.rstrip()))
-        line_start = text.rfind("\n") + 1
-        if line_start > 0 or self._at_line_start:
-            tail = text[line_start:].lstrip(" \t")
-            if self._marker.startswith(tail):
-                end = min(end, max(line_start - 1, 0))
-        return end
 
 
 # --------------------------------------------------------------------------- the session
