@@ -40,6 +40,19 @@ def sort_descending(values: torch.Tensor) -> torch.Tensor:
     return torch.sort(values, descending=True).values
 
 
+def _where(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of a 1-D bool tensor (numpy's is ~5x faster on CPU)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
+
+
+def _has_nan(values: torch.Tensor) -> bool:
+    if values.device.type == "cpu" and values.dtype == torch.float32:
+        return bool(np.isnan(values.numpy()).any())
+    return bool(torch.isnan(values).any())
+
+
 class _Candidates:
     """The surviving tokens of one step, tracked without sorting token ids where possible.
 
@@ -91,10 +104,10 @@ class _Candidates:
         if self.m == self.vocab:
             return torch.arange(self.vocab, device=self.logits.device)
         threshold = self.sorted_survivor_vals()[self.m - 1]
-        above = (self.logits > threshold).nonzero().squeeze(1)
+        above = _where(self.logits > threshold)
         if above.numel() == self.m:
             return above
-        tied = (self.logits == threshold).nonzero().squeeze(1)[: self.m - above.numel()]
+        tied = _where(self.logits == threshold)[: self.m - above.numel()]
         return torch.cat([above, tied])
 
     def changed_logits(self) -> None:
@@ -275,12 +288,12 @@ class Sampler:
     def run(self, context_ids: torch.Tensor, logits: torch.Tensor) -> _Candidates:
         """The surviving candidates after every stage (``logits`` is not modified)."""
         F._check_logits(logits)
-        if bool(torch.isnan(logits).any()):
-            raise SamplerError("logits", "NaN", "the model produced NaN logits (an overflow in "
-                               "half precision?); try float32 or bfloat16")
         if self._stages:
             F._check_context(context_ids, logits.numel())
         cands = _Candidates(logits.detach().to(torch.float32, copy=True))
+        if _has_nan(cands.logits):
+            raise SamplerError("logits", "NaN", "the model produced NaN logits (an overflow in "
+                               "half precision?); try float32 or bfloat16")
         for stage in self._stages:
             stage(cands, context_ids)
         return cands

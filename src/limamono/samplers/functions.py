@@ -332,10 +332,14 @@ def koboldcpp_rep_pen_(logits: torch.Tensor, context_ids: torch.Tensor, rep_pen:
     slope = rep_pen_slope if 0.0 < rep_pen_slope <= 1.0 else 1.0
     reduced = 1.0 + (rep_pen - 1.0) * slope if rep_pen > 1.0 else rep_pen
     ids, counts = torch.unique(window, return_counts=True)
-    near = torch.isin(ids, window[n // 2:])  # the newer half; ceil(n/2) tokens
-    penalty = torch.where(near, rep_pen, reduced).to(logits.dtype)
-    penalise_(logits, ids, penalty)
-    logits[ids] -= presence_penalty + frequency_penalty * counts.to(logits.dtype)
+    if reduced == rep_pen:
+        penalise_(logits, ids, rep_pen)
+    else:
+        near = torch.zeros_like(logits, dtype=torch.bool)
+        near[window[n // 2:]] = True  # the newer half: ceil(n/2) tokens
+        penalise_(logits, ids, torch.where(near[ids], rep_pen, reduced).to(logits.dtype))
+    if presence_penalty or frequency_penalty:
+        logits[ids] -= presence_penalty + frequency_penalty * counts.to(logits.dtype)
 
 
 def koboldcpp_repetition_penalty(context_ids: torch.Tensor, logits: torch.Tensor,
