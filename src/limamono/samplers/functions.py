@@ -4,9 +4,10 @@ Two layers:
 
 - Kernels (``keep_*``) take candidate logits already sorted in descending order and say
   which survive: an ``int`` (a prefix of that many) or a bool mask (typical-p, the one
-  sampler that may drop the most likely token). They do not check their arguments; the
-  chain (``limamono.samplers.chain``) calls them after ``SamplerSettings`` validated
-  everything, so one sort serves every truncation sampler of a token.
+  sampler that may drop the most likely token, and the one that accepts any order). They
+  do not check their arguments; the chain (``limamono.samplers.chain``) calls them after
+  ``SamplerSettings`` validated everything, so one sort serves every truncation sampler
+  of a token.
 - Public functions (``top_k``, ``tail_free``, ``repetition_penalty``, ...) check their own
   arguments, take logits in vocabulary order and return new logits with removed tokens set
   to ``-inf``. They never modify their input and always keep at least one token.
@@ -83,7 +84,8 @@ def keep_typical(sorted_logits: torch.Tensor, p: float) -> Keep:
 
     As HF's ``TypicalLogitsWarper``: order by ``|-log p - H|``, take the first index where
     the cumulative mass reaches ``p`` and keep every token at most that far from ``H``
-    (ties included). Returns a mask, since the most likely token may be dropped.
+    (ties included). Returns a mask, since the most likely token may be dropped. The input
+    may be in any order (the mask follows it); ties need no order since all are kept.
     """
     n = sorted_logits.numel()
     if p >= 1.0 or n == 1:
@@ -102,7 +104,7 @@ def keep_typical(sorted_logits: torch.Tensor, p: float) -> Keep:
 def argsort_ascending(values: torch.Tensor) -> torch.Tensor:
     """Indices that sort a 1-D tensor ascending (unstable); numpy's is ~3x faster on CPU."""
     if values.device.type == "cpu" and values.dtype == torch.float32:
-        return torch.from_numpy(np.argsort(values.numpy()))
+        return torch.from_numpy(np.argsort(values.detach().numpy()))
     return torch.argsort(values)
 
 
@@ -139,7 +141,8 @@ def keep_tail_free(sorted_logits: torch.Tensor, z: float, variant: TfsVariant,
         # cdf = cumsum(d2) / total > z, without dividing every element
         cum, threshold = torch.cumsum(d2, dim=-1), z * total
     else:
-        cum, threshold = torch.arange(1, total_n - 1, dtype=torch.float32), z * (total_n - 2)
+        cum = torch.arange(1, total_n - 1, dtype=torch.float32, device=probs.device)
+        threshold = z * (total_n - 2)
     first = _first_above(cum, threshold)
     if variant == "koboldcpp":
         if first == 0:  # the cut may only fall at index >= min_keep = 1
