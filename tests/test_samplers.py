@@ -478,6 +478,7 @@ def test_temperature_last() -> None:
     s = settings_from_fields({"sampler_priority": priority, "temperature_last": True},
                              base, "textgen")
     assert s.sampler_priority == ("top_k", "min_p", "temperature")
+    assert settings_from_fields({"temperature_last": True}, base, "textgen") == base
     s = settings_from_fields({"temperature_last": False}, base, "textgen")
     assert textgen_order(s)[0] == "temperature"
     with pytest.raises(SamplerError) as info:

@@ -21,7 +21,6 @@ from typing import Any
 from limamono.samplers.settings import (
     DIALECTS,
     TEXTGEN_DEFAULT_PRIORITY,
-    TEXTGEN_TEMPERATURE_LAST,
     TEXTGEN_TEMPERATURE_NAMES,
     SamplerError,
     SamplerSettings,
@@ -132,7 +131,7 @@ def _is_number(value: Any) -> bool:
         and math.isfinite(value)
 
 
-def _apply_temperature_last(flag: Any, priority: Any) -> tuple[str, ...]:
+def _apply_temperature_last(flag: Any, priority: Any) -> tuple[str, ...] | None:
     """text-generation-webui's ``temperature_last``: move the temperature samplers last.
 
     ``False`` means the given order, or text-generation-webui's own default (temperature
@@ -144,7 +143,7 @@ def _apply_temperature_last(flag: Any, priority: Any) -> tuple[str, ...]:
     if not flag:
         return names if names is not None else TEXTGEN_DEFAULT_PRIORITY
     if names is None:
-        return TEXTGEN_TEMPERATURE_LAST
+        return None  # None already means temperature last
     return (*(n for n in names if n not in TEXTGEN_TEMPERATURE_NAMES),
             *(n for n in names if n in TEXTGEN_TEMPERATURE_NAMES))
 
