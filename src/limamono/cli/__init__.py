@@ -39,6 +39,7 @@ COMMAND_MODULES = [
     "limamono.cli.eval_cmd",
     "limamono.cli.card_cmd",
     "limamono.cli.data_cmd",
+    "limamono.cli.train_cmd",
     "limamono.cli.chat_cmd",
     "limamono.cli.cardgen_cmd",
     "limamono.cli.serve_cmd",

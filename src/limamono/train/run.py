@@ -1,0 +1,349 @@
+"""LoRA training on transformers' Trainer + PEFT, with the card's recipe as defaults.
+
+``train(config)`` builds (or reads) the dataset, loads the base model, wraps it with LoRA,
+trains with eval loss each epoch, writes atomic checkpoints, and finishes with:
+
+    OUT/adapter/        standard PEFT adapter + limamono.json + tokenizer with chat template
+    OUT/loss.png        train and eval loss curves
+    OUT/manifest.json   config, data hash, library versions, seed and figures
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from limamono import format as fmt
+from limamono.train.checkpoints import (
+    CHECKPOINTS_DIR,
+    STAGING_DIR,
+    AtomicCheckpoints,
+    latest_checkpoint,
+)
+from limamono.train.config import TrainConfig
+from limamono.train.data import RUN_DATA_DIR, PadCollator, TrainData, ensure_built, load_built
+
+ADAPTER_DIR = "adapter"
+MANIFEST = "manifest.json"
+LOSS_PLOT = "loss.png"
+ADAPTER_META = "limamono.json"
+
+Notify = Callable[[str], None]
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run put its outputs, and its manifest."""
+
+    output_dir: Path
+    adapter_dir: Path
+    manifest: dict[str, Any]
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def precision(config: TrainConfig, notify: Notify) -> tuple[bool, bool]:
+    """``(bf16, load_in_8bit)`` for this machine; says aloud what the recipe cannot have."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if config.bf16 == "auto":
+        bf16 = torch.cuda.is_bf16_supported() if cuda else True  # CPU autocast is bf16-capable
+    else:
+        bf16 = config.bf16 == "true"
+    eight_bit = False
+    if config.load_in_8bit:
+        try:
+            import bitsandbytes  # noqa: F401
+
+            has_bnb = True
+        except ImportError:
+            has_bnb = False
+        eight_bit = cuda and has_bnb
+        if not eight_bit:
+            missing = "CUDA" if not cuda else "the bitsandbytes package"
+            notify(f"load_in_8bit: {missing} is not available, so the base model is trained "
+                   "in full precision (the LoRA recipe is otherwise unchanged)")
+    return bf16, eight_bit
+
+
+def total_steps(config: TrainConfig, n_train: int, world_size: int = 1) -> int:
+    """Optimizer steps of the run (Axolotl's count without packing)."""
+    if config.max_steps:
+        return config.max_steps
+    per_step = config.micro_batch_size * config.gradient_accumulation_steps * world_size
+    return math.ceil(n_train / per_step) * config.num_epochs
+
+
+def warmup_steps(config: TrainConfig, n_train: int, world_size: int = 1) -> int:
+    """The configured warmup, or Axolotl's default ``min(int(0.03 * total), 100)``."""
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    return min(int(0.03 * total_steps(config, n_train, world_size)), 100)
+
+
+def training_arguments(config: TrainConfig, staging: Path, has_eval: bool, bf16: bool,
+                       warmup: int) -> Any:
+    """The ``TrainingArguments`` of a run (checkpoints go to ``staging`` first)."""
+    from transformers import TrainingArguments
+
+    every_steps = {"eval_strategy": "steps", "eval_steps": config.eval_steps}
+    evaluation = (every_steps if config.eval_steps else {"eval_strategy": "epoch"}) \
+        if has_eval else {"eval_strategy": "no"}
+    saving = {"save_strategy": "steps", "save_steps": config.save_steps} if config.save_steps \
+        else {"save_strategy": "epoch"}
+    return TrainingArguments(
+        output_dir=str(staging), per_device_train_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=config.num_epochs, max_steps=config.max_steps or -1,
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler, warmup_steps=warmup, optim=config.optimizer,
+        logging_steps=config.logging_steps, seed=config.seed, bf16=bf16,
+        gradient_checkpointing=config.gradient_checkpointing, report_to="none",
+        disable_tqdm=not config.progress, remove_unused_columns=False,
+        dataloader_num_workers=0, dataloader_pin_memory=_has_cuda(), **evaluation,
+        **saving)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_base(path: Path, eight_bit: bool, bf16: bool) -> Any:
+    """The base model for training: fp32 master weights, or 8-bit with kbit preparation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not eight_bit:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                    local_files_only=True)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+        dtype=torch.bfloat16 if bf16 else torch.float16, local_files_only=True)
+    return prepare_model_for_kbit_training(model)
+
+
+def add_lora(model: Any, config: TrainConfig) -> Any:
+    """Wrap the model with the config's LoRA (r, alpha, dropout, target modules).
+
+    Raises:
+        ValueError: a target module name matches nothing in the model.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in config.lora_target_modules if m not in names]
+    if missing:
+        raise ValueError(f"lora_target_modules: {', '.join(missing)} not found in the model; "
+                         "fix: use names of its linear layers (e.g. q_proj, v_proj)")
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_target_modules), bias="none",
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    from limamono import __version__
+
+    return {"limamono": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__}
+
+
+def _sampler_preset() -> dict[str, Any]:
+    try:
+        from dataclasses import asdict
+
+        from limamono.samplers import get_preset
+
+        return {"name": "limamono", "values": asdict(get_preset("limamono"))}
+    except (ImportError, KeyError, TypeError, ValueError):  # pragma: no cover - optional
+        return {"name": "limamono", "values": None}
+
+
+def adapter_metadata(config: TrainConfig) -> dict[str, Any]:
+    """What ``limamono.json`` in the adapter folder holds."""
+    return {"format_version": fmt.FORMAT_VERSION, "trigger": config.trigger,
+            "trigger_text": fmt.TRIGGERS.get(config.trigger, config.trigger),
+            "end_of_turn": config.end_of_turn, "stop_strings": [fmt.HEADER_STOP],
+            "sampler_preset": _sampler_preset(), "length_bounds": list(config.length_bounds),
+            "base_model": config.model, "training": config.to_dict()}
+
+
+def save_adapter(model: Any, tokenizer: Any, config: TrainConfig, target: Path) -> Path:
+    """Write the final adapter folder atomically (temp folder, then rename)."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    if config.adapter_dtype == "bf16":
+        _cast_adapter(tmp / "adapter_model.safetensors")
+    tokenizer.chat_template = fmt.chat_template(config.trigger)
+    tokenizer.save_pretrained(str(tmp))
+    _template_in_config(tmp / "tokenizer_config.json", tokenizer.chat_template)
+    (tmp / ADAPTER_META).write_text(json.dumps(adapter_metadata(config), indent=2) + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def _cast_adapter(path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v.to(torch.bfloat16) for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _template_in_config(path: Path, template: str) -> None:
+    """Also keep the chat template inside tokenizer_config.json, where older transformers
+    and vLLM look for it (transformers 5 writes it to chat_template.jinja)."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["chat_template"] = template
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def plot_losses(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Train loss per logged step and eval loss per evaluation, to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1)
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _figures(history: Sequence[dict[str, Any]], state: Any, seconds: float,
+             model: Any) -> dict[str, Any]:
+    train = [[h["step"], h["loss"]] for h in history if "loss" in h]
+    evals = [[h["step"], h.get("epoch"), h["eval_loss"]] for h in history if "eval_loss" in h]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"steps": state.global_step, "epochs": state.epoch, "seconds": round(seconds, 2),
+            "train_loss": train, "eval_loss": evals,
+            "final_train_loss": train[-1][1] if train else None,
+            "final_eval_loss": evals[-1][2] if evals else None,
+            "trainable_params": trainable,
+            "total_params": sum(p.numel() for p in model.parameters())}
+
+
+def prepare(config: TrainConfig, notify: Notify) -> tuple[Any, Any, TrainData]:
+    """Resolve the model, load its tokenizer and the run's data (nothing heavy yet)."""
+    from transformers import AutoTokenizer
+
+    from limamono.models import resolve_model
+
+    spec = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
+    built = ensure_built(config, tokenizer, Path(config.output_dir) / RUN_DATA_DIR, notify)
+    return spec, tokenizer, load_built(built, config, tokenizer)
+
+
+def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = (),
+          notify: Notify | None = None) -> TrainResult:
+    """Run one LoRA training (see the module docstring for the outputs).
+
+    Args:
+        config: a validated config (``load_config``/``make_config``).
+        resume: continue from the newest complete checkpoint in ``output_dir``.
+        callbacks: extra ``TrainerCallback`` objects (tests use one to stop a run).
+        notify: receives the lines to say aloud (8-bit fallback, over-long conversations);
+            default: ``warnings.warn``.
+
+    Raises:
+        ConfigError, DatasetError, ModelError: bad config, data or model, before training.
+    """
+    # The run reads local folders only; this stops PEFT/transformers from looking up
+    # the base model on the hub while saving (see DESIGN.md).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import Trainer
+
+    say = notify or _warn
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from accelerate import PartialState
+
+    state = PartialState()
+    with state.main_process_first():  # rank 0 builds the dataset, the others then read it
+        spec, tokenizer, data = prepare(config, say)
+    bf16, eight_bit = precision(config, say)
+    if not data.eval:
+        say("no eval samples (val is 0 and no conversation has meta.split: eval), so no eval "
+            "loss is computed")
+    from transformers import set_seed
+
+    set_seed(config.seed)  # the LoRA A matrices are initialised randomly: same seed, same run
+    model = add_lora(load_base(spec.path, eight_bit, bf16), config)
+    staging = out / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)  # an unfinished checkpoint of a killed run
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+    trainer = Trainer(
+        model=model, data_collator=PadCollator(pad_id, config.sequence_len
+                                               if config.pad_to_sequence_len else None),
+        args=training_arguments(config, staging, bool(data.eval), bf16,
+                                warmup_steps(config, len(data.train))),
+        train_dataset=data.train, eval_dataset=data.eval or None,
+        callbacks=[AtomicCheckpoints(staging, out / CHECKPOINTS_DIR, config.save_total_limit),
+                   *callbacks])
+    checkpoint = latest_checkpoint(out / CHECKPOINTS_DIR) if resume else None
+    if resume and checkpoint is None:
+        say(f"--resume: no complete checkpoint in {out / CHECKPOINTS_DIR}; starting afresh")
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.perf_counter() - started
+    adapter_dir = out / ADAPTER_DIR
+    if not trainer.is_world_process_zero():
+        return TrainResult(out, adapter_dir, {})
+    save_adapter(model, tokenizer, config, adapter_dir)
+    history = trainer.state.log_history
+    plot_losses(history, out / LOSS_PLOT)
+    manifest = {
+        "config": config.to_dict(), "seed": config.seed, "model_path": str(spec.path),
+        "data": {"dir": str(data.built_dir), "sha256": data.data_hash,
+                 "train_samples": len(data.train), "eval_samples": len(data.eval),
+                 "supervised_tokens": data.stats.get("supervised_tokens")},
+        "precision": {"bf16": bf16, "load_in_8bit": eight_bit},
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "versions": _versions(),
+        "figures": _figures(history, trainer.state, seconds, model),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(staging, ignore_errors=True)
+    return TrainResult(out, adapter_dir, manifest)
