@@ -148,7 +148,9 @@ class GenerationQueue:
         with self._cond:
             if self._closed:
                 raise QueueFullError("the server is shutting down")
-            if len(self._jobs) >= self.max_waiting and (self._current or self._jobs):
+            # A job not yet picked up by the worker counts as waiting only behind another.
+            in_system = len(self._jobs) + (self._current is not None)
+            if in_system > self.max_waiting:
                 self.stats.rejected += 1
                 raise QueueFullError(f"{len(self._jobs)} requests are already waiting")
             job.id = next(self._ids)
