@@ -45,13 +45,15 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         config: Limits, queue size, auth and CORS; default ``ServerConfig()``.
 
     Returns:
-        A FastAPI app; its generation worker thread starts now and stops at shutdown.
+        A FastAPI app; its generation worker thread starts now (and at each startup)
+        and stops at shutdown.
     """
     config = config or ServerConfig()
     state = ServerState(engine, config, GenerationQueue(engine, config.queue))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.queue.start()
         yield
         state.queue.close()
 

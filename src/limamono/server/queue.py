@@ -101,11 +101,10 @@ class GenerationQueue:
         self._jobs: collections.deque[Job] = collections.deque()
         self._current: Job | None = None
         self._cond = threading.Condition()
-        self._closed = False
+        self._closed = True
         self._ids = itertools.count(1)
-        self._thread = threading.Thread(target=self._work, name="limamono-generation",
-                                        daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread()
+        self.start()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -173,6 +172,20 @@ class GenerationQueue:
         for job in targets:
             job.request_cancel()
         return bool(targets)
+
+    def start(self) -> None:
+        """Start the worker thread (again, after :meth:`close`); no-op while it runs.
+
+        The app starts it when built, for clients that run no lifespan, and again at each
+        startup, since a test client runs startup and shutdown around every session.
+        """
+        with self._cond:
+            if not self._closed:
+                return
+            self._closed = False
+            self._thread = threading.Thread(target=self._work, name="limamono-generation",
+                                            daemon=True)
+            self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancel every job and stop the worker thread."""

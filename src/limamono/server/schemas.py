@@ -105,11 +105,18 @@ class CompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]
     genkey: str | None = Field(None, description="Client key, for abort and check.")
 
 
+class ContentPart(Body):
+    """One part of an OpenAI message's content; text parts are kept, others ignored."""
+
+    type: str | None = None
+    text: str | None = None
+
+
 class ChatMessage(Body):
     """One OpenAI chat message; ``name`` names the speaker, ``length`` labels the turn."""
 
     role: str
-    content: str | list[dict[str, Any]]
+    content: str | list[ContentPart]
     name: str | None = None
     length: str | None = None
 

@@ -50,8 +50,9 @@ class EventStream(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
-        super().__init__(content, headers=SSE_HEADERS)
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None],
+                 status_code: int = 200) -> None:
+        super().__init__(content, status_code=status_code, headers=SSE_HEADERS)
         self._content = content
         self._on_close = on_close
 
