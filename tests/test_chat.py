@@ -308,3 +308,29 @@ def test_greeting_can_be_generated() -> None:
     assert run(chat.reply()) == "The door creaked open."
     assert engine.prompts[0].endswith(f"Scenario: {SCENARIO}\n\n"
                                       "### Response: (length = long)\nMira Holt:")
+
+
+# --------------------------------------------------------------------------- real engine
+
+@pytest.mark.slow
+def test_budget_and_prefix_reuse_on_a_real_engine(tiny_model_dir: object) -> None:
+    """Real tokenizer, real KV cache (tiny random model): prompts fit, prefixes get reused."""
+    from limamono.engine import load_engine
+    from limamono.samplers import get_preset
+
+    engine = load_engine(str(tiny_model_dir), dtype="fp32", context_length=400)
+    chat = ChatSession(CHAR, User("Tom"), engine, get_preset("greedy"), SCENARIO,
+                       [ChatMessage.of("char", GREETING)], ChatConfig(max_new_tokens=6))
+    drops, reused, prompts = [], [], []
+    for i in range(14):
+        run(chat.send(f"Turn {i}: the wind is rising and the lamp flickers again."))
+        result = chat.last_result
+        assert result is not None and result.prompt_tokens <= 400 - 6
+        drops.append(chat.dropped)
+        reused.append(engine.stats.last_reused)
+        prompts.append(result.prompt_tokens)
+    assert drops[0] == 0 and drops[-1] > 0 and drops == sorted(drops)
+    steady = [i for i in range(1, 14) if drops[i] == drops[i - 1]]
+    assert steady
+    # Without a new drop, everything up to the previous input's header comes from the cache.
+    assert all(reused[i] > prompts[i] * 0.6 for i in steady), (reused, prompts, drops)
