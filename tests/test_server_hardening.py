@@ -249,3 +249,11 @@ def test_errors_and_unknown_routes_are_json(client: TestClient) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["message"]
     wrong_method = client.get("/v1/completions")
     assert wrong_method.status_code == 405 and wrong_method.json()
+
+
+def test_default_reply_length_fits_a_small_client_context(client: TestClient,
+                                                          engine: FakeEngine) -> None:
+    # No max_tokens sent: the server's default (256) shrinks to fit, it is not refused.
+    body = {"prompt": "x", "truncation_length": 100}
+    assert client.post("/v1/completions", json=body).status_code == 200
+    assert engine.calls[0].max_new_tokens == 100 - 16

@@ -116,19 +116,21 @@ def max_new_tokens(body: Mapping[str, Any], dialect: str, default: int, context:
         ApiError: Below 1, above ``MAX_TOKENS_CAP``, or (``clamp=False``) leaving no room
             for a prompt in ``context``.
     """
+    # KoboldCpp keeps at least min(ctx - 4, 16) tokens for the prompt.
+    limit = max(1, context - max(1, min(context - 4, 16)))
     found = first_present(body, MAX_TOKEN_FIELDS[dialect])
-    name, value = found if found is not None else ("max_tokens", default)
+    if found is None:
+        return min(default, limit)  # the server's default never refuses a request
+    name, value = found
     if value < 1 or value > MAX_TOKENS_CAP:
         raise ApiError(BAD_REQUEST, f"{name}={value}: must be in [1, {MAX_TOKENS_CAP}]",
                        field=name)
-    # KoboldCpp keeps at least min(ctx - 4, 16) tokens for the prompt.
-    limit = context - max(1, min(context - 4, 16))
     if value <= limit:
         return value
     if clamp:
-        return max(1, limit)
+        return limit
     raise ApiError(BAD_REQUEST, f"{name}={value} leaves no room for a prompt in the context of "
-                   f"{context} tokens; fix: at most {max(1, limit)}", field=name)
+                   f"{context} tokens; fix: at most {limit}", field=name)
 
 
 def stop_strings(body: Mapping[str, Any], dialect: str, config: ServerConfig,
