@@ -287,3 +287,17 @@ def test_card_generate_reports_missing_parts_and_refuses_nothing(engine: Scripte
     empty = runner.invoke(app, ["card", "generate", "-o", str(tmp_path / "x.png")])
     assert empty.exit_code == 1 and "nothing was saved" in flat(empty.output)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_display_marks_thoughts_dialogue_sounds_and_titles() -> None:
+    from limamono.cli.chat_cmd.terminal import styled
+
+    text = "She paused. \"Hi.\" _Odd._ *thud* ''Dune'' and on."
+    shown = styled(text)
+    assert shown.plain == text
+    assert {shown.plain[s.start:s.end]: str(s.style) for s in shown.spans} == {
+        '"Hi."': "bold", "_Odd._": "dim italic", "*thud*": "magenta", "''Dune''": "underline"}
+    # A streamed piece inside an open quote is styled as dialogue already.
+    partial = 'She said "not yet'
+    tail = styled(partial, partial.index("not"))
+    assert tail.plain == "not yet" and [str(s.style) for s in tail.spans] == ["bold"]
