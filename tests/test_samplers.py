@@ -86,6 +86,7 @@ def test_settings_normalise_types() -> None:
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("temperature", math.nan, "finite number in [0, inf)"),
     ("temperature", -0.5, "allowed [0, inf)"),
+    ("temperature", 1e-40, "0 (greedy) or at least 0.001"),
     ("temperature", math.inf, "finite"),
     ("temperature", "hot", "must be a number"),
     ("top_k", -1, "at least 0"),
@@ -97,8 +98,9 @@ def test_settings_normalise_types() -> None:
     ("typical", math.nan, "finite"),
     ("top_a", -1.0, "allowed [0, 1]"),
     ("tfs", 1.01, "allowed [0, 1]"),
-    ("rep_pen", 0.0, "allowed (0, inf)"),
-    ("rep_pen", -1.1, "allowed (0, inf)"),
+    ("rep_pen", 0.0, "allowed [0.01, 100]"),
+    ("rep_pen", -1.1, "allowed [0.01, 100]"),
+    ("rep_pen", 1e40, "allowed [0.01, 100]"),
     ("rep_pen_range", -5, "at least 0"),
     ("rep_pen_slope", -1.0, "allowed [0, inf)"),
     ("presence_penalty", 3.0, "allowed [-2, 2]"),
@@ -599,9 +601,10 @@ def test_samples_are_survivors(settings: SamplerSettings) -> None:
     assert draws <= allowed and len(draws) > 1
 
 
-def test_nan_logits_are_reported() -> None:
+@pytest.mark.parametrize("bad", [[0.0, math.nan], [math.inf, 1.0], [-math.inf, -math.inf]])
+def test_nan_or_inf_logits_are_reported(bad: list[float]) -> None:
     with pytest.raises(SamplerError, match="NaN") as info:
-        make_sampler(SamplerSettings()).sample(NO_CONTEXT, torch.tensor([0.0, math.nan]))
+        make_sampler(SamplerSettings()).sample(NO_CONTEXT, torch.tensor(bad))
     assert info.value.field == "logits"
 
 
@@ -630,3 +633,34 @@ def test_cli_samplers_commands() -> None:
                                 "--dialect", "koboldcpp"])
     assert bench.exit_code == 0 and "limamono (koboldcpp):" in bench.output
     assert runner.invoke(app, ["samplers", "bench", "--preset", "nope"]).exit_code == 2
+
+
+# ------------------------------------------------------------------------ properties
+
+from hypothesis import given  # noqa: E402
+from hypothesis import settings as hyp_settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+unit = st.floats(0.0, 1.0)
+temperatures = st.one_of(st.just(0.0), st.floats(1e-3, 3.0))
+
+
+@hyp_settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.floats(-30, 30), min_size=1, max_size=40), temperature=temperatures,
+       k=st.integers(0, 50), p=unit, mp=unit, typ=unit, a=unit, z=unit,
+       pen=st.floats(0.5, 2.0), rng=st.integers(0, 8),
+       dialect=st.sampled_from(["textgen", "koboldcpp"]),
+       order=st.permutations(list(range(7))))
+def test_any_settings_keep_a_token_and_never_nan(values, temperature, k, p, mp, typ, a, z, pen,
+                                                rng, dialect, order) -> None:
+    s = SamplerSettings(temperature=temperature, top_k=k, top_p=p, min_p=mp, typical=typ,
+                        top_a=a, tfs=z, rep_pen=pen, rep_pen_range=rng, rep_pen_slope=0.5,
+                        dialect=dialect, sampler_order=tuple(order), seed=0)
+    x = torch.tensor(values)
+    context = torch.arange(len(values)) % 3
+    sampler = make_sampler(s)
+    out = sampler.process(context, x)
+    assert not torch.isnan(out).any()
+    survivors = kept(out)
+    assert survivors
+    assert sampler.sample(context, x) in survivors

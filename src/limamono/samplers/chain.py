@@ -47,10 +47,11 @@ def _where(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
-def _has_nan(values: torch.Tensor) -> bool:
+def _top_is_finite(values: torch.Tensor) -> bool:
+    """False when the logits hold NaN or +inf, or are all -inf (max propagates NaN)."""
     if values.device.type == "cpu" and values.dtype == torch.float32:
-        return bool(np.isnan(values.numpy()).any())
-    return bool(torch.isnan(values).any())
+        return math.isfinite(float(values.numpy().max()))
+    return math.isfinite(float(values.max()))
 
 
 class _Candidates:
@@ -291,9 +292,10 @@ class Sampler:
         if self._stages:
             F._check_context(context_ids, logits.numel())
         cands = _Candidates(logits.detach().to(torch.float32, copy=True))
-        if _has_nan(cands.logits):
-            raise SamplerError("logits", "NaN", "the model produced NaN logits (an overflow in "
-                               "half precision?); try float32 or bfloat16")
+        if not _top_is_finite(cands.logits):
+            raise SamplerError("logits", "NaN/inf", "the logits hold NaN or +inf, or every "
+                               "token is -inf (an overflow in half precision?); try float32 "
+                               "or bfloat16")
         for stage in self._stages:
             stage(cands, context_ids)
         return cands

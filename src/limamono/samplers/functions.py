@@ -24,7 +24,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from limamono.samplers.settings import SamplerError, check_float, check_int
+from limamono.samplers.settings import (
+    MIN_TEMPERATURE,
+    REP_PEN_RANGE,
+    SamplerError,
+    check_float,
+    check_int,
+)
 
 Keep = int | torch.Tensor  # a prefix length, or a bool mask over the sorted candidates
 TfsVariant = Literal["textgen", "koboldcpp"]
@@ -194,6 +200,9 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide the logits by ``temperature``; 0 keeps only the most likely token (greedy)."""
     _check_logits(logits)
     t = check_float("temperature", temperature, 0.0)
+    if 0.0 < t < MIN_TEMPERATURE:
+        raise SamplerError("temperature", temperature, f"must be 0 (greedy) or at least "
+                           f"{MIN_TEMPERATURE:g}")
     if t == 0.0:
         return filter_sorted(logits, lambda s: 1)
     return logits / t
@@ -290,7 +299,7 @@ def repetition_penalty(context_ids: torch.Tensor, logits: torch.Tensor, rep_pen:
     """
     _check_logits(logits)
     _check_context(context_ids, logits.numel())
-    rep_pen = check_float("rep_pen", rep_pen, 0.0, low_open=True)
+    rep_pen = check_float("rep_pen", rep_pen, *REP_PEN_RANGE)
     window = textgen_window(context_ids, check_int("rep_pen_range", rep_pen_range, 0))
     out = logits.clone()
     if rep_pen != 1.0 and window.numel():
@@ -357,7 +366,7 @@ def koboldcpp_repetition_penalty(context_ids: torch.Tensor, logits: torch.Tensor
     _check_context(context_ids, logits.numel())
     out = logits.clone()
     koboldcpp_rep_pen_(out, context_ids,
-                       check_float("rep_pen", rep_pen, 0.0, low_open=True),
+                       check_float("rep_pen", rep_pen, *REP_PEN_RANGE),
                        check_int("rep_pen_range", rep_pen_range, 0),
                        check_float("rep_pen_slope", rep_pen_slope, 0.0),
                        check_float("presence_penalty", presence_penalty, -2.0, 2.0))

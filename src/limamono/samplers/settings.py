@@ -44,6 +44,12 @@ TEXTGEN_TEMPERATURE_LAST: tuple[str, ...] = (
     *TEXTGEN_TEMPERATURE_NAMES,
 )
 
+#: Smallest non-zero temperature: below it the scaled logits can overflow float32 (and the
+#: draw is greedy anyway); 0 itself means greedy.
+MIN_TEMPERATURE = 1e-3
+#: Repetition-penalty bounds: beyond them a penalised logit can overflow float32.
+REP_PEN_RANGE = (0.01, 100.0)
+
 #: Largest seed a ``torch.Generator`` accepts.
 MAX_SEED = 2**64 - 1
 
@@ -59,8 +65,7 @@ class SamplerError(ValueError):
         self.reason = reason
 
 
-def check_float(field: str, value: Any, low: float, high: float = math.inf, *,
-                low_open: bool = False) -> float:
+def check_float(field: str, value: Any, low: float, high: float = math.inf) -> float:
     """Return ``value`` as a float after checking type, finiteness and range.
 
     Args:
@@ -68,7 +73,6 @@ def check_float(field: str, value: Any, low: float, high: float = math.inf, *,
         value: What was given.
         low: Smallest allowed value.
         high: Largest allowed value (inclusive; ``inf`` for none).
-        low_open: Whether ``low`` itself is excluded.
 
     Raises:
         SamplerError: Not a real number, NaN/inf, or out of range (the message says the range).
@@ -76,10 +80,10 @@ def check_float(field: str, value: Any, low: float, high: float = math.inf, *,
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SamplerError(field, value, f"must be a number, got {type(value).__name__}")
     number = float(value)
-    allowed = _range_text(low, high, low_open)
+    allowed = f"[{low:g}, {high:g}{')' if math.isinf(high) else ']'}"
     if not math.isfinite(number):
         raise SamplerError(field, value, f"must be a finite number in {allowed}")
-    if number < low or (low_open and number == low) or number > high:
+    if number < low or number > high:
         raise SamplerError(field, value, f"out of range; allowed {allowed}")
     return number
 
@@ -100,12 +104,6 @@ def check_int(field: str, value: Any, low: int, high: int | None = None) -> int:
         upper = "" if high is None else f", at most {high}"
         raise SamplerError(field, value, f"out of range; allowed at least {low}{upper}")
     return value
-
-
-def _range_text(low: float, high: float, low_open: bool) -> str:
-    left = "(" if low_open else "["
-    right = ")" if math.isinf(high) else "]"
-    return f"{left}{low:g}, {high:g}{right}"
 
 
 def check_sampler_order(value: Any) -> tuple[int, ...]:
@@ -156,7 +154,7 @@ class SamplerSettings:
     Each default turns its sampler off, except temperature (1.0, which is a no-op anyway).
 
     Attributes:
-        temperature: Divides the logits; 0 means greedy. Range [0, inf).
+        temperature: Divides the logits; 0 means greedy. 0, or at least 0.001.
         top_k: Keep the k most likely tokens; 0 is off.
         top_p: Keep the smallest set with probability mass >= top_p; 1 is off. Range [0, 1].
         min_p: Keep tokens with p >= min_p * p_max; 0 is off. Range [0, 1].
@@ -164,7 +162,7 @@ class SamplerSettings:
         top_a: Keep tokens with p >= top_a * p_max**2; 0 is off. Range [0, 1].
         tfs: Tail-free sampling z; 1 is off. Range [0, 1].
         rep_pen: Repetition penalty: a positive logit of a token in the window is divided by
-            it, a negative one multiplied; 1 is off. Range (0, inf).
+            it, a negative one multiplied; 1 is off. Range [0.01, 100].
         rep_pen_range: Window of the last N context tokens (prompt + output). textgen: 0 is
             the whole context; koboldcpp: 0 counts as 1, as KoboldCpp clamps it.
         rep_pen_slope: KoboldCpp only: the older half of the window gets the penalty
@@ -224,15 +222,19 @@ def _validated(s: SamplerSettings) -> dict[str, Any]:
     if s.dialect not in DIALECTS:
         raise SamplerError("dialect", s.dialect, f"must be one of {', '.join(DIALECTS)}")
     seed = None if s.seed is None else check_int("seed", s.seed, 0, MAX_SEED)
+    temperature = check_float("temperature", s.temperature, 0.0)
+    if 0.0 < temperature < MIN_TEMPERATURE:
+        raise SamplerError("temperature", s.temperature, f"must be 0 (greedy) or at least "
+                           f"{MIN_TEMPERATURE:g}; smaller values overflow the scaled logits")
     return {
-        "temperature": check_float("temperature", s.temperature, 0.0),
+        "temperature": temperature,
         "top_k": check_int("top_k", s.top_k, 0),
         "top_p": check_float("top_p", s.top_p, 0.0, 1.0),
         "min_p": check_float("min_p", s.min_p, 0.0, 1.0),
         "typical": check_float("typical", s.typical, 0.0, 1.0),
         "top_a": check_float("top_a", s.top_a, 0.0, 1.0),
         "tfs": check_float("tfs", s.tfs, 0.0, 1.0),
-        "rep_pen": check_float("rep_pen", s.rep_pen, 0.0, low_open=True),
+        "rep_pen": check_float("rep_pen", s.rep_pen, *REP_PEN_RANGE),
         "rep_pen_range": check_int("rep_pen_range", s.rep_pen_range, 0),
         "rep_pen_slope": check_float("rep_pen_slope", s.rep_pen_slope, 0.0),
         "presence_penalty": check_float("presence_penalty", s.presence_penalty, -2.0, 2.0),
