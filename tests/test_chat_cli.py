@@ -301,3 +301,31 @@ def test_display_marks_thoughts_dialogue_sounds_and_titles() -> None:
     partial = 'She said "not yet'
     tail = styled(partial, partial.index("not"))
     assert tail.plain == "not yet" and [str(s.style) for s in tail.spans] == ["bold"]
+
+
+def test_a_sillytavern_png_card_with_house_style(engine: ScriptedEngine, tmp_path: Path,
+                                                 shared_dir: Path) -> None:
+    card = shared_dir / "testdata" / "cards" / "default_Seraphina.png"
+    args = ["chat", "--card", str(card), "--user", "Tom", "--db", str(tmp_path / "c.db")]
+    plain = runner.invoke(app, args, input="")
+    assert "Seraphina: *You wake with a start" in plain.output
+    converted = runner.invoke(app, [*args, "--house-style"], input="Hi.\n")
+    assert converted.exit_code == 0, converted.output
+    assert "Seraphina: You wake with a start, recalling" in converted.output
+    assert "### Instruction:\nSeraphina\n" in engine.prompts[0]
+    assert "*You wake" not in engine.prompts[0]
+
+
+def test_alternate_greetings_are_swipes_of_the_greeting(engine: ScriptedEngine,
+                                                        tmp_path: Path) -> None:
+    from limamono.cards import new_card, write_card
+
+    card = tmp_path / "card.json"
+    write_card(new_card("Mira Holt", str(card), description="Keeps the light.",
+                        first_mes="The lamp turned.", alternate_greetings=["{{user}}, at last."]),
+               card)
+    result = runner.invoke(app, ["chat", "--card", str(card), "--user", "Tom", "--db",
+                                 str(tmp_path / "c.db")], input="/swipe 2\nHello.\n")
+    assert result.exit_code == 0, result.output
+    assert "Mira Holt: The lamp turned.\n  (swipe 1/2)\nMira Holt: Tom, at last." in result.output
+    assert "\nMira Holt: Tom, at last.\n\n### Input:" in engine.prompts[0]
