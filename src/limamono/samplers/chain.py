@@ -23,6 +23,7 @@ from limamono.samplers import functions as F
 from limamono.samplers.settings import (
     KOBOLDCPP_SAMPLERS,
     TEXTGEN_DEFAULT_PRIORITY,
+    TEXTGEN_IMPLEMENTED,
     TEXTGEN_TEMPERATURE_LAST,
     SamplerError,
     SamplerSettings,
@@ -231,13 +232,9 @@ def textgen_order(s: SamplerSettings) -> tuple[str, ...]:
     """
     priority = s.sampler_priority if s.sampler_priority is not None \
         else TEXTGEN_TEMPERATURE_LAST
-    known = [n for n in TEXTGEN_DEFAULT_PRIORITY if _is_truncation(n)]
-    listed = [n for n in priority if _is_truncation(n)]
+    known = [n for n in TEXTGEN_DEFAULT_PRIORITY if n in TEXTGEN_IMPLEMENTED]
+    listed = [n for n in priority if n in TEXTGEN_IMPLEMENTED]
     return (*(n for n in known if n not in listed), *listed)
-
-
-def _is_truncation(name: str) -> bool:
-    return name in ("temperature", "top_k", "top_p", "typical_p", "tfs", "top_a", "min_p")
 
 
 #: KoboldCpp's fixed top-k before the user's samplers (``SampleLogits``; 5000 before 2025).
