@@ -444,6 +444,22 @@ def test_captured_sillytavern_body_is_the_limamono_preset(shared_dir) -> None:
     assert unsupported_fields(body) == []
 
 
+def test_published_textgen_preset_order(shared_dir) -> None:
+    # what SillyTavern's ooba mode sends from the published preset's sampler fields
+    preset = json.loads((shared_dir / "testdata/sillytavern/limamono-presets/"
+                         "Limamono.textgen.json").read_text())
+    fields = {"sampler_priority": preset["sampler_priority"],
+              "temperature_last": preset["temperature_last"], "temperature": preset["temp"],
+              "tfs": preset["tfs"], "repetition_penalty": preset["rep_pen"],
+              "repetition_penalty_range": preset["rep_pen_range"], "top_k": preset["top_k"]}
+    s = settings_from_fields(fields, SamplerSettings(), "textgen")
+    assert s.sampler_priority[-3:] == ("temperature", "dynamic_temperature",
+                                       "quadratic_sampling")
+    assert textgen_order(s) == textgen_order(PRESETS["limamono"]) == (
+        "top_k", "top_p", "typical_p", "tfs", "top_a", "min_p", "temperature")
+    assert s.replace(sampler_priority=None) == PRESETS["limamono"]
+
+
 def test_aliases_and_precedence() -> None:
     base = get_preset("limamono")
     assert settings_from_fields({}, base, "textgen") == base
