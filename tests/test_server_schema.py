@@ -34,7 +34,7 @@ def check_response(case: Any) -> None:
 
 
 @SCHEMA.parametrize()
-@settings(max_examples=8, **SETTINGS)
+@settings(max_examples=5, **SETTINGS)
 def test_api_fuzz_fast(case: Any) -> None:
     check_response(case)
 
