@@ -257,3 +257,25 @@ def test_default_reply_length_fits_a_small_client_context(client: TestClient,
     body = {"prompt": "x", "truncation_length": 100}
     assert client.post("/v1/completions", json=body).status_code == 200
     assert engine.calls[0].max_new_tokens == 100 - 16
+
+
+def test_serve_command_builds_the_app_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import limamono.engine
+    from limamono.cli import app
+
+    ran: dict[str, Any] = {}
+    monkeypatch.setattr(limamono.engine, "load_engine", lambda *a, **k: FakeEngine())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.update(app=app, **options))
+    result = CliRunner().invoke(app, ["serve", "--api-key", "k", "--port", "5999",
+                                      "--queue", "3", "--cors-origin", "http://a.example"])
+    assert result.exit_code == 0, result.output
+    assert (ran["host"], ran["port"]) == ("127.0.0.1", 5999)
+    state = ran["app"].state.limamono
+    assert (state.config.queue, state.config.cors_origins) == (3, ("http://a.example",))
+    with TestClient(ran["app"]) as client:
+        assert client.get("/v1/models").status_code == 401
+        assert client.get("/v1/models", headers={"Authorization": "Bearer k"}).json()[
+            "data"][0]["id"] == "fake-limamono"
