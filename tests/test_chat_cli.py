@@ -89,6 +89,35 @@ def test_every_slash_command(engine: ScriptedEngine, tmp_path: Path) -> None:
     assert exported[3]["swipes"] == ["First reply. And more.", "Second reply."]
 
 
+def test_errors_inside_the_chat_do_not_end_it(engine: ScriptedEngine, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from limamono.store import StoreError
+
+    taken = tmp_path / "taken.jsonl"
+    taken.write_text("someone's notes")
+    real_sync = ChatStore.sync_messages
+    calls = []
+
+    def flaky_sync(self: ChatStore, chat_id: int, messages: list) -> int:
+        calls.append(len(messages))
+        if len(calls) == 1:
+            raise StoreError("c.db: the change was not saved (disk I/O error)")
+        return real_sync(self, chat_id, messages)
+
+    monkeypatch.setattr(ChatStore, "sync_messages", flaky_sync)
+    output = chat(tmp_path / "c.db", [f"/save {taken}", "/length enormous", "Hello.",
+                                      "Again."])
+    assert f"{taken} exists; pass --force" in flat(output)
+    assert "response_length 'enormous' is not one of" in flat(output)
+    assert ("warning: c.db: the change was not saved (disk I/O error); it will be saved with "
+            "the next change") in flat(output)
+    assert taken.read_text() == "someone's notes"
+    # The next save writes everything that changed, the failed change included.
+    saved = ChatStore(tmp_path / "c.db").load_chat(1)
+    assert [m.text for m in saved.messages][1:] == ["Hello.", "She nodded.", "Again.",
+                                                    "She nodded."]
+
+
 def test_impersonation_guard_cuts_and_records(engine: ScriptedEngine, tmp_path: Path) -> None:
     engine.replies = ['She nodded. "Come in."\nTom: I step inside and take the lamp.']
     engine.apply_stops = False

@@ -104,6 +104,17 @@ def test_a_chat_that_fails_to_load_is_reported_and_left_alone(tmp_path: Path) ->
                                  ).fetchone()[0] == "{oops"
 
 
+def test_a_failed_write_changes_nothing_and_says_so(tmp_path: Path) -> None:
+    with ChatStore(tmp_path / "c.db") as store:
+        chat_id = store.create_chat(CHAR, User("Tom"), messages=sample_messages())
+        bad = [*sample_messages()[:1], ChatMessage.of("narrator", "x")]  # type: ignore[arg-type]
+        with pytest.raises(StoreError, match=r"the change was not saved .*CHECK constraint"):
+            store.sync_messages(chat_id, bad)
+        assert store.load_chat(chat_id).messages == sample_messages()
+        store.append_message(chat_id, ChatMessage.of("user", "still works"))
+        assert store.load_chat(chat_id).messages[-1].text == "still works"
+
+
 def test_schema_version_and_refusals_leave_files_untouched(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     ChatStore(db).close()

@@ -105,17 +105,21 @@ def write_file_safely(path: str | os.PathLike[str], text: str, force: bool = Fal
         except StoreError as exc:
             raise StoreError(f"{path} exists and does not load as a chat ({exc}); it was left "
                              "untouched: move it away first") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        raise StoreError(f"{path}: cannot write ({exc.strerror or exc}); nothing was "
+                         "replaced") from None
 
 
 def _read_text(path: Path) -> str:

@@ -47,7 +47,12 @@ def chats_export_cmd(
     db: Path | None = typer.Option(None, "--db", help="Chat database."),
 ) -> None:
     """Export a chat as SillyTavern JSONL or a conversation YAML."""
-    export_chat(open_store(db), chat_id, output, force)
+    from limamono.store import StoreError
+
+    try:
+        export_chat(open_store(db), chat_id, output, force)
+    except StoreError as exc:
+        fail(str(exc))
     out.print(f"wrote {output}")
 
 

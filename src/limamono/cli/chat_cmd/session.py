@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from limamono.cli.common import fail
+from rich.text import Text
+
+from limamono.cli.common import err, fail
 
 if TYPE_CHECKING:
     from limamono.chat import ChatSession
@@ -60,7 +62,22 @@ def start_session(store: ChatStore, chat_id: int, engine: Engine, settings: Any,
         fail(str(exc))
     return ChatSession(stored.character, stored.user, engine, settings, stored.scenario,
                        stored.messages, config,
-                       on_change=lambda s: store.sync_messages(chat_id, s.history))
+                       on_change=lambda s: save_history(store, chat_id, s))
+
+
+def save_history(store: ChatStore, chat_id: int, session: ChatSession) -> None:
+    """Save the session's history; a failure is reported and the chat goes on.
+
+    Saving writes every message that differs from the database, so the next successful save
+    also writes what a failed one missed.
+    """
+    from limamono.store import StoreError
+
+    try:
+        store.sync_messages(chat_id, session.history)
+    except StoreError as exc:
+        err.print(Text(f"warning: {exc}; it will be saved with the next change",
+                       style="yellow"))
 
 
 def new_chat(store: ChatStore, start: CharacterStart, user: Any) -> int:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.text import Text
 
-from limamono.cli.common import err, fail, out
+from limamono.cli.common import err, out
 
 if TYPE_CHECKING:
     from limamono.chat import ChatMessage, ChatSession
@@ -169,6 +169,7 @@ class ChatLoop:
         from limamono.chat import ChatError
         from limamono.format import FormatError
         from limamono.generation import ContextOverflowError
+        from limamono.store import StoreError
 
         if not line:
             return True
@@ -181,7 +182,7 @@ class ChatLoop:
                     return True
                 return action(argument.strip())
             self._generate(lambda c: self.session.send(line, cancel=c), new=True)
-        except (ChatError, FormatError, ContextOverflowError) as exc:
+        except (ChatError, FormatError, ContextOverflowError, StoreError) as exc:
             err.print(Text(f"error: {exc}", style="red"))
         return True
 
@@ -267,23 +268,24 @@ def chats_table(store: ChatStore) -> Any:
 
 
 def export_chat(store: ChatStore, chat_id: int, path: Path, force: bool) -> None:
-    """Export a chat as SillyTavern JSONL (``.jsonl``) or a conversation file (``.yaml``)."""
+    """Export a chat as SillyTavern JSONL (``.jsonl``) or a conversation file (``.yaml``).
+
+    Raises:
+        StoreError: unknown type, no such chat, or the file cannot or must not be written.
+    """
     from limamono.conversation import Conversation, Message, dump_yaml
     from limamono.store import StoreError, export_sillytavern, write_file_safely
 
-    try:
-        chat = store.load_chat(chat_id)
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            text = export_sillytavern(chat)
-        elif suffix in (".yaml", ".yml"):
-            conv = Conversation(chat.character, chat.user, chat.scenario,
-                                [Message(m.role, m.text, m.length) for m in chat.messages
-                                 if not m.hidden])
-            text = dump_yaml(conv)
-        else:
-            raise StoreError(f"{path}: unknown export type {suffix or '(none)'!r} (use .jsonl "
-                             "for SillyTavern or .yaml for a conversation file)")
-        write_file_safely(path, text, force=force)
-    except StoreError as exc:
-        fail(str(exc))
+    chat = store.load_chat(chat_id)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        text = export_sillytavern(chat)
+    elif suffix in (".yaml", ".yml"):
+        conv = Conversation(chat.character, chat.user, chat.scenario,
+                            [Message(m.role, m.text, m.length) for m in chat.messages
+                             if not m.hidden])
+        text = dump_yaml(conv)
+    else:
+        raise StoreError(f"{path}: unknown export type {suffix or '(none)'!r} (use .jsonl "
+                         "for SillyTavern or .yaml for a conversation file)")
+    write_file_safely(path, text, force=force)
