@@ -152,8 +152,11 @@ def demo_cmd(
         loop.handle(turn)
         result = session.last_result
         if result is not None:  # the time includes reading the prompt (no cache the first time)
+            stats = getattr(engine, "stats", None)  # the real engine's KV-cache counters
+            cached = f", {stats.last_reused} of them cached" if stats is not None else ""
             err.print(f"[dim]{result.completion_tokens} tokens after a {result.prompt_tokens}-"
-                      f"token prompt in {time.monotonic() - began:.1f} s[/]", highlight=False)
+                      f"token prompt{cached}, in {time.monotonic() - began:.1f} s[/]",
+                      highlight=False)
     err.print(f"[dim]demo took {time.monotonic() - setup:.1f} s after setup[/]", highlight=False)
     out.print(f"\nSaved as chat {chat_id} in {store.path}. Go on with: "
               f"limamono chat --chat {chat_id}" + (f" --db {db}" if db else ""), soft_wrap=True)
