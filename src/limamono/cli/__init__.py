@@ -44,6 +44,7 @@ COMMAND_MODULES = [
     "limamono.cli.cardgen_cmd",
     "limamono.cli.serve_cmd",
     "limamono.cli.samplers_cmd",
+    "limamono.cli.engine_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,187 @@
+"""`limamono models` and `limamono generate` (alias `complete`): the engine from the shell."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from limamono.cli.common import err, fail, out
+
+
+class ConversionProgress:
+    """A Rich progress bar that appears only if the embedded model needs converting."""
+
+    def __init__(self) -> None:
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self._progress is None:
+            err.print("converting the embedded model once (later loads read the cache)")
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      TimeElapsedColumn(), console=err, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task(step, total=total)
+        self._progress.update(self._task, description=step, completed=done)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the bar (safe to call when it never started)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def load_engine_for_cli(model: str, adapter: str | None, dtype: str,
+                        threads: int | None) -> Any:
+    """Load an engine with a conversion progress bar; model errors end the command (exit 2).
+
+    Other command modules (chat, serve, eval) may use this too.
+    """
+    from limamono.engine import load_engine
+    from limamono.models import ModelError
+
+    progress = ConversionProgress()
+    try:
+        return load_engine(model, adapter=adapter, dtype=dtype, threads=threads,
+                           progress=progress)
+    except ModelError as exc:
+        fail(str(exc))
+    finally:
+        progress.close()
+
+
+@contextmanager
+def ctrl_c_sets(event: threading.Event):
+    """While inside, the first Ctrl-C sets ``event`` (a clean cancel); a second one aborts."""
+    def handler(signum: int, frame: Any) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def models_cmd() -> None:
+    """List the models that can be loaded here (no network): the embedded default, converted
+    folders under $LIMAMONO_HOME/models and models in the local Hugging Face cache."""
+    from rich.table import Table
+
+    from limamono.models import limamono_home, list_models
+
+    table = Table("name", "kind", "state", "path")
+    for info in list_models():
+        table.add_row(info.name, info.kind, info.state, str(info.path))
+    out.print(table)
+    out.print(f"cache folder: {limamono_home()} (set LIMAMONO_HOME to move it)")
+
+
+def _read_prompt(prompt: str | None, file: Path | None) -> str:
+    if (prompt is None) == (file is None):
+        fail("give exactly one of --prompt TEXT or --file F (use --file - for stdin)")
+    if prompt is not None:
+        return prompt
+    assert file is not None
+    if str(file) == "-":
+        return sys.stdin.read()
+    try:
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{file}: cannot read the prompt ({exc}); fix: pass a UTF-8 text file")
+
+
+def generate_cmd(
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="The prompt text."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="Read the prompt from a file "
+                                     "('-' for stdin), e.g. the output of `limamono render "
+                                     "--open`."),
+    preset: str = typer.Option("limamono", "--preset", help="Sampler preset: 'limamono' "
+                               "(the card's settings) or 'greedy'."),
+    max_tokens: int = typer.Option(200, "--max-tokens", "-n", min=1,
+                                   help="Most new tokens to generate."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (same seed, same "
+                                    "prompt: same text)."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model: 'smollm2-135m' "
+                              "(embedded), an HF folder or a cached hub id."),
+    adapter: str | None = typer.Option(None, "--adapter", "-a", help="PEFT LoRA adapter "
+                                       "folder, 'demo' or 'none'."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CPU), bf16, fp16, fp32."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    stop: list[str] = typer.Option([], "--stop", "-s", help="Stop string (repeatable); the "
+                                   "text never includes it. Escapes like \\n are understood."),
+) -> None:
+    """Continue a prompt with a model, streaming the text to stdout.
+
+    The finish reason (stop, length, cancelled) and the speed go to stderr. Ctrl-C stops the
+    generation cleanly (a second Ctrl-C aborts).
+    """
+    from dataclasses import replace
+
+    from limamono.samplers import SamplerError, get_preset
+
+    text = _read_prompt(prompt, file)
+    try:
+        settings = get_preset(preset)
+        if seed is not None:
+            settings = replace(settings, seed=seed)
+    except (SamplerError, ValueError) as exc:
+        fail(str(exc))
+    stops = [s.encode("utf-8").decode("unicode_escape") if "\\" in s else s for s in stop]
+    engine = load_engine_for_cli(model, adapter, dtype, threads)
+    _stream_to_stdout(engine, text, settings, max_tokens, stops)
+
+
+def _stream_to_stdout(engine: Any, prompt: str, settings: Any, max_tokens: int,
+                      stops: list[str]) -> None:
+    from limamono.generation import ContextOverflowError
+
+    cancel = threading.Event()
+    start = time.perf_counter()
+    first: float | None = None
+    last = None
+    try:
+        with ctrl_c_sets(cancel):
+            for last in engine.stream_text(prompt, settings, max_tokens, stop=stops,
+                                           cancel=cancel):
+                if first is None and last.completion_tokens:
+                    first = time.perf_counter()
+                sys.stdout.write(last.text)
+                sys.stdout.flush()
+    except ContextOverflowError as exc:
+        fail(str(exc))
+    sys.stdout.write("\n")
+    if last is None:
+        return
+    total = time.perf_counter() - start
+    decode = total - (first - start) if first is not None else 0.0
+    speed = (last.completion_tokens - 1) / decode if decode > 0 else 0.0
+    reason = last.finish_reason + (f" ({last.stop_string!r})" if last.stop_string else "")
+    err.print(f"[dim]finish: {reason} · prompt {last.prompt_tokens} tokens, reply "
+              f"{last.completion_tokens} tokens · first token {((first or start) - start):.2f} s"
+              f" · {speed:.1f} tokens/s[/]", markup=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `models`, `generate` and its alias `complete` to the CLI."""
+    app.command("models")(models_cmd)
+    app.command("generate")(generate_cmd)
+    app.command("complete", help="Alias of `generate`: continue a prompt, streaming to "
+                "stdout.")(generate_cmd)
