@@ -11,6 +11,8 @@ loopback port chosen by the OS, so the clients do not share the server's GIL), t
    chunks. For each drop, the time until the server counted the job as cancelled and freed
    the engine (polled on ``/api/extra/perf``), the server-side cancel-to-free latency, and
    whether the other half completed without error.
+3. Rejection: invalid bodies (NaN, out-of-range samplers, absurd lengths, non-objects,
+   1000 stop strings) sent over HTTP: latency of the 400/422, and no generation started.
 
 Usage::
 
@@ -85,7 +87,9 @@ def serve_child(model: str, threads: int, queue: int) -> None:
     engine = load_engine(model, threads=threads)
     # One untimed reply first: the first forward passes are several times slower (warm-up).
     engine.generate(bench_prompt(), get_preset("limamono"), 8)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
+    # without it every small response write waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     print(f"PORT {sock.getsockname()[1]} MODEL {engine.model_name}", flush=True)
@@ -104,6 +108,14 @@ def start_server(args: argparse.Namespace) -> tuple[str, str, subprocess.Popen[s
             _, port, _, model = line.split()
             return f"http://127.0.0.1:{port}", model, child
     raise RuntimeError(f"the server process exited with {child.wait()} before serving")
+
+
+def make_client(url: str) -> httpx.AsyncClient:
+    """A client with Nagle's algorithm off: httpx writes a POST's headers and body
+    separately, and with Nagle on, the body waits for a delayed ACK (about 40 ms)."""
+    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    return httpx.AsyncClient(base_url=url, timeout=600,
+                             transport=httpx.AsyncHTTPTransport(socket_options=nodelay))
 
 
 async def stream_once(client: httpx.AsyncClient, body: dict[str, Any],
@@ -139,7 +151,7 @@ async def load_phase(url: str, clients: int, duration: float, max_tokens: int) -
     began = time.perf_counter()
 
     async def worker() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        async with make_client(url) as client:
             while time.perf_counter() < deadline:
                 try:
                     ttft, tokens, ok = await stream_once(client, body)
@@ -159,12 +171,12 @@ async def load_phase(url: str, clients: int, duration: float, max_tokens: int) -
 async def cancel_phase(url: str, clients: int, max_tokens: int) -> dict[str, Any]:
     """N streams at once, every other one dropped after 3 chunks; measure the freeing."""
     body = {"prompt": bench_prompt(), "max_tokens": max_tokens, "stream": True}
-    async with httpx.AsyncClient(base_url=url, timeout=600) as perf:
+    async with make_client(url) as perf:
         before = (await perf.get("/api/extra/perf")).json()["cancelled"]
         latencies: list[float] = []
 
         async def dropper() -> bool:
-            async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+            async with make_client(url) as client:
                 _, _, ok = await stream_once(client, body, drop_after=3)
             dropped_at = time.perf_counter()
             seen = len(latencies) + before
@@ -177,7 +189,7 @@ async def cancel_phase(url: str, clients: int, max_tokens: int) -> dict[str, Any
             return ok
 
         async def keeper() -> bool:
-            async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+            async with make_client(url) as client:
                 return (await stream_once(client, body))[2]
 
         # Start the droppers first so that they hold the engine when they drop.
@@ -192,6 +204,35 @@ async def cancel_phase(url: str, clients: int, max_tokens: int) -> dict[str, Any
             "client_seen_free_max_s": round(max(latencies, default=0.0), 3),
             "server_cancel_to_free_max_s": server["max_cancel_latency_s"],
             "server_cancelled": server["cancelled"] - before}
+
+
+#: Invalid bodies (raw JSON text) that must be refused before any generation.
+INVALID_BODIES = [
+    '{"prompt": "x", "temperature": NaN}', '{"prompt": "x", "top_p": 1.5}',
+    '{"prompt": "x", "top_k": -5}', '{"prompt": "x", "max_tokens": -186}',
+    '{"prompt": "x", "max_tokens": 1000000000}', '{"prompt": "x", "n": 1000000000}',
+    '{"prompt": "x", "temperature": "hot"}', '[1, 2]', '{"prompt": "x",',
+    '{"prompt": "x", "stop": [' + ", ".join(['"s"'] * 1000) + "]}",
+]
+
+
+async def rejection_phase(url: str, rounds: int = 20) -> dict[str, Any]:
+    """Latency of refusing invalid bodies over HTTP, and whether any reached the engine."""
+    latencies, statuses = [], set()
+    async with make_client(url) as client:
+        before = (await client.get("/api/extra/perf")).json()["total_gens"]
+        for _ in range(rounds):
+            for raw in INVALID_BODIES:
+                start = time.perf_counter()
+                response = await client.post("/v1/completions", content=raw,
+                                             headers={"Content-Type": "application/json"})
+                latencies.append(time.perf_counter() - start)
+                statuses.add(response.status_code)
+        after = (await client.get("/api/extra/perf")).json()["total_gens"]
+    return {"requests": len(latencies), "statuses": sorted(statuses),
+            "p50_ms": round(1000 * percentile(latencies, 50), 1),
+            "p99_ms": round(1000 * percentile(latencies, 99), 1),
+            "generations_started": after - before}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,18 +256,20 @@ def main(argv: list[str] | None = None) -> int:
         single = asyncio.run(load_phase(url, 1, args.duration / 4, args.max_tokens))
         load = asyncio.run(load_phase(url, args.clients, args.duration, args.max_tokens))
         cancel = asyncio.run(cancel_phase(url, args.clients, args.max_tokens))
+        rejected = asyncio.run(rejection_phase(url))
     finally:
         child.terminate()
         child.wait(30)
     figures = {"model": model, "max_tokens": args.max_tokens, "threads": args.threads,
                "one_client": single.summary(), "load": load.summary(),
-               "cancellation": cancel}
+               "cancellation": cancel, "rejection": rejected}
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
-    ok = load.errors == 0 and single.errors == 0 and cancel["kept_errors"] == 0
+    ok = (load.errors == 0 and single.errors == 0 and cancel["kept_errors"] == 0
+          and rejected["generations_started"] == 0 and max(rejected["statuses"]) < 500)
     return 0 if ok else 1
 
 

@@ -97,3 +97,17 @@ def test_dropped_stream_frees_the_real_engine(engine: Engine) -> None:
         perf = client.get("/api/extra/perf").json()
         assert perf["cancelled"] == 1 and perf["max_cancel_latency_s"] < 1.0
     app.state.limamono.queue.close()
+
+
+def test_context_boundary_fits_exactly_and_one_more_token_is_cut(client: TestClient,
+                                                                 engine: Engine) -> None:
+    budget = CONTEXT - 12
+    words = ["Rain"]
+    while len(engine.tokenize(" ".join(words))) < budget:
+        words.append("rain")
+    exact = " ".join(words)
+    assert len(engine.tokenize(exact)) == budget  # " rain" is one token
+    fits = client.post("/v1/completions", json={"prompt": exact, **GREEDY}).json()
+    assert fits["usage"]["prompt_tokens"] == budget  # prompt + max_tokens == context
+    over = client.post("/v1/completions", json={"prompt": exact + " rain", **GREEDY}).json()
+    assert over["usage"]["prompt_tokens"] == budget  # one token over: cut from the left
