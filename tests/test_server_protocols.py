@@ -283,3 +283,21 @@ def test_chat_completion_names_the_bad_message(client: TestClient) -> None:
 def test_health(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok", "model": "fake-limamono",
                                             "busy": False, "waiting": 0}
+
+
+def test_chat_takes_the_character_name_from_its_turns(client: TestClient,
+                                                      engine: FakeEngine) -> None:
+    messages = [{"role": "system", "content": "Write the next reply.\nScenario: A storm."},
+                {"role": "assistant", "name": "Edda Varn", "content": "Who's there?"},
+                {"role": "user", "name": "Corin", "content": "Hello?"}]
+    client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 10})
+    assert engine.calls[0].prompt.endswith("\nEdda Varn:")
+    assert "\n\n### Response:\nEdda Varn: Who's there?" in engine.calls[0].prompt
+
+
+def test_unimplemented_samplers_are_accepted_with_a_warning(
+        client: TestClient, engine: FakeEngine, caplog: pytest.LogCaptureFixture) -> None:
+    body = {"prompt": "x", "mirostat_mode": 2, "dry_multiplier": 0, "xtc_probability": 0.5}
+    with caplog.at_level("WARNING", logger="limamono.server"):
+        assert client.post("/v1/completions", json=body).status_code == 200
+    assert "mirostat_mode, xtc_probability" in caplog.text

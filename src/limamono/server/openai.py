@@ -83,9 +83,12 @@ def chat_prompt(body: ChatCompletionRequest) -> tuple[str, list[str]]:
                                     "response_length")
     input_length = _length_label(body.input_length, fmt.DEFAULT_INPUT_LENGTH, "input_length")
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    # SillyTavern ("character names: completion object") names the character on its turns.
+    char_name = body.char_name or next(
+        (m["name"] for m in messages if m["role"] == "assistant" and m.get("name")), None)
     try:
         conversation = fmt.from_chat_messages(messages, user_name=body.user_name or "User",
-                                              char_name=body.char_name)
+                                              char_name=char_name)
         prompt = fmt.render(conversation, open_response=True, response_length=response_length,
                             input_length=input_length, trigger=trigger)
     except fmt.FormatError as error:

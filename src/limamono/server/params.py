@@ -17,14 +17,22 @@ Everything here runs before a request enters the queue, so a bad request is refu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from limamono.generation import Engine
-from limamono.samplers import SamplerError, SamplerSettings, settings_from_fields
+from limamono.samplers import (
+    SamplerError,
+    SamplerSettings,
+    settings_from_fields,
+    unsupported_fields,
+)
 from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, ApiError
+
+log = logging.getLogger("limamono.server")
 
 #: Larger reply lengths are refused outright on every route (a typo or an attack).
 MAX_TOKENS_CAP = 1 << 20
@@ -196,6 +204,9 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
         ApiError: 400 naming the field at fault.
     """
     check_single_reply(body)
+    ignored = unsupported_fields(body)
+    if ignored:  # accepted, as the emulated servers accept them, but the user should know
+        log.warning("ignoring samplers this server does not implement: %s", ", ".join(ignored))
     context = effective_context(body, dialect, engine_context)
     return GenerationRequest(
         prompt=prompt,
