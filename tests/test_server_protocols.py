@@ -301,3 +301,11 @@ def test_unimplemented_samplers_are_accepted_with_a_warning(
     with caplog.at_level("WARNING", logger="limamono.server"):
         assert client.post("/v1/completions", json=body).status_code == 200
     assert "mirostat_mode, xtc_probability" in caplog.text
+
+
+def test_sse_frames_are_one_compact_line_with_unicode_kept(client: TestClient,
+                                                            engine: FakeEngine) -> None:
+    engine.reply = "Café\nnaïve"
+    raw = client.post("/api/extra/generate/stream", json={"prompt": "x"}).text
+    assert raw.startswith('event: message\ndata: {"token":"Café","finish_reason":"null"}\n\n')
+    assert '"token":"\\nnaïve"' in raw  # a newline in text cannot split an event

@@ -31,7 +31,8 @@ def sse(data: dict[str, Any] | str, event: str | None = None) -> str:
     JSON is written on one line (``ensure_ascii=False`` keeps non-ASCII text readable; a
     newline inside a string is escaped by JSON, so it cannot split the event).
     """
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    payload = data if isinstance(data, str) else json.dumps(
+        data, ensure_ascii=False, separators=(",", ":"))
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {payload}\n\n"
 
