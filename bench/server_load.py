@@ -13,6 +13,8 @@ loopback port chosen by the OS, so the clients do not share the server's GIL), t
    whether the other half completed without error.
 3. Rejection: invalid bodies (NaN, out-of-range samplers, absurd lengths, non-objects,
    1000 stop strings) sent over HTTP: latency of the 400/422, and no generation started.
+4. Overload: 4 x (queue + 1) short requests at once: each must get 200, or 503 with
+   ``Retry-After``; nothing else (no 5xx, no timeout).
 
 Usage::
 
@@ -206,6 +208,27 @@ async def cancel_phase(url: str, clients: int, max_tokens: int) -> dict[str, Any
             "server_cancelled": server["cancelled"] - before}
 
 
+async def overload_phase(url: str, queue: int, factor: int = 4) -> dict[str, Any]:
+    """``factor`` x (queue + 1) short requests at once: only 200 or 503 + Retry-After."""
+    body = {"prompt": bench_prompt(), "max_tokens": 4}
+    statuses: dict[int, int] = {}
+    missing_retry_after = 0
+
+    async def one() -> None:
+        nonlocal missing_retry_after
+        async with make_client(url) as client:
+            response = await client.post("/v1/completions", json=body)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        if response.status_code == 503 and "retry-after" not in response.headers:
+            missing_retry_after += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(factor * (queue + 1))))
+    return {"requests": factor * (queue + 1), "statuses": statuses,
+            "missing_retry_after": missing_retry_after,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
 #: Invalid bodies (raw JSON text) that must be refused before any generation.
 INVALID_BODIES = [
     '{"prompt": "x", "temperature": NaN}', '{"prompt": "x", "top_p": 1.5}',
@@ -257,19 +280,21 @@ def main(argv: list[str] | None = None) -> int:
         load = asyncio.run(load_phase(url, args.clients, args.duration, args.max_tokens))
         cancel = asyncio.run(cancel_phase(url, args.clients, args.max_tokens))
         rejected = asyncio.run(rejection_phase(url))
+        overload = asyncio.run(overload_phase(url, queue=2 * args.clients))
     finally:
         child.terminate()
         child.wait(30)
     figures = {"model": model, "max_tokens": args.max_tokens, "threads": args.threads,
                "one_client": single.summary(), "load": load.summary(),
-               "cancellation": cancel, "rejection": rejected}
+               "cancellation": cancel, "rejection": rejected, "overload": overload}
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
     ok = (load.errors == 0 and single.errors == 0 and cancel["kept_errors"] == 0
-          and rejected["generations_started"] == 0 and max(rejected["statuses"]) < 500)
+          and rejected["generations_started"] == 0 and max(rejected["statuses"]) < 500
+          and set(overload["statuses"]) <= {200, 503} and overload["missing_retry_after"] == 0)
     return 0 if ok else 1
 
 

@@ -171,3 +171,30 @@ def test_token_and_info_routes_answer_while_a_generation_runs(slow_engine: FakeE
         assert time.monotonic() - start < 2.0
         assert client.get("/health").json()["busy"] is True  # still generating
         slow_engine.release.set()
+
+
+def test_close_cancels_running_and_waiting_jobs(slow_engine: FakeEngine) -> None:
+    queue = GenerationQueue(slow_engine, max_waiting=4)
+
+    async def scenario() -> list[str | None]:
+        running = queue.submit(request("a"), "a")
+        waiting = queue.submit(request("b"), "b")
+        first = [chunk async for chunk in _take(running, 1)]
+        queue.close()  # as at shutdown: both end at once, neither hangs
+        ends = []
+        for job in (running, waiting):
+            ends.append([c async for c in job.chunks()][-1].finish_reason)
+        return [first[0].finish_reason, *ends]
+
+    assert asyncio.run(scenario()) == [None, "cancelled", "cancelled"]
+    assert [c.prompt for c in slow_engine.calls] == ["a"]
+    assert not queue.alive
+
+
+async def _take(job: Any, n: int) -> Any:
+    count = 0
+    async for chunk in job.chunks():
+        yield chunk
+        count += 1
+        if count == n:
+            return
