@@ -49,7 +49,10 @@ def _sampler_fields() -> dict[str, Any]:
         for setting, names in table.items():
             for name in names:
                 doc = f"Sampler setting `{setting}` (wire name `{name}`); absent: the preset."
-                fields[name] = (_WIRE_TYPES[kinds[setting]], Field(None, description=doc))
+                # A type not listed yet (a new sampler) is documented loosely; the sampler
+                # settings still check it, so the server keeps working meanwhile.
+                wire_type = _WIRE_TYPES.get(kinds[setting], Any)
+                fields[name] = (wire_type, Field(None, description=doc))
     fields["temperature_last"] = (bool | None, Field(
         None, description="text-generation-webui: run temperature after the other samplers."))
     return fields
