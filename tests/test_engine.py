@@ -290,6 +290,16 @@ def test_concurrent_generations_queue_and_match_sequential_results(sharp_engine)
     assert [results[i] for i in range(3)] == expected
 
 
+def test_a_second_stream_in_the_same_thread_fails_instead_of_deadlocking(sharp_engine):
+    ids = sharp_engine.tokenize(PROMPT)
+    first = sharp_engine.stream_tokens(ids, _seeded(), 5)
+    next(first)
+    with pytest.raises(RuntimeError, match="still holds an unfinished stream"):
+        list(sharp_engine.stream_tokens(ids, _seeded(), 2))
+    first.close()
+    assert len(list(sharp_engine.stream_tokens(ids, _seeded(), 2))) == 2
+
+
 def test_bad_arguments_are_rejected(sharp_engine):
     with pytest.raises(ValueError, match="empty"):
         list(sharp_engine.stream_tokens([], _seeded(), 3))

@@ -11,8 +11,10 @@ Three layers (DESIGN.md "Layers of generation"), each built on the one below:
    :class:`~limamono.generation.TextChunk` that carries the finish reason and token counts.
 3. :meth:`Engine.generate`: the joined text as a :class:`~limamono.generation.Completion`.
 
-One generation runs at a time (a lock): a server queues requests behind it. Close or
-exhaust a stream before starting another one in the same thread.
+One generation runs at a time (a lock): a server queues requests behind it (one worker
+thread that runs each stream to its end). A thread that starts a stream while its own
+earlier stream is still open gets a RuntimeError instead of a deadlock, so do not hand
+half-consumed streams between pool threads that may also start new ones.
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ class Engine:
         self.stats = CacheStats()
         self.prompt_cache = PromptCache(cache_entries, lambda: DynamicCache(config=model.config))
         self._lock = threading.Lock()
+        self._owner: int | None = None  # thread id of the running stream (deadlock guard)
         # transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns).
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -211,13 +214,23 @@ class Engine:
 
         Raises:
             ValueError: Empty prompt, or ``max_new_tokens`` < 0.
+            RuntimeError: This thread has another stream of this engine open (waiting for
+                it would deadlock).
         """
         if not prompt_ids:
             raise ValueError("prompt_ids is empty: a prompt needs at least one token")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 0")
+        if self._owner == threading.get_ident():
+            raise RuntimeError("this thread still holds an unfinished stream of this engine; "
+                               "fix: exhaust or close() it before starting another one")
         with self._lock:
-            yield from self._decode_loop(list(prompt_ids), settings, max_new_tokens, cancel)
+            self._owner = threading.get_ident()
+            try:
+                yield from self._decode_loop(list(prompt_ids), settings, max_new_tokens,
+                                             cancel)
+            finally:
+                self._owner = None
 
     def _decode_loop(self, ids: list[int], settings: SamplerSettings, max_new_tokens: int,
                      cancel: threading.Event | None) -> Generator[int, None, None]:

@@ -137,6 +137,7 @@ def convert_gguf(gguf: Path, target: Path, progress: ProgressFn | None = None) -
     report = progress or (lambda step, done, total: None)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
     try:
         report("reading the tokenizer", 0, 4)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -373,10 +374,6 @@ def _merge_adapter(model: Any, spec: ModelSpec, adapter_dir: Path) -> Any:
                          "fix: pass the folder written by `limamono train` (or save_pretrained "
                          "of a PeftModel), or --adapter none")
     base = str(json.loads(config_file.read_text()).get("base_model_name_or_path") or "")
-    if base and not _same_base(base, spec):
-        warnings.warn(f"{adapter_dir}: trained on {base!r}, loading onto {spec.name!r}; the "
-                      "shapes match, but check that this is the intended base model",
-                      stacklevel=3)
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -385,6 +382,10 @@ def _merge_adapter(model: Any, spec: ModelSpec, adapter_dir: Path) -> Any:
                          f"was trained on {base or 'an unknown base'!r}: {detail}); fix: pass "
                          "--model with the base model it was trained on, or train an adapter "
                          "for this model") from exc
+    if base and not _same_base(base, spec):
+        warnings.warn(f"{adapter_dir}: trained on {base!r}, loaded onto {spec.name!r}; the "
+                      "shapes fit, but check that this is the intended base model",
+                      stacklevel=3)
     return peft_model.merge_and_unload()
 
 

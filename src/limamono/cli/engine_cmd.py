@@ -48,9 +48,12 @@ def load_engine_for_cli(model: str, adapter: str | None, dtype: str,
 
     Other command modules (chat, serve, eval) may use this too.
     """
+    from transformers.utils import logging as hf_logging
+
     from limamono.engine import load_engine
     from limamono.models import ModelError
 
+    hf_logging.disable_progress_bar()  # our own bar, not one tqdm bar per weight file
     progress = ConversionProgress()
     try:
         return load_engine(model, adapter=adapter, dtype=dtype, threads=threads,
@@ -124,7 +127,8 @@ def generate_cmd(
     adapter: str | None = typer.Option(None, "--adapter", "-a", help="PEFT LoRA adapter "
                                        "folder, 'demo' or 'none'."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CPU), bf16, fp16, fp32."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch "
+                                       "(on a busy machine 1 is often much faster)."),
     stop: list[str] = typer.Option([], "--stop", "-s", help="Stop string (repeatable); the "
                                    "text never includes it. Escapes like \\n are understood."),
 ) -> None:
@@ -176,7 +180,7 @@ def _stream_to_stdout(engine: Any, prompt: str, settings: Any, max_tokens: int,
     reason = last.finish_reason + (f" ({last.stop_string!r})" if last.stop_string else "")
     err.print(f"[dim]finish: {reason} · prompt {last.prompt_tokens} tokens, reply "
               f"{last.completion_tokens} tokens · first token {((first or start) - start):.2f} s"
-              f" · {speed:.1f} tokens/s[/]", markup=True)
+              f" · {speed:.1f} tokens/s[/]", markup=True, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

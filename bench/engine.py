@@ -1,0 +1,293 @@
+"""Engine benchmark on the embedded model: decode speed, chat-turn latency, sampler share.
+
+Three measurements, side by side in one run (``make bench`` runs it with the defaults):
+
+1. Decode tokens/s of the engine with the ``limamono`` preset against transformers'
+   ``model.generate()`` with its nearest built-in settings (do_sample, temperature 1,
+   repetition_penalty 1.11, top_k 0, top_p 1; it has no tail-free sampling). Decode rate
+   = (N - 1) / (time for N tokens - time for 1 token), so the prompt's prefill is excluded
+   for both; median of ``--runs`` runs, both sides interleaved so machine load hits both.
+2. A chat replay: a ~1,500-token sheet + history prompt rendered with ``format.render``,
+   then ``--turns`` turns that each add a user message and a ``--reply-tokens`` reply.
+   Time to first token (TTFT) on every turn with KV-cache reuse, and without (the same
+   prompt on an engine that keeps no cache) on turn 1, every ``--cold-every``-th turn and
+   the last (each costs a whole prefill).
+3. The sampler chain's time per token as a share of the whole token time, measured inside
+   the decode runs of (1) by timing every ``Sampler.sample`` call.
+
+Results go to stdout and replace the engine section of ``docs/BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION = "## Engine and samplers: `bench/engine.py`"
+
+
+@dataclass
+class Results:
+    """Everything the report needs."""
+
+    engine_tps: list[float] = field(default_factory=list)
+    hf_tps: list[float] = field(default_factory=list)
+    sampler_share: list[float] = field(default_factory=list)
+    sampler_ms: list[float] = field(default_factory=list)
+    turns: list[tuple[int, float, float]] = field(default_factory=list)  # tokens, reuse, none
+    reused: list[int] = field(default_factory=list)
+
+
+class TimedSampler:
+    """Wraps a sampler and sums the time spent in ``sample``."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds, self.calls = inner, 0.0, 0
+
+    def sample(self, context_ids, logits, generator=None):
+        start = time.perf_counter()
+        token = self.inner.sample(context_ids, logits, generator)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return token
+
+
+def engine_run(engine, ids, settings, n: int) -> tuple[float, TimedSampler]:
+    """Seconds for ``n`` tokens from a cold cache, and the timed sampler used."""
+    import limamono.samplers as samplers
+
+    real = samplers.make_sampler
+    timed: list[TimedSampler] = []
+
+    def make(s):
+        timed.append(TimedSampler(real(s)))
+        return timed[-1]
+
+    engine.clear_cache()
+    samplers.make_sampler = make
+    try:
+        start = time.perf_counter()
+        count = sum(1 for _ in engine.stream_tokens(ids, settings, n))
+        seconds = time.perf_counter() - start
+    finally:
+        samplers.make_sampler = real
+    assert count == n, f"engine stopped after {count} of {n} tokens"
+    return seconds, timed[0]
+
+
+def hf_run(model, ids, n: int, seed: int) -> float:
+    """Seconds for ``n`` tokens with ``model.generate`` (EOS suppressed by min_new_tokens)."""
+    import torch
+
+    torch.manual_seed(seed)
+    input_ids = torch.tensor([ids])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                             do_sample=True, temperature=1.0, repetition_penalty=1.11,
+                             top_k=0, top_p=1.0, max_new_tokens=n, min_new_tokens=n,
+                             pad_token_id=2)
+    seconds = time.perf_counter() - start
+    assert out.shape[1] - len(ids) == n
+    return seconds
+
+
+def bench_decode(engine, prompt: str, n: int, runs: int, res: Results) -> None:
+    """(1) and (3): decode rates of both loops and the sampler's share of the token time."""
+    from limamono.samplers import get_preset
+
+    ids = engine.tokenize(prompt)
+    settings = replace(get_preset("limamono"), seed=1)
+    saved, engine.eos_ids = engine.eos_ids, frozenset()  # always N tokens, as min_new_tokens
+    try:
+        engine_run(engine, ids, settings, 4)  # warm-up: first passes are slow
+        hf_run(engine.model, ids, 4, 0)
+        for run in range(runs):
+            one, _ = engine_run(engine, ids, settings, 1)
+            full, timed = engine_run(engine, ids, settings, n)
+            res.engine_tps.append((n - 1) / (full - one))
+            res.sampler_share.append(timed.seconds / full)
+            res.sampler_ms.append(1000 * timed.seconds / timed.calls)
+            hf_one = hf_run(engine.model, ids, 1, run)
+            hf_full = hf_run(engine.model, ids, n, run)
+            res.hf_tps.append((n - 1) / (hf_full - hf_one))
+            print(f"  run {run + 1}: engine {res.engine_tps[-1]:.1f} tok/s, generate() "
+                  f"{res.hf_tps[-1]:.1f} tok/s, sampler {res.sampler_ms[-1]:.2f} ms/token",
+                  flush=True)
+    finally:
+        engine.eos_ids = saved
+
+
+def chat_setup(engine, history_tokens: int):
+    """A conversation whose open prompt is about ``history_tokens`` long, and user lines."""
+    from limamono import conversation
+    from limamono import format as fmt
+
+    conv = conversation.load(REPO / "examples" / "conversations" / "harriet-quill-01.yaml")[0]
+    messages = list(conv.messages)
+    user_lines = [m.text for m in messages if m.role == "user"]
+    kept: list = []
+    for message in messages:
+        kept.append(message)
+        trial = replace(conv, messages=kept)
+        if len(engine.tokenize(fmt.render(trial, open_response=True))) >= history_tokens \
+                and message.role == "char":
+            break
+    return replace(conv, messages=kept), user_lines
+
+
+def bench_chat(engine, turns: int, reply_tokens: int, history: int, cold_every: int,
+               res: Results) -> None:
+    """(2): TTFT per turn with reuse (a real chat) and without (same prompt, no cache)."""
+    from limamono import format as fmt
+    from limamono.conversation import Message
+    from limamono.engine import Engine
+    from limamono.samplers import get_preset
+
+    cold_engine = Engine(engine.model, engine.tokenizer, engine.model_name, cache_entries=0)
+    conv, user_lines = chat_setup(engine, history)
+    settings = replace(get_preset("limamono"), seed=7)
+    engine.clear_cache()
+    engine.generate(fmt.render(conv, open_response=True), settings, 1)  # the chat's start
+    for turn in range(turns):
+        line = user_lines[turn % len(user_lines)]
+        conv = replace(conv, messages=[*conv.messages, Message("user", line)])
+        prompt = fmt.render(conv, open_response=True)
+        start = time.perf_counter()
+        ttft, parts = None, []
+        for chunk in engine.stream_text(prompt, settings, reply_tokens,
+                                        stop=fmt.stop_strings(conv.user.name)):
+            if ttft is None and chunk.completion_tokens:
+                ttft = time.perf_counter() - start
+            parts.append(chunk.text)
+        reused, prompt_tokens = engine.stats.last_reused, chunk.prompt_tokens
+        cold = math.nan
+        if turn == 0 or turn == turns - 1 or (turn + 1) % cold_every == 0:
+            start = time.perf_counter()
+            cold_engine.generate(prompt, settings, 1)  # the same prompt, evaluated whole
+            cold = time.perf_counter() - start
+        text = "".join(parts).strip() or "..."
+        conv = replace(conv, messages=[*conv.messages, Message("char", text)])
+        res.turns.append((prompt_tokens, ttft or 0.0, cold))
+        res.reused.append(reused)
+        print(f"  turn {turn + 1}: prompt {prompt_tokens} tokens ({reused} reused), TTFT "
+              f"{ttft or 0:.3f} s with reuse, {cold:.3f} s without", flush=True)
+
+
+def report(res: Results, args: argparse.Namespace, command: str, seconds: float,
+           load: str) -> str:
+    """The Markdown section for docs/BENCHMARKS.md."""
+    eng, hf = statistics.median(res.engine_tps), statistics.median(res.hf_tps)
+    share = statistics.median(res.sampler_share)
+    last = res.turns[-1]
+    lines = [
+        SECTION, "",
+        f"Command (run on {dt.datetime.now(dt.UTC):%Y-%m-%d at %H:%M} UTC, {seconds:.0f} s "
+        "in all):", "", f"    {command}", "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other "
+        f"engineers' jobs (load average before the run: {load}), torch threads "
+        f"{args.threads}, SmolLM2-135M-Instruct converted to bf16 (`dtype=auto`).", "",
+        "| measurement | result | target |", "|---|---|---|",
+        f"| decode, engine + `limamono` preset (median of {args.runs}, {args.tokens} tokens) "
+        f"| {eng:.1f} tok/s | |",
+        f"| decode, `model.generate()` nearest settings (same runs) | {hf:.1f} tok/s | |",
+        f"| engine / generate() | {eng / hf:.2f}x | >= 1.0x |",
+        f"| TTFT at turn {len(res.turns)} with reuse ({last[0]}-token prompt) "
+        f"| {last[1]:.3f} s | |",
+        f"| TTFT at turn {len(res.turns)} without reuse | {last[2]:.3f} s | |",
+        f"| reuse speed-up at turn {len(res.turns)} | {last[2] / max(last[1], 1e-9):.1f}x "
+        "| >= 5x |",
+        f"| sampler chain per token (median) | {statistics.median(res.sampler_ms):.2f} ms, "
+        f"{100 * share:.1f} % of the token time | <= 10 % |", "",
+        f"Chat replay ({len(res.turns)} turns, up to {args.reply_tokens} reply tokens each, "
+        "stop strings on; the 'without' column is the same prompt on an engine that keeps "
+        "no cache):", "",
+        "| turn | prompt tokens | reused | TTFT with reuse | TTFT without |",
+        "|---|---|---|---|---|",
+    ]
+    for i, ((tokens, warm, cold), reused) in enumerate(zip(res.turns, res.reused,
+                                                           strict=True)):
+        without = "not measured" if math.isnan(cold) else f"{cold:.3f} s"
+        lines.append(f"| {i + 1} | {tokens} | {reused} | {warm:.3f} s | {without} |")
+    lines += ["", "Decode runs (engine / generate() tok/s): " + ", ".join(
+        f"{a:.1f} / {b:.1f}" for a, b in zip(res.engine_tps, res.hf_tps, strict=True)) + ".",
+        "Notes: decode rate = (N-1)/(t(N) - t(1)), so prefill is excluded on both sides; "
+        "EOS is ignored on both sides (generate() through min_new_tokens) so every run "
+        "makes N tokens. generate() has no tail-free sampling, so the engine's chain does "
+        "more work per token (one sort of the 49,152 logits). Sampler time is measured "
+        "around every `Sampler.sample` call of the engine's decode runs.", ""]
+    return "\n".join(lines)
+
+
+def write_section(text: str, path: Path) -> None:
+    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
+    path.write_text(new.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=96, help="decode tokens per run")
+    parser.add_argument("--runs", type=int, default=3, help="decode runs (median)")
+    parser.add_argument("--turns", type=int, default=12, help="chat turns")
+    parser.add_argument("--reply-tokens", type=int, default=150, help="tokens per reply")
+    parser.add_argument("--history", type=int, default=1500, help="tokens before turn 1")
+    parser.add_argument("--cold-every", type=int, default=4, help="measure TTFT without "
+                        "reuse on turn 1, the last turn and every Nth turn (it costs a whole "
+                        "prefill: ~30-70 s each here)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (on the "
+                        "shared 2-core VM, 2 threads ran 10-20x slower than 1)")
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    command = "python bench/engine.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    started = time.perf_counter()
+
+    from limamono.engine import load_engine
+
+    engine = load_engine(threads=args.threads)
+    res = Results()
+    print(f"decode: {args.runs} runs of {args.tokens} tokens", flush=True)
+    bench_decode(engine, chat_prompt_short(), args.tokens, args.runs, res)
+    print(f"chat replay: {args.turns} turns", flush=True)
+    bench_chat(engine, args.turns, args.reply_tokens, args.history, args.cold_every, res)
+    text = report(res, args, command.strip(), time.perf_counter() - started, load)
+    print(text)
+    if not args.no_write:
+        write_section(text, REPO / "docs" / "BENCHMARKS.md")
+    return 0
+
+
+def chat_prompt_short() -> str:
+    """A short Limamono prompt (about 150 tokens) for the decode runs."""
+    from limamono import format as fmt
+    from limamono.conversation import Character, Conversation, Message, User
+
+    conv = Conversation(
+        character=Character("Mira", "Mira\nAge: 34\nOccupation: harbour pilot\nMira guides "
+                            "ships through the narrow channel at Skellport. She is patient, "
+                            "dry-humoured and notices everything about the weather."),
+        user=User("Sam"), scenario="Sam has just arrived at the pilot house in a storm.",
+        messages=[Message("char", "Mira looked up from the tide tables. \"You picked a fine "
+                          "night for it,\" she said, pushing a chair toward the stove."),
+                  Message("user", "\"Is the channel open?\" Sam asked, dripping.")])
+    return fmt.render(conv, open_response=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
