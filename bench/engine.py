@@ -21,6 +21,7 @@ Results go to stdout and replace the engine section of ``docs/BENCHMARKS.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import math
 import os
@@ -33,6 +34,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Engine and samplers: `bench/engine.py`"
+DTYPE_NOTE = (
+    "The dtype table is the trade behind `--dtype auto` (bf16 on CPU): bf16 decodes faster "
+    "but, on a CPU without native bf16 matrix units, evaluates prompts several times slower "
+    "than fp32. KV-cache reuse keeps chat prompts short, so chat and serving gain; work "
+    "that is all prefill (a first turn on a long sheet, evaluation loss, one-shot prompts) "
+    "is faster with `--dtype fp32`.")
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Results:
     sampler_ms: list[float] = field(default_factory=list)
     turns: list[tuple[int, float, float]] = field(default_factory=list)  # tokens, reuse, none
     reused: list[int] = field(default_factory=list)
+    dtypes: dict[str, tuple[float, float]] = field(default_factory=dict)  # prefill s, tok/s
 
 
 class TimedSampler:
@@ -127,6 +135,35 @@ def bench_decode(engine, prompt: str, n: int, runs: int, res: Results) -> None:
         engine.eos_ids = saved
 
 
+def bench_dtypes(engine, tokens: int, res: Results) -> None:
+    """(4): prefill seconds for ``tokens`` tokens and greedy decode tok/s, bf16 vs fp32.
+
+    The ``auto`` dtype is bf16 on CPU because decoding is faster; this shows the other side
+    of the trade (prefill, which the KV-cache reuse mostly avoids in a chat).
+    """
+    import torch
+
+    from limamono.engine import Engine
+    from limamono.samplers import get_preset
+
+    ids = list(range(1000, 1000 + tokens))
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        model = engine.model if dtype == engine.model.dtype else \
+            copy.deepcopy(engine.model).to(dtype)
+        probe = Engine(model, engine.tokenizer, cache_entries=0)
+        probe.eos_ids = frozenset()
+        list(probe.stream_tokens(ids[:8], get_preset("greedy"), 2))  # warm-up
+        start = time.perf_counter()
+        list(probe.stream_tokens(ids, get_preset("greedy"), 1))
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        list(probe.stream_tokens(ids, get_preset("greedy"), 33))
+        rate = 32 / (time.perf_counter() - start - prefill)
+        res.dtypes[name] = (prefill, rate)
+        print(f"  {name}: prefill of {tokens} tokens {prefill:.2f} s, decode {rate:.1f} tok/s",
+              flush=True)
+
+
 def chat_setup(engine, history_tokens: int):
     """A conversation whose open prompt is about ``history_tokens`` long, and user lines."""
     from limamono import conversation
@@ -160,7 +197,7 @@ def bench_chat(engine, turns: int, reply_tokens: int, history: int, cold_every: 
     engine.generate(fmt.render(conv, open_response=True), settings, 1)  # the chat's start
     for turn in range(turns):
         line = user_lines[turn % len(user_lines)]
-        conv = replace(conv, messages=[*conv.messages, Message("user", line)])
+        conv = replace(conv, messages=[*conv.messages, Message("user", line, "tiny")])
         prompt = fmt.render(conv, open_response=True)
         start = time.perf_counter()
         ttft, parts = None, []
@@ -176,7 +213,9 @@ def bench_chat(engine, turns: int, reply_tokens: int, history: int, cold_every: 
             cold_engine.generate(prompt, settings, 1)  # the same prompt, evaluated whole
             cold = time.perf_counter() - start
         text = "".join(parts).strip() or "..."
-        conv = replace(conv, messages=[*conv.messages, Message("char", text)])
+        # Keep the label the turn was asked with, as a chat does: a history header that
+        # changed from the open one would break the common prefix 11 tokens early.
+        conv = replace(conv, messages=[*conv.messages, Message("char", text, "long")])
         res.turns.append((prompt_tokens, ttft or 0.0, cold))
         res.reused.append(reused)
         print(f"  turn {turn + 1}: prompt {prompt_tokens} tokens ({reused} reused), TTFT "
@@ -218,13 +257,18 @@ def report(res: Results, args: argparse.Namespace, command: str, seconds: float,
                                                            strict=True)):
         without = "not measured" if math.isnan(cold) else f"{cold:.3f} s"
         lines.append(f"| {i + 1} | {tokens} | {reused} | {warm:.3f} s | {without} |")
+    lines += ["", f"bf16 vs fp32 (the same weights, greedy, {args.dtype_tokens}-token prompt, "
+              "no cache):", "", "| dtype | prefill | decode |", "|---|---|---|"]
+    lines += [f"| {name} | {pre:.2f} s | {rate:.1f} tok/s |"
+              for name, (pre, rate) in res.dtypes.items()]
     lines += ["", "Decode runs (engine / generate() tok/s): " + ", ".join(
         f"{a:.1f} / {b:.1f}" for a, b in zip(res.engine_tps, res.hf_tps, strict=True)) + ".",
         "Notes: decode rate = (N-1)/(t(N) - t(1)), so prefill is excluded on both sides; "
         "EOS is ignored on both sides (generate() through min_new_tokens) so every run "
         "makes N tokens. generate() has no tail-free sampling, so the engine's chain does "
         "more work per token (one sort of the 49,152 logits). Sampler time is measured "
-        "around every `Sampler.sample` call of the engine's decode runs.", ""]
+        "around every `Sampler.sample` call of the engine's decode runs.", "",
+        DTYPE_NOTE, ""]
     return "\n".join(lines)
 
 
@@ -247,14 +291,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=12, help="chat turns")
     parser.add_argument("--reply-tokens", type=int, default=150, help="tokens per reply")
     parser.add_argument("--history", type=int, default=1500, help="tokens before turn 1")
-    parser.add_argument("--cold-every", type=int, default=4, help="measure TTFT without "
+    parser.add_argument("--cold-every", type=int, default=6, help="measure TTFT without "
                         "reuse on turn 1, the last turn and every Nth turn (it costs a whole "
                         "prefill: ~30-70 s each here)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (on the "
                         "shared 2-core VM, 2 threads ran 10-20x slower than 1)")
+    parser.add_argument("--dtype-tokens", type=int, default=512, help="prompt tokens of "
+                        "the bf16/fp32 prefill comparison")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
-    command = "python bench/engine.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    options = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+               if k != "no_write"]
+    command = ".venv/bin/python bench/engine.py " + " ".join(options)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.perf_counter()
 
@@ -266,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     bench_decode(engine, chat_prompt_short(), args.tokens, args.runs, res)
     print(f"chat replay: {args.turns} turns", flush=True)
     bench_chat(engine, args.turns, args.reply_tokens, args.history, args.cold_every, res)
-    text = report(res, args, command.strip(), time.perf_counter() - started, load)
+    print(f"dtypes: prefill of {args.dtype_tokens} tokens and decode, bf16 vs fp32", flush=True)
+    bench_dtypes(engine, args.dtype_tokens, res)
+    text = report(res, args, command, time.perf_counter() - started, load)
     print(text)
     if not args.no_write:
         write_section(text, REPO / "docs" / "BENCHMARKS.md")

@@ -197,6 +197,9 @@ class Engine:
 
     def clear_cache(self) -> None:
         """Drop every kept KV cache (the next call evaluates its whole prompt)."""
+        if self._owner == threading.get_ident():
+            raise RuntimeError("this thread still holds an unfinished stream of this engine; "
+                               "fix: exhaust or close() it before clearing the cache")
         with self._lock:
             self.prompt_cache.clear()
 

@@ -310,9 +310,16 @@ def torch_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> Any:
-    """The tokenizer of a model, without loading its weights (the dataset builder's path)."""
+    """The tokenizer of a model, without loading its weights (the dataset builder's path).
+
+    The embedded default's tokenizer is read from the GGUF file while the model has not
+    been converted yet (a few seconds instead of the whole conversion).
+    """
     from transformers import AutoTokenizer
 
+    if str(name_or_path) == DEFAULT_MODEL and not is_converted(models_dir() / DEFAULT_MODEL):
+        gguf = embedded_gguf()
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     spec = resolve_model(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
