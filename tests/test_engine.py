@@ -347,3 +347,48 @@ def test_cli_generate_bad_model_fails_with_exit_2(tmp_path):
                                       "--prompt", "hi"])
     assert result.exit_code == 2
     assert str(tmp_path / "nope") in result.output
+
+
+def test_first_ctrl_c_sets_the_cancel_event_and_the_second_aborts():
+    import os
+    import signal
+
+    from limamono.cli.engine_cmd import ctrl_c_sets
+
+    before = signal.getsignal(signal.SIGINT)
+    event = threading.Event()
+    with ctrl_c_sets(event):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert event.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+class _ScriptedEngine:
+    """Yields one chunk, presses Ctrl-C, then reports what the cancel event says."""
+
+    def stream_text(self, prompt, settings, max_new_tokens, stop=(), cancel=None):
+        import os
+        import signal
+
+        from limamono.generation import TextChunk
+
+        yield TextChunk(f"<{prompt}>", prompt_tokens=3, completion_tokens=1)
+        os.kill(os.getpid(), signal.SIGINT)
+        reason = "cancelled" if cancel is not None and cancel.is_set() else "length"
+        yield TextChunk("", finish_reason=reason, prompt_tokens=3, completion_tokens=2)
+
+
+def test_cli_ctrl_c_cancels_cleanly_and_reads_the_prompt_file(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from limamono.cli import app, engine_cmd
+
+    monkeypatch.setattr(engine_cmd, "load_engine_for_cli", lambda *a: _ScriptedEngine())
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Mira:", encoding="utf-8")
+    result = CliRunner().invoke(app, ["complete", "--file", str(prompt), "-n", "5"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "<Mira:>\n"
+    assert "finish: cancelled" in result.stderr
