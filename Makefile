@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The embedded model is converted once into the cache (about a minute) before the demo.
 demo: $(STAMP)
+	$(BIN)/limamono models --prepare
 	$(BIN)/limamono demo
 
 test: $(STAMP)

@@ -83,12 +83,28 @@ def ctrl_c_sets(event: threading.Event):
         signal.signal(signal.SIGINT, previous)
 
 
-def models_cmd() -> None:
+def models_cmd(
+    prepare: bool = typer.Option(False, "--prepare", help="Convert the embedded default model "
+                                 "into the cache now (once, about a minute and a half), so the "
+                                 "first chat or demo starts at once. `make demo` runs this."),
+) -> None:
     """List the models that can be loaded here (no network): the embedded default, converted
     folders under $LIMAMONO_HOME/models and models in the local Hugging Face cache."""
     from rich.table import Table
 
-    from limamono.models import limamono_home, list_models
+    from limamono.models import DEFAULT_MODEL, ModelError, limamono_home, list_models, resolve_model
+
+    if prepare:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bar, not transformers' per-step bars
+        progress = ConversionProgress()
+        try:
+            resolve_model(DEFAULT_MODEL, progress=progress)
+        except ModelError as exc:
+            fail(str(exc))
+        finally:
+            progress.close()
 
     table = Table("name", "kind", "state", "path")
     for info in list_models():
