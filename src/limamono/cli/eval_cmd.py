@@ -23,6 +23,10 @@ def eval_cmd(
     seed: int = typer.Option(1234, "--seed", help="Base seed (prompt k uses seed + k)."),
     max_tokens: int = typer.Option(320, "--max-tokens", help="Cap on tokens per reply."),
     preset: str = typer.Option("limamono", "--preset", help="Sampler preset."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16), bf16 or fp32; fp32 is "
+                              "faster on CPUs without native bf16."),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads (1 is best on "
+                                       "a busy machine)."),
 ) -> None:
     """Evaluate the base model and adapters on held-out conversations.
 
@@ -40,7 +44,7 @@ def eval_cmd(
         config = EvalConfig(data=data, model=model, adapters=tuple(adapter),
                             lengths=tuple(x.strip() for x in lengths.split(",") if x.strip()),
                             samples=samples, seed=seed, max_new_tokens=max_tokens,
-                            preset=preset)
+                            preset=preset, dtype=dtype, threads=threads)
     except ValueError as exc:
         fail(str(exc))
     if not data.is_dir():

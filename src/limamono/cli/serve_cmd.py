@@ -50,8 +50,9 @@ def register(app: typer.Typer) -> None:
     def serve(
         model: str = typer.Option("smollm2-135m", "--model", "-m",
                                   help="Embedded model name, HF folder or cached hub id."),
-        adapter: str | None = typer.Option(None, "--adapter",
-                                           help="LoRA adapter folder, 'demo' or 'none'."),
+        adapter: str = typer.Option("demo", "--adapter",
+                                    help="LoRA adapter folder, 'demo' (the bundled adapter "
+                                    "for the embedded model) or 'none' (the bare base)."),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind."),
         port: int = typer.Option(5001, "--port", help="TCP port (KoboldCpp's default)."),
         api_key: str | None = typer.Option(

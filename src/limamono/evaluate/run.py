@@ -40,6 +40,9 @@ class EvalConfig:
         max_new_tokens: cap on the token budget of any reply.
         preset: sampler preset.
         seq_len: sequence length for the loss (longer conversations are windowed).
+        dtype: model dtype (``auto``, ``bf16``, ``fp32``); on CPUs without native bf16,
+            ``fp32`` evaluates long prompts several times faster.
+        threads: torch threads (None: torch's default).
     """
 
     data: Path
@@ -51,6 +54,8 @@ class EvalConfig:
     max_new_tokens: int = 320
     preset: str = "limamono"
     seq_len: int = 2048
+    dtype: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         problems = [f"length {x!r} is not one of {', '.join(LENGTHS)}"
@@ -206,9 +211,11 @@ def run(config: EvalConfig, progress: Callable[[str, int, int], None] | None = N
     """
     if load is None:
         from limamono.engine import load_engine
+        from limamono.models import resolve_adapter
 
         def load(model: str, adapter: str) -> Any:
-            return load_engine(model=model, adapter=None if adapter == "none" else adapter)
+            return load_engine(model=model, adapter=resolve_adapter(adapter),
+                               dtype=config.dtype, threads=config.threads)
 
     conversations = held_out(config.data)
     total = len(make_prompts(conversations, config))
