@@ -59,7 +59,9 @@ def precision(config: TrainConfig, notify: Notify) -> tuple[bool, bool]:
 
     cuda = torch.cuda.is_available()
     if config.bf16 == "auto":
-        bf16 = torch.cuda.is_bf16_supported() if cuda else True  # CPU autocast is bf16-capable
+        # On CPU, bf16 autocast measured 6x slower than fp32 for a training step here
+        # (AVX2, no native bf16; docs/BENCHMARKS.md), so auto means bf16 on CUDA only.
+        bf16 = cuda and torch.cuda.is_bf16_supported()
     else:
         bf16 = config.bf16 == "true"
     eight_bit = False
@@ -111,7 +113,8 @@ def training_arguments(config: TrainConfig, staging: Path, has_eval: bool, bf16:
         learning_rate=config.learning_rate, weight_decay=config.weight_decay,
         lr_scheduler_type=config.lr_scheduler, warmup_steps=warmup, optim=config.optimizer,
         logging_steps=config.logging_steps, seed=config.seed, bf16=bf16,
-        gradient_checkpointing=config.gradient_checkpointing, report_to="none",
+        activation_checkpointing=config.gradient_checkpointing, report_to="none",
+        use_cpu=not _has_cuda(),
         disable_tqdm=not config.progress, remove_unused_columns=False,
         dataloader_num_workers=0, dataloader_pin_memory=_has_cuda(), **evaluation,
         **saving)
