@@ -47,7 +47,7 @@ def portrait(name: str) -> bytes:
         x, y = seed[i % 32] * 7 % SIZE[0], (seed[(i * 5) % 32] * 3 + i * 11) % 260
         draw.point([(x, y), (x + 1, y)], fill=(255, 255, 230))
     hills = [(0, 430)] + [(x, 400 - (seed[(x // 40) % 32] % 70)) for x in range(0, 441, 40)]
-    draw.polygon(hills + [(SIZE[0], SIZE[1]), (0, SIZE[1])], fill=(25, 30, 40))
+    draw.polygon([*hills, (SIZE[0], SIZE[1]), (0, SIZE[1])], fill=(25, 30, 40))
     draw.rectangle([0, 500, SIZE[0], 560], fill=(15, 15, 20))
     font = ImageFont.load_default(size=28)
     width = draw.textlength(name, font=font)
