@@ -146,6 +146,8 @@ def test_client_leaving_the_queue_is_skipped(slow_engine: FakeEngine) -> None:
                                json={"prompt": "b", "stream": True}) as waiting:
                 assert waiting.status_code == 200
                 assert wait_until(lambda: client.get("/health").json()["waiting"] == 1)
+            # The server has seen the waiting client leave before the running job ends.
+            assert wait_until(lambda: client.get("/health").json()["waiting"] == 0)
             slow_engine.release.set()
             assert list(running_events)[-1]["choices"][0]["finish_reason"] == "stop"
         assert wait_until(lambda: client.get("/api/extra/perf").json()["total_gens"] == 2)

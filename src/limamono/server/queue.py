@@ -110,9 +110,14 @@ class GenerationQueue:
 
     @property
     def waiting(self) -> int:
-        """Jobs waiting behind the running one."""
+        """Jobs waiting behind the running one (a cancelled one no longer counts)."""
         with self._cond:
-            return len(self._jobs)
+            return self._live_waiting()
+
+    def _live_waiting(self) -> int:
+        # A waiting job whose client left stays in the deque until the worker skips it, but
+        # it neither holds a queue slot nor shows in /health.
+        return sum(not job.cancel.is_set() for job in self._jobs)
 
     @property
     def busy(self) -> bool:
@@ -148,10 +153,10 @@ class GenerationQueue:
             if self._closed:
                 raise QueueFullError("the server is shutting down")
             # A job not yet picked up by the worker counts as waiting only behind another.
-            in_system = len(self._jobs) + (self._current is not None)
+            in_system = self._live_waiting() + (self._current is not None)
             if in_system > self.max_waiting:
                 self.stats.rejected += 1
-                raise QueueFullError(f"{len(self._jobs)} requests are already waiting")
+                raise QueueFullError(f"{self._live_waiting()} requests are already waiting")
             job.id = next(self._ids)
             self._jobs.append(job)
             self._cond.notify()
