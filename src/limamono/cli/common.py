@@ -9,7 +9,8 @@ from rich.console import Console
 
 #: Results go to stdout; progress, warnings and errors to stderr.
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Messages are never hard-wrapped: a path or an error must stay greppable on one line.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 #: Exit codes shared by every command: 0 ok, 1 problems found, 2 unusable input.
 EXIT_OK, EXIT_PROBLEMS, EXIT_BAD_INPUT = 0, 1, 2
