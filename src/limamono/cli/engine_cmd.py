@@ -64,6 +64,26 @@ def load_engine_for_cli(model: str, adapter: str | None, dtype: str,
         progress.close()
 
 
+def prepare_model_for_cli(model: str) -> None:
+    """Resolve ``model`` now, converting the embedded one with a progress bar if needed.
+
+    Commands that show their own live display (eval) call this first, since Rich allows
+    one live display at a time. Model errors end the command (exit 2).
+    """
+    from transformers.utils import logging as hf_logging
+
+    from limamono.models import ModelError, resolve_model
+
+    hf_logging.disable_progress_bar()  # our own bar, not transformers' per-step bars
+    progress = ConversionProgress()
+    try:
+        resolve_model(model, progress=progress)
+    except ModelError as exc:
+        fail(str(exc))
+    finally:
+        progress.close()
+
+
 @contextmanager
 def ctrl_c_sets(event: threading.Event):
     """While inside, the first Ctrl-C sets ``event`` (a clean cancel); a second one aborts."""
@@ -92,19 +112,10 @@ def models_cmd(
     folders under $LIMAMONO_HOME/models and models in the local Hugging Face cache."""
     from rich.table import Table
 
-    from limamono.models import DEFAULT_MODEL, ModelError, limamono_home, list_models, resolve_model
+    from limamono.models import DEFAULT_MODEL, limamono_home, list_models
 
     if prepare:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # our own bar, not transformers' per-step bars
-        progress = ConversionProgress()
-        try:
-            resolve_model(DEFAULT_MODEL, progress=progress)
-        except ModelError as exc:
-            fail(str(exc))
-        finally:
-            progress.close()
+        prepare_model_for_cli(DEFAULT_MODEL)
 
     table = Table("name", "kind", "state", "path")
     for info in list_models():

@@ -49,6 +49,10 @@ def eval_cmd(
         fail(str(exc))
     if not data.is_dir():
         fail(f"{data}: not a folder of conversations")
+    from limamono.cli.engine_cmd import load_engine_for_cli, prepare_model_for_cli
+    from limamono.models import resolve_adapter
+
+    prepare_model_for_cli(model)  # a conversion bar first: one live display at a time
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
         tasks: dict[str, int] = {}
@@ -58,8 +62,11 @@ def eval_cmd(
                 tasks[variant] = bar.add_task(f"generating ({variant})", total=total)
             bar.update(tasks[variant], completed=done)
 
+        def load(model_name: str, adapter_name: str):
+            return load_engine_for_cli(model_name, resolve_adapter(adapter_name), dtype, threads)
+
         try:
-            results = run(config, progress)
+            results = run(config, progress, load=load)
         except (OSError, ValueError) as exc:
             fail(str(exc))
     for path in write_report(config, results, output):

@@ -60,7 +60,8 @@ def to_markdown(config: EvalConfig, results: Sequence[VariantResult]) -> str:
     head = "| metric | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
     lines = [
         "# Evaluation report", "",
-        f"Model `{config.model}`; data `{config.data}`; {config.samples} prompts per length; "
+        f"Model `{config.model}`; data `{config.data}`; up to {config.samples} prompt(s) per "
+        "length; "
         f"lengths {', '.join(config.lengths)}; preset `{config.preset}`; seed {config.seed}; "
         f"replies capped at {config.max_new_tokens} tokens.", "",
         "## Loss on held-out conversations (supervised tokens)", "", head.rstrip("\n"),
@@ -76,8 +77,9 @@ def to_markdown(config: EvalConfig, results: Sequence[VariantResult]) -> str:
     lines += ["", "## Median words per requested length", "", head.rstrip("\n")]
     for label in LENGTHS:
         if label in config.lengths:
-            cells = [_cell(r.behaviour.median_words.get(label), False).removesuffix("0")
-                     if r.behaviour else "n/a" for r in results]
+            cells = [f"{r.behaviour.median_words[label]:.0f}"
+                     if r.behaviour and label in r.behaviour.median_words else "n/a"
+                     for r in results]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Targets: " + "; ".join(
         f"{k} {'≥ ' + str(lo) if lo is not None else ''}"
