@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -22,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from limamono import atomic
 from limamono import format as fmt
 from limamono.conversation import LENGTHS
 from limamono.dataset.build import SPLITS, BuildResult, Sample
@@ -94,11 +94,9 @@ def _split_stats(result: BuildResult, split: str) -> dict[str, int]:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` atomically (``limamono.atomic``), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
