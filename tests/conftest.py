@@ -72,3 +72,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path
     for item in tokenizer_dir.iterdir():
         shutil.copy(item, out / item.name)
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _wide_consoles() -> None:
+    """CLI output is laid out 200 columns wide in tests, whatever COLUMNS or the terminal
+    says, so tables and long lines read the same on every machine."""
+    from limamono.cli import common
+
+    common.out.width = common.err.width = 200

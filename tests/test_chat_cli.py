@@ -358,3 +358,25 @@ def test_alternate_greetings_are_swipes_of_the_greeting(engine: ScriptedEngine,
     assert result.exit_code == 0, result.output
     assert "Mira Holt: The lamp turned.\n  (swipe 1/2)\nMira Holt: Tom, at last." in result.output
     assert "\nMira Holt: Tom, at last.\n\n### Input:" in engine.prompts[0]
+
+
+def test_chats_list_and_show_neutralise_terminal_escapes(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    hostile = tmp_path / "hostile.jsonl"
+    hostile.write_text(
+        json.dumps({"user_name": "T\x1b[31m", "character_name": "M\x1b]0;title\x07"}) + "\n"
+        + json.dumps({"name": "M", "is_user": False, "mes": "Hi \x1b[2J\x1b]0;x\x07 there."})
+        + "\n", encoding="utf-8")
+    assert runner.invoke(app, ["chats", "import", str(hostile), "--db", str(db)]).exit_code == 0
+    listed = runner.invoke(app, ["chats", "list", "--db", str(db)])
+    shown = runner.invoke(app, ["chats", "show", "1", "--db", str(db)])
+    for result in (listed, shown):
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "M␛]0;title" in listed.output and "T␛[31m" in listed.output
+    assert "Hi ␛[2J␛]0;x there." in shown.output
+    # Storage and exports keep the text exactly.
+    assert ChatStore(db).load_chat(1).messages[0].text == "Hi \x1b[2J\x1b]0;x\x07 there."
+    exported = tmp_path / "out.jsonl"
+    runner.invoke(app, ["chats", "export", "1", "-o", str(exported), "--db", str(db)])
+    assert "Hi \\u001b[2J\\u001b]0;x\\u0007 there." in exported.read_text(encoding="utf-8")

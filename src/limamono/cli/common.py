@@ -1,22 +1,103 @@
-"""Helpers every command module shares: the consoles and the one way to fail."""
+"""Helpers every command module shares: the consoles and the one way to fail.
+
+Both consoles print user-controlled text (file names, card fields, chat messages, error
+messages quoting values) verbatim and safely:
+
+- markup is off by default, so ``[bold]x.yaml`` or ``[/x]`` in a path is printed as written
+  and never parsed as Rich markup (a command that wants styling builds ``Text`` objects or
+  passes ``markup=True`` with the user's part escaped);
+- control characters are neutralised on the way to the terminal (``\\x1b[31m`` in an
+  imported chat is shown as ``␛[31m``, never sent as an escape sequence); storage and
+  exports keep them;
+- nothing is hard-wrapped: a path or an error stays greppable on one line, whatever the
+  terminal width (the terminal wraps it for display).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType, RenderHook, RenderResult
+from rich.measure import Measurement
+from rich.segment import Segment
+from rich.text import Text
+
+#: C0 controls except newline and tab, DEL, and the C1 controls (ESC, BEL, CSI, OSC, ...).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character replaced by a visible one-cell stand-in.
+
+    C0 controls become their Unicode control pictures (ESC -> ``␛``, BEL -> ``␇``), DEL
+    becomes ``␡`` and C1 controls ``�``; newline and tab are kept. The width stays the same,
+    so tables still line up.
+    """
+    return _CONTROL.sub(_picture, text)
+
+
+def _picture(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return chr(0x2400 + code)
+    return "\u2421" if code == 0x7F else "\ufffd"
+
+
+class _Visible:
+    """Renders another renderable with its text segments passed through ``visible``."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for segment in console.render(self.renderable, options):
+            if segment.control or not _CONTROL.search(segment.text):
+                yield segment
+            else:
+                yield Segment(visible(segment.text), segment.style)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.renderable)
+
+
+class _NeutraliseControls(RenderHook):
+    def process_renderables(self, renderables: list[RenderableType]) -> list[RenderableType]:
+        return [_Visible(r) for r in renderables]
+
+
+def _console(**kwargs: object) -> Console:
+    console = Console(highlight=False, markup=False, soft_wrap=True, **kwargs)  # type: ignore[arg-type]
+    console.push_render_hook(_NeutraliseControls())
+    return console
+
 
 #: Results go to stdout; progress, warnings and errors to stderr.
-out = Console(highlight=False)
-# Messages are never hard-wrapped: a path or an error must stay greppable on one line.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = _console()
+err = _console(stderr=True)
 
 #: Exit codes shared by every command: 0 ok, 1 problems found, 2 unusable input.
 EXIT_OK, EXIT_PROBLEMS, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def labelled(label: str, style: str, message: str) -> Text:
+    """``label message`` with only the label styled; the message is never parsed as markup."""
+    return Text.assemble((label, style), " ", message)
+
+
+def dim(message: str) -> Text:
+    """A dimmed progress or statistics line (the message is printed as written)."""
+    return Text(message, style="dim")
+
+
+def warn(message: str) -> None:
+    """Print ``warning: message`` to stderr."""
+    err.print(labelled("warning:", "yellow", message))
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print ``error: message`` to stderr and exit with ``code`` (no traceback)."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(labelled("error:", "bold red", message))
     raise typer.Exit(code)
+

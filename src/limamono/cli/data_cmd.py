@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from limamono.cli.common import EXIT_BAD_INPUT, EXIT_PROBLEMS, err, fail, out
 
@@ -60,8 +61,8 @@ def lint_cmd(
     else:
         for p in problems:
             colour = "red" if p.severity == "error" else "yellow"
-            out.print(f"{p.where()}: [{colour}]{p.severity}[/] [bold]{p.rule}[/] {p.message}",
-                      highlight=False)
+            out.print(Text.assemble(f"{p.where()}: ", (p.severity, colour), " ",
+                                    (p.rule, "bold"), f" {p.message}"))
         errors = sum(p.severity == "error" for p in problems)
         err.print(f"{errors} error(s), {len(problems) - errors} warning(s)")
     if any(p.severity == "error" or strict for p in problems):

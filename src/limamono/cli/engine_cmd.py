@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from limamono.cli.common import err, fail, out
+from limamono.cli.common import dim, err, fail, out, visible
 
 
 class ConversionProgress:
@@ -194,7 +194,7 @@ def _stream_to_stdout(engine: Any, prompt: str, settings: Any, max_tokens: int,
                                            cancel=cancel):
                 if first is None and last.completion_tokens:
                     first = time.perf_counter()
-                sys.stdout.write(last.text)
+                sys.stdout.write(visible(last.text))
                 sys.stdout.flush()
     except ContextOverflowError as exc:
         fail(str(exc))
@@ -205,9 +205,9 @@ def _stream_to_stdout(engine: Any, prompt: str, settings: Any, max_tokens: int,
     decode = total - (first - start) if first is not None else 0.0
     speed = (last.completion_tokens - 1) / decode if decode > 0 else 0.0
     reason = last.finish_reason + (f" ({last.stop_string!r})" if last.stop_string else "")
-    err.print(f"[dim]finish: {reason} · prompt {last.prompt_tokens} tokens, reply "
-              f"{last.completion_tokens} tokens · first token {((first or start) - start):.2f} s"
-              f" · {speed:.1f} tokens/s[/]", markup=True, soft_wrap=True)
+    err.print(dim(f"finish: {reason} · prompt {last.prompt_tokens} tokens, reply "
+                  f"{last.completion_tokens} tokens · first token "
+                  f"{((first or start) - start):.2f} s · {speed:.1f} tokens/s"))
 
 
 def register(app: typer.Typer) -> None:

@@ -6,8 +6,9 @@ import ipaddress
 from typing import Any
 
 import typer
+from rich.text import Text
 
-from limamono.cli.common import err, fail
+from limamono.cli.common import dim, err, fail, warn
 
 _HELP = (
     "Serve a model over the APIs SillyTavern already speaks.\n\n"
@@ -82,8 +83,8 @@ def register(app: typer.Typer) -> None:
         except ValueError as error:
             fail(str(error))
         if not is_loopback(host) and config.api_key is None:
-            err.print(f"[yellow]warning:[/] binding {host} without --api-key: anyone who "
-                      "can reach this port can use the model", markup=True)
+            warn(f"binding {host} without --api-key: anyone who can reach this port can use "
+                 "the model")
         engine = _load(model, adapter, dtype, threads, context)
         _run(engine, config, host, port, log_level)
 
@@ -97,7 +98,7 @@ def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
         return load_engine(model, adapter=adapter, dtype=dtype, threads=threads,
                            context_length=context,
                            progress=lambda what, done, total: err.print(
-                               f"[dim]{what} {done}/{total}[/]", highlight=False))
+                               dim(f"{what} {done}/{total}")))
     except (ModelError, ValueError) as error:
         fail(str(error))
 
@@ -108,7 +109,8 @@ def _run(engine: Any, config: Any, host: str, port: int, log_level: str) -> None
     from limamono.server import create_app
 
     where = f"http://{host}:{port}"
-    err.print(f"Serving [bold]{engine.model_name}[/] (context {engine.context_length}) at "
-              f"{where}\n  SillyTavern Text Completion (KoboldCpp or TextGen WebUI): {where}\n"
-              f"  SillyTavern KoboldAI Classic: {where}/api", markup=True, highlight=False)
+    err.print(Text.assemble("Serving ", (engine.model_name, "bold"),
+                            f" (context {engine.context_length}) at {where}\n"
+                            f"  SillyTavern Text Completion (KoboldCpp or TextGen WebUI): "
+                            f"{where}\n  SillyTavern KoboldAI Classic: {where}/api"))
     uvicorn.run(create_app(engine, config), host=host, port=port, log_level=log_level)

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from limamono.cli.common import EXIT_BAD_INPUT, err, fail, out
+from limamono.cli.common import EXIT_BAD_INPUT, fail, out, warn
 
 export_app = typer.Typer(help="Export a training run for other tools.", no_args_is_help=True)
 
@@ -17,7 +17,7 @@ _OVERRIDES_HELP = ("Any config key can follow as --key value (e.g. --lora-r 16 "
 
 
 def _say(line: str) -> None:
-    err.print(f"[yellow]warning:[/] {line}", highlight=False)
+    warn(line)
 
 
 def _config(config_file: Path | None, extra: list[str]) -> Any:

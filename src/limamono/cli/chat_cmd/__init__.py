@@ -23,7 +23,7 @@ from rich.text import Text
 from limamono.cli.chat_cmd.chats import chats_app
 from limamono.cli.chat_cmd.session import load_character, new_chat, open_store, start_session
 from limamono.cli.chat_cmd.terminal import ChatLoop, print_message
-from limamono.cli.common import err, fail, out
+from limamono.cli.common import dim, err, fail, out
 
 if TYPE_CHECKING:
     from limamono.generation import Engine
@@ -44,7 +44,7 @@ def make_engine(model: str, adapter: str | None, threads: int | None = None) -> 
     try:
         return load_engine(model, adapter=adapter, threads=threads,
                            progress=lambda what, done, total: err.print(
-                               f"[dim]{what} {done}/{total}[/]", highlight=False))
+                               dim(f"{what} {done}/{total}")))
     except ModelError as exc:
         fail(str(exc))
 
@@ -132,10 +132,10 @@ def demo_cmd(
     store = open_store(db)
     start = load_character(path, user)
     settings = make_settings("limamono", seed)
-    err.print(f"[dim]loading {model} (adapter: {adapter})...[/]", highlight=False)
+    err.print(dim(f"loading {model} (adapter: {adapter})..."))
     setup = time.monotonic()
     engine = make_engine(model, None if adapter == "none" else adapter, threads)
-    err.print(f"[dim]model ready in {time.monotonic() - setup:.1f} s[/]", highlight=False)
+    err.print(dim(f"model ready in {time.monotonic() - setup:.1f} s"))
     chat_id = new_chat(store, start, User(user))
     session = start_session(store, chat_id, engine, settings, max_tokens)
     loop = ChatLoop(session, store, chat_id, seed)
@@ -154,10 +154,9 @@ def demo_cmd(
         if result is not None:  # the time includes reading the prompt (no cache the first time)
             stats = getattr(engine, "stats", None)  # the real engine's KV-cache counters
             cached = f", {stats.last_reused} of them cached" if stats is not None else ""
-            err.print(f"[dim]{result.completion_tokens} tokens after a {result.prompt_tokens}-"
-                      f"token prompt{cached}, in {time.monotonic() - began:.1f} s[/]",
-                      highlight=False)
-    err.print(f"[dim]demo took {time.monotonic() - setup:.1f} s after setup[/]", highlight=False)
+            err.print(dim(f"{result.completion_tokens} tokens after a {result.prompt_tokens}-"
+                          f"token prompt{cached}, in {time.monotonic() - began:.1f} s"))
+    err.print(dim(f"demo took {time.monotonic() - setup:.1f} s after setup"))
     out.print(f"\nSaved as chat {chat_id} in {store.path}. Go on with: "
               f"limamono chat --chat {chat_id}" + (f" --db {db}" if db else ""), soft_wrap=True)
 
