@@ -1,8 +1,13 @@
-"""Shared fixtures: the embedded model's tokenizer and a tiny random model built from it.
+"""Shared fixtures: real tokenizers and tiny random models built from them.
 
-Component tests run on a 2-layer randomly initialised Llama with the real SmolLM2 tokenizer
-(so token boundaries, UTF-8 pieces and special tokens are the real ones), saved as an
-ordinary HF folder that every loader in the project accepts.
+Component tests run on 2-layer randomly initialised models with real tokenizers (so token
+boundaries, UTF-8 pieces and special tokens are the real ones), saved as ordinary HF
+folders that every loader in the project accepts:
+
+- ``tokenizer``/``tiny_model_dir``: the embedded SmolLM2 tokenizer (byte-level BPE, no BOS)
+  and a 2-layer Llama on it;
+- ``mistral_tokenizer``/``tiny_mistral_dir``: the card's own base tokenizer, Mistral-7B
+  v0.1 (SentencePiece, adds BOS ``<s>``), and a 2-layer ``MistralForCausalLM`` on it.
 """
 
 from __future__ import annotations
@@ -81,3 +86,80 @@ def _wide_consoles() -> None:
     from limamono.cli import common
 
     common.out.width = common.err.width = 200
+
+
+# --------------------------------------------------------------------------- Mistral
+
+#: Mistral-7B v0.1's tokenizer settings (its hub ``tokenizer_config.json``): BOS added on
+#: encode, no EOS, the legacy SentencePiece handling of the dummy ``▁`` prefix.
+MISTRAL_TOKENIZER_CONFIG = {
+    "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+    "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": True,
+}
+
+
+def mistral_sentencepiece() -> Path:
+    """``tokenizer.model.v1``: Mistral-7B v0.1's SentencePiece model, carried by the
+    ``mistral-common`` wheel (a dev dependency), found without importing the package."""
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("mistral-common is not installed (make setup installs it)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "tokenizer.model.v1"
+
+
+def convert_mistral_tokenizer(out: Path) -> Path:
+    """Convert the SentencePiece model to a fast tokenizer folder (``tokenizer.json``).
+
+    transformers converts ``tokenizer.model`` when the folder is first loaded (it needs
+    ``sentencepiece`` and ``protobuf``); the saved folder then loads without either.
+    """
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    raw = out / "sentencepiece"
+    raw.mkdir(parents=True, exist_ok=True)
+    shutil.copy(mistral_sentencepiece(), raw / "tokenizer.model")
+    (raw / "tokenizer_config.json").write_text(json.dumps(MISTRAL_TOKENIZER_CONFIG))
+    fast = out / "fast"
+    AutoTokenizer.from_pretrained(raw).save_pretrained(fast)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with Mistral-7B v0.1's tokenizer as a fast tokenizer (converted once a run,
+    well under a second)."""
+    return convert_mistral_tokenizer(tmp_path_factory.mktemp("mistral-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer(mistral_tokenizer_dir: Path):
+    """Mistral-7B v0.1's tokenizer (32000 tokens; BOS ``<s>`` 1 added on encode, EOS 2)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(mistral_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory: pytest.TempPathFactory,
+                     mistral_tokenizer_dir: Path) -> Path:
+    """An HF model folder: a seeded random 2-layer ``MistralForCausalLM`` (hidden 64, vocab
+    32000, ~17 MB in fp32) with Mistral-7B v0.1's tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=32000, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=4096, sliding_window=None,
+                           bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    model = MistralForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-mistral")
+    model.save_pretrained(out)
+    for item in mistral_tokenizer_dir.iterdir():
+        shutil.copy(item, out / item.name)
+    return out
