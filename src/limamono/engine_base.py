@@ -1,0 +1,439 @@
+"""What every engine shares: the decode loop, the rollback stream and layers 2-3.
+
+Three layers (DESIGN.md "Layers of generation"), each built on the one below:
+
+1. :meth:`EngineBase.stream_tokens`: token ids from one decode loop, written once here. An
+   engine supplies only its KV cache, as a :class:`KVSlot` that holds the tokens of one
+   conversation: :meth:`EngineBase._open_slot` picks a cached slot sharing the longest
+   prefix with the new prompt (or shifts one, ContextShift) and the loop evaluates only the
+   tokens after it. The stream can also roll back (:meth:`TokenStream.rollback`): drop its
+   last tokens from the cache and sample that position again, with some tokens banned.
+2. :meth:`EngineBase.stream_text`: fits the prompt to the context, detokenises incrementally
+   (never half a UTF-8 character), applies stop strings, and ends with a
+   :class:`~limamono.generation.TextChunk` that carries the finish reason and token counts.
+3. :meth:`EngineBase.generate`: the joined text as a :class:`~limamono.generation.Completion`.
+
+One generation runs at a time (a lock): a server queues requests behind it (one worker
+thread that runs each stream to its end). A thread that starts a stream while its own
+earlier stream is still open gets a RuntimeError instead of a deadlock, so do not hand
+half-consumed streams between pool threads that may also start new ones.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+from collections.abc import Collection, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from limamono import format as fmt
+from limamono.generation import (
+    Completion,
+    ContextOverflowError,
+    FinishReason,
+    TextChunk,
+    Truncation,
+)
+from limamono.textstream import IncrementalDecoder, StopMatcher
+
+if TYPE_CHECKING:
+    import torch
+
+    from limamono.samplers import SamplerSettings
+
+#: Prompt tokens evaluated per forward pass during prefill (bounds the attention memory).
+PREFILL_CHUNK = 512
+
+#: A turn header of the Limamono format, where a left truncation may cut.
+_TURN_START = re.compile(
+    re.escape(fmt.BLOCK_SEP) + f"(?:{re.escape(fmt.INPUT)}|{re.escape(fmt.RESPONSE)})")
+
+
+@dataclass
+class CacheStats:
+    """Prompt-token counters of the KV-cache reuse (for tests and the benchmark).
+
+    Attributes:
+        reused_tokens: Prompt tokens taken from a cache, summed over all calls.
+        evaluated_tokens: Prompt tokens run through the model (prefill), summed.
+        shifted_tokens: Cached tokens dropped from the middle by ContextShift, summed.
+        last_reused: ``reused_tokens`` of the latest call.
+        last_evaluated: ``evaluated_tokens`` of the latest call.
+        last_shifted: ``shifted_tokens`` of the latest call.
+    """
+
+    reused_tokens: int = 0
+    evaluated_tokens: int = 0
+    shifted_tokens: int = 0
+    last_reused: int = 0
+    last_evaluated: int = 0
+    last_shifted: int = 0
+
+
+class KVSlot(Protocol):
+    """One conversation's KV cache in an engine (layer 1's only engine-specific part)."""
+
+    def eval(self, ids: Sequence[int]) -> torch.Tensor:
+        """Run ``ids`` after the cached tokens; next-token logits [vocab], fp32 on CPU."""
+        ...
+
+    def crop(self, keep: int) -> None:
+        """Keep only the first ``keep`` cached tokens."""
+        ...
+
+
+@dataclass
+class SlotStart:
+    """A slot for a new prompt, as :meth:`EngineBase._open_slot` hands it to the loop.
+
+    Attributes:
+        slot: The cache; it holds exactly the first ``reused`` tokens of the prompt.
+        reused: Prompt tokens already in the cache (always < the prompt's length).
+        shifted: Cached tokens that a ContextShift removed from the middle (0: none).
+    """
+
+    slot: KVSlot
+    reused: int
+    shifted: int = 0
+
+
+@dataclass
+class _Control:
+    """What the consumer of a :class:`TokenStream` asks the running loop to do."""
+
+    yielded: int = 0  # tokens of the reply as the consumer sees them (after rollbacks)
+    rollback: int = 0  # tokens to drop before the next one is sampled
+    bans: dict[int, set[int]] = field(default_factory=dict)  # reply index -> banned ids
+    done: bool = False  # the loop has ended: nothing can be rolled back any more
+
+
+class TokenStream(Iterator[int]):
+    """Layer 1: an iterator of sampled token ids that can also take back its last tokens.
+
+    The last id is EOS when the model ended the reply. Between two ``next()`` calls the
+    consumer may call :meth:`rollback`; the next id is then sampled again at the position
+    of the first dropped one (a banned-phrase filter uses this).
+    """
+
+    def __init__(self, tokens: Generator[int, None, None], control: _Control) -> None:
+        self._tokens = tokens
+        self._control = control
+
+    def __next__(self) -> int:
+        try:
+            return next(self._tokens)
+        except StopIteration:
+            self._control.done = True
+            raise
+
+    def close(self) -> None:
+        """End the stream early (releases the engine; the cache is kept)."""
+        self._control.done = True
+        self._tokens.close()
+
+    def rollback(self, n: int, ban: Collection[int] = ()) -> None:
+        """Drop the last ``n`` tokens of the reply from the sequence and the KV cache.
+
+        Call it between two ``next()`` calls. The next token is sampled at the position of
+        the first dropped one, where the ids in ``ban`` get zero probability (added to any
+        banned there before, for the rest of this stream). Rolling back an EOS or the last
+        allowed token continues the stream.
+
+        Raises:
+            ValueError: ``n`` < 1 or more than the tokens yielded (and not rolled back), or
+                the stream has ended.
+        """
+        control = self._control
+        if control.done:
+            raise ValueError("rollback after the stream ended: call it before the next()")
+        available = control.yielded - control.rollback
+        if not 1 <= n <= available:
+            raise ValueError(f"rollback n={n}: must be between 1 and the {available} "
+                             "tokens of the reply so far")
+        control.rollback += n
+        if ban:
+            control.bans.setdefault(control.yielded - control.rollback, set()).update(ban)
+
+
+class EngineBase:
+    """Layers 1-3 on top of an engine's tokenizer and KV cache (see the module docstring).
+
+    A subclass sets ``model_name``, ``context_length``, ``eos_ids`` and implements
+    :meth:`tokenize`, :meth:`detokenize`, :meth:`_reply_text`, :meth:`_open_slot`,
+    :meth:`_close_slot` and :meth:`_clear_slots`; then it implements
+    ``limamono.generation.Engine``.
+    """
+
+    model_name: str
+    context_length: int
+    eos_ids: frozenset[int]
+
+    def __init__(self) -> None:
+        self.stats = CacheStats()
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # thread id of the running stream (deadlock guard)
+
+    # -- what an engine supplies ----------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+        raise NotImplementedError
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of token ids, special tokens included (the exact inverse of ``tokenize``)."""
+        raise NotImplementedError
+
+    def _reply_text(self, ids: Sequence[int]) -> str:
+        """Text of reply token ids, special tokens left out."""
+        raise NotImplementedError
+
+    def _open_slot(self, ids: list[int]) -> SlotStart:
+        """A KV slot holding the longest reusable prefix of ``ids`` (fewer than all)."""
+        raise NotImplementedError
+
+    def _close_slot(self, slot: KVSlot, ids: list[int] | None) -> None:
+        """Keep ``slot`` (holding exactly ``ids``) for reuse; ``ids`` None: it is spoiled."""
+        raise NotImplementedError
+
+    def _clear_slots(self) -> None:
+        """Forget every cached prompt."""
+        raise NotImplementedError
+
+    # -- layer 1 --------------------------------------------------------------------------
+
+    def clear_cache(self) -> None:
+        """Drop every kept KV cache (the next call evaluates its whole prompt)."""
+        self._check_no_open_stream("clearing the cache")
+        with self._lock:
+            self._clear_slots()
+
+    def _check_no_open_stream(self, doing: str) -> None:
+        if self._owner == threading.get_ident():
+            raise RuntimeError("this thread still holds an unfinished stream of this engine; "
+                               f"fix: exhaust or close() it before {doing}")
+
+    def stream_tokens(self, prompt_ids: Sequence[int], settings: SamplerSettings,
+                      max_new_tokens: int, cancel: threading.Event | None = None,
+                      ) -> TokenStream:
+        """Sampled token ids (layer 1); the last is EOS when the model ended the reply.
+
+        Stops after EOS, after ``max_new_tokens`` or as soon as ``cancel`` is set (checked
+        before every token and between prefill chunks). With ``settings.seed`` set, the
+        same prompt gives the same tokens whether or not a cached prefix was reused (up to
+        floating-point differences between chunked and whole prefill). Errors are raised
+        on the first ``next()``.
+
+        Raises:
+            ValueError: Empty prompt, or ``max_new_tokens`` < 0.
+            RuntimeError: This thread has another stream of this engine open (waiting for
+                it would deadlock).
+        """
+        control = _Control()
+        return TokenStream(self._locked_loop(list(prompt_ids), settings, max_new_tokens,
+                                             cancel, control), control)
+
+    def _locked_loop(self, ids: list[int], settings: SamplerSettings, max_new_tokens: int,
+                     cancel: threading.Event | None, control: _Control,
+                     ) -> Generator[int, None, None]:
+        if not ids:
+            raise ValueError("prompt_ids is empty: a prompt needs at least one token")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 0")
+        self._check_no_open_stream("starting another one")
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                yield from self._decode_loop(ids, settings, max_new_tokens, cancel, control)
+            finally:
+                self._owner = None
+
+    def _decode_loop(self, ids: list[int], settings: SamplerSettings, max_new_tokens: int,
+                     cancel: threading.Event | None, control: _Control,
+                     ) -> Generator[int, None, None]:
+        import torch
+
+        from limamono.samplers import make_sampler
+
+        if max_new_tokens == 0 or (cancel is not None and cancel.is_set()):
+            return
+        sampler = make_sampler(settings)
+        seed = settings.seed if settings.seed is not None else secrets.randbits(62)
+        generator = torch.Generator().manual_seed(seed)
+        # Sampling runs on CPU in fp32: same draws on every device, dtype and engine.
+        context = torch.zeros(len(ids) + max_new_tokens, dtype=torch.long)
+        context[:len(ids)] = torch.tensor(ids)
+        start = self._open_slot(ids)
+        slot, fed = start.slot, ids[:start.reused]  # fed: the tokens the cache holds, always
+        consistent = True  # False while an evaluation may have half-updated the cache
+        try:
+            for begin in range(start.reused, len(ids), PREFILL_CHUNK):
+                if cancel is not None and cancel.is_set():
+                    return
+                consistent = False
+                logits = slot.eval(ids[begin:begin + PREFILL_CHUNK])
+                fed = ids[:begin + PREFILL_CHUNK]
+                consistent = True
+            self._count(start, len(ids) - start.reused)
+            reply = 0  # tokens of the reply in ``context`` after ``ids``
+            while reply < max_new_tokens:
+                if cancel is not None and cancel.is_set():
+                    return
+                n = len(ids) + reply
+                token = sampler.sample(context[:n], _banned(logits, control.bans.get(reply)),
+                                       generator)
+                context[n] = token
+                reply += 1
+                control.yielded = reply
+                yield token
+                if control.rollback:
+                    reply -= control.rollback
+                    control.yielded, control.rollback = reply, 0
+                    keep = len(ids) + reply  # the last kept token is re-run for its logits
+                    consistent = False
+                    slot.crop(keep - 1)
+                    fed = fed[:keep - 1]
+                    logits = slot.eval([int(context[keep - 1])])
+                    fed.append(int(context[keep - 1]))
+                    consistent = True
+                    continue
+                if token in self.eos_ids or reply == max_new_tokens:
+                    return
+                consistent = False
+                logits = slot.eval([token])
+                fed.append(token)
+                consistent = True
+        finally:
+            self._close_slot(slot, fed if consistent else None)
+
+    def _count(self, start: SlotStart, evaluated: int) -> None:
+        s = self.stats
+        s.last_reused, s.last_evaluated, s.last_shifted = start.reused, evaluated, start.shifted
+        s.reused_tokens += start.reused
+        s.evaluated_tokens += evaluated
+        s.shifted_tokens += start.shifted
+
+    # -- layer 2 --------------------------------------------------------------------------
+
+    def fit_prompt(self, prompt: str, max_new_tokens: int,
+                   truncation: Truncation = "left") -> list[int]:
+        """The prompt's token ids, cut so that they and ``max_new_tokens`` fit the context.
+
+        ``left`` truncation of a Limamono prompt (one that starts with a trigger phrase)
+        keeps the trigger and the Instruction block and drops the oldest whole turns, so
+        the result is still a well-formed prompt; any other prompt, or one whose kept
+        blocks still do not fit, keeps its last tokens.
+
+        Raises:
+            ContextOverflowError: ``truncation="error"`` and the prompt does not fit, or
+                ``max_new_tokens`` alone fills the context.
+        """
+        ids = self.tokenize(prompt)
+        budget = self.context_length - max_new_tokens
+        if budget < 1:
+            raise ContextOverflowError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+                f"context of {self.context_length} tokens; fix: lower max_new_tokens")
+        if len(ids) <= budget:
+            return ids
+        if truncation == "error":
+            raise ContextOverflowError(
+                f"the prompt has {len(ids)} tokens and max_new_tokens is {max_new_tokens}: "
+                f"{len(ids) + max_new_tokens} > context length {self.context_length}; fix: "
+                "shorten the prompt, lower max_new_tokens or allow truncation='left'")
+        if truncation != "left":
+            raise ValueError(f"truncation={truncation!r}: must be 'left' or 'error'")
+        return self._drop_old_turns(prompt, budget) or ids[len(ids) - budget:]
+
+    def _drop_old_turns(self, prompt: str, budget: int) -> list[int] | None:
+        """Trigger + Instruction + the newest turns that fit, or None when that fails."""
+        if not prompt.startswith(tuple(fmt.TRIGGERS.values())):
+            return None
+        starts = [m.start() for m in _TURN_START.finditer(prompt)]
+        if not starts:
+            return None
+        head = prompt[:starts[0]]
+        blocks = [prompt[a:b] for a, b in zip(starts, [*starts[1:], len(prompt)], strict=True)]
+        # Estimate with per-block counts, then confirm on the joined text (BPE may merge
+        # across a boundary, so the real count can differ by a token or two).
+        sizes = [len(self.tokenize(b)) for b in blocks]
+        first, total = 0, len(self.tokenize(head)) + sum(sizes)
+        while first < len(blocks) - 1 and total > budget:
+            total -= sizes[first]
+            first += 1
+        for keep_from in range(first, len(blocks)):
+            ids = self.tokenize(head + "".join(blocks[keep_from:]))
+            if len(ids) <= budget:
+                return ids
+        return None
+
+    def stream_text(self, prompt: str, settings: SamplerSettings, max_new_tokens: int,
+                    stop: Sequence[str] = (), cancel: threading.Event | None = None,
+                    truncation: Truncation = "left") -> Iterator[TextChunk]:
+        """Stream the reply to ``prompt`` as text chunks (layer 2).
+
+        No chunk ends inside a UTF-8 character or contains any part of a stop string; the
+        last chunk has ``finish_reason``: ``stop`` (a stop string or EOS), ``length``
+        (``max_new_tokens`` reached) or ``cancelled``.
+
+        Raises:
+            ContextOverflowError: See :meth:`fit_prompt`.
+        """
+        ids = self.fit_prompt(prompt, max_new_tokens, truncation)
+        decoder = IncrementalDecoder(self._reply_text)
+        matcher = StopMatcher(stop)
+        count, ended_by_eos = 0, False
+        tokens = self.stream_tokens(ids, settings, max_new_tokens, cancel)
+        try:
+            for token in tokens:
+                count += 1
+                if token in self.eos_ids:
+                    ended_by_eos = True
+                    break
+                result = matcher.feed(decoder.add(token))
+                if result.text:
+                    yield TextChunk(result.text, prompt_tokens=len(ids), completion_tokens=count)
+                if result.stop is not None:
+                    break
+        finally:
+            tokens.close()
+        tail = "" if matcher.stopped else matcher.feed(decoder.flush()).text + matcher.flush()
+        reason: FinishReason = "stop"
+        if matcher.stopped is None and not ended_by_eos:
+            cancelled = cancel is not None and cancel.is_set() and count < max_new_tokens
+            reason = "cancelled" if cancelled else "length"
+        yield TextChunk(tail, finish_reason=reason, prompt_tokens=len(ids),
+                        completion_tokens=count, stop_string=matcher.stopped)
+
+    # -- layer 3 --------------------------------------------------------------------------
+
+    def generate(self, prompt: str, settings: SamplerSettings, max_new_tokens: int,
+                 stop: Sequence[str] = (), cancel: threading.Event | None = None,
+                 truncation: Truncation = "left") -> Completion:
+        """The whole reply to ``prompt`` (layer 3): the joined chunks of :meth:`stream_text`."""
+        parts: list[str] = []
+        last = TextChunk("")
+        for last in self.stream_text(prompt, settings, max_new_tokens, stop, cancel,
+                                     truncation):
+            parts.append(last.text)
+        return Completion("".join(parts), last.finish_reason or "length", last.prompt_tokens,
+                          last.completion_tokens, last.stop_string)
+
+
+def _banned(logits: torch.Tensor, ban: set[int] | None) -> torch.Tensor:
+    """``logits`` with the ids in ``ban`` at -inf (a copy; the original is untouched)."""
+    if not ban:
+        return logits
+    out = logits.clone()
+    out[list(ban)] = float("-inf")
+    return out
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token-id sequences."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
