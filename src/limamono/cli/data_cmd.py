@@ -44,17 +44,29 @@ def lint_cmd(
     path: Path = typer.Argument(..., help="Dataset folder (searched recursively) or one file."),
     as_json: bool = typer.Option(False, "--json", help="Print the problems as JSON."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
+    quality: bool = typer.Option(True, "--quality/--no-quality", help="Run the quality "
+                                 "checks (DQ...): duplicate and near-duplicate turns, repeats, "
+                                 "stock phrases, assistant-speak, refusals, speaking for the "
+                                 "user, lengths against labels, thought rate."),
+    phrases: Path | None = typer.Option(None, "--phrases", help="Stock-phrase list (one "
+                                        "phrase a line, optional '| weight'); default: the "
+                                        "shipped limamono/data/slop.txt."),
+    near: float | None = typer.Option(None, "--near", help="Jaccard similarity of word "
+                                      "3-grams from which two turns are near duplicates "
+                                      "(default 0.6)."),
 ) -> None:
     """List every problem in every dataset file: schema, style rules, alternation, empty
-    turns, missing Scenario, duplicate conversations. Exit 0 clean (warnings allowed unless
-    --strict), 1 problems found, 2 unusable input."""
+    turns, missing Scenario, duplicate conversations, and the quality checks (DQ...).
+    Exit 0 clean (warnings allowed unless --strict), 1 problems found, 2 unusable input."""
     from dataclasses import asdict
 
     from limamono.dataset import lint_dir
+    from limamono.quality import load_phrases
 
     try:
-        problems = lint_dir(path)
-    except FileNotFoundError as exc:
+        listed = load_phrases(phrases) if phrases is not None else None
+        problems = lint_dir(path, quality, listed, near)
+    except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     if as_json:
         out.print_json(json.dumps([asdict(p) for p in problems]))
@@ -183,9 +195,13 @@ def stats_cmd(
     model: str = _MODEL, seq_len: int = _SEQ, val: float = _VAL, seed: int = _SEED,
     overflow: str = _OVERFLOW, end_of_turn: str = _EOT, train_on_inputs: bool = _TOI,
     length_bounds: str = _BOUNDS, window_overlap: int = _OVERLAP, trigger: str = _TRIGGER,
+    plots: Path | None = typer.Option(None, "--plots", help="Folder to draw the length-label "
+                                      "distribution and the tokens per conversation into "
+                                      "(length_labels.png, conversation_tokens.png)."),
 ) -> None:
     """Show a dataset's figures: conversations, messages, tokens, supervised tokens,
-    per-role lengths, the length-label histogram and over-long counts."""
+    per-role lengths, the length-label histogram, over-long counts and the quality figures
+    (slop index, thought/sound/title rates); --plots draws them."""
     from limamono.dataset import DatasetError, build, compute_stats, is_built, read_stats
 
     if is_built(path):
@@ -204,6 +220,30 @@ def stats_cmd(
         out.print_json(json.dumps(stats))
     else:
         _table(stats)
+        _quality_table(stats)
+    if plots is not None:
+        from limamono.dataset.plots import plot_stats
+
+        for written in plot_stats(stats, plots):
+            err.print(f"wrote {written}")
+
+
+def _quality_table(stats: dict[str, Any]) -> None:
+    """The quality figures of character turns (absent from builds made before them)."""
+    from rich.table import Table
+
+    figures = stats.get("quality")
+    if not figures:
+        return
+    table = Table(title=f"quality ({figures['char_turns']} character turns)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    index = figures["slop_index"]
+    table.add_row("stock phrases per 1,000 words", "n/a" if index is None else f"{index:.2f}")
+    for key in ("thought", "sound", "title"):
+        rate = figures[f"{key}_rate"]
+        table.add_row(f"turns with a {key}", "n/a" if rate is None else f"{rate:.1%}")
+    out.print(table)
 
 
 def register(app: typer.Typer) -> None:

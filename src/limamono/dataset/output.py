@@ -52,7 +52,11 @@ def _summary(values: Sequence[int]) -> dict[str, float]:
 
 def compute_stats(result: BuildResult, tokenizer: Tokenizer) -> dict[str, Any]:
     """The card's figures (conversations, messages, tokens) plus supervised tokens,
-    per-role lengths, the length-label histogram, over-long counts and per-split counts."""
+    per-role lengths, the length-label histogram, tokens per conversation, over-long
+    counts, per-split counts and the quality figures (slop index, thought/sound/title
+    rates of character turns; ``limamono.quality.quality_figures``)."""
+    from limamono.quality import quality_figures
+
     tok = PieceTokenizer(tokenizer)
     words: dict[str, list[int]] = {"char": [], "user": []}
     tokens: dict[str, list[int]] = {"char": [], "user": []}
@@ -74,6 +78,8 @@ def compute_stats(result: BuildResult, tokenizer: Tokenizer) -> dict[str, Any]:
                   for role in words},
         "length_labels": {role: {k: labels[role][k] for k in (*LENGTHS, "none")
                                  if labels[role][k]} for role in labels},
+        "conversation_tokens": dict(result.conversation_tokens),
+        "quality": quality_figures([r.conversation for r in result.records]),
         "overlong": {"count": len(result.overflow),
                      "by_action": dict(Counter(e.action for e in result.overflow)),
                      "conversations": [asdict(e) for e in result.overflow]},

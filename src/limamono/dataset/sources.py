@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -267,14 +267,28 @@ def duplicate_problems(records: Iterable[Record]) -> list[Problem]:
     return out
 
 
-def lint_dir(root: str | Path) -> list[Problem]:
-    """Every problem in every file under ``root``: schema, rules, style and duplicates.
+def lint_dir(root: str | Path, quality: bool = True, phrases: Sequence[Any] | None = None,
+             near_threshold: float | None = None) -> list[Problem]:
+    """Every problem in every file under ``root``: schema, rules, style, duplicates and
+    (with ``quality``) the quality rules of ``limamono.quality`` (``DQ...`` warnings).
+
+    Args:
+        root: a dataset folder or file.
+        quality: also run the quality checks.
+        phrases: the stock-phrase list for DQ020 (default: the shipped one).
+        near_threshold: Jaccard threshold of near-duplicate turns (default: the module's).
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
+        ValueError: a bad ``near_threshold``.
     """
     records, problems = load_dir(root)
     for record in records:
         problems.extend(check_record(record))
     problems.extend(duplicate_problems(records))
+    if quality:
+        from limamono.quality import dataset as qd
+
+        threshold = qd.NEAR_DUPLICATE_THRESHOLD if near_threshold is None else near_threshold
+        problems.extend(qd.quality_problems(records, phrases, threshold, str(root)))
     return sorted(problems, key=lambda p: (p.file, p.record, p.message_index or -1, p.rule))
