@@ -9,6 +9,7 @@ field, so a typo in a 40-turn conversation is found at once.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from limamono import untrusted
+from limamono.untrusted import quote
 
 #: Length labels, shortest to longest (the card's list; SPEC §2).
 LENGTHS: tuple[str, ...] = ("micro", "tiny", "short", "medium", "long", "massive", "huge")
@@ -160,14 +164,44 @@ class _Checker:
             line = self.lines.get(probe)
         return ConversationError(message, self.source, line or self.base_line, path or None)
 
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    def mapping(self, value: Any, path: str,
+                allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """A mapping whose keys are all in ``allowed`` (any keys when it is None)."""
         if not isinstance(value, dict):
             raise self.fail(path, f"expected a mapping, got {type(value).__name__}")
-        unknown = [k for k in value if k not in allowed]
+        unknown = [k for k in value if allowed is not None and k not in allowed]
         if unknown:
             raise self.fail(f"{path}.{unknown[0]}" if path else str(unknown[0]),
-                            f"unknown field (allowed: {', '.join(allowed)})")
+                            f"unknown field (allowed: {', '.join(allowed or ())})")
         return value
+
+    def name(self, value: Any, path: str, empty: str) -> str:
+        """A name: one line of text (it heads the sheet and prefixes every turn)."""
+        name = self.text(value, path).strip()
+        if not name:
+            raise self.fail(path, empty)
+        if "\n" in name or "\r" in name:
+            raise self.fail(path, "holds a line break; a name must be one line")
+        return name
+
+    def plain_data(self, value: Any, path: str) -> None:
+        """Refuse what JSON cannot hold (dates, binary, non-text keys, NaN), so a record
+        that loads can always be written out again."""
+        stack = [(value, path)]
+        while stack:
+            item, where = stack.pop()
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        raise self.fail(where, f"key {quote(key)} is not text")
+                    stack.append((child, f"{where}.{key}"))
+            elif isinstance(item, list):
+                stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise self.fail(where, f"{item!r} is not a number JSON can hold")
+            elif item is not None and not isinstance(item, (str, int, float, bool)):
+                raise self.fail(where, f"expected text, a number, true/false, a list or a "
+                                       f"mapping, got {type(item).__name__}")
 
     def text(self, value: Any, path: str, required: bool = True) -> str:
         if value is None and not required:
@@ -197,27 +231,23 @@ def from_dict(data: Any, source: str = "<data>", lines: dict[str, int] | None = 
         if key not in top:
             raise c.fail(key, "required field is missing")
     ch = c.mapping(top["character"], "character", _CHARACTER_KEYS)
-    name = c.text(ch.get("name"), "character.name").strip()
-    if not name:
-        raise c.fail("character.name", "the character needs a name")
+    name = c.name(ch.get("name"), "character.name", "the character needs a name")
     character = Character(name, c.text(ch.get("description"), "character.description",
                                        required=False).rstrip("\n"))
     us = top["user"]
     if isinstance(us, str):  # shorthand: `user: Tom`
         us = {"name": us}
     us = c.mapping(us, "user", _USER_KEYS)
-    user_name = c.text(us.get("name"), "user.name").strip()
-    if not user_name:
-        raise c.fail("user.name", "the user needs a name")
+    user_name = c.name(us.get("name"), "user.name", "the user needs a name")
     user = User(user_name, c.text(us.get("persona"), "user.persona", required=False))
     scenario = c.text(top.get("scenario"), "scenario", required=False).strip()
     raw_messages = top["messages"]
     if not isinstance(raw_messages, list):
         raise c.fail("messages", f"expected a list, got {type(raw_messages).__name__}")
     messages = [_message(c, item, f"messages[{i}]") for i, item in enumerate(raw_messages)]
-    meta = top.get("meta") or {}
-    if not isinstance(meta, dict):
-        raise c.fail("meta", "expected a mapping")
+    meta = top.get("meta")
+    meta = {} if meta is None else c.mapping(meta, "meta")
+    c.plain_data(meta, "meta")
     return Conversation(character, user, scenario, messages, dict(meta))
 
 
@@ -225,11 +255,12 @@ def _message(c: _Checker, item: Any, path: str) -> Message:
     m = c.mapping(item, path, _MESSAGE_KEYS)
     role = m.get("role")
     if role not in ROLES:
-        raise c.fail(f"{path}.role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+        raise c.fail(f"{path}.role", f"expected one of {', '.join(ROLES)}, got {quote(role)}")
     text = c.text(m.get("text"), f"{path}.text")
     length = m.get("length")
     if length is not None and length not in LENGTHS:
-        raise c.fail(f"{path}.length", f"expected one of {', '.join(LENGTHS)}, got {length!r}")
+        raise c.fail(f"{path}.length",
+                     f"expected one of {', '.join(LENGTHS)}, got {quote(length)}")
     return Message(role, text.strip("\n"), length)
 
 
@@ -238,13 +269,10 @@ def _message(c: _Checker, item: Any, path: str) -> Message:
 def loads_yaml(text: str, source: str = "<string>") -> Conversation:
     """Parse one conversation from YAML text."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConversationError(f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                                source, line) from None
+        node = untrusted.compose_yaml(text)
+        data = untrusted.construct(node)
+    except untrusted.UntrustedError as exc:
+        raise ConversationError(exc.reason, source, exc.line) from None
     if data is None:
         raise ConversationError("the file is empty", source, 1)
     return from_dict(data, source, _lines_of(node))
@@ -268,10 +296,9 @@ def iter_jsonl(text: str, source: str = "<string>") -> Iterator[Conversation]:
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConversationError(f"not valid JSON: {exc.msg} (column {exc.colno})",
-                                    source, number) from None
+            data = untrusted.load_json(line)
+        except untrusted.UntrustedError as exc:
+            raise ConversationError(exc.reason, source, number) from None
         yield from_dict(data, source, base_line=number)
 
 

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from limamono import untrusted
 from limamono.cards.limits import DEFAULT_LIMITS, CardError, CardLimits
 
 SPEC_V1 = "chara_card_v1"
@@ -100,44 +101,13 @@ def parse_json(payload: bytes, source: str, limits: CardLimits = DEFAULT_LIMITS)
         raise CardError(source, f"card JSON is not UTF-8 (invalid byte {payload[exc.start]:#04x}"
                                 f" at offset {exc.start})") from None
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except json.JSONDecodeError as exc:
-        raise CardError(source, f"card JSON is not valid: {exc.msg} (line {exc.lineno}, "
-                                f"column {exc.colno})") from None
-    except RecursionError:
-        raise CardError(source, "card JSON is nested too deeply") from None
-    except ValueError as exc:  # raised by the two hooks
-        raise CardError(source, f"card JSON is not valid: {exc}") from None
-    if _depth(value) > limits.max_json_depth:
-        raise CardError(source, f"card JSON is nested more than {limits.max_json_depth} "
-                                "levels deep")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r} (which one is meant is ambiguous)")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth, iteratively (the value may be deep enough to overflow recursion)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in item)
-    return deepest
+        return untrusted.load_json(text, limits.max_json_depth)
+    except untrusted.UntrustedError as exc:
+        where = "" if exc.line is None else f" (line {exc.line})"
+        reason = exc.reason.replace("not valid JSON", "card JSON is not valid", 1)
+        if reason == exc.reason:
+            reason = f"card JSON is {reason}"
+        raise CardError(source, reason + where) from None
 
 
 def card_from_json(obj: Any, source: str) -> Card:

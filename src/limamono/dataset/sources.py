@@ -16,10 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from limamono import conversation as conv_mod
 from limamono import format as fmt
+from limamono import untrusted
 from limamono.conversation import Character, Conversation, ConversationError, Message, User
 
 Severity = Literal["error", "warning"]
@@ -163,10 +162,9 @@ def load_file(path: str | Path) -> list[Conversation]:
     """
     path = Path(path)
     if path.suffix.lower() in (".yaml", ".yml"):
-        text = path.read_text(encoding="utf-8") if path.is_file() else ""
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
+            data = untrusted.load_yaml(path.read_text(encoding="utf-8"))
+        except (untrusted.UntrustedError, OSError, UnicodeDecodeError):
             data = None  # let the schema loader produce the located error
         if is_limarp(data):
             return [from_limarp(data, str(path))]

@@ -11,12 +11,13 @@ with its line and never written over.
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from limamono import atomic, untrusted
 from limamono.chat import ChatMessage, Swipe
 from limamono.conversation import LENGTHS, Character, User
 from limamono.store.db import ChatStore, StoredChat, StoreError
@@ -66,8 +67,20 @@ def export_sillytavern(chat: StoredChat) -> str:
                     kept.get("seen", {}), _header_fields(chat.user.name, chat.character.name))
     lines = [header] + [_export_message(m, chat.user.name, chat.character.name)
                         for m in chat.messages]
-    return "\n".join(json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-                     for obj in lines)
+    return "\n".join(json.dumps(_finite(obj), ensure_ascii=False, separators=(",", ":"),
+                                allow_nan=False) for obj in lines)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as null, as ``JSON.stringify`` writes them (a chat
+    stored before imports refused them must still export as valid JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def import_sillytavern(store: ChatStore, path: str | os.PathLike[str],
@@ -107,19 +120,10 @@ def write_file_safely(path: str | os.PathLike[str], text: str, force: bool = Fal
                              "untouched: move it away first") from None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise StoreError(f"{path}: cannot write ({exc.strerror or exc}); nothing was "
-                         "replaced") from None
+        atomic.write_text(path, text)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise StoreError(f"{path}: cannot write ({getattr(exc, 'strerror', None) or exc}); "
+                         "nothing was replaced") from None
 
 
 def _read_text(path: Path) -> str:
@@ -133,10 +137,9 @@ def _read_text(path: Path) -> str:
 
 def _json_object(line: str, source: str, number: int) -> dict[str, Any]:
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"{source}:{number}: not valid JSON: {exc.msg} (column {exc.colno})"
-                         ) from None
+        obj = untrusted.load_json(line)
+    except untrusted.UntrustedError as exc:
+        raise StoreError(f"{source}:{number}: {exc.reason}") from None
     if not isinstance(obj, dict):
         raise StoreError(f"{source}:{number}: expected a JSON object, got "
                          f"{type(obj).__name__}")
@@ -168,7 +171,7 @@ def _st_message(obj: dict[str, Any], source: str, line: int, user_name: str,
     if not isinstance(swipe_id, int) or isinstance(swipe_id, bool) \
             or not 0 <= swipe_id < len(texts):
         raise StoreError(f"{where}: field 'swipe_id' must be an index into 'swipes' "
-                         f"(0..{len(texts) - 1}), got {swipe_id!r}")
+                         f"(0..{len(texts) - 1}), got {untrusted.quote(swipe_id)}")
     texts = list(texts)
     texts[swipe_id] = mes  # SillyTavern shows `mes`; it is the truth when the two differ
     ours = _limamono_extra(obj, where)
@@ -192,7 +195,7 @@ def _limamono_extra(obj: dict[str, Any], where: str) -> dict[str, Any]:
         raise StoreError(f"{where}: field 'extra.limamono' must be an object")
     if ours.get("length") is not None and ours["length"] not in LENGTHS:
         raise StoreError(f"{where}: field 'extra.limamono.length' must be one of "
-                         f"{', '.join(LENGTHS)}, got {ours['length']!r}")
+                         f"{', '.join(LENGTHS)}, got {untrusted.quote(ours['length'])}")
     return ours
 
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
-from limamono import atomic
+from limamono import atomic, untrusted
 from limamono import conversation as conv_io
 from limamono.conversation import Conversation, ConversationError
 from limamono.style.lint import (
@@ -270,8 +270,8 @@ def _patched_text(path: Path, text: str, rules: list[str] | None,
     if path.suffix.lower() == ".jsonl":
         return None if requote else normalize(text, rules=rules)[0]
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        root = untrusted.compose_yaml(text)
+    except untrusted.UntrustedError:
         return None
     fixes: list[Issue] = []
     for node in _message_text_nodes(root):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -18,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from limamono import format as fmt
+from limamono import untrusted
+from limamono.untrusted import quote
 
 #: The card's targets: every linear projection of a Llama/Mistral block.
 ALL_LINEAR: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -29,6 +30,8 @@ OVERFLOW = ("window", "truncate", "drop", "error")
 END_OF_TURN = ("header", "eos")
 BF16 = ("auto", "true", "false")
 ADAPTER_DTYPES = ("fp32", "bf16")
+#: Largest integer any setting takes (a C int; nothing real comes near it).
+MAX_INT = 2**31 - 1
 #: transformers 5.24's ``OptimizerNames`` and ``SchedulerType`` values, copied so that
 #: validating a config does not import transformers (seconds on a small machine).
 OPTIMIZERS: tuple[str, ...] = (
@@ -52,6 +55,9 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: Sequence[str], source: str = "config") -> None:
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one problem, one line
+            super().__init__(f"{source}: {self.problems[0]}")
+            return
         super().__init__(f"{source}: {len(self.problems)} problem(s):\n  - "
                          + "\n  - ".join(self.problems))
 
@@ -165,7 +171,7 @@ def _coerce(value: Any, hint: Any) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
-            raise TypeError(f"expected a list, got {value!r}")
+            raise TypeError(f"expected a list, got {quote(value)}")
         return [_coerce(v, item) for v in value]
     if hint is bool:
         if isinstance(value, bool):
@@ -174,37 +180,48 @@ def _coerce(value: Any, hint: Any) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
             return False
-        raise TypeError(f"expected true or false, got {value!r}")
+        raise TypeError(f"expected true or false, got {quote(value)}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int | str | float):
-            raise TypeError(f"expected an integer, got {value!r}")
-        try:
-            number = float(value) if isinstance(value, str) else value
-        except ValueError:
-            raise TypeError(f"expected an integer, got {value!r}") from None
+        number = _number(value, "an integer")
         if int(number) != number:
-            raise TypeError(f"expected an integer, got {value!r}")
+            raise TypeError(f"expected an integer, got {quote(value)}")
+        if abs(number) > MAX_INT:
+            raise TypeError(f"{quote(value)} is too large (at most {MAX_INT})")
         return int(number)
     if hint is float:
-        if isinstance(value, bool):
-            raise TypeError(f"expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"expected a number, got {value!r}") from None
+        return float(_number(value, "a number"))
     if hint is str:
         if isinstance(value, bool):  # YAML reads `bf16: true` as a bool
             return str(value).lower()
         if not isinstance(value, str | int | float):
-            raise TypeError(f"expected text, got {value!r}")
+            raise TypeError(f"expected text, got {quote(value)}")
         return str(value)
     raise TypeError(f"unsupported field type {hint!r}")  # pragma: no cover
+
+
+def _number(value: Any, kind: str) -> int | float:
+    """A finite int or float from a number or its text (``.inf``, ``nan``, ``1e400`` refused).
+
+    Raises:
+        TypeError: naming ``kind``, the expected type.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str | float):
+        raise TypeError(f"expected {kind}, got {quote(value)}")
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise TypeError(f"expected {kind}, got {quote(value)}") from None
+    if not math.isfinite(number):
+        raise TypeError(f"expected {kind}, got {quote(value)} (not a finite number)")
+    return number
 
 
 def _range_problems(c: TrainConfig) -> list[str]:
     checks: list[tuple[bool, str]] = [
         (bool(c.data), "data: required; fix: set `data: DIR` (a dataset folder or a built one)"),
-        (c.adapter == "lora", f"adapter: only 'lora' is supported, got {c.adapter!r}"),
+        (c.adapter == "lora", f"adapter: only 'lora' is supported, got {quote(c.adapter)}"),
         (c.lora_r >= 1, f"lora_r: must be >= 1, got {c.lora_r}"),
         (c.lora_alpha > 0, f"lora_alpha: must be > 0, got {c.lora_alpha}"),
         (0 <= c.lora_dropout < 1, f"lora_dropout: must be in [0, 1), got {c.lora_dropout}"),
@@ -240,7 +257,7 @@ def _range_problems(c: TrainConfig) -> list[str]:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             shown = ", ".join(allowed[:8]) + (", ..." if len(allowed) > 8 else "")
-            problems.append(f"{name}: {value!r} is not one of {shown}{hint}")
+            problems.append(f"{name}: {quote(value)} is not one of {shown}{hint}")
     try:
         fmt.length_for_words(0, c.length_bounds)
     except ValueError as exc:
@@ -261,7 +278,7 @@ def make_config(values: Mapping[str, Any], source: str = "config") -> TrainConfi
         if key not in FIELDS:
             close = difflib.get_close_matches(key, FIELDS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(f"{raw_key}: unknown key{hint}")
+            problems.append(f"{_key_text(raw_key)}: unknown key{hint}")
             continue
         try:
             kwargs[key] = _coerce(value, _HINTS[key])
@@ -278,6 +295,11 @@ def make_config(values: Mapping[str, Any], source: str = "config") -> TrainConfi
     return config
 
 
+def _key_text(key: Any) -> str:
+    text = str(key)
+    return text if len(text) <= untrusted.QUOTE_CHARS and text.isprintable() else quote(text)
+
+
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     """``["--lora-r", "16", "--bf16=false", "--train-on-inputs"]`` -> a dict of strings.
 
@@ -292,7 +314,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or len(arg) == 2:
-            problems.append(f"{arg!r}: expected --key value")
+            problems.append(f"{quote(arg)}: expected --key value")
             i += 1
             continue
         key, eq, value = arg[2:].partition("=")
@@ -323,9 +345,13 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
         path = Path(path)
         source = str(path)
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError([f"cannot read: {exc}"], source) from None
+            loaded = untrusted.load_yaml(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([f"cannot read: {exc.strerror or exc}"], source) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"not UTF-8 text (byte {exc.start})"], source) from None
+        except untrusted.UntrustedError as exc:
+            raise ConfigError([str(exc)], source) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
