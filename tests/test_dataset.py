@@ -28,7 +28,7 @@ def four_turns() -> Conversation:
 
 def encode(conv: Conversation, tokenizer, **kwargs) -> tuple[list[int], list[int]]:
     pieces = ds.compose(ds.layout(conv), 0, len(conv.messages), **kwargs)
-    return ds.PieceTokenizer(tokenizer).encode(pieces)
+    return ds.SampleTokenizer(tokenizer).encode(pieces)
 
 
 def trained_runs(tokenizer, ids: list[int], labels: list[int]) -> list[str]:
@@ -108,26 +108,40 @@ def test_train_on_inputs_trains_everything(tokenizer):
     assert labels == ids
 
 
-def test_segments_read_by_axolotl_give_the_same_masks(tokenizer):
-    for kwargs in ({}, {"end_of_turn": "eos", "eos": tokenizer.eos_token}):
+def test_mistral_sample_is_the_whole_text_with_bos_first(mistral_tokenizer):
+    tok = mistral_tokenizer
+    for kwargs in ({}, {"end_of_turn": "eos", "eos": tok.eos_token}):
         pieces = ds.compose(ds.layout(four_turns()), 0, 4, **kwargs)
-        row = {"segments": [{"text": p.text, "label": p.label} for p in pieces]}
-        assert axolotl_input_output(tokenizer, row) == ds.PieceTokenizer(tokenizer).encode(
-            pieces)
+        ids, labels = ds.SampleTokenizer(tok).encode(pieces)
+        assert ids == tok(ds.join(pieces))["input_ids"]  # one call, BOS as it adds it
+        assert ids[0] == 1 and labels[0] == ds.IGNORE_INDEX
+    ids, labels = encode(four_turns(), tok)
+    assert trained_runs(tok, ids, labels) == [
+        '"Morning," Mira said.\n\n###', "She smiled. _Finally._\n\n###"]
+    # No `▁` where a piece starts: `.` `\n` `\n` `###`, as the whole text tokenises.
+    pieces = tok.convert_ids_to_tokens(ids)
+    said = pieces.index("▁said")
+    assert pieces[said:said + 6] == ["▁said", ".", "<0x0A>", "<0x0A>", "###", "▁Input"]
+    assert not any(pieces[i:i + 2] == ["▁", "<0x0A>"] for i in range(len(pieces)))
+    # Pieces tokenised alone (Axolotl's input_output reading) would differ on Mistral.
+    row = {"segments": [{"text": p.text, "label": p.label} for p in
+                        ds.compose(ds.layout(four_turns()), 0, 4)]}
+    assert axolotl_input_output(tok, row)[0] != ids
 
 
-def test_bos_is_added_only_when_the_tokenizer_adds_one(tokenizer):
-    assert ds.bos_text(tokenizer) is None
+def test_smollm2_samples_have_no_bos(tokenizer):
+    assert ds.SampleTokenizer(tokenizer).start_ids() == []
+    pieces = ds.compose(ds.layout(four_turns()), 0, 4)
+    assert pieces[0] == ds.Piece(ds.layout(four_turns()).system, False)
 
-    class WithBos:
-        bos_token, bos_token_id, eos_token, eos_token_id = "<s>", 1, "</s>", 2
 
-        def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": ([1] if add_special_tokens else []) + [5]}
-
-    assert ds.bos_text(WithBos()) == "<s>"
-    pieces = ds.compose(ds.layout(four_turns()), 0, 4, bos="<s>")
-    assert pieces[0] == ds.Piece("<s>", False)
+def test_axolotl_rows_carry_the_same_ids_and_labels():
+    rows = ds.axolotl_rows([{"source": "a", "window": 0, "input_ids": [1, 5, 6],
+                             "labels": [-100, 5, 6]}])
+    assert rows == [{"input_ids": [1, 5, 6], "attention_mask": [1, 1, 1],
+                     "labels": [-100, 5, 6]}]
+    with pytest.raises(ValueError, match="a: labels do not match input_ids"):
+        ds.axolotl_rows([{"source": "a", "input_ids": [1, 5], "labels": [-100, 7]}])
 
 
 # --------------------------------------------------------------------------- windows
@@ -147,7 +161,7 @@ def long_conversation(turns: int = 7) -> Conversation:
 def test_window_splitting_keeps_instruction_and_trains_each_turn_once(tokenizer):
     conv = long_conversation()
     lay = ds.layout(conv)
-    tok = ds.PieceTokenizer(tokenizer)
+    tok = ds.SampleTokenizer(tokenizer)
     assert tok.count(ds.compose(lay, 0, 0)) == 51  # BOS-less trigger + Instruction block
     config = ds.BuildConfig(seq_len=260, window_overlap=2)
     windows, action = ds.plan_samples(lay, tok, config)
@@ -166,13 +180,15 @@ def test_window_splitting_keeps_instruction_and_trains_each_turn_once(tokenizer)
     # repeats 3-4 and trains 5-6.
     assert windows == [ds.compose(lay, 0, 3), ds.compose(lay, 1, 5, {3, 4}),
                        ds.compose(lay, 3, 7, {5, 6})]
-    assert [tok.count(w) for w in windows] == [214, 234, 234]
+    # Whole-text counts: "burned. " + "\n\n###" tokenises " \n\n" as one token.
+    assert [tok.count(w) for w in windows] == [212, 232, 232]
+    assert [len(tokenizer(ds.join(w))["input_ids"]) for w in windows] == [212, 232, 232]
 
 
 def test_overflow_policies_are_reported(tokenizer, tmp_path):
     conv = long_conversation()
     (tmp_path / "c.yaml").write_text(dump_yaml(conv))
-    tok = ds.PieceTokenizer(tokenizer)
+    tok = ds.SampleTokenizer(tokenizer)
     whole = tok.count(ds.compose(ds.layout(conv), 0, 7))
     for policy, action, count in (("truncate", "truncated", 1), ("drop", "dropped", 0),
                                   ("window", "window", 3)):
@@ -186,14 +202,20 @@ def test_overflow_policies_are_reported(tokenizer, tmp_path):
         ds.build(str(tmp_path), tokenizer, ds.BuildConfig(seq_len=260, overflow="error"))
 
 
-def test_truncate_cuts_to_exactly_seq_len_and_segments_still_agree(tokenizer):
-    conv = long_conversation()
-    tok = ds.PieceTokenizer(tokenizer)
-    pieces = ds.truncate(ds.compose(ds.layout(conv), 0, 7), tok, 300)
-    ids, labels = tok.encode(pieces)
-    assert len(ids) == 300
-    row = {"segments": [{"text": p.text, "label": p.label} for p in pieces]}
-    assert axolotl_input_output(tokenizer, row) == (ids, labels)
+@pytest.mark.parametrize(("which", "tokens"), [("tokenizer", 299), ("mistral_tokenizer", 300)])
+def test_truncate_cuts_after_the_last_token_that_fits(which, tokens, request):
+    tokenizer = request.getfixturevalue(which)
+    tok = ds.SampleTokenizer(tokenizer)
+    whole = ds.compose(ds.layout(long_conversation()), 0, 7)
+    _, spans = tok.text(ds.join(whole))
+    pieces = ds.truncate(whole, tok, 300)
+    # The text up to the end of token 300; SmolLM2 tokenises the cut " \n" + "\n" as one
+    # token " \n\n", so that text is 299 tokens.
+    assert ds.join(pieces) == ds.join(whole)[:spans[299][1]]
+    ids, _ = tok.encode(pieces)
+    assert len(ids) == tokens
+    assert ids == tokenizer(ds.join(pieces))["input_ids"]
+    assert ds.truncate(whole, tok, 10_000) == whole
 
 
 # --------------------------------------------------------------------------- inputs
@@ -292,7 +314,7 @@ def test_build_normalises_and_labels_lengths(tokenizer, tmp_path):
 
 # --------------------------------------------------------------------------- files and CLI
 
-def test_written_files_agree_with_axolotl_reading(tokenizer, tmp_path):
+def test_written_files_agree_with_the_samples(tokenizer, tmp_path):
     root = tmp_path / "data"
     root.mkdir()
     (root / "long.yaml").write_text(dump_yaml(long_conversation()))
@@ -300,13 +322,15 @@ def test_written_files_agree_with_axolotl_reading(tokenizer, tmp_path):
     result = ds.build(str(root), tokenizer, ds.BuildConfig(seq_len=250, val=0.5, seed=1))
     stats = ds.write_build(result, tmp_path / "out", tokenizer)
     for split in ("train", "eval"):
-        rows = [json.loads(x) for x in (tmp_path / "out" / f"{split}.jsonl").read_text()
-                .splitlines()]
+        rows = [json.loads(x) for x in (tmp_path / "out" / "segments" / f"{split}.jsonl")
+                .read_text().splitlines()]
         tokenized = ds.read_tokenized(tmp_path / "out", split)
         assert len(rows) == len(tokenized) == stats["splits"][split]["samples"] > 0
         for row, tok_row in zip(rows, tokenized, strict=True):
-            assert axolotl_input_output(tokenizer, row) == (tok_row["input_ids"],
-                                                             tok_row["labels"])
+            assert (row["source"], row["window"]) == (tok_row["source"], tok_row["window"])
+            pieces = [ds.Piece(p["text"], p["label"]) for p in row["segments"]]
+            assert ds.SampleTokenizer(tokenizer).encode(pieces) == (tok_row["input_ids"],
+                                                                    tok_row["labels"])
     assert ds.is_built(tmp_path / "out")
     assert stats["supervised_tokens"] == sum(s.supervised for s in result.samples)
     assert stats["conversations"] == 2 and stats["messages"] == 11
@@ -331,7 +355,8 @@ def test_cli_data_lint_build_stats(tokenizer_dir, tmp_path):
     result = runner.invoke(app, ["data", "build", str(good), "-o", str(out), "--model",
                                  str(tokenizer_dir), "--val", "0"])
     assert result.exit_code == 0, result.output
-    assert (out / "train.jsonl").is_file() and (out / "tokenized" / "eval.jsonl").is_file()
+    assert (out / "segments" / "train.jsonl").is_file()
+    assert (out / "tokenized" / "eval.jsonl").is_file()
     result = runner.invoke(app, ["data", "stats", str(out), "--json"])
     assert result.exit_code == 0
     assert json.loads(result.output)["supervised_tokens"] == 19

@@ -12,9 +12,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from limamono import dataset as ds
 from limamono import format as fmt
 from limamono.conversation import Character, Conversation, Message, User, dump_yaml
 from limamono.train import ConfigError, TrainConfig, load_config, make_config, parse_overrides
+from limamono.train.data import RUN_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -218,15 +220,14 @@ def test_lr_sweep_picks_the_lowest_eval_loss(tmp_path, tiny_model_dir):
     assert manifest["config"]["num_epochs"] == 1
 
 
-def test_export_axolotl_writes_config_and_segments(tmp_path, tiny_model_dir):
+def test_export_axolotl_writes_config_and_pretokenized_rows(tmp_path, tiny_model_dir):
     from limamono.train import export_axolotl
 
     data = write_data(tmp_path / "data", 2, eval_n=1)
     config = tiny_config(tmp_path, tiny_model_dir, data)
     path = export_axolotl(config, tmp_path / "axo")
     cfg = yaml.safe_load(path.read_text())
-    assert cfg["datasets"] == [{"path": "train.jsonl", "ds_type": "json",
-                                "type": "input_output"}]
+    assert cfg["datasets"] == [{"path": "train.jsonl", "ds_type": "json"}]  # no type:
     assert cfg["test_datasets"][0]["path"] == "eval.jsonl" and cfg["val_set_size"] == 0
     assert (cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (8, 16, 0.5)
     assert (cfg["sequence_len"], cfg["pad_to_sequence_len"], cfg["sample_packing"]) == (
@@ -235,9 +236,14 @@ def test_export_axolotl_writes_config_and_segments(tmp_path, tiny_model_dir):
     assert (cfg["optimizer"], cfg["lr_scheduler"], cfg["learning_rate"]) == (
         "adamw_torch", "cosine", 1e-2)
     assert "warmup_steps" not in cfg  # Axolotl's default rule, as limamono train applies
-    rows = (tmp_path / "axo" / "train.jsonl").read_text().splitlines()
-    assert len(rows) == 2 and json.loads(rows[0])["segments"][-1] == {"text": "\n\n###",
-                                                                      "label": True}
+    rows = [json.loads(r) for r in (tmp_path / "axo" / "train.jsonl").read_text().splitlines()]
+    tokenized = ds.read_tokenized(tmp_path / "axo" / RUN_DATA_DIR, "train")
+    assert len(rows) == len(tokenized) == 2
+    for row, tok_row in zip(rows, tokenized, strict=True):
+        assert set(row) == {"input_ids", "attention_mask", "labels"}  # exactly, for Axolotl
+        assert (row["input_ids"], row["labels"]) == (tok_row["input_ids"], tok_row["labels"])
+        assert row["attention_mask"] == [1] * len(row["input_ids"])
+    assert (tmp_path / "axo" / "stats.json").is_file()
 
 
 def test_cli_train_rejects_a_bad_config_before_loading(tmp_path):

@@ -122,8 +122,9 @@ def build_cmd(
     length_bounds: str = _BOUNDS, window_overlap: int = _OVERLAP, trigger: str = _TRIGGER,
     normalize: bool = _NORMALIZE,
 ) -> None:
-    """Build masked training samples: train.jsonl/eval.jsonl (Axolotl input_output
-    segments), tokenized/{train,eval}.jsonl (input ids and labels) and stats.json."""
+    """Build masked training samples: tokenized/{train,eval}.jsonl (input ids and labels,
+    each sample tokenised whole), segments/ (the same samples as labelled text) and
+    stats.json."""
     from limamono.dataset import DatasetError, build, write_build
 
     config = _build_config(seq_len, val, seed, overflow, end_of_turn, train_on_inputs,
@@ -137,7 +138,7 @@ def build_cmd(
         fail(str(exc), EXIT_BAD_INPUT)
     stats = write_build(result, output, tokenizer, model)
     _report(stats)
-    out.print(f"wrote {output}/train.jsonl, eval.jsonl, tokenized/, stats.json")
+    out.print(f"wrote {output}/tokenized/, segments/, stats.json")
 
 
 def _report(stats: dict[str, Any]) -> None:

@@ -7,7 +7,8 @@ Public API:
 - ``BuildConfig``, ``build(root, tokenizer, config)``, ``build_samples(records, ...)``:
   samples with exact loss masks; ``write_build(result, out, tokenizer)`` writes them.
 - ``compute_stats``, ``read_stats``, ``read_tokenized``, ``is_built``: figures and outputs.
-- ``layout``, ``compose``, ``PieceTokenizer``: the mask policy, piece by piece.
+- ``axolotl_rows``: Axolotl's pre-tokenized rows of the same ids and labels.
+- ``layout``, ``compose``, ``SampleTokenizer``: the mask policy; whole-text token ids.
 """
 
 from limamono.dataset.build import (
@@ -24,6 +25,7 @@ from limamono.dataset.build import (
 )
 from limamono.dataset.output import (
     STATS_FILE,
+    axolotl_rows,
     compute_stats,
     is_built,
     read_stats,
@@ -31,6 +33,7 @@ from limamono.dataset.output import (
     segment_row,
     tokenizer_fingerprint,
     write_build,
+    write_jsonl,
 )
 from limamono.dataset.samples import (
     END_OF_TURN,
@@ -38,9 +41,9 @@ from limamono.dataset.samples import (
     IGNORE_INDEX,
     Layout,
     Piece,
-    PieceTokenizer,
-    bos_text,
+    SampleTokenizer,
     compose,
+    join,
     layout,
     truncate,
 )
@@ -70,11 +73,11 @@ __all__ = [
     "Layout",
     "OverflowEvent",
     "Piece",
-    "PieceTokenizer",
     "Problem",
     "Record",
     "Sample",
-    "bos_text",
+    "SampleTokenizer",
+    "axolotl_rows",
     "build",
     "build_samples",
     "check_record",
@@ -86,6 +89,7 @@ __all__ = [
     "from_limarp",
     "is_built",
     "is_limarp",
+    "join",
     "layout",
     "lint_dir",
     "load_dir",
@@ -98,4 +102,5 @@ __all__ = [
     "tokenizer_fingerprint",
     "truncate",
     "write_build",
+    "write_jsonl",
 ]

@@ -3,9 +3,9 @@
 Pipeline: load every file (collecting all problems), stop on blocking errors, drop
 duplicate conversations (reported), apply the style module's safe fixes (reported), label
 lengths by word count, split train/eval by conversation, render and tokenise each
-conversation, handle over-long ones by the chosen policy (reported), and write
-``train.jsonl``/``eval.jsonl`` (Axolotl ``input_output`` segments),
-``tokenized/{train,eval}.jsonl`` (input ids and labels) and ``stats.json``.
+conversation (each sample whole, ``limamono.tokens``), handle over-long ones by the
+chosen policy (reported), and write ``tokenized/{train,eval}.jsonl`` (input ids and
+labels), ``segments/`` (the samples as labelled text) and ``stats.json``.
 
 Windowing (``overflow="window"``): every window holds the BOS/Instruction block and a run
 of whole turns. The first window starts at turn 0 and takes turns while they fit; a
@@ -32,9 +32,8 @@ from limamono.dataset.samples import (
     EndOfTurn,
     Layout,
     Piece,
-    PieceTokenizer,
+    SampleTokenizer,
     Tokenizer,
-    bos_text,
     compose,
     layout,
     truncate,
@@ -204,13 +203,13 @@ def _split_problems(records: Sequence[Record]) -> list[Problem]:
 
 # --------------------------------------------------------------------------- samples
 
-def plan_samples(lay: Layout, tok: PieceTokenizer, config: BuildConfig,
-                 bos: str | None = None, eos: str | None = None) -> tuple[list[list[Piece]], str]:
+def plan_samples(lay: Layout, tok: SampleTokenizer, config: BuildConfig,
+                 eos: str | None = None) -> tuple[list[list[Piece]], str]:
     """The samples of one conversation and the overflow action taken (``""`` if it fits)."""
 
     def build(start: int, end: int, trained: set[int] | None = None) -> list[Piece]:
         return compose(lay, start, end, trained, config.end_of_turn, config.train_on_inputs,
-                       bos, eos)
+                       eos)
 
     whole = build(0, len(lay.turns))
     if tok.count(whole) <= config.seq_len:
@@ -224,7 +223,7 @@ def plan_samples(lay: Layout, tok: PieceTokenizer, config: BuildConfig,
     return _windows(lay, tok, config, build)
 
 
-def _windows(lay: Layout, tok: PieceTokenizer, config: BuildConfig,
+def _windows(lay: Layout, tok: SampleTokenizer, config: BuildConfig,
              build: Callable[..., list[Piece]]) -> tuple[list[list[Piece]], str]:
     n, limit = len(lay.turns), config.seq_len
     chars = [i for i, turn in enumerate(lay.turns) if turn.role == "char"]
@@ -295,15 +294,14 @@ def build_samples(records: Sequence[Record], tokenizer: Tokenizer,
 
 
 def _tokenize_all(result: BuildResult, tokenizer: Tokenizer) -> None:
-    config, tok = result.config, PieceTokenizer(tokenizer)
-    bos = bos_text(tokenizer)
+    config, tok = result.config, SampleTokenizer(tokenizer)
     eos = getattr(tokenizer, "eos_token", None)
     for record in result.records:
         lay = layout(record.conversation, config.trigger)
         full = compose(lay, 0, len(lay.turns), None, config.end_of_turn,
-                       config.train_on_inputs, bos, eos)
+                       config.train_on_inputs, eos)
         result.conversation_tokens[record.name] = tok.count(full)
-        planned, action = plan_samples(lay, tok, config, bos, eos)
+        planned, action = plan_samples(lay, tok, config, eos)
         if action:
             result.overflow.append(OverflowEvent(record.name, tok.count(full), action,
                                                  len(planned)))

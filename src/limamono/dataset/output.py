@@ -2,9 +2,14 @@
 
 Layout of a built dataset folder::
 
-    train.jsonl, eval.jsonl          Axolotl `input_output` rows: {"segments": [{text, label}]}
     tokenized/train.jsonl, eval.jsonl  {"source", "window", "input_ids", "labels"}
-    stats.json                       figures, the build config and everything reported
+    segments/train.jsonl, eval.jsonl   {"source", "window", "segments": [{text, label}]}
+    stats.json                         figures, the build config and everything reported
+
+The token ids are the truth: each sample's text tokenised whole (``limamono.tokens``). The
+segments show the same sample as labelled text, for reading; they are not Axolotl
+``input_output`` data, since Axolotl tokenises each segment alone, which on SentencePiece
+tokenizers gives other ids. ``axolotl_rows`` gives Axolotl's pre-tokenized rows instead.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 crashed build never leaves a half-written file under the final name.
@@ -25,18 +30,21 @@ from limamono import atomic
 from limamono import format as fmt
 from limamono.conversation import LENGTHS
 from limamono.dataset.build import SPLITS, BuildResult, Sample
-from limamono.dataset.samples import PieceTokenizer, Tokenizer
+from limamono.dataset.samples import IGNORE_INDEX, Tokenizer
+from limamono.tokens import encode
 
 STATS_FILE = "stats.json"
 TOKENIZED_DIR = "tokenized"
-#: Version of the built-folder layout, stored in stats.json.
-BUILD_VERSION = 1
+SEGMENTS_DIR = "segments"
+#: Version of the built-folder layout, stored in stats.json (2: whole-text token ids).
+BUILD_VERSION = 2
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> dict[str, Any]:
-    """A short identity of a tokenizer: its name, vocabulary size and a probe's ids hash."""
+    """A short identity of a tokenizer: its name, vocabulary size and a probe's ids hash
+    (BOS included, so a change of the BOS convention shows)."""
     probe = "### Response: (length = long)\nÉlodie: \"Hello…\" _thinking_ *thud* 12345"
-    ids = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    ids = encode(tokenizer, probe)
     return {"name": str(getattr(tokenizer, "name_or_path", "") or ""),
             "vocab_size": len(tokenizer) if hasattr(tokenizer, "__len__") else None,
             "probe_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
@@ -57,14 +65,14 @@ def compute_stats(result: BuildResult, tokenizer: Tokenizer) -> dict[str, Any]:
     rates of character turns; ``limamono.quality.quality_figures``)."""
     from limamono.quality import quality_figures
 
-    tok = PieceTokenizer(tokenizer)
     words: dict[str, list[int]] = {"char": [], "user": []}
     tokens: dict[str, list[int]] = {"char": [], "user": []}
     labels: dict[str, Counter[str]] = {"char": Counter(), "user": Counter()}
     for record in result.records:
         for message in record.conversation.messages:
             words[message.role].append(fmt.word_count(message.text))
-            tokens[message.role].append(len(tok.ids(" " + message.text)))
+            tokens[message.role].append(len(tokenizer(" " + message.text,
+                                                      add_special_tokens=False)["input_ids"]))
             labels[message.role][message.length or "none"] += 1
     per_split = {split: _split_stats(result, split) for split in SPLITS}
     return {
@@ -110,8 +118,29 @@ def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def segment_row(sample: Sample) -> dict[str, Any]:
-    """The Axolotl ``input_output`` row of a sample."""
-    return {"segments": [{"text": p.text, "label": p.label} for p in sample.pieces]}
+    """A sample as labelled text (the ``segments/`` files): where from, and its pieces."""
+    return {"source": sample.source, "window": sample.window,
+            "segments": [{"text": p.text, "label": p.label} for p in sample.pieces]}
+
+
+def axolotl_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Axolotl's pre-tokenized rows (``input_ids``, ``attention_mask``, ``labels``, exactly
+    those columns, used with no ``type:``) of tokenised rows, so Axolotl trains the very
+    ids ``limamono train`` does (reference/training.md §1; Axolotl's "Custom Pre-Tokenized
+    Dataset" docs)."""
+    out = []
+    for row in rows:
+        ids, labels = list(row["input_ids"]), list(row["labels"])
+        if len(ids) != len(labels) or any(v not in (t, IGNORE_INDEX)
+                                          for t, v in zip(ids, labels, strict=True)):
+            raise ValueError(f"{row.get('source', 'a row')}: labels do not match input_ids")
+        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return out
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write JSON lines atomically."""
+    atomic_write(path, _jsonl(rows))
 
 
 def write_build(result: BuildResult, out: str | Path, tokenizer: Tokenizer,
@@ -120,7 +149,8 @@ def write_build(result: BuildResult, out: str | Path, tokenizer: Tokenizer,
     out = Path(out)
     for split in SPLITS:
         samples = [s for s in result.samples if s.split == split]
-        atomic_write(out / f"{split}.jsonl", _jsonl(segment_row(s) for s in samples))
+        atomic_write(out / SEGMENTS_DIR / f"{split}.jsonl",
+                     _jsonl(segment_row(s) for s in samples))
         atomic_write(out / TOKENIZED_DIR / f"{split}.jsonl", _jsonl(
             {"source": s.source, "window": s.window, "input_ids": s.input_ids,
              "labels": s.labels} for s in samples))

@@ -2,7 +2,7 @@
 
 The mask policy (SPEC §6, ``train_on_inputs: false``) lives here and only here:
 
-- masked: BOS (when the tokenizer uses one), the trigger phrase and the Instruction block,
+- masked: BOS (when the tokenizer adds one), the trigger phrase and the Instruction block,
   every Input turn (header, ``Name:``, text), every Response header and ``{char}:`` prefix;
 - trained: the text of each character turn (it starts with its space), then the
   end-of-turn signal:
@@ -15,18 +15,23 @@ The mask policy (SPEC §6, ``train_on_inputs: false``) lives here and only here:
   - ``eos``: the tokenizer's EOS token follows each character text and is trained; the
     EOS then also sits in the input ids in front of the next header.
 
-Pieces are tokenised one by one (``add_special_tokens=False``) and the ids concatenated,
-exactly as Axolotl reads ``type: input_output`` segments, so the JSONL the builder writes
-and the token ids it writes give the same masks by construction.
+Token identity (``limamono.tokens``): a sample's pieces are joined and tokenised whole, in
+one call, with BOS first where the tokenizer's convention puts one, exactly as the engine
+tokenises a prompt; a token's label comes from the pieces its characters belong to (the
+tokenizer's offsets). Tokenising piece by piece would not do: SentencePiece tokenizers
+(Mistral, Llama) put a ``▁`` at the start of every separate call.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Literal, Protocol
 
 from limamono import format as fmt
+from limamono import tokens
 from limamono.conversation import Conversation
 
 #: Label of tokens that do not count in the loss (PyTorch's cross-entropy ignore index).
@@ -99,7 +104,7 @@ def layout(conversation: Conversation, trigger: str = fmt.DEFAULT_TRIGGER) -> La
 
 def compose(lay: Layout, start: int, end: int, trained: set[int] | None = None,
             end_of_turn: EndOfTurn = "header", train_on_inputs: bool = False,
-            bos: str | None = None, eos: str | None = None) -> list[Piece]:
+            eos: str | None = None) -> list[Piece]:
     """The pieces of a sample holding the system block and turns ``start .. end-1``.
 
     Args:
@@ -110,7 +115,6 @@ def compose(lay: Layout, start: int, end: int, trained: set[int] | None = None,
             the others are context only (a window's overlap).
         end_of_turn: ``header`` or ``eos`` (see the module docstring).
         train_on_inputs: train every token (the LimaRP "completion" style).
-        bos: BOS text to put first (masked), when the tokenizer's convention has one.
         eos: the EOS token text (needed for ``end_of_turn="eos"``).
     """
     if end_of_turn not in END_OF_TURN:
@@ -119,8 +123,7 @@ def compose(lay: Layout, start: int, end: int, trained: set[int] | None = None,
     if end_of_turn == "eos" and not eos:
         raise ValueError("end_of_turn='eos' needs a tokenizer with an EOS token")
     chosen = set(range(start, end)) if trained is None else trained
-    pieces = [Piece(bos, False)] if bos else []
-    pieces.append(Piece(lay.system, False))
+    pieces = [Piece(lay.system, False)]
     previous_trained = False  # was the turn before this one a trained character turn?
     for i in range(start, end):
         turn = lay.turns[i]
@@ -143,66 +146,89 @@ def compose(lay: Layout, start: int, end: int, trained: set[int] | None = None,
 
 
 @dataclass
-class PieceTokenizer:
-    """Tokenises pieces one at a time, caching ids per text (headers repeat a lot)."""
+class SampleTokenizer:
+    """Tokenises a sample's pieces as one text (see the module docstring).
+
+    The newest encodings are kept (windowing measures the same sample text again when it
+    builds it), at most ``cache_size`` of them.
+    """
 
     tokenizer: Tokenizer
-    cache: dict[str, list[int]] = field(default_factory=dict)
+    cache_size: int = 64
+    _cache: OrderedDict[str, tuple[list[int], list[tokens.Span]]] = field(
+        default_factory=OrderedDict, repr=False)
+    _start: list[int] | None = field(default=None, repr=False)
 
-    def ids(self, text: str) -> list[int]:
-        """Token ids of one piece, without special tokens added."""
-        if text not in self.cache:
-            self.cache[text] = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return self.cache[text]
+    def start_ids(self) -> list[int]:
+        """The ids the tokenizer puts before any text (its BOS, or none)."""
+        if self._start is None:
+            self._start = tokens.start_ids(self.tokenizer)
+        return self._start
+
+    def text(self, text: str) -> tuple[list[int], list[tokens.Span]]:
+        """Ids of a whole text (BOS first when the tokenizer adds one) and their spans."""
+        if text in self._cache:
+            self._cache.move_to_end(text)
+            return self._cache[text]
+        found = tokens.encode_spans(self.tokenizer, text, self.start_ids())
+        self._cache[text] = found
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return found
 
     def count(self, pieces: Sequence[Piece]) -> int:
-        """Total tokens of the pieces."""
-        return sum(len(self.ids(p.text)) for p in pieces)
+        """Tokens of the sample the pieces make."""
+        return len(self.text(join(pieces))[0])
 
     def encode(self, pieces: Sequence[Piece]) -> tuple[list[int], list[int]]:
-        """Input ids and labels (-100 where a piece is not trained)."""
-        input_ids: list[int] = []
-        labels: list[int] = []
-        for piece in pieces:
-            ids = self.ids(piece.text)
-            input_ids += ids
-            labels += ids if piece.label else [IGNORE_INDEX] * len(ids)
-        return input_ids, labels
+        """Input ids and labels (-100 where no character of a token is trained).
+
+        A token is trained when any of its characters is in a trained piece; the ids
+        before the text (BOS) are never trained.
+        """
+        ids, spans = self.text(join(pieces))
+        # trained_before[i]: trained characters in text[:i]
+        trained_before = [0, *accumulate(int(p.label) for p in pieces for _ in p.text)]
+        last = len(trained_before) - 1
+        n_start = len(self.start_ids())
+        labels = [IGNORE_INDEX] * n_start
+        for token, (a, b) in zip(ids[n_start:], spans[n_start:], strict=True):
+            b = min(max(b, a + 1), last)  # a zero-width token: the character at it
+            labels.append(token if trained_before[b] > trained_before[a] else IGNORE_INDEX)
+        return ids, labels
 
 
-def bos_text(tokenizer: Tokenizer) -> str | None:
-    """The BOS text to start samples with, if the tokenizer adds BOS when encoding.
-
-    SmolLM2's tokenizer adds none; Llama and Mistral tokenizers add ``<s>``.
-    """
-    bos_id = getattr(tokenizer, "bos_token_id", None)
-    if bos_id is None:
-        return None
-    ids = list(tokenizer("a", add_special_tokens=True)["input_ids"])
-    return tokenizer.bos_token if ids[:1] == [bos_id] else None
+def join(pieces: Sequence[Piece]) -> str:
+    """The text of a sample: its pieces' texts, in order."""
+    return "".join(p.text for p in pieces)
 
 
-def truncate(pieces: Sequence[Piece], tok: PieceTokenizer, max_tokens: int) -> list[Piece]:
-    """The longest prefix of ``pieces`` within ``max_tokens`` tokens.
-
-    The piece that crosses the limit is cut to the decoded text of its first tokens,
-    shortened until it tokenises back to exactly those ids, so the segments and the ids
-    still agree.
-    """
+def cut(pieces: Sequence[Piece], chars: int) -> list[Piece]:
+    """The pieces of the first ``chars`` characters of a sample (the last one shortened)."""
     out: list[Piece] = []
-    used = 0
     for piece in pieces:
-        ids = tok.ids(piece.text)
-        if used + len(ids) <= max_tokens:
-            out.append(piece)
-            used += len(ids)
-            continue
-        keep = max_tokens - used
-        while keep > 0:
-            text = tok.tokenizer.decode(ids[:keep])
-            if tok.ids(text) == ids[:keep]:
-                out.append(Piece(text, piece.label))
-                break
-            keep -= 1
-        break
+        if chars <= 0:
+            break
+        out.append(piece if len(piece.text) <= chars else Piece(piece.text[:chars], piece.label))
+        chars -= len(piece.text)
     return out
+
+
+def truncate(pieces: Sequence[Piece], tok: SampleTokenizer, max_tokens: int) -> list[Piece]:
+    """The longest prefix of the sample (cut after a whole token) within ``max_tokens``.
+
+    The text is cut after the last token that fits; the cut text is tokenised again (its
+    last token may tokenise differently alone) and cut one token earlier while it is still
+    too long, so the segments and the ids still agree.
+    """
+    ids, spans = tok.text(join(pieces))
+    n_start = len(tok.start_ids())
+    keep = min(max_tokens, len(ids))
+    if keep == len(ids):
+        return list(pieces)
+    while keep > n_start:
+        shorter = cut(pieces, spans[keep - 1][1])
+        if tok.count(shorter) <= max_tokens:
+            return shorter
+        keep -= 1
+    return []

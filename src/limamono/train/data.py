@@ -23,7 +23,7 @@ class TrainData:
     Attributes:
         train: rows with ``input_ids`` and ``labels`` (lists of ints).
         eval: the held-out rows (may be empty).
-        built_dir: the built dataset folder (``train.jsonl``, ``tokenized/``, ``stats.json``).
+        built_dir: the built dataset folder (``tokenized/``, ``segments/``, ``stats.json``).
         data_hash: SHA-256 of the tokenised files, recorded in the manifest.
         stats: the folder's ``stats.json``.
     """

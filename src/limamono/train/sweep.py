@@ -4,9 +4,11 @@ The card picked "the learning rate that about minimizes the eval loss on one epo
 constant learning schedule": ``lr_sweep`` runs exactly that, one short run per rate on the
 same built data, and picks the rate with the lowest eval loss.
 
-``export_axolotl`` writes the same run as an Axolotl config (``type: input_output``
-datasets, the same hyperparameters) next to the built dataset files, for users who train
-with Axolotl (see reference/training.md §1).
+``export_axolotl`` writes the same run as an Axolotl config (pre-tokenized datasets, the
+same hyperparameters) next to the very token ids and labels ``limamono train`` uses, for
+users who train with Axolotl (see reference/training.md §1). Pre-tokenized rather than
+``input_output`` segments: Axolotl tokenises each segment alone, which on SentencePiece
+tokenizers (Mistral, the card's base) puts a ``▁`` at every segment start and no BOS.
 """
 
 from __future__ import annotations
@@ -134,9 +136,9 @@ def axolotl_config(config: TrainConfig, base_model: str) -> dict[str, Any]:
         "bf16": config.bf16 if config.bf16 == "auto" else config.bf16 == "true",
         "gradient_checkpointing": config.gradient_checkpointing,
         "seed": config.seed,
-        "datasets": [{"path": "train.jsonl", "ds_type": "json", "type": "input_output"}],
-        "test_datasets": [{"path": "eval.jsonl", "ds_type": "json", "type": "input_output",
-                           "split": "train"}],
+        # No `type:`: rows already hold input_ids, attention_mask and labels.
+        "datasets": [{"path": "train.jsonl", "ds_type": "json"}],
+        "test_datasets": [{"path": "eval.jsonl", "ds_type": "json", "split": "train"}],
         "val_set_size": 0,
         "evals_per_epoch": 1,
         "saves_per_epoch": 1,
@@ -156,7 +158,8 @@ def axolotl_config(config: TrainConfig, base_model: str) -> dict[str, Any]:
 
 def export_axolotl(config: TrainConfig, target: str | Path,
                    notify: Notify | None = None) -> Path:
-    """Write ``axolotl.yaml`` and the built dataset (train.jsonl, eval.jsonl) to ``target``.
+    """Write ``axolotl.yaml``, the built samples as Axolotl's pre-tokenized rows
+    (``train.jsonl``, ``eval.jsonl``) and ``stats.json`` to ``target``.
 
     Raises:
         DatasetError, ModelError: the data cannot be built with the model's tokenizer.
@@ -171,17 +174,18 @@ def export_axolotl(config: TrainConfig, target: str | Path,
     spec = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
     built = ensure_built(config, tokenizer, target / RUN_DATA_DIR, notify or _warn)
-    for name in ("train.jsonl", "eval.jsonl", ds.STATS_FILE):
-        if (built / name).is_file():
-            shutil.copyfile(built / name, target / name)
+    for split in ("train", "eval"):
+        ds.write_jsonl(target / f"{split}.jsonl",
+                       ds.axolotl_rows(ds.read_tokenized(built, split)))
+    shutil.copyfile(built / ds.STATS_FILE, target / ds.STATS_FILE)
     has_eval = bool(ds.read_tokenized(built, "eval"))
     data = axolotl_config(config, str(spec.path))
     if not has_eval:
         data.pop("test_datasets")
         data.pop("evals_per_epoch", None)
-    header = ("# Axolotl config exported by `limamono export axolotl`: the same data (type\n"
-              "# input_output, masks included in the segments) and hyperparameters as\n"
-              "# `limamono train`. Run from this folder: `axolotl train axolotl.yaml`.\n")
+    header = ("# Axolotl config exported by `limamono export axolotl`: the same token ids and\n"
+              "# labels (pre-tokenized rows) and hyperparameters as `limamono train`.\n"
+              "# Run from this folder: `axolotl train axolotl.yaml`.\n")
     text = header + yaml.safe_dump(data, sort_keys=False)
     (target / AXOLOTL_CONFIG).write_text(text)
     return target / AXOLOTL_CONFIG
