@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from limamono import format as fmt
 from limamono.conversation import Character, Conversation, Message, User
+from limamono.policy import get_policy
 from limamono.samplers import KOBOLDCPP_DEFAULT_ORDER
 from limamono.server import ServerConfig, create_app
 from test_server_fakes import FakeEngine, sse_events
@@ -192,7 +193,8 @@ def textgen_body(prompt: str) -> dict[str, Any]:
 def test_textgen_mode(client: TestClient, engine: FakeEngine) -> None:
     # Status: /v1/models then /v1/internal/model/info (enables remote token counting).
     assert client.get("/v1/internal/model/info").json() == {
-        "model_name": "fake-limamono", "lora_names": []}
+        "model_name": "fake-limamono", "lora_names": [], "context_length": 2048,
+        "prompt_policy": "training"}
     assert client.post("/v1/internal/encode", json={"text": "abc"}).json() == {
         "tokens": [97, 98, 99], "length": 3}
     assert client.post("/v1/internal/token-count", json={"text": "abcd"}).json() == {"length": 4}
@@ -250,12 +252,14 @@ def test_chat_completion_renders_the_limamono_format(client: TestClient,
         "messages": chat_messages(), "max_tokens": 100, "response_length": "medium"}).json()
     assert body["choices"][0]["message"] == {"role": "assistant",
                                              "content": "She opened the door."}
-    expected = fmt.render(Conversation(
+    conversation = Conversation(
         Character("Edda Varn", "A lighthouse keeper."), User("Corin"), "A storm.",
-        [Message("char", "Edda looked up."), Message("user", "Hello?")]),
-        open_response=True, response_length="medium", input_length="tiny")
+        [Message("char", "Edda looked up."), Message("user", "Hello?")])
+    expected = get_policy("training").render(conversation, response_length="medium")
     call = engine.calls[0]
     assert call.prompt == expected
+    assert "### Response: (length = micro)\nEdda Varn: Edda looked up.\n\n### Input: " \
+        "(length = micro)\nCorin: Hello?" in call.prompt
     assert call.prompt.endswith("### Response: (length = medium)\nEdda Varn:")
     assert set(fmt.stop_strings("Corin")) <= set(call.stop)
 
@@ -292,7 +296,24 @@ def test_chat_takes_the_character_name_from_its_turns(client: TestClient,
                 {"role": "user", "name": "Corin", "content": "Hello?"}]
     client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 10})
     assert engine.calls[0].prompt.endswith("\nEdda Varn:")
-    assert "\n\n### Response:\nEdda Varn: Who's there?" in engine.calls[0].prompt
+    assert engine.calls[0].prompt.startswith(f"{fmt.TRIGGERS['card']}\n\n### Instruction:\n"
+                                             "Edda Varn\nWrite the next reply.\nScenario: A "
+                                             "storm.\n\n### Response: (length = micro)\n"
+                                             "Edda Varn: Who's there?")
+
+
+def test_chat_policy_sillytavern_renders_as_the_presets(client: TestClient,
+                                                        engine: FakeEngine) -> None:
+    client.post("/v1/chat/completions", json={"messages": chat_messages(), "max_tokens": 10,
+                                              "policy": "sillytavern"})
+    conversation = Conversation(
+        Character("Edda Varn", "A lighthouse keeper."), User("Corin"), "A storm.",
+        [Message("char", "Edda looked up."), Message("user", "Hello?")])
+    assert engine.calls[0].prompt == fmt.render(conversation, open_response=True,
+                                                input_length="tiny")
+    bad = client.post("/v1/chat/completions", json={"messages": chat_messages(),
+                                                    "policy": "chat"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "policy"
 
 
 def test_unimplemented_samplers_are_accepted_with_a_warning(

@@ -355,9 +355,9 @@ def from_chat_messages(messages: Sequence[dict[str, Any]], user_name: str = "Use
     if not sheet and not char_name:
         raise FormatError("a system message with the character sheet (name on the first line) "
                           "is required", message_index=0)
+    if char_name and sheet and sheet.split("\n", 1)[0] != char_name:
+        sheet = f"{char_name}\n{sheet}"  # a sheet that does not start with the name
     character, scenario = _parse_sheet(sheet, 1) if sheet else (Character(char_name or ""), "")
-    if char_name:
-        character = Character(char_name, character.description)
     turns: list[Message] = []
     for i, m in enumerate(messages):
         role = m.get("role")

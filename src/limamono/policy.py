@@ -301,3 +301,13 @@ def fit_text(prompt: str, count_tokens: CountTokens, context: int,
 
 def _newest_user(messages: Sequence[Message]) -> int | None:
     return max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+
+
+def token_counter(engine: object) -> CountTokens:
+    """The token count of a prompt as ``engine`` will feed it (the one place that says how).
+
+    An engine that adds start tokens (BOS) to every prompt says so with ``prompt_ids``;
+    otherwise its ``tokenize`` is the count.
+    """
+    ids_of = getattr(engine, "prompt_ids", None) or engine.tokenize
+    return lambda text: len(ids_of(text))

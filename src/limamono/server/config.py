@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from limamono.policy import PromptPolicy
 from limamono.samplers import SamplerError, SamplerSettings, get_preset
 
 
@@ -25,6 +26,8 @@ class ServerConfig:
         max_stop_chars: Longer stop strings are refused (400).
         retry_after_s: ``Retry-After`` of a 503 (SillyTavern retries every 2.5 s anyway).
         adapter_name: Shown as the LoRA in ``/v1/internal/model/info``.
+        prompt_policy: Labels and fits the chat route's prompts (``--policy``; the
+            adapter's trigger and length bounds).
     """
 
     preset: str = "limamono"
@@ -37,6 +40,7 @@ class ServerConfig:
     max_stop_chars: int = 512
     retry_after_s: int = 2
     adapter_name: str | None = None
+    prompt_policy: PromptPolicy = field(default_factory=PromptPolicy)
 
     def __post_init__(self) -> None:
         """Check the limits; raise ValueError naming the option and its allowed range."""

@@ -13,15 +13,23 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from limamono import format as fmt
+from limamono import policy as pol
 from limamono.generation import TextChunk
+from limamono.server import stchat
 from limamono.server.errors import BAD_REQUEST, ApiError, stream_error
-from limamono.server.params import GenerationRequest, dialect_of, single_prompt, text_request
+from limamono.server.params import (
+    ChatPrompt,
+    GenerationRequest,
+    dialect_of,
+    single_prompt,
+    text_request,
+)
 from limamono.server.schemas import ChatCompletionRequest, CompletionRequest, EncodeRequest
 from limamono.server.state import ServerState, body_fields
 from limamono.server.streaming import EventStream, job_stream, sse, wire_finish_reason
@@ -57,7 +65,7 @@ def completion_request(body: CompletionRequest, state: ServerState) -> Generatio
                         config=state.config, engine_context=state.engine.context_length)
 
 
-def _length_label(value: str | None, default: str, field: str) -> str | None:
+def _length_label(value: str | None, default: str | None, field: str) -> str | None:
     """A length label from the request: absent -> ``default``, ``none`` -> no label."""
     if value is None:
         return default
@@ -69,41 +77,51 @@ def _length_label(value: str | None, default: str, field: str) -> str | None:
         raise ApiError(BAD_REQUEST, str(error), field=field) from None
 
 
-def chat_prompt(body: ChatCompletionRequest) -> tuple[str, list[str]]:
-    """The Limamono prompt of a chat request and the format's stop strings.
+def chat_prompt(body: ChatCompletionRequest, policy: pol.PromptPolicy) -> ChatPrompt:
+    """The conversation of a chat request, under the server's policy or the one it names.
+
+    SillyTavern's prompt-manager messages are understood (``limamono.server.stchat``).
 
     Raises:
         ApiError: 400 naming the message (or extension field) at fault.
     """
-    trigger = body.trigger or fmt.DEFAULT_TRIGGER
-    if trigger not in fmt.TRIGGERS:
-        raise ApiError(BAD_REQUEST, f"trigger={trigger!r}: must be one of "
-                       f"{', '.join(fmt.TRIGGERS)}", field="trigger")
+    for field, value, allowed in (("policy", body.policy, pol.POLICIES),
+                                  ("trigger", body.trigger, tuple(fmt.TRIGGERS))):
+        if value is not None and value not in allowed:
+            raise ApiError(BAD_REQUEST, f"{field}={value!r}: must be one of "
+                           f"{', '.join(allowed)}", field=field)
+    if body.policy is not None or body.trigger is not None:
+        policy = pol.get_policy(body.policy or policy.name, body.trigger or policy.trigger,
+                                policy.length_bounds)
     response_length = _length_label(body.response_length, fmt.DEFAULT_RESPONSE_LENGTH,
                                     "response_length")
-    input_length = _length_label(body.input_length, fmt.DEFAULT_INPUT_LENGTH, "input_length")
+    input_length = _length_label(body.input_length, None, "input_length")
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    # SillyTavern ("character names: completion object") names the character on its turns.
-    char_name = body.char_name or next(
-        (m["name"] for m in messages if m["role"] == "assistant" and m.get("name")), None)
     try:
-        conversation = fmt.from_chat_messages(messages, user_name=body.user_name or "User",
-                                              char_name=char_name)
-        prompt = fmt.render(conversation, open_response=True, response_length=response_length,
-                            input_length=input_length, trigger=trigger)
+        conversation = stchat.conversation(messages, char_name=body.char_name,
+                                           user_name=body.user_name)
+        policy.render(conversation, response_length=response_length,
+                      input_length=input_length)  # a turn holding a header fails here
     except fmt.FormatError as error:
         index = error.message_index
         field = "messages" if index is None else f"messages[{index}]"
         raise ApiError(BAD_REQUEST, str(error), field=field) from None
-    return prompt, fmt.stop_strings(conversation.user.name)
+    return ChatPrompt(conversation, policy, response_length, input_length)
 
 
 def chat_request(body: ChatCompletionRequest, state: ServerState) -> GenerationRequest:
-    """Check a ``/v1/chat/completions`` body (text-generation-webui samplers)."""
-    prompt, stops = chat_prompt(body)
-    return text_request(body_fields(body), prompt, "textgen", clamp=False,
-                        config=state.config, engine_context=state.engine.context_length,
-                        extra_stops=stops)
+    """Check a ``/v1/chat/completions`` body (text-generation-webui samplers).
+
+    The prompt is fitted to the context by the policy when the request is queued.
+    """
+    chat = chat_prompt(body, state.config.prompt_policy)
+    prompt = chat.policy.render(chat.conversation, response_length=chat.response_length,
+                                input_length=chat.input_length)
+    stops = chat.policy.stop_strings(chat.conversation.user.name)
+    request = text_request(body_fields(body), prompt, "textgen", clamp=False,
+                           config=state.config, engine_context=state.engine.context_length,
+                           extra_stops=stops)
+    return replace(request, chat=chat)
 
 
 def completion_events(meta: ReplyMeta) -> Callable[[TextChunk], list[str]]:
@@ -178,8 +196,11 @@ def router(state: ServerState) -> APIRouter:
 
     @api.get("/v1/models", summary="The served model (SillyTavern's status check)")
     async def models() -> dict[str, Any]:
+        # ``max_model_len`` is vLLM's name for the context; clients that read it size
+        # their prompts to what this server really fits.
         return {"object": "list", "data": [{"id": state.model_name, "object": "model",
-                                            "created": 0, "owned_by": "limamono"}]}
+                                            "created": 0, "owned_by": "limamono",
+                                            "max_model_len": state.engine.context_length}]}
 
     @api.post("/v1/completions", summary="Text completion (OpenAI, KoboldCpp, textgen)",
               response_model=None)
@@ -215,7 +236,9 @@ def router(state: ServerState) -> APIRouter:
     @api.get("/v1/internal/model/info", summary="Model and LoRA names (text-generation-webui)")
     async def model_info() -> dict[str, Any]:
         loras = [state.config.adapter_name] if state.config.adapter_name else []
-        return {"model_name": state.model_name, "lora_names": loras}
+        return {"model_name": state.model_name, "lora_names": loras,
+                "context_length": state.engine.context_length,
+                "prompt_policy": state.config.prompt_policy.name}
 
     @api.post("/v1/internal/encode", summary="Tokenize a text (text-generation-webui)")
     async def encode(body: EncodeRequest) -> dict[str, Any]:

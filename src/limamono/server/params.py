@@ -6,11 +6,12 @@ Everything here runs before a request enters the queue, so a bad request is refu
 - Reply length: Kobold routes clamp ``max_length`` so that some prompt still fits, as
   KoboldCpp does; OpenAI routes refuse a ``max_tokens`` that leaves no room for a prompt
   (400), as vLLM does. Both refuse values below 1 or above ``MAX_TOKENS_CAP``.
-- Context overflow: every route cuts the prompt from the left (the engine drops the oldest
-  whole turns of a Limamono prompt, else the oldest tokens), which is what KoboldCpp and
-  text-generation-webui do and what SillyTavern expects. A client's own context size
-  (``truncation_length``, ``max_context_length``, ``num_ctx``) below the model's is
-  honoured by cutting the prompt to it.
+- Context overflow: the prompt policy (``limamono.policy``) fits a Limamono prompt by
+  leaving out its oldest whole turns, never the newest user turn or the open header, and
+  refuses (400 naming the token counts) when even those do not fit; every cut is logged
+  in one line. Any other text is cut from the left by tokens, which is what KoboldCpp and
+  text-generation-webui do. A client's own context size (``truncation_length``,
+  ``max_context_length``, ``num_ctx``) below the model's is honoured the same way.
 - Sampler semantics: the KoboldCpp dialect on Kobold routes and for KoboldCpp-shaped
   ``/v1/completions`` bodies (see ``dialect_of``), the text-generation-webui one elsewhere.
 """
@@ -22,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from limamono import policy as pol
+from limamono.conversation import Conversation
 from limamono.generation import Engine
 from limamono.samplers import (
     SamplerError,
@@ -54,6 +57,23 @@ CONTEXT_FIELDS = {
 
 
 @dataclass(frozen=True)
+class ChatPrompt:
+    """A structured conversation to render and fit under a prompt policy (the chat route).
+
+    Attributes:
+        conversation: The conversation the request describes.
+        policy: The policy that labels and fits it.
+        response_length: The open reply's label (None: no label).
+        input_length: Requested label of user turns (None: the policy's rule).
+    """
+
+    conversation: Conversation
+    policy: pol.PromptPolicy
+    response_length: str | None
+    input_length: str | None
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One generation, checked and ready for the queue.
 
@@ -64,6 +84,7 @@ class GenerationRequest:
         stop: Stop strings (the reply ends before the first one; never included).
         context: The context to fit prompt + reply into (<= the engine's).
         genkey: The client's key, for ``/api/extra/abort`` and ``/generate/check``.
+        chat: The conversation behind ``prompt`` (structured routes), fitted by turns.
     """
 
     prompt: str
@@ -72,6 +93,7 @@ class GenerationRequest:
     stop: tuple[str, ...]
     context: int
     genkey: str | None = None
+    chat: ChatPrompt | None = None
 
 
 def dialect_of(body: Mapping[str, Any]) -> str:
@@ -218,15 +240,47 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
     )
 
 
-def cut_to_context(engine: Engine, request: GenerationRequest) -> str:
-    """The prompt cut from the left to the request's context, when it is below the engine's.
+def fit_to_context(engine: Engine, request: GenerationRequest) -> str:
+    """The prompt to queue: fitted by the prompt policy to the request's context.
 
-    The engine itself fits prompts to its own context (dropping whole turns of a Limamono
-    prompt); this only handles a client that asked for a smaller context, by keeping the
-    last tokens. Tokenizing does not take the engine's generation lock.
+    A conversation (chat route) is fitted by its policy; a Limamono text prompt by whole
+    turns (``policy.fit_text``), keeping the bytes the client sent; any other text is cut
+    from the left by tokens when the client asked for a context below the engine's (the
+    engine cuts raw text to its own). A cut is logged in one line. Tokenizing does not
+    take the engine's generation lock.
+
+    Raises:
+        ApiError: 400 when even the sheet, the newest user turn and the open header do not
+            fit (the message names the token counts and the fix).
     """
+    count = pol.token_counter(engine)
+    chat = request.chat
+    try:
+        if chat is not None:
+            fitted: pol.Fitted | None = chat.policy.fit(
+                chat.conversation, count, request.context, request.max_new_tokens,
+                response_length=chat.response_length, input_length=chat.input_length)
+        else:
+            fitted = pol.fit_text(request.prompt, count, request.context,
+                                  request.max_new_tokens)
+    except pol.PromptTooLongError as error:
+        raise ApiError(BAD_REQUEST, str(error), field="messages" if chat else "prompt",
+                       kind="context_length_exceeded") from None
+    if fitted is None:
+        return _cut_raw(engine, request)
+    if fitted.cut:
+        log.warning("%s", fitted.describe())
+    return fitted.text
+
+
+def _cut_raw(engine: Engine, request: GenerationRequest) -> str:
+    """Text that is not a Limamono prompt, cut from the left to a client's smaller context."""
     if request.context >= engine.context_length:
         return request.prompt
     budget = request.context - request.max_new_tokens
     ids = engine.tokenize(request.prompt)
-    return request.prompt if len(ids) <= budget else engine.detokenize(ids[len(ids) - budget:])
+    if len(ids) <= budget:
+        return request.prompt
+    log.warning("prompt cut to fit: %d -> %d tokens (budget %d), raw text cut from the left",
+                len(ids), budget, budget)
+    return engine.detokenize(ids[len(ids) - budget:])

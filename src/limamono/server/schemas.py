@@ -140,10 +140,15 @@ class ChatCompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]
     response_length: str | None = Field(None, description=(
         "Length label of the reply (`micro` ... `unlimited`, or `none`); default `long`."))
     input_length: str | None = Field(None, description=(
-        "Length label of user turns without their own; default `tiny`."))
+        "Length label of user turns without their own (the policy says which); default: "
+        "the policy's rule."))
     user_name: str | None = Field(None, description="The user's name when no message names it.")
-    char_name: str | None = Field(None, description="Overrides the sheet's first line.")
-    trigger: str | None = Field(None, description="Trigger phrase: `card` (default) or `preset`.")
+    char_name: str | None = Field(None, description=(
+        "The character's name; a sheet that does not start with it is all description."))
+    trigger: str | None = Field(None, description="Trigger phrase: `card` or `preset`; "
+                                "default: the server's (the adapter's).")
+    policy: str | None = Field(None, description=(
+        "Prompt policy: `training` or `sillytavern`; default: the server's."))
 
 
 class TokenCountRequest(Body):

@@ -12,7 +12,7 @@ from starlette.types import Receive
 from limamono.generation import ContextOverflowError, Engine
 from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, BUSY, ApiError
-from limamono.server.params import GenerationRequest, cut_to_context
+from limamono.server.params import GenerationRequest, fit_to_context
 from limamono.server.queue import GenerationQueue, Job, QueueFullError
 from limamono.server.streaming import Reply, collect
 
@@ -43,12 +43,13 @@ class ServerState:
         return await run_in_threadpool(self.engine.tokenize, text)
 
     async def submit(self, request: GenerationRequest) -> Job:
-        """Cut the prompt to the request's context and queue the generation.
+        """Fit the prompt to the request's context and queue the generation.
 
         Raises:
-            ApiError: 503 with ``Retry-After`` when the queue is full.
+            ApiError: 400 when the prompt cannot fit; 503 with ``Retry-After`` when the
+                queue is full.
         """
-        prompt = await run_in_threadpool(cut_to_context, self.engine, request)
+        prompt = await run_in_threadpool(fit_to_context, self.engine, request)
         try:
             return self.queue.submit(request, prompt)
         except QueueFullError as error:

@@ -1,0 +1,107 @@
+"""SillyTavern's Chat Completion bodies: the conversation behind its prompt-manager messages.
+
+With its default prompt manager, SillyTavern (1.12.6) sends the character's sheet in
+several system messages, none of which starts with the character's name (captured bodies:
+``shared/testdata/sillytavern/chat_completion_*.json``):
+
+- the main prompt, ``Write {{char}}'s next reply in a fictional chat between {{char}} and
+  {{user}}.``: instructions, not the sheet; it names the character and the user;
+- the description as it is;
+- the scenario as ``[Circumstances and context of the dialogue: {{scenario}}]`` and the
+  personality as ``[{{char}}'s personality: {{personality}}]`` (its default formats);
+- markers such as ``[Start a new Chat]`` and ``[Example Chat]``, which mean nothing here.
+
+With "Character Names Behavior: Completion Object" each turn carries ``name``, with spaces
+replaced by underscores (``Edda_Varn``). The default formats and markers are SillyTavern's
+``default_settings`` in ``public/scripts/openai.js``. Everything else a system message
+holds is kept as sheet text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from limamono import format as fmt
+from limamono.cards.sheet import PERSONALITY_PREFIX
+from limamono.conversation import Conversation
+
+_MAIN_PROMPT = re.compile(
+    r"Write (?P<char>[^\n]+?)'s next reply in a fictional chat between (?P=char) and "
+    r"(?P<user>[^\n]+?)\.")
+_SCENARIO = re.compile(r"\[Circumstances and context of the dialogue: (?P<text>.*)\]", re.S)
+_PERSONALITY = re.compile(r"\[(?P<char>[^\]\n]+?)'s personality: (?P<text>.*)\]", re.S)
+_MARKER = re.compile(
+    r"\[(?:Start a new Chat|Start a new group chat\. Group members: [^\]]*|Example Chat"
+    r"|Continue the following message\. [^\]]*|Write the next reply only as [^\]]*"
+    r"|Write your next reply from the point of view of [^\]]*)\]", re.S)
+
+
+def conversation(messages: Sequence[dict[str, Any]], char_name: str | None = None,
+                 user_name: str | None = None) -> Conversation:
+    """The conversation of an OpenAI-style message list, SillyTavern's shapes understood.
+
+    Args:
+        messages: ``{"role", "content", "name"?, "length"?}`` dicts, oldest first.
+        char_name: the character's name when the client names it (our extension field).
+        user_name: the user's name when no message names it.
+
+    Raises:
+        limamono.format.FormatError: naming the message at fault.
+    """
+    sheet_parts: list[str] = []
+    scenario = personality = ""
+    main: re.Match[str] | None = None
+    for i, m in enumerate(messages):
+        if m.get("role") != "system":
+            continue
+        text = _text(m, i).strip()
+        if (found := _MAIN_PROMPT.match(text)) and main is None:
+            main = found  # SillyTavern's main prompt: names, not sheet text
+        elif found := _SCENARIO.fullmatch(text):
+            scenario = found["text"].strip()
+        elif found := _PERSONALITY.fullmatch(text):
+            personality = found["text"].strip()
+        elif text and not _MARKER.fullmatch(text):
+            sheet_parts.append(text)
+    system_text = "\n".join(_text(m, i) for i, m in enumerate(messages)
+                            if m.get("role") == "system")
+    char = (char_name or _spoken_name(messages, "assistant", system_text)
+            or (main["char"] if main else None))
+    user = (_spoken_name(messages, "user", system_text) or user_name
+            or (main["user"] if main else None) or "User")
+    lines = [PERSONALITY_PREFIX + personality] if personality else []
+    lines += sheet_parts
+    if scenario:
+        lines.append(fmt.SCENARIO_PREFIX + scenario)
+    # Same positions, so an error still names the message index the client sent.
+    cleaned, sheet = [], "\n".join(lines)
+    for m in messages:
+        if m.get("role") == "system":
+            cleaned.append({"role": "system", "content": sheet})
+            sheet = ""
+        else:
+            cleaned.append({k: v for k, v in m.items() if k != "name"})
+    return fmt.from_chat_messages(cleaned, user_name=user, char_name=char)
+
+
+def _spoken_name(messages: Sequence[dict[str, Any]], role: str, system_text: str,
+                 ) -> str | None:
+    """The ``name`` on a turn of ``role``; underscores become spaces when the sheet says so."""
+    name = next((m["name"] for m in messages
+                 if m.get("role") == role and isinstance(m.get("name"), str)
+                 and m["name"].strip()), None)
+    if name is None:
+        return None
+    spaced = name.strip().replace("_", " ")
+    return spaced if spaced != name and spaced in system_text else name.strip()
+
+
+def _text(message: dict[str, Any], index: int) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # OpenAI content parts: the text ones
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if not isinstance(content, str):
+        raise fmt.FormatError("content must be text", message_index=index)
+    return content
