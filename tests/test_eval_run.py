@@ -47,8 +47,12 @@ def test_prompts_cover_char_turns_after_the_greeting():
     config = EvalConfig(data=DATA, lengths=("short", "huge"), samples=5, seed=7)
     prompts = make_prompts(held_out(DATA), config)
     assert sorted({p.turn for p in prompts}) == [2, 4]
-    assert [p.requested_length for p in prompts] == ["short", "huge", "short", "huge"]
-    assert len({p.seed for p in prompts}) == 2  # paired: same seed for both lengths
+    assert [p.requested_length for p in prompts] == ["short", "huge"] * 5
+    # Two turns for five prompts: turns are reused, each prompt with its own seed, and the
+    # seed is paired across the lengths.
+    assert [p.seed for p in prompts] == [7, 7, 8, 8, 9, 9, 10, 10, 11, 11]
+    assert [p.turn for p in prompts][::2] == [prompts[0].turn, prompts[2].turn] * 2 + [
+        prompts[0].turn]
     assert all(m.length for p in prompts for m in p.conversation.messages)
 
 
@@ -91,11 +95,42 @@ def test_run_and_report(tiny, tmp_path):
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert data["variants"][1]["behaviour"]["impersonation_rate"] == pytest.approx(2 / 6)
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| impersonation rate | 33.3 % ✗ | 33.3 % ✗ |" in md
-    assert "| thought rate | 33.3 % ✓ | 33.3 % ✓ |" in md
+    # 2 of 6: Wilson 9.7-70.0 %, all above the 5 % ceiling; thoughts straddle 20 %.
+    assert ("| impersonation rate | 33.3 % [9.7, 70.0] **misses** | "
+            "33.3 % [9.7, 70.0] **misses** |") in md
+    assert ("| thought rate | 33.3 % [9.7, 70.0] **cannot tell** | "
+            "33.3 % [9.7, 70.0] **cannot tell** |") in md
+    assert "| speaks for the user | 0.0 % [0.0, 39.0] |" in md
+    assert data["variants"][0]["verdicts"]["format_integrity"] == "cannot tell"
+    assert data["variants"][0]["behaviour"]["intervals"]["impersonation_rate"] == \
+        pytest.approx([0.0967714, 0.7000067], abs=1e-6)
 
 
 def test_bad_config_lists_every_problem():
     with pytest.raises(ValueError) as info:
         EvalConfig(data=DATA, lengths=("long", "vast"), samples=0)
     assert "vast" in str(info.value) and "samples" in str(info.value)
+
+
+@pytest.mark.parametrize(("args", "samples", "max_tokens"), [
+    ([], 28, 320),                                     # ceil(83 replies / 3 lengths)
+    (["--lengths", "short,long"], 42, 320),            # ceil(83 / 2)
+    (["--quick"], 2, 64),
+    (["--quick", "--samples", "5", "--max-tokens", "100"], 5, 100),
+])
+def test_cli_sample_defaults(monkeypatch, tmp_path, args, samples, max_tokens):
+    from typer.testing import CliRunner
+
+    import limamono.cli.engine_cmd as engine_cmd
+    import limamono.evaluate.report as report
+    import limamono.evaluate.run as run_mod
+    from limamono.cli import app
+
+    seen = []
+    monkeypatch.setattr(engine_cmd, "prepare_model_for_cli", lambda model: None)
+    monkeypatch.setattr(run_mod, "run", lambda config, progress, load: seen.append(config)
+                        or [])
+    monkeypatch.setattr(report, "write_report", lambda config, results, out: [])
+    result = CliRunner().invoke(app, ["eval", "--data", str(DATA), "-o", str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    assert (seen[0].samples, seen[0].max_new_tokens) == (samples, max_tokens)

@@ -40,6 +40,13 @@ def test_phrase_list_parsing_weights_wildcards_and_errors():
         q.parse_phrases("| 2")
 
 
+def test_overlapping_phrases_count_once():
+    phrases = q.parse_phrases("sent shivers down | 2\nshivers down * spine | 3\nspine")
+    hits = q.find_phrases("It sent shivers down her spine. Shivers down his spine.", phrases)
+    assert [(h.matched, h.phrase.weight) for h in hits] == [
+        ("sent shivers down", 2.0), ("spine", 1.0), ("Shivers down his spine", 3.0)]
+
+
 def test_shipped_list_loads_and_words_match_on_boundaries():
     phrases = q.load_phrases()
     assert len(phrases) > 50 and all(p.weight > 0 for p in phrases)

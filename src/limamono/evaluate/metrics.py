@@ -2,7 +2,10 @@
 
 Each reply is checked once (``check_reply``); a set of checked replies is summarised
 (``summarize``) into the figures of the report: style compliance, format integrity,
-impersonation rate, thought rate, length adherence (Spearman) and repetition.
+impersonation rate, speaking for the user, thought rate, length adherence (Spearman),
+repetition and the stock-phrase index. Every rate carries a 95 % Wilson interval and the
+Spearman figure a seeded bootstrap interval (``limamono.evaluate.intervals``); targets are
+judged from the interval (``judge``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from limamono.conversation import LENGTHS
+from limamono.evaluate.intervals import RESAMPLES, Verdict, bootstrap_interval, verdict, wilson
 
 #: The prose rules of SPEC §3 that count for style compliance: typography, balanced markers
 #: and chat-RP asterisk actions. The narration-person/tense rules are heuristics (they stay
@@ -38,6 +42,10 @@ class ReplyCheck:
         has_thought: at least one closed ``_thought_``.
         repeats_earlier: a sentence of 4+ words appears verbatim earlier in the chat or reply.
         style_rules: the ids of the style rules that fired.
+        speaks_for_user: a line starts with the user's name (the character narrates the
+            user's actions; ``limamono.quality.speaks_for_user``).
+        slop: the summed weights of the stock phrases in the reply
+            (``limamono.quality.slop_score``).
     """
 
     words: int
@@ -47,6 +55,8 @@ class ReplyCheck:
     has_thought: bool
     repeats_earlier: bool
     style_rules: tuple[str, ...] = ()
+    speaks_for_user: bool = False
+    slop: float = 0.0
 
 
 def complete_part(reply: str) -> str:
@@ -79,6 +89,7 @@ def check_reply(reply: str, *, char_name: str, user_name: str, history: Sequence
         truncated: the reply was cut at the token limit (only complete sentences are linted).
     """
     from limamono import style
+    from limamono.quality import slop_score, speaks_for_user
 
     body = reply.strip()
     linted = complete_part(body) if truncated else body
@@ -100,7 +111,8 @@ def check_reply(reply: str, *, char_name: str, user_name: str, history: Sequence
             break
         seen.add(sentence)
     return ReplyCheck(len(body.split()), not style_rules, format_ok, impersonation,
-                      has_thought, repeats, style_rules)
+                      has_thought, repeats, style_rules,
+                      bool(speaks_for_user(body, user_name)), slop_score(body))
 
 
 def ranks(values: Sequence[float]) -> list[float]:
@@ -149,9 +161,25 @@ class Sample:
     finish_reason: str = "stop"
 
 
+#: The rates of the report: summary field -> the ``ReplyCheck`` flag it counts.
+RATES: dict[str, str] = {
+    "style_compliance": "style_ok",
+    "format_integrity": "format_ok",
+    "impersonation_rate": "impersonation",
+    "speaks_for_user_rate": "speaks_for_user",
+    "thought_rate": "has_thought",
+    "repeat_rate": "repeats_earlier",
+}
+
+
 @dataclass
 class BehaviourSummary:
-    """The behaviour figures of one model over a set of samples (shares are 0..1)."""
+    """The behaviour figures of one model over a set of samples (shares are 0..1).
+
+    ``counts`` holds the number of replies behind each rate (out of ``samples``) and
+    ``intervals`` the 95 % interval of each rate (Wilson) and of ``length_spearman``
+    (bootstrap; None when undefined).
+    """
 
     samples: int
     style_compliance: float
@@ -162,29 +190,52 @@ class BehaviourSummary:
     median_words: dict[str, float] = field(default_factory=dict)
     distinct_2: float | None = None
     repeat_rate: float = 0.0
+    speaks_for_user_rate: float = 0.0
+    slop_index: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
 
 
-def summarize(samples: Sequence[Sample]) -> BehaviourSummary:
-    """Aggregate checked samples into the report's figures."""
+def spearman_interval(xs: Sequence[float], ys: Sequence[float], seed: int,
+                      resamples: int = RESAMPLES) -> tuple[float, float] | None:
+    """95 % percentile bootstrap interval of Spearman's rho over (x, y) pairs, seeded."""
+    return bootstrap_interval(lambda idx: spearman([xs[i] for i in idx], [ys[i] for i in idx]),
+                              len(xs), seed, resamples)
+
+
+def summarize(samples: Sequence[Sample], seed: int = 0,
+              resamples: int = RESAMPLES) -> BehaviourSummary:
+    """Aggregate checked samples into the report's figures and their intervals.
+
+    Args:
+        samples: the checked replies.
+        seed: seed of the Spearman bootstrap.
+        resamples: bootstrap resamples.
+    """
+    from limamono.quality import slop_index
+
     if not samples:
         raise ValueError("no samples to summarise")
     n = len(samples)
-
-    def share(flag: str) -> float:
-        return sum(getattr(s.check, flag) for s in samples) / n
-
+    counts = {name: sum(getattr(s.check, flag) for s in samples) for name, flag in RATES.items()}
     by_label: dict[str, list[int]] = {}
     for s in samples:
         by_label.setdefault(s.requested_length, []).append(s.check.words)
     medians = {label: float(statistics.median(by_label[label]))
                for label in LENGTHS if label in by_label}
-    rho = spearman([LENGTHS.index(s.requested_length) for s in samples],
-                   [s.check.words for s in samples])
+    xs = [LENGTHS.index(s.requested_length) for s in samples]
+    ys = [s.check.words for s in samples]
+    intervals: dict[str, tuple[float, float] | None] = {
+        name: wilson(k, n) for name, k in counts.items()}
+    rho = spearman(xs, ys)
+    intervals["length_spearman"] = (spearman_interval(xs, ys, seed, resamples)
+                                    if rho is not None else None)
     return BehaviourSummary(
-        samples=n, style_compliance=share("style_ok"), format_integrity=share("format_ok"),
-        impersonation_rate=share("impersonation"), thought_rate=share("has_thought"),
-        length_spearman=rho, median_words=medians,
-        distinct_2=distinct_n([s.reply for s in samples]), repeat_rate=share("repeats_earlier"))
+        samples=n, length_spearman=rho, median_words=medians,
+        distinct_2=distinct_n([s.reply for s in samples]),
+        slop_index=slop_index(s.reply for s in samples),
+        counts=counts, intervals=intervals,
+        **{name: k / n for name, k in counts.items()})
 
 
 #: The targets of issue 7 (name -> (low, high)), used to mark the report.
@@ -198,8 +249,17 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
 
 
 def meets(name: str, value: float | None) -> bool | None:
-    """Whether a figure meets its target (None when there is no target or no value)."""
+    """Whether a point figure meets its target (None when there is no target or no value).
+
+    The report judges from the interval instead (``judge``); this is the point reading.
+    """
     if name not in TARGETS or value is None:
         return None
     low, high = TARGETS[name]
     return (low is None or value >= low) and (high is None or value <= high)
+
+
+def judge(summary: BehaviourSummary) -> dict[str, Verdict]:
+    """``meets``/``misses``/``cannot tell`` for every target, from the 95 % intervals."""
+    return {name: verdict(summary.intervals.get(name), target)
+            for name, target in TARGETS.items()}

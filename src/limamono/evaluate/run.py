@@ -18,11 +18,27 @@ from typing import Any
 
 from limamono import format as fmt
 from limamono.conversation import LENGTHS, Conversation
-from limamono.evaluate.metrics import BehaviourSummary, Sample, check_reply, summarize
+from limamono.evaluate.intervals import trials_for_half_width
+from limamono.evaluate.metrics import TARGETS, BehaviourSummary, Sample, check_reply, summarize
 
 #: Token budget per requested length: about 1.6 tokens a word times the label's upper
 #: word bound (SmolLM2's tokenizer on the example prose), capped by ``max_new_tokens``.
 _TOKENS_PER_WORD = 1.6
+
+#: Replies needed so that the 95 % Wilson interval of the impersonation rate is narrower
+#: than ±5 points when the observed rate sits at its 5 % target: 83.
+REQUIRED_REPLIES = trials_for_half_width(TARGETS["impersonation_rate"][1] or 0.05, 0.05)
+DEFAULT_LENGTHS: tuple[str, ...] = ("short", "long", "massive")
+
+
+def samples_for(lengths: Sequence[str], replies: int = REQUIRED_REPLIES) -> int:
+    """Prompts per length that give at least ``replies`` replies over ``lengths``."""
+    return math.ceil(replies / max(len(lengths), 1))
+
+
+#: ``limamono eval --quick``: a CI-sized run (figures too wide to judge any target).
+QUICK_SAMPLES = 2
+QUICK_MAX_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -35,7 +51,9 @@ class EvalConfig:
         model: base model name or path.
         adapters: adapter names or folders to compare; ``none`` is the bare base model.
         lengths: requested response lengths (at least two for the Spearman figure).
-        samples: most prompts per length (character turns, spread over the conversations).
+        samples: prompts per length (character turns, spread over the conversations; when
+            there are fewer turns than prompts, turns are reused with the next seeds). The
+            default gives ``REQUIRED_REPLIES`` replies over the default lengths.
         seed: base seed; prompt k uses ``seed + k`` for every variant, so they are paired.
         max_new_tokens: cap on the token budget of any reply.
         preset: sampler preset.
@@ -48,8 +66,8 @@ class EvalConfig:
     data: Path
     model: str = "smollm2-135m"
     adapters: tuple[str, ...] = ("none",)
-    lengths: tuple[str, ...] = ("short", "long", "massive")
-    samples: int = 8
+    lengths: tuple[str, ...] = DEFAULT_LENGTHS
+    samples: int = samples_for(DEFAULT_LENGTHS)
     seed: int = 1234
     max_new_tokens: int = 320
     preset: str = "limamono"
@@ -112,7 +130,9 @@ def make_prompts(conversations: Sequence[Conversation], config: EvalConfig) -> l
     """Prompts at character turns after the greeting, ``samples`` per requested length.
 
     Turns are taken round-robin over the conversations (seeded), so a small ``samples``
-    still covers every conversation. The history keeps labels from its word counts.
+    still covers every conversation; past the last turn the round-robin starts again, and
+    prompt k's seed ``seed + k`` makes each reuse a new draw. The history keeps labels from
+    its word counts.
     """
     rng = random.Random(config.seed)
     per_conv = []
@@ -123,7 +143,7 @@ def make_prompts(conversations: Sequence[Conversation], config: EvalConfig) -> l
     # Round-robin: first a turn of every conversation, then a second one of each, ...
     slots = [row[r] for r in range(max(map(len, per_conv), default=0))
              for row in per_conv if r < len(row)]
-    chosen = slots[:config.samples]
+    chosen = [slots[k % len(slots)] for k in range(config.samples)] if slots else []
     prompts = []
     for k, (conv, turn) in enumerate(chosen):
         cut = fmt.label_lengths(Conversation(conv.character, conv.user, conv.scenario,
@@ -197,7 +217,8 @@ def evaluate_variant(engine: Any, adapter: str, conversations: Sequence[Conversa
     """Loss and behaviour of one loaded engine."""
     loss, tokens = eval_loss(engine.model, engine.tokenizer, config.data, config.seq_len)
     samples = generate_samples(engine, make_prompts(conversations, config), config, progress)
-    return VariantResult(adapter, loss, math.exp(loss), tokens, summarize(samples), samples)
+    return VariantResult(adapter, loss, math.exp(loss), tokens,
+                         summarize(samples, seed=config.seed), samples)
 
 
 def run(config: EvalConfig, progress: Callable[[str, int, int], None] | None = None,

@@ -100,11 +100,20 @@ def _default_phrases() -> tuple[Phrase, ...]:
 
 
 def find_phrases(text: str, phrases: Sequence[Phrase] | None = None) -> list[PhraseHit]:
-    """Every match of every phrase in ``text``, by offset (a phrase can match many times)."""
+    """The phrase matches in ``text``, by offset (a phrase can match many times).
+
+    Overlapping matches count once: where two entries cover the same words ("sent shivers
+    down" and "shivers down * spine"), the one that starts first (then the longer) is kept.
+    """
     listed = _default_phrases() if phrases is None else phrases
-    hits = [PhraseHit(p, m.start(), m.end(), m.group(0))
-            for p in listed for m in p.pattern.finditer(text)]
-    return sorted(hits, key=lambda h: (h.start, h.phrase.text))
+    found = sorted((PhraseHit(p, m.start(), m.end(), m.group(0))
+                    for p in listed for m in p.pattern.finditer(text)),
+                   key=lambda h: (h.start, h.start - h.end, h.phrase.text))
+    kept: list[PhraseHit] = []
+    for hit in found:
+        if not kept or hit.start >= kept[-1].end:
+            kept.append(hit)
+    return kept
 
 
 def slop_score(text: str, phrases: Sequence[Phrase] | None = None) -> float:
