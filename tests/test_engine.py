@@ -392,3 +392,17 @@ def test_cli_ctrl_c_cancels_cleanly_and_reads_the_prompt_file(tmp_path, monkeypa
     assert result.exit_code == 0, result.output
     assert result.stdout == "<Mira:>\n"
     assert "finish: cancelled" in result.stderr
+
+
+def test_a_limamono_prompt_whose_newest_user_turn_cannot_fit_is_refused(sharp_engine):
+    from limamono import format as fmt
+    from limamono.conversation import Character, Conversation, Message, User
+    from limamono.engine import Engine
+    from limamono.policy import PromptTooLongError
+
+    conv = Conversation(Character("Mira"), User("Sam"), "The docks.",
+                        [Message("char", "Hello."), Message("user", "word " * 60)])
+    prompt = fmt.render(conv, open_response=True)
+    small = Engine(sharp_engine.model, sharp_engine.tokenizer, context_length=40)
+    with pytest.raises(PromptTooLongError, match="fix: "):
+        small.fit_prompt(prompt, 8)  # never a raw cut that loses the sheet

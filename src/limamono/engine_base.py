@@ -21,14 +21,13 @@ half-consumed streams between pool threads that may also start new ones.
 
 from __future__ import annotations
 
-import re
 import secrets
 import threading
 from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from limamono import format as fmt
+from limamono import policy
 from limamono.generation import (
     Completion,
     ContextOverflowError,
@@ -45,11 +44,6 @@ if TYPE_CHECKING:
 
 #: Prompt tokens evaluated per forward pass during prefill (bounds the attention memory).
 PREFILL_CHUNK = 512
-
-#: A turn header of the Limamono format, where a left truncation may cut.
-_TURN_START = re.compile(
-    re.escape(fmt.BLOCK_SEP) + f"(?:{re.escape(fmt.INPUT)}|{re.escape(fmt.RESPONSE)})")
-
 
 @dataclass
 class CacheStats:
@@ -320,14 +314,15 @@ class EngineBase:
                    truncation: Truncation = "left") -> list[int]:
         """The prompt's token ids, cut so that they and ``max_new_tokens`` fit the context.
 
-        ``left`` truncation of a Limamono prompt (one that starts with a trigger phrase)
-        keeps the trigger and the Instruction block and drops the oldest whole turns, so
-        the result is still a well-formed prompt; any other prompt, or one whose kept
-        blocks still do not fit, keeps its last tokens.
+        The engine decides nothing about turns: a Limamono prompt is fitted by the prompt
+        policy (``limamono.policy.fit_text``: the oldest whole turns go, never the newest
+        user turn or the open header, else it refuses); any other text keeps its last
+        tokens (``left``), as KoboldCpp does.
 
         Raises:
-            ContextOverflowError: ``truncation="error"`` and the prompt does not fit, or
-                ``max_new_tokens`` alone fills the context.
+            ContextOverflowError: ``truncation="error"`` and the prompt does not fit,
+                ``max_new_tokens`` alone fills the context, or (``PromptTooLongError``) a
+                Limamono prompt's newest user turn and open header do not fit.
         """
         ids = self.tokenize(prompt)
         budget = self.context_length - max_new_tokens
@@ -344,29 +339,9 @@ class EngineBase:
                 "shorten the prompt, lower max_new_tokens or allow truncation='left'")
         if truncation != "left":
             raise ValueError(f"truncation={truncation!r}: must be 'left' or 'error'")
-        return self._drop_old_turns(prompt, budget) or ids[len(ids) - budget:]
-
-    def _drop_old_turns(self, prompt: str, budget: int) -> list[int] | None:
-        """Trigger + Instruction + the newest turns that fit, or None when that fails."""
-        if not prompt.startswith(tuple(fmt.TRIGGERS.values())):
-            return None
-        starts = [m.start() for m in _TURN_START.finditer(prompt)]
-        if not starts:
-            return None
-        head = prompt[:starts[0]]
-        blocks = [prompt[a:b] for a, b in zip(starts, [*starts[1:], len(prompt)], strict=True)]
-        # Estimate with per-block counts, then confirm on the joined text (BPE may merge
-        # across a boundary, so the real count can differ by a token or two).
-        sizes = [len(self.tokenize(b)) for b in blocks]
-        first, total = 0, len(self.tokenize(head)) + sum(sizes)
-        while first < len(blocks) - 1 and total > budget:
-            total -= sizes[first]
-            first += 1
-        for keep_from in range(first, len(blocks)):
-            ids = self.tokenize(head + "".join(blocks[keep_from:]))
-            if len(ids) <= budget:
-                return ids
-        return None
+        fitted = policy.fit_text(prompt, policy.token_counter(self), self.context_length,
+                                 max_new_tokens)
+        return ids[len(ids) - budget:] if fitted is None else self.tokenize(fitted.text)
 
     def stream_text(self, prompt: str, settings: SamplerSettings, max_new_tokens: int,
                     stop: Sequence[str] = (), cancel: threading.Event | None = None,
