@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -365,3 +366,86 @@ def test_cli_data_lint_build_stats(tokenizer_dir, tmp_path):
     assert bad_build.exit_code == 2
     for cmd in (["data", "--help"], ["data", "build", "--help"], ["data", "stats", "--help"]):
         assert runner.invoke(app, cmd).exit_code == 0
+
+
+def test_data_build_refuses_unusable_outputs_before_any_work(tokenizer_dir, tmp_path):
+    from limamono.cli import app
+
+    runner = CliRunner()
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "c.yaml").write_text(dump_yaml(four_turns()))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    cases = {
+        a_file: f"{a_file}: is a file; the build needs a folder",
+        a_file / "out": f"{a_file / 'out'}: is under {a_file}, a file; the build needs a folder",
+        good / "built": f"{good / 'built'}: is inside the dataset folder {good}; the next build "
+                        "would read the samples as conversations (write it elsewhere)",
+        busy: f"{busy}: holds other files and is not an earlier build; choose a new or empty "
+              "folder",
+        Path("/proc/self/nope/out"): "/proc/self/nope/out: cannot write the build (",
+    }
+    for output, message in cases.items():
+        result = runner.invoke(app, ["data", "build", str(good), "-o", str(output), "--model",
+                                     str(tokenizer_dir), "--val", "0"])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {message}"), result.output
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert a_file.read_text() == "keep me" and sorted(os.listdir(busy)) == ["notes.txt"]
+    assert sorted(os.listdir(good)) == ["c.yaml"]
+    assert not list(tmp_path.glob(".*"))
+    # Library callers get the same one-line refusal (the CLI refuses a NUL byte itself).
+    with pytest.raises(ds.OutputError, match=r"^'bad\\x00name': the output path holds a NUL "):
+        ds.check_output("bad\0name", good)
+
+
+def test_a_failed_rebuild_leaves_the_previous_build_whole(tokenizer, tmp_path, monkeypatch):
+    from limamono.dataset import output
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "short.yaml").write_text(dump_yaml(four_turns()))
+    (root / "config.yaml").write_text("data: .\nlora_r: 8\n")  # a training config: skipped
+    out = tmp_path / "out"
+    first = ds.build(str(root), tokenizer, ds.BuildConfig(val=0))
+    ds.write_build(first, out, tokenizer)
+    (out / "notes.txt").write_text("mine")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    second = ds.build(str(root), tokenizer, ds.BuildConfig(val=0, seed=7))
+    calls = []
+    real_write = output.atomic_write
+
+    def failing(path, text):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_write(path, text)
+
+    monkeypatch.setattr(output, "atomic_write", failing)
+    with pytest.raises(ds.OutputError, match=r"cannot write the build \(No space left on "
+                                             r"device\); nothing was changed"):
+        ds.write_build(second, out, tokenizer)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+    monkeypatch.undo()
+    stats = ds.write_build(second, out, tokenizer)  # a rebuild keeps the user's other files
+    assert stats["build"]["config"]["seed"] == 7 and (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "stats.json").read_text())["build"]["config"]["seed"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+
+
+def test_data_lint_notes_files_that_are_not_conversations(tmp_path):
+    from limamono.cli import app
+
+    (tmp_path / "c.yaml").write_text(dump_yaml(four_turns()))
+    (tmp_path / "demo.yaml").write_text("data: conversations\nlora_r: 8\n")
+    result = CliRunner().invoke(app, ["data", "lint", str(tmp_path), "--strict"])
+    assert result.exit_code == 0, result.output
+    assert (f"{tmp_path / 'demo.yaml'}: note skipped not a conversation, so it is skipped (it "
+            "has none of character, user, messages)") in result.output
+    assert "0 error(s), 0 warning(s), 1 file(s) skipped" in result.output

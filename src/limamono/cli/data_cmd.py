@@ -72,12 +72,15 @@ def lint_cmd(
         out.print_json(json.dumps([asdict(p) for p in problems]))
     else:
         for p in problems:
-            colour = "red" if p.severity == "error" else "yellow"
+            colour = {"error": "red", "warning": "yellow"}.get(p.severity, "cyan")
             out.print(Text.assemble(f"{p.where()}: ", (p.severity, colour), " ",
                                     (p.rule, "bold"), f" {p.message}"))
         errors = sum(p.severity == "error" for p in problems)
-        err.print(f"{errors} error(s), {len(problems) - errors} warning(s)")
-    if any(p.severity == "error" or strict for p in problems):
+        warnings = sum(p.severity == "warning" for p in problems)
+        notes = len(problems) - errors - warnings
+        err.print(f"{errors} error(s), {warnings} warning(s)"
+                  + (f", {notes} file(s) skipped" if notes else ""))
+    if any(p.severity == "error" or (strict and p.severity == "warning") for p in problems):
         raise typer.Exit(EXIT_PROBLEMS)
 
 
@@ -125,8 +128,12 @@ def build_cmd(
     """Build masked training samples: tokenized/{train,eval}.jsonl (input ids and labels,
     each sample tokenised whole), segments/ (the same samples as labelled text) and
     stats.json."""
-    from limamono.dataset import DatasetError, build, write_build
+    from limamono.dataset import DatasetError, OutputError, build, check_output, write_build
 
+    try:
+        check_output(output, path)
+    except OutputError as exc:
+        fail(str(exc))
     config = _build_config(seq_len, val, seed, overflow, end_of_turn, train_on_inputs,
                            length_bounds, window_overlap, trigger, normalize)
     tokenizer = _tokenizer(model)
@@ -136,7 +143,10 @@ def build_cmd(
         fail(str(exc))
     except DatasetError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
-    stats = write_build(result, output, tokenizer, model)
+    try:
+        stats = write_build(result, output, tokenizer, model)
+    except OutputError as exc:
+        fail(str(exc))
     _report(stats)
     out.print(f"wrote {output}/tokenized/, segments/, stats.json")
 

@@ -25,7 +25,9 @@ from limamono.dataset.build import (
 )
 from limamono.dataset.output import (
     STATS_FILE,
+    OutputError,
     axolotl_rows,
+    check_output,
     compute_stats,
     is_built,
     read_stats,
@@ -71,6 +73,7 @@ __all__ = [
     "BuildResult",
     "DatasetError",
     "Layout",
+    "OutputError",
     "OverflowEvent",
     "Piece",
     "Problem",
@@ -80,6 +83,7 @@ __all__ = [
     "axolotl_rows",
     "build",
     "build_samples",
+    "check_output",
     "check_record",
     "compose",
     "compute_stats",

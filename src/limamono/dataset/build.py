@@ -323,8 +323,8 @@ def build(root: str, tokenizer: Tokenizer, config: BuildConfig | None = None) ->
     """
     config = config or BuildConfig()
     records, problems = load_dir(root)
-    if problems:
-        raise DatasetError(problems)
+    if any(p.severity == "error" for p in problems):
+        raise DatasetError([p for p in problems if p.severity == "error"])
     if not records:
         raise DatasetError([Problem(str(root), "empty", "no conversations found (looked for "
                                     ".yaml, .yml and .jsonl files)")])

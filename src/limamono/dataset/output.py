@@ -11,14 +11,18 @@ segments show the same sample as labelled text, for reading; they are not Axolot
 ``input_output`` data, since Axolotl tokenises each segment alone, which on SentencePiece
 tokenizers gives other ids. ``axolotl_rows`` gives Axolotl's pre-tokenized rows instead.
 
-Every file is written to a temporary name in the same folder and renamed into place, so a
-crashed build never leaves a half-written file under the final name.
+A build is written whole into a temporary folder beside the output and then swapped in,
+so a failed or interrupted build leaves the previous build as it was, never a mix of old
+and new files; other files in the output folder are kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
+import shutil
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -38,6 +42,45 @@ TOKENIZED_DIR = "tokenized"
 SEGMENTS_DIR = "segments"
 #: Version of the built-folder layout, stored in stats.json (2: whole-text token ids).
 BUILD_VERSION = 2
+#: What a build writes at the top of its folder, now or in layout 1 (train/eval.jsonl);
+#: everything else there is left alone.
+BUILD_ENTRIES = (SEGMENTS_DIR, TOKENIZED_DIR, STATS_FILE, "train.jsonl", "eval.jsonl")
+
+
+class OutputError(ValueError):
+    """The output folder of a build cannot be used or written; nothing was changed."""
+
+
+def check_output(out: str | Path, source: str | Path) -> None:
+    """Refuse an output folder before any work is done on it.
+
+    Refused: a path with a NUL byte, an existing file or a path under one, a folder inside
+    the dataset being built (the next build would read the samples as conversations), and
+    a non-empty folder that is not an earlier build.
+
+    Raises:
+        OutputError: saying which rule the path breaks.
+    """
+    out, source = Path(out), Path(source)
+    if "\0" in str(out):
+        raise OutputError(f"{str(out)!r}: the output path holds a NUL byte")
+    try:
+        _check_output(out, source)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot use it ({exc.strerror or exc})") from None
+
+
+def _check_output(out: Path, source: Path) -> None:
+    existing = next(p for p in (out, *out.parents) if p.exists() or p == Path(p.anchor))
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == out else f"is under {existing}, a file"
+        raise OutputError(f"{out}: {where}; the build needs a folder")
+    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+        raise OutputError(f"{out}: is inside the dataset folder {source}; the next build "
+                          "would read the samples as conversations (write it elsewhere)")
+    if out.is_dir() and any(out.iterdir()) and not is_built(out):
+        raise OutputError(f"{out}: holds other files and is not an earlier build; choose a "
+                          "new or empty folder")
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> dict[str, Any]:
@@ -145,21 +188,55 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 def write_build(result: BuildResult, out: str | Path, tokenizer: Tokenizer,
                 model: str | None = None) -> dict[str, Any]:
-    """Write a built dataset folder (see the module docstring); returns the stats written."""
+    """Write a built dataset folder (see the module docstring); returns the stats written.
+
+    Raises:
+        OutputError: the folder cannot be written (the previous build, if any, is intact).
+    """
     out = Path(out)
-    for split in SPLITS:
-        samples = [s for s in result.samples if s.split == split]
-        atomic_write(out / SEGMENTS_DIR / f"{split}.jsonl",
-                     _jsonl(segment_row(s) for s in samples))
-        atomic_write(out / TOKENIZED_DIR / f"{split}.jsonl", _jsonl(
-            {"source": s.source, "window": s.window, "input_ids": s.input_ids,
-             "labels": s.labels} for s in samples))
     stats = compute_stats(result, tokenizer)
     stats["build"] = {"version": BUILD_VERSION, "format_version": fmt.FORMAT_VERSION,
                       "model": model, "tokenizer": tokenizer_fingerprint(tokenizer),
                       "config": asdict(result.config)}
-    atomic_write(out / STATS_FILE, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    staging = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        for split in SPLITS:
+            samples = [s for s in result.samples if s.split == split]
+            atomic_write(staging / SEGMENTS_DIR / f"{split}.jsonl",
+                         _jsonl(segment_row(s) for s in samples))
+            atomic_write(staging / TOKENIZED_DIR / f"{split}.jsonl", _jsonl(
+                {"source": s.source, "window": s.window, "input_ids": s.input_ids,
+                 "labels": s.labels} for s in samples))
+        atomic_write(staging / STATS_FILE,
+                     json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+        _swap_in(staging, out)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise OutputError(f"{out}: cannot write the build ({reason}); nothing was "
+                          "changed") from None
     return stats
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the staged build at ``out``: two renames, then the old folder's other files
+    (anything not in ``BUILD_ENTRIES``) move into the new one and the old build goes."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    old = out.parent / f".{out.name}.{secrets.token_hex(4)}.old"
+    os.rename(out, old)
+    try:
+        os.rename(staging, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    for entry in old.iterdir():
+        if entry.name not in BUILD_ENTRIES:
+            os.rename(entry, out / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_built(path: str | Path) -> bool:

@@ -21,7 +21,13 @@ from limamono import format as fmt
 from limamono import untrusted
 from limamono.conversation import Character, Conversation, ConversationError, Message, User
 
-Severity = Literal["error", "warning"]
+Severity = Literal["error", "warning", "note"]
+#: Top-level keys of which a conversation file has at least one.
+_CONVERSATION_KEYS = ("character", "user", "messages")
+
+
+class NotAConversation(ConversationError):
+    """A YAML file that is some other document (a training config, say), not a conversation."""
 
 #: File suffixes read from a dataset folder.
 SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".jsonl")
@@ -38,7 +44,8 @@ class Problem:
         file: the file it was found in.
         rule: a stable rule id (``schema``, ``duplicate``, ``empty-turn``, a style rule id...).
         message: what is wrong and how to fix it.
-        severity: ``error`` blocks a build; ``warning`` is reported only.
+        severity: ``error`` blocks a build; ``warning`` is reported only; ``note`` says what
+            was skipped.
         message_index: the offending message, when the problem belongs to one.
         line: 1-based line in the file, when known.
         record: index of the conversation in a JSONL file (0 for YAML files).
@@ -158,6 +165,7 @@ def load_file(path: str | Path) -> list[Conversation]:
     """The conversations of one file: limamono YAML, LimaRP YAML or JSONL.
 
     Raises:
+        NotAConversation: a YAML mapping with none of the conversation keys.
         ConversationError: naming the file, line and field at fault.
     """
     path = Path(path)
@@ -168,11 +176,15 @@ def load_file(path: str | Path) -> list[Conversation]:
             data = None  # let the schema loader produce the located error
         if is_limarp(data):
             return [from_limarp(data, str(path))]
+        if isinstance(data, dict) and not any(key in data for key in _CONVERSATION_KEYS):
+            raise NotAConversation("not a conversation, so it is skipped (it has none of "
+                                   f"{', '.join(_CONVERSATION_KEYS)})", str(path))
     return conv_mod.load(path)
 
 
 def load_dir(root: str | Path) -> tuple[list[Record], list[Problem]]:
-    """Load every file under ``root``; schema errors become problems instead of stopping.
+    """Load every file under ``root``; schema errors become problems instead of stopping,
+    and a YAML file that is not a conversation (a training config) becomes a ``note``.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -182,6 +194,9 @@ def load_dir(root: str | Path) -> tuple[list[Record], list[Problem]]:
     for path in find_files(root):
         try:
             found = load_file(path)
+        except NotAConversation as exc:
+            problems.append(Problem(str(path), "skipped", exc.reason, severity="note"))
+            continue
         except ConversationError as exc:
             problems.append(Problem(str(path), "schema", _schema_message(exc), line=exc.line))
             continue
