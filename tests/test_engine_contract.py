@@ -1,12 +1,16 @@
-"""The engine contract that every engine passes (torch; llama.cpp where it is installed).
+"""The engine contract that both engines pass: torch (tiny random model) and llama.cpp.
 
-Layer 1's rollback (a banned-phrase filter's backtracking) and the behaviour of layers 2-3
-that must not depend on the engine underneath.
+Streaming, stop strings, UTF-8, cancellation, finish reasons, seeded equality with and
+without KV reuse, and layer 1's rollback (a banned-phrase filter's backtracking). The
+llama.cpp engine runs the embedded model's GGUF as shipped (loads in well under a second);
+``make setup`` builds llama-cpp-python, so these tests never skip.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+
+import threading
 
 import pytest
 
@@ -28,7 +32,18 @@ def torch_engine(tiny_model_dir):
     return engine
 
 
-@pytest.fixture(params=["torch"])
+@pytest.fixture(scope="module")
+def llamacpp_engine():
+    """The embedded model's Q4_1 GGUF in llama.cpp, one thread (the machine is shared)."""
+    from limamono.llamacpp_engine import LlamaCppEngine
+    from limamono.models import embedded_gguf
+
+    engine = LlamaCppEngine(embedded_gguf(), context_length=2048, threads=1)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(params=["torch", "llamacpp"])
 def engine(request):
     """Each engine in turn, with an empty KV cache."""
     made = request.getfixturevalue(f"{request.param}_engine")
@@ -95,3 +110,83 @@ def test_seeded_sampling_is_the_same_with_and_without_reuse(engine):
     again = engine.generate(PROMPT, _seeded(11), 12)
     assert first == again
     assert engine.stats.last_reused == first.prompt_tokens - 1
+
+
+def test_streaming_equals_generate_and_counts_tokens(engine):
+    chunks = list(engine.stream_text(PROMPT, _seeded(), 20))
+    whole = engine.generate(PROMPT, _seeded(), 20)
+    assert "".join(c.text for c in chunks) == whole.text
+    assert [c.finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1].finish_reason == whole.finish_reason == "length"
+    assert whole.completion_tokens == 20
+    assert whole.prompt_tokens == len(engine.tokenize(PROMPT))
+
+
+def test_max_tokens_ends_with_length(engine):
+    result = engine.generate(PROMPT, _seeded(5), 5)
+    assert (result.finish_reason, result.completion_tokens, result.stop_string) == \
+        ("length", 5, None)
+
+
+def test_stop_string_across_token_boundary_is_cut_with_finish_stop(engine):
+    chunks = [c.text for c in engine.stream_text(PROMPT, _seeded(), 30)]
+    full = "".join(chunks)
+    # A stop that starts in the 3rd non-empty chunk and ends in the 4th.
+    texts = [t for t in chunks if t]
+    before = len("".join(texts[:3]))
+    stop = full[before - 2:before + 2]
+    assert len(stop) == 4
+    streamed = list(engine.stream_text(PROMPT, _seeded(), 30, stop=[stop]))
+    text = "".join(c.text for c in streamed)
+    assert text == full[:full.index(stop)]
+    assert all(stop not in c.text for c in streamed)
+    assert (streamed[-1].finish_reason, streamed[-1].stop_string) == ("stop", stop)
+    assert streamed[-1].completion_tokens < 30
+
+
+def test_eos_ends_with_stop_and_no_stop_string(engine):
+    [token] = engine.stream_tokens(engine.tokenize(PROMPT), _seeded(), 1)
+    saved = engine.eos_ids
+    engine.eos_ids = frozenset({token})
+    try:
+        result = engine.generate(PROMPT, _seeded(), 10)
+    finally:
+        engine.eos_ids = saved
+    assert (result.text, result.finish_reason, result.stop_string, result.completion_tokens) \
+        == ("", "stop", None, 1)
+
+
+def test_utf8_is_never_split_in_engine_chunks(engine, monkeypatch):
+    text = "Her café smelled of crème brûlée 🍮; she hummed ♪ and grinned 😀."
+    ids = engine.tokenize(text)
+    monkeypatch.setattr(engine, "stream_tokens", lambda *a, **k: (i for i in ids))
+    chunks = list(engine.stream_text("x", _seeded(), len(ids)))
+    assert all("\ufffd" not in c.text for c in chunks)
+    assert "".join(c.text for c in chunks) == text
+    assert chunks[-1].finish_reason == "length"
+
+
+def test_cancel_from_another_thread_ends_with_cancelled(engine):
+    cancel = threading.Event()
+    chunks = []
+    for chunk in engine.stream_text(PROMPT, _seeded(), 1500, cancel=cancel):
+        chunks.append(chunk)
+        if len(chunks) == 2:
+            setter = threading.Thread(target=cancel.set)
+            setter.start()
+            setter.join()
+    assert chunks[-1].finish_reason == "cancelled"
+    assert chunks[-1].completion_tokens < 10
+
+
+def test_seeded_chat_turns_are_the_same_with_and_without_reuse(engine):
+    prompts, replies = [PROMPT], []
+    for turn in range(3):
+        replies.append(engine.generate(prompts[-1], _seeded(turn), 16))
+        if turn:  # the previous prompt is reused whole (re-tokenised reply text may differ)
+            assert engine.stats.last_reused >= replies[-2].prompt_tokens - 1
+        prompts.append(f"{prompts[-1]}{replies[-1].text}\nSam: and then?\nMira:")
+    for turn, expected in enumerate(replies):
+        engine.clear_cache()
+        assert engine.generate(prompts[turn], _seeded(turn), 16) == expected
+        assert engine.stats.last_reused == 0

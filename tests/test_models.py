@@ -186,7 +186,7 @@ def test_embedded_model_converts_once_then_generates(home):
 
     steps: list[tuple[str, int]] = []
     engine = load_engine(progress=lambda step, done, total: steps.append((step, done)),
-                         threads=2)
+                         threads=2, backend="torch")
     assert [done for _, done in steps] == [0, 1, 2, 3, 4]
     folder = home / "models" / "smollm2-135m"
     marker = json.loads((folder / models.MARKER_FILE).read_text())

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from limamono.engine_base import (
@@ -21,16 +23,25 @@ from limamono.engine_base import (
     KVSlot,
     SlotStart,
     TokenStream,
-    common_prefix,
 )
-from limamono.models import DEFAULT_MODEL, ProgressFn, load_model, resolve_model
+from limamono.kvreuse import common_prefix
+from limamono.models import (
+    DEFAULT_MODEL,
+    ModelError,
+    ProgressFn,
+    embedded_gguf,
+    load_model,
+    resolve_adapter,
+    resolve_model,
+)
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "DEFAULT_CACHE_ENTRIES", "PREFILL_CHUNK", "CacheStats", "Engine", "EngineBase", "KVSlot",
-    "PromptCache", "TokenStream", "common_prefix", "load_engine",
+    "BACKENDS", "DEFAULT_CACHE_ENTRIES", "PREFILL_CHUNK", "CacheStats", "Engine", "EngineBase",
+    "KVSlot", "PromptCache", "TokenStream", "choose_backend", "common_prefix", "gguf_file",
+    "load_engine",
 ]
 
 #: Conversations whose KV caches are kept (SmolLM2: ~22.5 KiB a token in bf16).
@@ -206,24 +217,76 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(found)
 
 
-def load_engine(model: str = DEFAULT_MODEL, adapter: str | None = None, dtype: str = "auto",
-                threads: int | None = None, context_length: int | None = None,
-                progress: ProgressFn | None = None,
-                cache_entries: int = DEFAULT_CACHE_ENTRIES) -> Engine:
-    """Resolve, load and wrap a model (and adapter) as an :class:`Engine`.
+#: ``--backend`` values: ``auto`` takes llama.cpp for GGUF files when it is installed.
+BACKENDS: tuple[str, ...] = ("auto", "llamacpp", "torch")
+
+
+def gguf_file(model: str) -> Path | None:
+    """The GGUF file behind ``--model``: the embedded default's, a ``.gguf`` path, or None."""
+    if model == DEFAULT_MODEL:
+        return embedded_gguf()
+    path = Path(model).expanduser()
+    return path if path.suffix.lower() == ".gguf" else None
+
+
+def choose_backend(model: str, adapter: str | os.PathLike[str] | None,
+                   backend: str = "auto") -> str:
+    """``torch`` or ``llamacpp`` for a ``--model``/``--adapter``/``--backend`` choice.
+
+    ``auto`` is llama.cpp for a GGUF model without a (PEFT) adapter when llama-cpp-python is
+    installed, torch otherwise. Training and loss evaluation always load torch.
+
+    Raises:
+        limamono.models.ModelError: ``llamacpp`` asked for what it cannot run.
+    """
+    from limamono.llamacpp_engine import llamacpp_available
+
+    if backend not in BACKENDS:
+        raise ModelError(f"--backend {backend!r}: must be one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return "torch"
+    gguf = gguf_file(model)
+    if backend == "auto":
+        return "llamacpp" if gguf and adapter is None and llamacpp_available() else "torch"
+    if gguf is None:
+        raise ModelError(f"{model}: --backend llamacpp needs a .gguf file (or the embedded "
+                         f"{DEFAULT_MODEL}); fix: pass a GGUF file or use --backend torch")
+    if adapter is not None:
+        raise ModelError(f"{adapter}: a PEFT adapter runs on the torch backend only; fix: "
+                         "use --backend torch (or --adapter none)")
+    return "llamacpp"
+
+
+def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | None = None,
+                dtype: str = "auto", threads: int | None = None,
+                context_length: int | None = None, progress: ProgressFn | None = None,
+                cache_entries: int = DEFAULT_CACHE_ENTRIES, backend: str = "auto",
+                ) -> EngineBase:
+    """Resolve and load a model (and adapter) as an engine: torch or llama.cpp.
 
     Args:
-        model: ``smollm2-135m`` (default), a model folder or a cached hub id.
+        model: ``smollm2-135m`` (default), a ``.gguf`` file, a model folder or a cached
+            hub id.
         adapter: None/"none", "demo" or a PEFT adapter folder (merged into the weights).
-        dtype: ``auto`` (bf16 on CPU), ``bf16``, ``fp16`` or ``fp32``.
-        threads: torch CPU threads.
-        context_length: Override the model's ``max_position_embeddings``.
-        progress: Progress of the one-time conversion of the embedded model.
+        dtype: torch only: ``auto`` (bf16 on CPU), ``bf16``, ``fp16`` or ``fp32``.
+        threads: CPU threads.
+        context_length: Override the model's context length.
+        progress: Progress of the one-time conversion of the embedded model (torch).
         cache_entries: Conversations whose KV caches are kept.
+        backend: ``auto``, ``llamacpp`` or ``torch`` (see :func:`choose_backend`).
 
     Raises:
         limamono.models.ModelError: The model or adapter cannot be loaded (names the fix).
     """
+    adapter = resolve_adapter(adapter)
+    if choose_backend(model, adapter, backend) == "llamacpp":
+        from limamono.llamacpp_engine import LlamaCppEngine
+
+        path = gguf_file(model)
+        assert path is not None
+        return LlamaCppEngine(path, name=model if model == DEFAULT_MODEL else path.name,
+                              context_length=context_length, cache_entries=cache_entries,
+                              threads=threads)
     spec = resolve_model(model, progress=progress)
     loaded, tokenizer = load_model(spec, adapter=adapter, dtype=dtype, threads=threads)
     return Engine(loaded, tokenizer, name=spec.name, context_length=context_length,

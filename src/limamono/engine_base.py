@@ -301,6 +301,25 @@ class EngineBase:
         finally:
             self._close_slot(slot, fed if consistent else None)
 
+    def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """Next-token logits after ``ids`` [vocab], fp32 on CPU, reusing and updating the
+        KV cache as a generation would (for tests and the benchmark)."""
+        ids = list(ids)
+        if not ids:
+            raise ValueError("prompt_ids is empty: a prompt needs at least one token")
+        self._check_no_open_stream("evaluating a prompt")
+        with self._lock:
+            start = self._open_slot(ids)
+            fed: list[int] | None = None
+            try:
+                for begin in range(start.reused, len(ids), PREFILL_CHUNK):
+                    logits = start.slot.eval(ids[begin:begin + PREFILL_CHUNK])
+                self._count(start, len(ids) - start.reused)
+                fed = ids
+            finally:
+                self._close_slot(start.slot, fed)
+        return logits
+
     def _count(self, start: SlotStart, evaluated: int) -> None:
         s = self.stats
         s.last_reused, s.last_evaluated, s.last_shifted = start.reused, evaluated, start.shifted
@@ -404,11 +423,3 @@ def _banned(logits: torch.Tensor, ban: set[int] | None) -> torch.Tensor:
     out[list(ban)] = float("-inf")
     return out
 
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token-id sequences."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
