@@ -29,7 +29,7 @@ runner = CliRunner()
 @pytest.fixture
 def engine(monkeypatch: pytest.MonkeyPatch) -> ScriptedEngine:
     scripted = ScriptedEngine(["She nodded."])
-    monkeypatch.setattr(chat_cmd, "make_engine", lambda model, adapter, threads=None: scripted)
+    monkeypatch.setattr(chat_cmd, "make_engine", lambda *a, **k: scripted)
     return scripted
 
 
@@ -151,7 +151,7 @@ class InterruptingEngine(ScriptedEngine):
 def test_ctrl_c_stops_the_reply_but_not_the_chat(monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
     engine = InterruptingEngine(["one two three four five six"])
-    monkeypatch.setattr(chat_cmd, "make_engine", lambda model, adapter, threads=None: engine)
+    monkeypatch.setattr(chat_cmd, "make_engine", lambda *a, **k: engine)
     output = chat(tmp_path / "c.db", ["Hello.", "Still here?"])
     assert "Mira Holt: one two\n  (stopped)" in output
     assert len(engine.prompts) == 2

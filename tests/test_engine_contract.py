@@ -8,9 +8,8 @@ llama.cpp engine runs the embedded model's GGUF as shipped (loads in well under 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import threading
+from dataclasses import replace
 
 import pytest
 

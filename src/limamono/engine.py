@@ -278,7 +278,7 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
     Raises:
         limamono.models.ModelError: The model or adapter cannot be loaded (names the fix).
     """
-    adapter = resolve_adapter(adapter)
+    adapter = resolve_adapter(adapter, model)
     if choose_backend(model, adapter, backend) == "llamacpp":
         from limamono.llamacpp_engine import LlamaCppEngine
 

@@ -281,13 +281,17 @@ def _hub_cache_models() -> list[ModelInfo]:
     return infos
 
 
-def resolve_adapter(value: str | os.PathLike[str] | None) -> Path | None:
+def resolve_adapter(value: str | os.PathLike[str] | None,
+                    model: str | None = None) -> Path | None:
     """The adapter folder for ``--adapter``: None/"none" → none, "demo" → the demo adapter.
 
     The demo adapter lives at ``examples/adapters/demo`` in the repository; while it does not
-    exist, "demo" means no adapter (no error).
+    exist, "demo" means no adapter (no error). It was trained on the embedded model, so
+    with another ``model`` given, "demo" (every command's default) means no adapter too.
     """
     if value is None or str(value).lower() == "none":
+        return None
+    if str(value) == "demo" and model not in (None, DEFAULT_MODEL):
         return None
     if str(value) == "demo":
         demo = Path(__file__).resolve().parents[2] / DEMO_ADAPTER

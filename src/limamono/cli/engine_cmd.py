@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from limamono.cli.common import dim, err, fail, out, visible
+from limamono.cli.common import BACKEND_HELP, dim, err, fail, out, visible
 
 
 class ConversionProgress:
@@ -43,7 +43,7 @@ class ConversionProgress:
 
 
 def load_engine_for_cli(model: str, adapter: str | None, dtype: str,
-                        threads: int | None) -> Any:
+                        threads: int | None, backend: str = "auto") -> Any:
     """Load an engine with a conversion progress bar; model errors end the command (exit 2).
 
     Other command modules (chat, serve, eval) may use this too.
@@ -57,7 +57,7 @@ def load_engine_for_cli(model: str, adapter: str | None, dtype: str,
     progress = ConversionProgress()
     try:
         return load_engine(model, adapter=adapter, dtype=dtype, threads=threads,
-                           progress=progress)
+                           progress=progress, backend=backend)
     except ModelError as exc:
         fail(str(exc))
     finally:
@@ -150,12 +150,13 @@ def generate_cmd(
     seed: int | None = typer.Option(None, "--seed", help="Random seed (same seed, same "
                                     "prompt: same text)."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model: 'smollm2-135m' "
-                              "(embedded), an HF folder or a cached hub id."),
+                              "(embedded), a .gguf file, an HF folder or a cached hub id."),
     adapter: str | None = typer.Option(None, "--adapter", "-a", help="PEFT LoRA adapter "
                                        "folder, 'demo' or 'none'."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CPU), bf16, fp16, fp32."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch "
-                                       "(on a busy machine 1 is often much faster)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
+                                       "model (on a busy machine 1 is often much faster)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     stop: list[str] = typer.Option([], "--stop", "-s", help="Stop string (repeatable); the "
                                    "text never includes it. Escapes like \\n are understood."),
 ) -> None:
@@ -176,7 +177,7 @@ def generate_cmd(
     except (SamplerError, ValueError) as exc:
         fail(str(exc))
     stops = [s.encode("utf-8").decode("unicode_escape") if "\\" in s else s for s in stop]
-    engine = load_engine_for_cli(model, adapter, dtype, threads)
+    engine = load_engine_for_cli(model, adapter, dtype, threads, backend)
     _stream_to_stdout(engine, text, settings, max_tokens, stops)
 
 

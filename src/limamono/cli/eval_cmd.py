@@ -77,7 +77,9 @@ def eval_cmd(
             bar.update(tasks[variant], completed=done)
 
         def load(model_name: str, adapter_name: str):
-            return load_engine_for_cli(model_name, resolve_adapter(adapter_name), dtype, threads)
+            # Loss evaluation needs the torch model, and both variants the same engine.
+            return load_engine_for_cli(model_name, resolve_adapter(adapter_name), dtype, threads,
+                                       backend="torch")
 
         try:
             results = run(config, progress, load=load)

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from limamono.cli.common import dim, err, fail, warn
+from limamono.cli.common import BACKEND_HELP, dim, err, fail, warn
 
 _HELP = (
     "Serve a model over the APIs SillyTavern already speaks.\n\n"
@@ -31,12 +31,13 @@ def is_loopback(host: str) -> bool:
 
 
 def server_config(preset: str, queue: int, api_key: str | None, cors_origins: list[str],
-                  max_body_mb: float, default_max_tokens: int, adapter: str | None) -> Any:
+                  max_body_mb: float, default_max_tokens: int, adapter: str | None,
+                  model: str | None = None) -> Any:
     """The :class:`~limamono.server.ServerConfig` for the options (ValueError if invalid)."""
     from limamono.models import resolve_adapter
     from limamono.server import ServerConfig
 
-    adapter_dir = resolve_adapter(adapter)
+    adapter_dir = resolve_adapter(adapter, model)
     return ServerConfig(preset=preset, queue=queue, api_key=api_key or None,
                         cors_origins=tuple(cors_origins),
                         max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -50,7 +51,8 @@ def register(app: typer.Typer) -> None:
     @app.command("serve", help=_HELP)
     def serve(
         model: str = typer.Option("smollm2-135m", "--model", "-m",
-                                  help="Embedded model name, HF folder or cached hub id."),
+                                  help="Embedded model name, .gguf file, HF folder or cached "
+                                  "hub id."),
         adapter: str = typer.Option("demo", "--adapter",
                                     help="LoRA adapter folder, 'demo' (the bundled adapter "
                                     "for the embedded model) or 'none' (the bare base)."),
@@ -74,29 +76,30 @@ def register(app: typer.Typer) -> None:
         max_tokens: int = typer.Option(256, "--max-tokens",
                                        help="Reply length when a request gives none."),
         dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
-        threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
+        backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     ) -> None:
         try:
             config = server_config(preset, queue, api_key, cors_origin, max_body_mb,
-                                   max_tokens, adapter)
+                                   max_tokens, adapter, model)
         except ValueError as error:
             fail(str(error))
         if not is_loopback(host) and config.api_key is None:
             warn(f"binding {host} without --api-key: anyone who can reach this port can use "
                  "the model")
-        engine = _load(model, adapter, dtype, threads, context)
+        engine = _load(model, adapter, dtype, threads, context, backend)
         _run(engine, config, host, port, log_level)
 
 
 def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
-          context: int | None) -> Any:
+          context: int | None, backend: str = "auto") -> Any:
     from limamono.engine import load_engine
     from limamono.models import ModelError
 
     try:
         return load_engine(model, adapter=adapter, dtype=dtype, threads=threads,
-                           context_length=context,
+                           context_length=context, backend=backend,
                            progress=lambda what, done, total: err.print(
                                dim(f"{what} {done}/{total}")))
     except (ModelError, ValueError) as error:

@@ -236,7 +236,7 @@ def run(config: EvalConfig, progress: Callable[[str, int, int], None] | None = N
 
         def load(model: str, adapter: str) -> Any:
             return load_engine(model=model, adapter=resolve_adapter(adapter),
-                               dtype=config.dtype, threads=config.threads)
+                               dtype=config.dtype, threads=config.threads, backend="torch")
 
     conversations = held_out(config.data)
     total = len(make_prompts(conversations, config))

@@ -23,7 +23,7 @@ from rich.text import Text
 from limamono.cli.chat_cmd.chats import chats_app
 from limamono.cli.chat_cmd.session import load_character, new_chat, open_store, start_session
 from limamono.cli.chat_cmd.terminal import ChatLoop, print_message
-from limamono.cli.common import dim, err, fail, out
+from limamono.cli.common import BACKEND_HELP, dim, err, fail, out
 
 if TYPE_CHECKING:
     from limamono.generation import Engine
@@ -36,13 +36,14 @@ DEMO_TURNS = (
 )
 
 
-def make_engine(model: str, adapter: str | None, threads: int | None = None) -> Engine:
+def make_engine(model: str, adapter: str | None, threads: int | None = None,
+                backend: str = "auto") -> Engine:
     """Load the engine (tests replace this function with a scripted engine)."""
     from limamono.engine import load_engine
     from limamono.models import ModelError
 
     try:
-        return load_engine(model, adapter=adapter, threads=threads,
+        return load_engine(model, adapter=adapter, threads=threads, backend=backend,
                            progress=lambda what, done, total: err.print(
                                dim(f"{what} {done}/{total}")))
     except ModelError as exc:
@@ -69,7 +70,7 @@ def chat_cmd(
     persona: str = typer.Option("", "--persona", help="A short description of you (kept "
                                 "with the chat; the prompt format has no place for it)."),
     model: str = typer.Option("smollm2-135m", "--model", help="Model: smollm2-135m (embedded), "
-                              "an HF folder or a cached hub id."),
+                              "a .gguf file, an HF folder or a cached hub id."),
     adapter: str = typer.Option("demo", "--adapter", help="LoRA adapter folder, 'demo' (the "
                                 "bundled one, if present) or 'none'."),
     preset: str = typer.Option("limamono", "--preset", help="Sampler preset."),
@@ -82,6 +83,7 @@ def chat_cmd(
                                      "asterisk-style greeting and sheet to the house style."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
                                        "model (default: the engine's choice)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     db: Path | None = typer.Option(None, "--db", help="Chat database (default: "
                                    "$LIMAMONO_HOME/chats.db)."),
 ) -> None:
@@ -95,7 +97,7 @@ def chat_cmd(
     if chat_id is not None:  # fail before the model loads, not after
         _check_chat(store, chat_id)
     settings = make_settings(preset, seed)
-    engine = make_engine(model, None if adapter == "none" else adapter, threads)
+    engine = make_engine(model, None if adapter == "none" else adapter, threads, backend)
     if start is not None:
         chat_id = new_chat(store, start, User(user, persona))
     assert chat_id is not None
@@ -122,6 +124,7 @@ def demo_cmd(
     threads: int = typer.Option(1, "--threads", min=1, help="CPU threads for the model. One "
                                 "by default: on a busy machine two threads that wait for "
                                 "each other decode about 6 times slower (measured here)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     db: Path | None = typer.Option(None, "--db", help="Chat database (default: "
                                    "$LIMAMONO_HOME/chats.db)."),
 ) -> None:
@@ -134,7 +137,7 @@ def demo_cmd(
     settings = make_settings("limamono", seed)
     err.print(dim(f"loading {model} (adapter: {adapter})..."))
     setup = time.monotonic()
-    engine = make_engine(model, None if adapter == "none" else adapter, threads)
+    engine = make_engine(model, None if adapter == "none" else adapter, threads, backend)
     err.print(dim(f"model ready in {time.monotonic() - setup:.1f} s"))
     chat_id = new_chat(store, start, User(user))
     session = start_session(store, chat_id, engine, settings, max_tokens)
