@@ -15,8 +15,7 @@ from __future__ import annotations
 import random
 import sys
 
-from limamono.chat import ChatMessage, Swipe
-from limamono.conversation import Character, User
+from limamono.conversation import Character, Conversation, Message, Swipe, User
 from limamono.store import ChatStore
 
 
@@ -27,9 +26,11 @@ def main(db: str, seed: int) -> None:
     if chats:
         chat_id = chats[-1].id
     else:
-        chat_id = store.create_chat(Character("Mira Holt", "Keeps the lamp."), User("Tom"))
+        chat_id = store.create_chat(Conversation(Character("Mira Holt", "Keeps the lamp."),
+                                                 User("Tom")))
         print("C", chat_id, flush=True)
-    messages = store.load_chat(chat_id).messages
+    chat, version = store.load_chat_version(chat_id)
+    messages = chat.messages
     n = 0
     while True:
         n += 1
@@ -37,13 +38,14 @@ def main(db: str, seed: int) -> None:
             last = messages[-1]
             last.swipes.append(Swipe(f"swipe {len(last.swipes)} " + "y" * rng.randint(0, 900)))
             last.swipe_id = len(last.swipes) - 1
-            store.sync_messages(chat_id, messages)
+            version = store.sync_messages(chat_id, messages, version).version
             print("S", len(messages) - 1, len(last.swipes), flush=True)
             continue
         text = f"msg {seed}-{n}"
-        message = ChatMessage("user" if n % 2 else "char",
-                              [Swipe(text), Swipe("x" * rng.randint(0, 4000))])
+        message = Message("user" if n % 2 else "char",
+                          swipes=[Swipe(text), Swipe("x" * rng.randint(0, 4000))])
         store.append_message(chat_id, message)
+        version += 1  # only this process writes: its append is the one change
         messages.append(message)
         print("A", len(messages) - 1, text, flush=True)
 

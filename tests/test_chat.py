@@ -18,15 +18,13 @@ from limamono import format as fmt
 from limamono.chat import (
     ChatConfig,
     ChatError,
-    ChatMessage,
     ChatSession,
     ImpersonationGuard,
-    Swipe,
     drop_chunk,
     label_for_prompt,
     thoughts,
 )
-from limamono.conversation import Character, User
+from limamono.conversation import Character, Conversation, Message, Swipe, User
 from limamono.generation import Completion, ContextOverflowError, TextChunk
 
 
@@ -102,9 +100,8 @@ GREETING = 'Mira looked up from the lamp. "You made it up the stairs, then."'
 def session(replies: Sequence[str], **kwargs: object) -> tuple[ChatSession, ScriptedEngine]:
     config = kwargs.pop("config", None)
     engine = ScriptedEngine(replies, **kwargs)  # type: ignore[arg-type]
-    chat = ChatSession(CHAR, User("Tom"), engine, settings="preset", scenario=SCENARIO,
-                       history=[ChatMessage.of("char", GREETING)],
-                       config=config)  # type: ignore[arg-type]
+    chat = ChatSession(Conversation(CHAR, User("Tom"), SCENARIO, [Message("char", GREETING)]),
+                       engine, settings="preset", config=config)  # type: ignore[arg-type]
     return chat, engine
 
 
@@ -131,12 +128,12 @@ def test_send_renders_the_exact_prompt_with_length_labels() -> None:
 
 def test_past_turns_are_labelled_by_word_count_and_the_latest_input_by_setting() -> None:
     long_input = " ".join(["word"] * 45)
-    messages = [ChatMessage.of("char", GREETING), ChatMessage.of("user", long_input),
-                ChatMessage.of("char", "Yes."), ChatMessage.of("user", "Go on.")]
+    messages = [Message("char", GREETING), Message("user", long_input),
+                Message("char", "Yes."), Message("user", "Go on.")]
     config = ChatConfig(input_length="short")
     labelled = label_for_prompt(messages, config)
     assert [m.length for m in labelled] == ["tiny", "short", "micro", "short"]
-    fixed = [ChatMessage.of("user", "Hm.", length="huge")]
+    fixed = [Message("user", "Hm.", "huge")]
     assert label_for_prompt(fixed, config)[0].length == "huge"
 
 
@@ -232,7 +229,7 @@ def test_edit_delete_and_undo() -> None:
     assert len(chat.history) == 1
     assert not chat.undo()
     with pytest.raises(ChatError, match="no reply to continue"):
-        chat.history.append(ChatMessage.of("user", "x"))
+        chat.history.append(Message("user", "x"))
         chat.continue_reply()
 
 
@@ -247,16 +244,16 @@ def test_on_change_sees_every_change() -> None:
 
 def test_hidden_messages_stay_out_of_the_prompt() -> None:
     chat, engine = session(["Ok."])
-    chat.history.append(ChatMessage.of("user", "secret note", hidden=True))
+    chat.history.append(Message("user", "secret note", hidden=True))
     run(chat.send("Hi."))
     assert "secret note" not in engine.prompts[0]
 
 
 def test_message_needs_a_valid_swipe() -> None:
-    with pytest.raises(ChatError, match="at least one swipe"):
-        ChatMessage("char", [])
-    with pytest.raises(ChatError, match=r"swipe_id 2 is out of range 0\.\.0"):
-        ChatMessage("char", [Swipe("a")], swipe_id=2)
+    with pytest.raises(ValueError, match="at least one swipe"):
+        Message("char", swipes=[])
+    with pytest.raises(ValueError, match=r"swipe_id 2 is out of range 0\.\.0"):
+        Message("char", swipes=[Swipe("a")], swipe_id=2)
 
 
 # --------------------------------------------------------------------------- the guard
@@ -304,7 +301,7 @@ def test_length_limit_is_reported() -> None:
 
 def test_greeting_can_be_generated() -> None:
     engine = ScriptedEngine(["The door creaked open."])
-    chat = ChatSession(CHAR, User("Tom"), engine, scenario=SCENARIO)
+    chat = ChatSession(Conversation(CHAR, User("Tom"), SCENARIO), engine)
     assert run(chat.reply()) == "The door creaked open."
     assert engine.prompts[0].endswith(f"Scenario: {SCENARIO}\n\n"
                                       "### Response: (length = long)\nMira Holt:")
@@ -319,8 +316,8 @@ def test_budget_and_prefix_reuse_on_a_real_engine(tiny_model_dir: object) -> Non
     from limamono.samplers import get_preset
 
     engine = load_engine(str(tiny_model_dir), dtype="fp32", context_length=400)
-    chat = ChatSession(CHAR, User("Tom"), engine, get_preset("greedy"), SCENARIO,
-                       [ChatMessage.of("char", GREETING)], ChatConfig(max_new_tokens=6))
+    chat = ChatSession(Conversation(CHAR, User("Tom"), SCENARIO, [Message("char", GREETING)]),
+                       engine, get_preset("greedy"), ChatConfig(max_new_tokens=6))
     drops, reused, prompts = [], [], []
     for i in range(14):
         run(chat.send(f"Turn {i}: the wind is rising and the lamp flickers again."))

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from limamono.cli import app, chat_cmd
 from limamono.generation import TextChunk
-from limamono.store import ChatStore
+from limamono.store import ChatStore, Saved
 from test_chat import ScriptedEngine
 
 ASSETS = Path(__file__).parent / "assets"
@@ -98,11 +98,11 @@ def test_errors_inside_the_chat_do_not_end_it(engine: ScriptedEngine, tmp_path: 
     real_sync = ChatStore.sync_messages
     calls = []
 
-    def flaky_sync(self: ChatStore, chat_id: int, messages: list) -> int:
+    def flaky_sync(self: ChatStore, chat_id: int, messages: list, version: int) -> Saved:
         calls.append(len(messages))
         if len(calls) == 1:
             raise StoreError("c.db: the change was not saved (disk I/O error)")
-        return real_sync(self, chat_id, messages)
+        return real_sync(self, chat_id, messages, version)
 
     monkeypatch.setattr(ChatStore, "sync_messages", flaky_sync)
     output = chat(tmp_path / "c.db", [f"/save {taken}", "/length enormous", "Hello.",
@@ -380,3 +380,39 @@ def test_chats_list_and_show_neutralise_terminal_escapes(tmp_path: Path) -> None
     exported = tmp_path / "out.jsonl"
     runner.invoke(app, ["chats", "export", "1", "-o", str(exported), "--db", str(db)])
     assert "Hi \\u001b[2J\\u001b]0;x\\u0007 there." in exported.read_text(encoding="utf-8")
+
+
+def test_a_stale_save_is_reported_and_the_chat_reloads_and_goes_on(
+        engine: ScriptedEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two terminals on chat 1 (issue 11): B's save from its stale copy loses nothing."""
+    from limamono.cli.chat_cmd.session import start_session
+    from limamono.cli.chat_cmd.terminal import ChatLoop
+
+    db = tmp_path / "c.db"
+    chat(db, [])
+    engine_a, engine_b = ScriptedEngine(["reply to A"]), ScriptedEngine(["reply to B"])
+    store_a, store_b = ChatStore(db), ChatStore(db)
+    loop_a = ChatLoop(start_session(store_a, 1, engine_a, None, 50), store_a, 1)
+    loop_b = ChatLoop(start_session(store_b, 1, engine_b, None, 50), store_b, 1)
+    capsys.readouterr()
+    assert loop_a.handle("A's message")
+    assert loop_b.handle("B's message")
+    output = capsys.readouterr()
+    assert ("error: " + str(db) + ": chat 1 was changed by another process since this copy "
+            "was loaded (version 2, this copy 0); nothing was saved") in flat(output.err)
+    assert ("reloaded chat 1 as saved; it now ends with:\nTom: A's message\n"
+            "Mira Holt: reply to A\n") in output.out
+    assert engine_b.prompts == [], "nothing was generated for the refused message"
+    texts = [m.text for m in ChatStore(db).load_chat(1).messages][1:]
+    assert texts == ["A's message", "reply to A"]
+    assert loop_b.handle("B's message")  # the reloaded session goes on
+    assert engine_b.prompts[0].endswith("Mira Holt: reply to A\n\n### Input: (length = tiny)\n"
+                                        "Tom: B's message\n\n### Response: (length = long)\n"
+                                        "Mira Holt:")
+    texts = [m.text for m in ChatStore(db).load_chat(1).messages][1:]
+    assert texts == ["A's message", "reply to A", "B's message", "reply to B"]
+    # A's copy is stale now: its regenerated swipe is refused and A reloads B's turn.
+    assert loop_a.handle("/regen")
+    assert "was changed by another process" in flat(capsys.readouterr().err)
+    assert [m.text for m in loop_a.session.history][1:] == texts
+    assert [m.text for m in ChatStore(db).load_chat(1).messages][1:] == texts

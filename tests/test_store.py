@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from limamono.chat import ChatMessage, ChatSession, Swipe
-from limamono.conversation import Character, User
+from limamono.chat import ChatSession
+from limamono.conversation import Character, Conversation, Message, Swipe, User
 from limamono.store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     ChatStore,
+    Saved,
+    StaleChatError,
     StoreError,
     export_sillytavern,
     import_sillytavern,
@@ -31,18 +34,26 @@ WRITER = Path(__file__).parent / "store_writer.py"
 CHAR = Character("Mira Holt", "Occupation: Lighthouse keeper")
 
 
-def sample_messages() -> list[ChatMessage]:
+def sample_messages() -> list[Message]:
     return [
-        ChatMessage("char", [Swipe("Hello."), Swipe("Hi!", "user", "stop", {"k": 1})], 1,
-                    send_date="2026-11-27T09:00:00+00:00"),
-        ChatMessage.of("user", "Hey.", length="tiny", hidden=True, extra={"a": [1, 2]}),
+        Message("char", swipes=[Swipe("Hello."), Swipe("Hi!", "user", "stop", {"k": 1})],
+                swipe_id=1, send_date="2026-11-27T09:00:00+00:00"),
+        Message("user", "Hey.", "tiny", hidden=True, meta={"a": [1, 2]}),
     ]
+
+
+TOM = User("Tom")
+
+
+def new_chat(messages: list[Message], user: User = TOM, scenario: str = "",
+             title: str = "") -> Conversation:
+    return Conversation(CHAR, user, scenario, messages, title=title)
 
 
 def test_create_load_list_delete(tmp_path: Path) -> None:
     with ChatStore(tmp_path / "c.db") as store:
-        chat_id = store.create_chat(CHAR, User("Tom", "A sailor."), "Storm.", sample_messages(),
-                                    title="first")
+        chat_id = store.create_chat(new_chat(sample_messages(), User("Tom", "A sailor."),
+                                             "Storm.", "first"))
         chat = store.load_chat(chat_id)
         assert chat.character == CHAR and chat.scenario == "Storm."
         assert chat.user == User("Tom", "A sailor.")
@@ -60,26 +71,92 @@ def test_create_load_list_delete(tmp_path: Path) -> None:
 
 def test_sync_writes_only_what_changed(tmp_path: Path) -> None:
     with ChatStore(tmp_path / "c.db") as store:
-        messages = sample_messages() + [ChatMessage.of("char", f"m{i}") for i in range(5)]
-        chat_id = store.create_chat(CHAR, User("Tom"), messages=messages)
-        assert store.sync_messages(chat_id, messages) == 0
+        messages = sample_messages() + [Message("char", f"m{i}") for i in range(5)]
+        chat_id = store.create_chat(new_chat(messages))
+        assert store.sync_messages(chat_id, messages, 0) == Saved(0, 0)
         messages[3].swipes.append(Swipe("again"))
         messages[3].swipe_id = 1
-        assert store.sync_messages(chat_id, messages) == 1
-        assert store.sync_messages(chat_id, messages[:4]) == 0
+        assert store.sync_messages(chat_id, messages, 0) == Saved(1, 1)
+        assert store.sync_messages(chat_id, messages[:4], 1) == Saved(0, 2)
         assert store.load_chat(chat_id).messages == messages[:4]
-        store.append_message(chat_id, ChatMessage.of("user", "new"))
+        store.append_message(chat_id, Message("user", "new"))
         assert [m.text for m in store.load_chat(chat_id).messages][-1] == "new"
+
+
+def test_two_writers_on_one_chat_never_lose_a_message(tmp_path: Path) -> None:
+    """Issue 11: A saves its message and the reply, then B saves from its stale copy."""
+    a, b = ChatStore(tmp_path / "c.db"), ChatStore(tmp_path / "c.db")
+    chat_id = a.create_chat(new_chat([Message("char", "greeting")]))
+    copy_a, version_a = a.load_chat_version(chat_id)
+    copy_b, version_b = b.load_chat_version(chat_id)
+    assert version_a == version_b == 0
+    copy_a.messages.append(Message("user", "A's message"))
+    version_a = a.sync_messages(chat_id, copy_a.messages, version_a).version
+    copy_a.messages.append(Message("char", "reply to A"))
+    version_a = a.sync_messages(chat_id, copy_a.messages, version_a).version
+    assert version_a == 2
+    copy_b.messages.append(Message("user", "B's message"))
+    with pytest.raises(StaleChatError, match=(
+            r"chat 1 was changed by another process since this copy was loaded \(version 2, "
+            r"this copy 0\); nothing was saved")) as caught:
+        b.sync_messages(chat_id, copy_b.messages, version_b)
+    assert (caught.value.version, caught.value.saved_version) == (0, 2)
+    texts = ["greeting", "A's message", "reply to A"]
+    assert [m.text for m in a.load_chat(chat_id).messages] == texts
+    # B reloads and goes on from what is saved; now A's copy is the stale one.
+    copy_b, version_b = b.load_chat_version(chat_id)
+    copy_b.messages.append(Message("user", "B's message"))
+    assert b.sync_messages(chat_id, copy_b.messages, version_b) == Saved(1, 3)
+    with pytest.raises(StaleChatError, match=r"\(version 3, this copy 2\)"):
+        a.sync_messages(chat_id, copy_a.messages[:1], version_a)  # would delete 3 messages
+    # An append (another process, an import tool) makes every loaded copy stale too.
+    a.append_message(chat_id, Message("char", "reply to B"))
+    with pytest.raises(StaleChatError):
+        b.sync_messages(chat_id, copy_b.messages, 3)
+    assert [m.text for m in b.load_chat(chat_id).messages] == [*texts, "B's message",
+                                                                "reply to B"]
+    assert b.version(chat_id) == 4
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_chats(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    for statement in MIGRATIONS[1]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO characters VALUES (1, 'Mira Holt', 'Keeps the lamp.', 'Storm.', "
+                 "'', '2026-01-01')")
+    conn.execute("INSERT INTO chats VALUES (1, 1, 'Tom', '', 'old', '2026-01-01', '2026-01-01', "
+                 "'{}')")
+    conn.execute("INSERT INTO messages VALUES (1, 1, 0, 'char', 0, NULL, 0, '', '{}', 'x')")
+    conn.execute("INSERT INTO swipes VALUES (1, 0, 'Hello.', NULL, NULL, '{}')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with ChatStore(db) as store:
+        chat, version = store.load_chat_version(1)
+        assert (chat.title, chat.scenario, [m.text for m in chat.messages]) == (
+            "old", "Storm.", ["Hello."])
+        assert version == 0
+        chat.messages.append(Message("user", "Hi."))
+        # The old row's digest is not ours, so it is rewritten once (and equal after).
+        assert store.sync_messages(1, chat.messages, version) == Saved(2, 1)
+        assert store.load_chat(1).messages == chat.messages
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 2 \
+        == SCHEMA_VERSION
 
 
 def test_session_changes_are_saved_as_they_happen(tmp_path: Path) -> None:
     from test_chat import ScriptedEngine
 
     store = ChatStore(tmp_path / "c.db")
-    chat_id = store.create_chat(CHAR, User("Tom"), messages=[ChatMessage.of("char", "Hi.")])
-    chat = ChatSession(CHAR, User("Tom"), ScriptedEngine(["One.", "Two."]),
-                       history=store.load_chat(chat_id).messages,
-                       on_change=lambda s: store.sync_messages(chat_id, s.history))
+    chat_id = store.create_chat(new_chat([Message("char", "Hi.")]))
+    saved = [0]
+
+    def save(session: ChatSession) -> None:
+        saved[0] = store.sync_messages(chat_id, session.history, saved[0]).version
+
+    chat = ChatSession(store.load_chat(chat_id), ScriptedEngine(["One.", "Two."]),
+                       on_change=save)
     "".join(chat.send("Hello."))
     "".join(chat.regenerate())
     reopened = ChatStore(tmp_path / "c.db").load_chat(chat_id)
@@ -92,7 +169,7 @@ def test_session_changes_are_saved_as_they_happen(tmp_path: Path) -> None:
 
 def test_a_chat_that_fails_to_load_is_reported_and_left_alone(tmp_path: Path) -> None:
     with ChatStore(tmp_path / "c.db") as store:
-        chat_id = store.create_chat(CHAR, User("Tom"), messages=sample_messages())
+        chat_id = store.create_chat(new_chat(sample_messages()))
         store._db.execute("UPDATE messages SET swipe_id = 7 WHERE position = 1")
         with pytest.raises(StoreError, match=r"chat 1, message 1 cannot be read \(swipe_id 7 "
                                              r"is out of range 0\.\.0\); nothing was changed"):
@@ -106,12 +183,13 @@ def test_a_chat_that_fails_to_load_is_reported_and_left_alone(tmp_path: Path) ->
 
 def test_a_failed_write_changes_nothing_and_says_so(tmp_path: Path) -> None:
     with ChatStore(tmp_path / "c.db") as store:
-        chat_id = store.create_chat(CHAR, User("Tom"), messages=sample_messages())
-        bad = [*sample_messages()[:1], ChatMessage.of("narrator", "x")]  # type: ignore[arg-type]
+        chat_id = store.create_chat(new_chat(sample_messages()))
+        bad = [*sample_messages()[:1], Message("narrator", "x")]  # type: ignore[arg-type]
         with pytest.raises(StoreError, match=r"the change was not saved .*CHECK constraint"):
-            store.sync_messages(chat_id, bad)
+            store.sync_messages(chat_id, bad, 0)
         assert store.load_chat(chat_id).messages == sample_messages()
-        store.append_message(chat_id, ChatMessage.of("user", "still works"))
+        assert store.version(chat_id) == 0
+        store.append_message(chat_id, Message("user", "still works"))
         assert store.load_chat(chat_id).messages[-1].text == "still works"
 
 
@@ -155,8 +233,8 @@ def test_sillytavern_export_changes_only_what_changed(tmp_path: Path) -> None:
         chat = store.load_chat(chat_id)
         chat.messages[0].swipe_id = 0
         chat.messages[1].swipes[0] = Swipe("Edited.")
-        chat.messages.append(ChatMessage("char", [Swipe("New.", "user", "stop")],
-                                         send_date="2026-11-27T09:00:00+00:00"))
+        chat.messages.append(Message("char", swipes=[Swipe("New.", "user", "stop")],
+                                     send_date="2026-11-27T09:00:00+00:00"))
         lines = [json.loads(line) for line in export_sillytavern(chat).split("\n")]
         original = [json.loads(line) for line in ST_SAMPLE.read_text().split("\n")]
     assert lines[0] == original[0]

@@ -158,7 +158,7 @@ def test_sillytavern_import_refuses_nan_and_export_writes_valid_json(tmp_path: P
     source.write_text(source.read_text().replace("NaN", "1.5"))
     chat_id = import_sillytavern(store, source)
     chat = store.load_chat(chat_id)
-    chat.metadata["sillytavern"]["raw"]["x"] = float("nan")
+    chat.meta["sillytavern"]["raw"]["x"] = float("nan")
     text = export_sillytavern(chat)
     assert json.loads(text.splitlines()[0])["x"] is None
     old_umask = os.umask(0o022)

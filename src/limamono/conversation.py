@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,10 +27,11 @@ LENGTHS: tuple[str, ...] = ("micro", "tiny", "short", "medium", "long", "massive
 Role = Literal["char", "user"]
 ROLES: tuple[str, ...] = ("char", "user")
 
-_TOP_KEYS = ("character", "user", "scenario", "messages", "meta")
+_TOP_KEYS = ("character", "user", "scenario", "messages", "meta", "title", "created")
 _CHARACTER_KEYS = ("name", "description")
 _USER_KEYS = ("name", "persona")
-_MESSAGE_KEYS = ("role", "text", "length")
+_MESSAGE_KEYS = ("role", "text", "length", "swipes", "swipe_id", "hidden", "send_date", "meta")
+_SWIPE_KEYS = ("text", "cut", "finish_reason", "info")
 
 
 class ConversationError(ValueError):
@@ -75,13 +76,89 @@ class User:
     persona: str = ""
 
 
-@dataclass(frozen=True)
+#: Why the impersonation guard ended a generated swipe: the user's turn or a ``###`` header.
+Cut = Literal["user", "header"]
+CUTS: tuple[str, ...] = ("user", "header")
+
+
+@dataclass
+class Swipe:
+    """One alternative text of a message.
+
+    Attributes:
+        text: the text, without the ``Name: `` prefix.
+        cut: ``"user"`` or ``"header"`` when the impersonation guard ended the reply there.
+        finish_reason: how generation ended (``stop``, ``length``, ``cancelled``); None for
+            text a person wrote.
+        info: data kept from an imported file (SillyTavern ``swipe_info``), never rendered.
+    """
+
+    text: str
+    cut: Cut | None = None
+    finish_reason: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(init=False)
 class Message:
-    """One turn: who speaks, the text without the ``Name: `` prefix, an optional length label."""
+    """One turn: who speaks, its alternatives (swipes), the one shown, an optional label.
+
+    ``Message(role, text, length)`` is a turn with one swipe (what dataset files hold); a chat
+    message keeps every alternative reply in ``swipes`` and shows ``swipes[swipe_id]``.
+    ``text`` is the shown swipe's text. Given together with ``swipes``, ``text`` wins for the
+    shown swipe (SillyTavern's rule for ``mes``, and what ``dataclasses.replace(m, text=...)``
+    means), so a file edited by hand never disagrees with itself.
+
+    Attributes:
+        role: ``char`` or ``user``.
+        swipes: the alternatives, at least one.
+        swipe_id: index of the shown (and rendered) swipe.
+        length: a fixed length label; None lets the caller label the turn.
+        hidden: never rendered into a prompt (SillyTavern's ``is_system`` messages).
+        send_date: when it was written, as the source wrote it (ISO 8601 for new messages).
+        meta: data of an imported file that limamono does not model, kept for export; never
+            rendered.
+    """
 
     role: Role
-    text: str
-    length: str | None = None
+    swipes: list[Swipe]
+    swipe_id: int
+    length: str | None
+    hidden: bool
+    send_date: str
+    meta: dict[str, Any]
+
+    def __init__(self, role: Role, text: str | None = None, length: str | None = None, *,
+                 swipes: Sequence[Swipe] | None = None, swipe_id: int = 0,
+                 hidden: bool = False, send_date: str = "",
+                 meta: dict[str, Any] | None = None) -> None:
+        if swipes is None:
+            if text is None:
+                raise ValueError("a message needs a text or swipes")
+            swipes = [Swipe(text)]
+        if not swipes:
+            raise ValueError("a message needs at least one swipe")
+        if not 0 <= swipe_id < len(swipes):
+            raise ValueError(f"swipe_id {swipe_id} is out of range 0..{len(swipes) - 1}")
+        self.role = role
+        self.swipes = list(swipes)  # each message owns its list (replace() must not share it)
+        self.swipe_id = swipe_id
+        if text is not None and self.swipes[swipe_id].text != text:
+            self.swipes[swipe_id] = replace(self.swipes[swipe_id], text=text)
+        self.length = length
+        self.hidden = hidden
+        self.send_date = send_date
+        self.meta = {} if meta is None else meta
+
+    @property
+    def current(self) -> Swipe:
+        """The swipe shown and rendered."""
+        return self.swipes[self.swipe_id]
+
+    @property
+    def text(self) -> str:
+        """The text of the shown swipe."""
+        return self.current.text
 
     def speaker(self, conversation: Conversation) -> str:
         """The name this message is written under in the prompt."""
@@ -90,7 +167,11 @@ class Message:
 
 @dataclass
 class Conversation:
-    """A roleplay conversation: the character sheet, the user, the scenario and the turns.
+    """A roleplay conversation or chat: the header (sheet, user, scenario) and the turns.
+
+    The one model of a chat: dataset files, the chat session, the chat store and SillyTavern
+    chat files all hold this (conversions: ``to_dict``/``from_dict`` for YAML and JSONL,
+    ``limamono.store`` for SQLite rows and SillyTavern JSONL).
 
     Attributes:
         character: who the model plays.
@@ -98,6 +179,8 @@ class Conversation:
         scenario: the situation at the start (the sheet's last line, ``Scenario: ...``).
         messages: the turns, oldest first.
         meta: free-form data carried along but never rendered (source, split, tags...).
+        title: a chat's title (its file name when imported); empty for dataset files.
+        created: when the chat began, as its source wrote it; empty when unknown.
     """
 
     character: Character
@@ -105,25 +188,70 @@ class Conversation:
     scenario: str = ""
     messages: list[Message] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    title: str = ""
+    created: str = ""
+
+    def transcript(self) -> Conversation:
+        """What a reader sees: the visible messages, each with its shown swipe only.
+
+        This is the conversation-file form of a chat (``chats export x.yaml``): no hidden
+        messages, no alternatives, no metadata, title or date.
+        """
+        return Conversation(self.character, self.user, self.scenario,
+                            [Message(m.role, m.text, m.length) for m in self.messages
+                             if not m.hidden])
 
     def to_dict(self) -> dict[str, Any]:
-        """The schema form (what YAML and JSONL files hold); ``from_dict`` inverts it."""
+        """The schema form (what YAML and JSONL files hold); ``from_dict`` inverts it.
+
+        Fields at their defaults are left out, so a dataset conversation stays
+        ``role``/``text``/``length`` per message.
+        """
         character: dict[str, Any] = {"name": self.character.name,
                                      "description": self.character.description}
         user: dict[str, Any] = {"name": self.user.name}
         if self.user.persona:
             user["persona"] = self.user.persona
-        messages = []
-        for m in self.messages:
-            item: dict[str, Any] = {"role": m.role, "text": m.text}
-            if m.length is not None:
-                item["length"] = m.length
-            messages.append(item)
         out: dict[str, Any] = {"character": character, "user": user,
-                               "scenario": self.scenario, "messages": messages}
+                               "scenario": self.scenario,
+                               "messages": [_message_dict(m) for m in self.messages]}
         if self.meta:
             out["meta"] = self.meta
+        if self.title:
+            out["title"] = self.title
+        if self.created:
+            out["created"] = self.created
         return out
+
+
+def _message_dict(m: Message) -> dict[str, Any]:
+    item: dict[str, Any] = {"role": m.role, "text": m.text}
+    if m.length is not None:
+        item["length"] = m.length
+    if len(m.swipes) > 1 or m.swipes[0] != Swipe(m.text):
+        item["swipes"] = [_swipe_dict(s) for s in m.swipes]
+        if m.swipe_id:
+            item["swipe_id"] = m.swipe_id
+    if m.hidden:
+        item["hidden"] = True
+    if m.send_date:
+        item["send_date"] = m.send_date
+    if m.meta:
+        item["meta"] = m.meta
+    return item
+
+
+def _swipe_dict(s: Swipe) -> str | dict[str, Any]:
+    if s == Swipe(s.text):
+        return s.text
+    out: dict[str, Any] = {"text": s.text}
+    if s.cut is not None:
+        out["cut"] = s.cut
+    if s.finish_reason is not None:
+        out["finish_reason"] = s.finish_reason
+    if s.info:
+        out["info"] = s.info
+    return out
 
 
 # --------------------------------------------------------------------------- validation
@@ -248,7 +376,9 @@ def from_dict(data: Any, source: str = "<data>", lines: dict[str, int] | None = 
     meta = top.get("meta")
     meta = {} if meta is None else c.mapping(meta, "meta")
     c.plain_data(meta, "meta")
-    return Conversation(character, user, scenario, messages, dict(meta))
+    title = c.text(top.get("title"), "title", required=False)
+    created = c.text(top.get("created"), "created", required=False)
+    return Conversation(character, user, scenario, messages, dict(meta), title, created)
 
 
 def _message(c: _Checker, item: Any, path: str) -> Message:
@@ -256,12 +386,59 @@ def _message(c: _Checker, item: Any, path: str) -> Message:
     role = m.get("role")
     if role not in ROLES:
         raise c.fail(f"{path}.role", f"expected one of {', '.join(ROLES)}, got {quote(role)}")
-    text = c.text(m.get("text"), f"{path}.text")
     length = m.get("length")
     if length is not None and length not in LENGTHS:
         raise c.fail(f"{path}.length",
                      f"expected one of {', '.join(LENGTHS)}, got {quote(length)}")
-    return Message(role, text.strip("\n"), length)
+    swipes = _swipes(c, m.get("swipes"), f"{path}.swipes")
+    swipe_id = m.get("swipe_id", 0)
+    if swipes is None and "swipe_id" in m:
+        raise c.fail(f"{path}.swipe_id", "swipe_id needs a swipes list")
+    if not isinstance(swipe_id, int) or isinstance(swipe_id, bool) \
+            or not 0 <= swipe_id < len(swipes or [None]):
+        raise c.fail(f"{path}.swipe_id", f"expected an index into swipes (0.."
+                     f"{len(swipes or [None]) - 1}), got {quote(swipe_id)}")
+    # With swipes, ``text`` may be left out: the shown swipe's text is the message's text.
+    raw_text = m.get("text")
+    if raw_text is None and swipes is not None:
+        raw_text = swipes[swipe_id].text
+    text = c.text(raw_text, f"{path}.text").strip("\n")
+    hidden = m.get("hidden", False)
+    if not isinstance(hidden, bool):
+        raise c.fail(f"{path}.hidden", f"expected true or false, got {quote(hidden)}")
+    send_date = c.text(m.get("send_date"), f"{path}.send_date", required=False)
+    meta = m.get("meta")
+    meta = {} if meta is None else c.mapping(meta, f"{path}.meta")
+    c.plain_data(meta, f"{path}.meta")
+    return Message(role, text, length, swipes=swipes, swipe_id=swipe_id, hidden=hidden,
+                   send_date=send_date, meta=dict(meta))
+
+
+def _swipes(c: _Checker, value: Any, path: str) -> list[Swipe] | None:
+    """A message's ``swipes``: each a text, or a mapping with its text and generation data."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise c.fail(path, "expected a non-empty list of swipes")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        if isinstance(item, str):
+            out.append(Swipe(item.strip("\n")))
+            continue
+        s = c.mapping(item, where, _SWIPE_KEYS)
+        cut = s.get("cut")
+        if cut is not None and cut not in CUTS:
+            raise c.fail(f"{where}.cut", f"expected one of {', '.join(CUTS)}, got {quote(cut)}")
+        reason = s.get("finish_reason")
+        if reason is not None and not isinstance(reason, str):
+            raise c.fail(f"{where}.finish_reason", f"expected text, got {quote(reason)}")
+        info = s.get("info")
+        info = {} if info is None else c.mapping(info, f"{where}.info")
+        c.plain_data(info, f"{where}.info")
+        out.append(Swipe(c.text(s.get("text"), f"{where}.text").strip("\n"), cut, reason,
+                         dict(info)))
+    return out
 
 
 # --------------------------------------------------------------------------- files

@@ -185,6 +185,8 @@ def render_segments(conversation: Conversation, open_response: bool = False,
     sheet = render_sheet(conversation.character, conversation.scenario)
     segments = [Segment(f"{phrase}{BLOCK_SEP}{INSTRUCTION}\n{sheet}", "system")]
     for i, message in enumerate(conversation.messages):
+        if message.hidden:  # kept in the chat, never in a prompt
+            continue
         _check_turn_text(message, i)
         length = message.length
         if length is None and message.role == "user":
@@ -335,6 +337,8 @@ def to_chat_messages(conversation: Conversation) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"role": "system", "content": render_sheet(
         conversation.character, conversation.scenario)}]
     for m in conversation.messages:
+        if m.hidden:
+            continue
         item: dict[str, Any] = {"role": "assistant" if m.role == "char" else "user",
                                 "name": m.speaker(conversation), "content": m.text}
         if m.length is not None:

@@ -1,81 +1,15 @@
-"""The chat's data: messages with swipes, the session config, prompt plans and results."""
+"""The chat session's settings, prompt plans and results (the chat is a ``Conversation``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
 
 from limamono import format as fmt
-from limamono.conversation import LENGTHS, Role
-
-#: Kinds of impersonation-guard cut: the user's turn, or a ``###`` header.
-Cut = Literal["user", "header"]
+from limamono.conversation import LENGTHS, Cut
 
 
 class ChatError(ValueError):
     """A chat operation that cannot be done in the session's current state."""
-
-
-@dataclass
-class Swipe:
-    """One alternative text of a message.
-
-    Attributes:
-        text: the text, without the ``Name: `` prefix.
-        cut: ``"user"`` or ``"header"`` when the impersonation guard ended the reply there.
-        finish_reason: how generation ended (``stop``, ``length``, ``cancelled``); None for
-            text a person wrote.
-        info: data kept from an imported file (SillyTavern ``swipe_info``), never rendered.
-    """
-
-    text: str
-    cut: Cut | None = None
-    finish_reason: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ChatMessage:
-    """A message of the chat: who speaks and its alternatives (swipes).
-
-    Attributes:
-        role: ``char`` or ``user``.
-        swipes: the alternatives, at least one; ``swipe_id`` picks the one shown and rendered.
-        swipe_id: index into ``swipes``.
-        length: a fixed length label; None labels the message from its word count.
-        hidden: left out of the prompt (SillyTavern's ``is_system`` messages).
-        send_date: when it was written, as the source wrote it (ISO 8601 for new messages).
-        extra: fields of an imported file that limamono does not model, kept for export.
-    """
-
-    role: Role
-    swipes: list[Swipe]
-    swipe_id: int = 0
-    length: str | None = None
-    hidden: bool = False
-    send_date: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.swipes:
-            raise ChatError("a message needs at least one swipe")
-        if not 0 <= self.swipe_id < len(self.swipes):
-            raise ChatError(f"swipe_id {self.swipe_id} is out of range 0..{len(self.swipes) - 1}")
-
-    @classmethod
-    def of(cls, role: Role, text: str, **kwargs: Any) -> ChatMessage:
-        """A message with a single swipe."""
-        return cls(role, [Swipe(text)], **kwargs)
-
-    @property
-    def current(self) -> Swipe:
-        """The swipe shown and rendered."""
-        return self.swipes[self.swipe_id]
-
-    @property
-    def text(self) -> str:
-        """The text of the current swipe."""
-        return self.current.text
 
 
 @dataclass(frozen=True)

@@ -32,22 +32,15 @@ from typing import TYPE_CHECKING
 
 from limamono import format as fmt
 from limamono.chat.guard import ImpersonationGuard
-from limamono.chat.messages import (
-    ChatConfig,
-    ChatError,
-    ChatMessage,
-    PromptPlan,
-    ReplyResult,
-    Swipe,
-)
-from limamono.conversation import Character, Conversation, Message, User
+from limamono.chat.messages import ChatConfig, ChatError, PromptPlan, ReplyResult
+from limamono.conversation import Character, Conversation, Message, Swipe, User
 from limamono.generation import ContextOverflowError, Engine, TextChunk
 
 if TYPE_CHECKING:
     from limamono.samplers import SamplerSettings
 
 
-def label_for_prompt(messages: Sequence[ChatMessage], config: ChatConfig,
+def label_for_prompt(messages: Sequence[Message], config: ChatConfig,
                      continuing: bool = False) -> list[Message]:
     """The rendered form of the visible messages, each with its length label (see module doc).
 
@@ -83,42 +76,58 @@ class ChatSession:
     """A roleplay chat with one character: history, prompts, generation, swipes, undo.
 
     Args:
-        character: the character the model plays.
-        user: the user (name, optional persona).
+        chat: the chat (sheet, user, scenario and the messages so far, e.g. the greeting);
+            the session changes it in place.
         engine: any ``Engine``; the session only calls ``tokenize``, ``context_length`` and
             ``stream_text``.
         settings: sampler settings passed to the engine as they are.
-        scenario: the sheet's ``Scenario:`` line.
-        history: the messages so far (e.g. the greeting).
         config: prompt and generation settings.
         on_change: called with the session after every change of the history (persistence).
     """
 
-    def __init__(self, character: Character, user: User, engine: Engine,
-                 settings: SamplerSettings | None = None, scenario: str = "",
-                 history: Sequence[ChatMessage] = (), config: ChatConfig | None = None,
+    def __init__(self, chat: Conversation, engine: Engine,
+                 settings: SamplerSettings | None = None, config: ChatConfig | None = None,
                  on_change: Callable[[ChatSession], None] | None = None) -> None:
-        self.character = character
-        self.user = user
+        self.chat = chat
         self.engine = engine
         self.settings = settings
-        self.scenario = scenario
-        self.history: list[ChatMessage] = list(history)
         self.config = config or ChatConfig()
         self.on_change = on_change
         self.dropped = 0
         self.last_result: ReplyResult | None = None
-        self._undo: list[list[ChatMessage]] = []
+        self._undo: list[list[Message]] = []
 
-    @classmethod
-    def from_conversation(cls, conversation: Conversation, engine: Engine,
-                          settings: SamplerSettings | None = None,
-                          config: ChatConfig | None = None) -> ChatSession:
-        """A session that starts from a conversation file (its messages become the history)."""
-        history = [ChatMessage.of(m.role, m.text, length=m.length)
-                   for m in conversation.messages]
-        return cls(conversation.character, conversation.user, engine, settings,
-                   conversation.scenario, history, config)
+    # ------------------------------------------------------------------ the chat
+
+    @property
+    def character(self) -> Character:
+        """The character the model plays."""
+        return self.chat.character
+
+    @property
+    def user(self) -> User:
+        """The user (name, optional persona)."""
+        return self.chat.user
+
+    @property
+    def scenario(self) -> str:
+        """The sheet's ``Scenario:`` line."""
+        return self.chat.scenario
+
+    @property
+    def history(self) -> list[Message]:
+        """The chat's messages, oldest first."""
+        return self.chat.messages
+
+    @history.setter
+    def history(self, messages: list[Message]) -> None:
+        self.chat.messages = messages
+
+    def reload(self, chat: Conversation) -> None:
+        """Go on from ``chat`` (e.g. as saved by another process); the undo steps are gone."""
+        self.chat = chat
+        self._undo.clear()
+        self.dropped = 0
 
     # ------------------------------------------------------------------ settings
 
@@ -142,14 +151,14 @@ class ChatSession:
 
     # ------------------------------------------------------------------ prompts
 
-    def conversation(self, messages: Sequence[ChatMessage] | None = None,
+    def conversation(self, messages: Sequence[Message] | None = None,
                      continuing: bool = False) -> Conversation:
         """The visible history as a labelled ``Conversation`` (what the prompt renders)."""
         visible = [m for m in (self.history if messages is None else messages) if not m.hidden]
         return Conversation(self.character, self.user, self.scenario,
                             label_for_prompt(visible, self.config, continuing))
 
-    def build_prompt(self, messages: Sequence[ChatMessage] | None = None,
+    def build_prompt(self, messages: Sequence[Message] | None = None,
                      open_response: bool = True, continuing: bool = False) -> PromptPlan:
         """Render the prompt for the next reply, leaving out old messages until it fits.
 
@@ -184,7 +193,7 @@ class ChatSession:
         if not text.strip():
             raise ChatError("the message is empty")
         self._checkpoint()
-        self.history.append(ChatMessage.of("user", text.strip(), send_date=_now()))
+        self.history.append(Message("user", text.strip(), send_date=_now()))
         self._changed()
         return self._stream_reply(cancel)
 
@@ -212,14 +221,14 @@ class ChatSession:
         return self._stream_continuation(cancel)
 
     def _stream_reply(self, cancel: threading.Event | None,
-                      swipe_of: ChatMessage | None = None) -> Iterator[str]:
+                      swipe_of: Message | None = None) -> Iterator[str]:
         context = self.history[:-1] if swipe_of is not None else self.history
         plan = self.build_prompt(context, open_response=True)
         guard = ImpersonationGuard(self.user.name, at_line_start=True)
         result = yield from self._run(plan, guard, cancel)
         swipe = Swipe(guard.text, guard.cut, result.finish_reason)
         if swipe_of is None:
-            self.history.append(ChatMessage("char", [swipe], send_date=_now()))
+            self.history.append(Message("char", swipes=[swipe], send_date=_now()))
         else:
             swipe_of.swipes.append(swipe)
             swipe_of.swipe_id = len(swipe_of.swipes) - 1
@@ -268,7 +277,7 @@ class ChatSession:
 
     # ------------------------------------------------------------------ editing
 
-    def choose_swipe(self, index: int, position: int = -1) -> ChatMessage:
+    def choose_swipe(self, index: int, position: int = -1) -> Message:
         """Show swipe ``index`` (0-based) of the message at ``position`` (default: the last)."""
         message = self._message(position)
         if not 0 <= index < len(message.swipes):
@@ -279,7 +288,7 @@ class ChatSession:
         self._changed()
         return message
 
-    def edit(self, text: str, position: int = -1) -> ChatMessage:
+    def edit(self, text: str, position: int = -1) -> Message:
         """Replace the text of the current swipe of a message (default: the last)."""
         message = self._message(position)
         if not text.strip():
@@ -289,7 +298,7 @@ class ChatSession:
         self._changed()
         return message
 
-    def delete(self, position: int = -1) -> ChatMessage:
+    def delete(self, position: int = -1) -> Message:
         """Remove a message (default: the last) and return it."""
         self._message(position)
         self._checkpoint()
@@ -307,7 +316,7 @@ class ChatSession:
         self._changed()
         return True
 
-    def _message(self, position: int) -> ChatMessage:
+    def _message(self, position: int) -> Message:
         try:
             return self.history[position]
         except IndexError:

@@ -115,8 +115,12 @@ class ContentPart(Body):
     text: str | None = None
 
 
-class ChatMessage(Body):
-    """One OpenAI chat message; ``name`` names the speaker, ``length`` labels the turn."""
+class WireMessage(Body):
+    """One OpenAI chat message as sent; ``name`` names the speaker, ``length`` labels the turn.
+
+    Not the chat model: ``openai.chat_prompt`` turns the list into a ``Conversation``
+    (through ``format.from_chat_messages``), the one place wire messages become the model.
+    """
 
     role: str
     content: str | list[ContentPart]
@@ -127,7 +131,7 @@ class ChatMessage(Body):
 class ChatCompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]
     """``/v1/chat/completions``: messages rendered with the Limamono format."""
 
-    messages: list[ChatMessage] = Field(description=(
+    messages: list[WireMessage] = Field(description=(
         "System: the character sheet (name on the first line, `Scenario: ...` last); "
         "then user/assistant turns."))
     model: str | None = Field(None, description="Ignored: one model is served.")

@@ -1,7 +1,8 @@
 """Chat persistence: the SQLite chat store and SillyTavern chat JSONL import and export.
 
-``db`` holds the database (durability rules in its docstring), ``sillytavern`` the file
-format. Import everything from here.
+A chat is a ``limamono.conversation.Conversation``; ``db`` converts it to and from SQLite
+rows (durability and concurrency rules in its docstring), ``sillytavern`` to and from
+SillyTavern chat JSONL. Import everything from here.
 """
 
 from limamono.store.db import (
@@ -9,14 +10,14 @@ from limamono.store.db import (
     SCHEMA_VERSION,
     ChatStore,
     ChatSummary,
-    StoredChat,
+    Saved,
+    StaleChatError,
     StoreError,
     default_db_path,
     message_digest,
 )
 from limamono.store.sillytavern import (
     ST_KEY,
-    SillyTavernChat,
     export_sillytavern,
     import_sillytavern,
     parse_sillytavern,
@@ -29,9 +30,9 @@ __all__ = [
     "ST_KEY",
     "ChatStore",
     "ChatSummary",
-    "SillyTavernChat",
+    "Saved",
+    "StaleChatError",
     "StoreError",
-    "StoredChat",
     "default_db_path",
     "export_sillytavern",
     "import_sillytavern",

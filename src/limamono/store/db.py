@@ -9,6 +9,11 @@ Durability (SPEC: a kill at any moment leaves every acknowledged message readabl
 - Every change is one ``BEGIN IMMEDIATE ... COMMIT``; a kill mid-transaction rolls it back.
 - Saving a chat rewrites only the messages that changed (a digest per message), so a long
   chat costs O(change), not O(size), and the untouched rows are never rewritten.
+- Optimistic concurrency: every chat has a version, raised by every change of its messages.
+  A save names the version its copy was loaded at; when another process saved in between
+  (two ``limamono chat --chat 1`` terminals), the save is refused with ``StaleChatError``
+  and nothing is written, so no writer ever deletes what it has not seen. Appending
+  (``append_message``) needs no version: it cannot lose anything.
 - The schema version is ``PRAGMA user_version``; migrations run in a transaction, and a
   database from a newer limamono, or a file that is not a database, is refused before
   anything is written to it.
@@ -22,16 +27,15 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from limamono.chat import ChatMessage, Swipe
-from limamono.conversation import Character, User
+from limamono.conversation import Character, Conversation, Message, Swipe, User
 
 #: The schema version this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Migrations: the statements that bring a database from version ``n - 1`` to ``n``.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -74,6 +78,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (message_id, idx))""",
         "CREATE INDEX chats_by_character ON chats(character_id)",
     ),
+    # The chat version of optimistic concurrency; chats saved before start at 0.
+    2: ("ALTER TABLE chats ADD COLUMN version INTEGER NOT NULL DEFAULT 0",),
 }
 
 
@@ -81,19 +87,30 @@ class StoreError(Exception):
     """The chat database or a chat file cannot be used; the message says why and the fix."""
 
 
-@dataclass
-class StoredChat:
-    """A chat as saved: the character, the user, the messages and file metadata."""
+class StaleChatError(StoreError):
+    """Another process saved the chat after this copy was loaded; nothing was written.
 
-    id: int
-    character: Character
-    scenario: str
-    user: User
-    messages: list[ChatMessage]
-    title: str = ""
-    created: str = ""
-    updated: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
+    Attributes:
+        chat_id: the chat.
+        version: the version the copy was loaded at.
+        saved_version: the version in the database now.
+    """
+
+    def __init__(self, path: Path, chat_id: int, version: int, saved_version: int) -> None:
+        self.chat_id = chat_id
+        self.version = version
+        self.saved_version = saved_version
+        super().__init__(f"{path}: chat {chat_id} was changed by another process since this "
+                         f"copy was loaded (version {saved_version}, this copy {version}); "
+                         "nothing was saved (load the chat again to go on from what is saved)")
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What ``sync_messages`` did: the messages written and the chat's version now."""
+
+    written: int
+    version: int
 
 
 @dataclass(frozen=True)
@@ -115,9 +132,16 @@ def default_db_path() -> Path:
     return limamono_home() / "chats.db"
 
 
-def message_digest(message: ChatMessage) -> str:
-    """A fingerprint of everything saved about a message (to skip unchanged rows)."""
-    blob = json.dumps(asdict(message), sort_keys=True, ensure_ascii=False, default=str)
+def message_digest(message: Message) -> str:
+    """A fingerprint of everything saved about a message (to skip unchanged rows).
+
+    The keys are the row's columns, so a digest stays valid when the dataclass changes.
+    """
+    row = {"role": message.role, "swipe_id": message.swipe_id, "length": message.length,
+           "hidden": message.hidden, "send_date": message.send_date, "extra": message.meta,
+           "swipes": [{"text": s.text, "cut": s.cut, "finish_reason": s.finish_reason,
+                       "info": s.info} for s in message.swipes]}
+    blob = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -178,6 +202,20 @@ class ChatStore:
                 self._db.execute(f"PRAGMA user_version = {int(target)}")
 
     @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every read inside sees the same committed state (WAL)."""
+        try:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot be read ({exc}); nothing was "
+                             "changed") from None
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One all-or-nothing change; SQLite failures (disk full, locked) become StoreError."""
         try:
@@ -195,45 +233,67 @@ class ChatStore:
 
     # ------------------------------------------------------------------ chats
 
-    def create_chat(self, character: Character, user: User, scenario: str = "",
-                    messages: Sequence[ChatMessage] = (), title: str = "", source: str = "",
-                    metadata: dict[str, Any] | None = None, created: str | None = None) -> int:
-        """Save a new chat (its character too) with its first messages; return its id."""
+    def create_chat(self, chat: Conversation, source: str = "") -> int:
+        """Save a new chat (its character too) with its messages; return its id.
+
+        Args:
+            chat: the chat; its ``meta`` is kept as the chat's metadata.
+            source: where the character came from (a card file), kept with the character.
+        """
         now = _now()
         with self._transaction() as db:
             character_id = db.execute(
                 "INSERT INTO characters (name, description, scenario, source, created) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (character.name, character.description, scenario, source, now)).lastrowid
+                (chat.character.name, chat.character.description, chat.scenario, source,
+                 now)).lastrowid
             chat_id = db.execute(
                 "INSERT INTO chats (character_id, user_name, user_persona, title, created, "
                 "updated, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (character_id, user.name, user.persona, title, created or now, now,
-                 json.dumps(metadata or {}, ensure_ascii=False))).lastrowid
+                (character_id, chat.user.name, chat.user.persona, chat.title,
+                 chat.created or now, now, json.dumps(chat.meta, ensure_ascii=False))
+            ).lastrowid
             assert chat_id is not None
-            for position, message in enumerate(messages):
+            for position, message in enumerate(chat.messages):
                 self._insert_message(chat_id, position, message)
         return chat_id
 
-    def append_message(self, chat_id: int, message: ChatMessage) -> int:
-        """Add a message at the end of a chat; return the message's row id once committed."""
+    def append_message(self, chat_id: int, message: Message) -> int:
+        """Add a message at the end of a chat; return the message's row id once committed.
+
+        No version is needed (an append loses nothing); the chat's version goes up, so a
+        copy loaded before is stale.
+        """
         with self._transaction() as db:
-            self._require_chat(chat_id)
+            self._version(chat_id)
             position = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM messages "
                                   "WHERE chat_id = ?", (chat_id,)).fetchone()[0]
             message_id = self._insert_message(chat_id, position, message)
             self._touch(chat_id)
         return message_id
 
-    def sync_messages(self, chat_id: int, messages: Sequence[ChatMessage]) -> int:
+    def sync_messages(self, chat_id: int, messages: Sequence[Message], version: int) -> Saved:
         """Make the saved messages equal ``messages``, writing only those that changed.
 
+        Args:
+            chat_id: the chat.
+            messages: the whole chat as the caller has it.
+            version: the version the caller's copy was loaded at (``load_chat_version``) or
+                last saved as (the returned ``Saved.version``).
+
         Returns:
-            how many messages were written.
+            how many messages were written, and the chat's version now (raised only when
+            something changed).
+
+        Raises:
+            StaleChatError: another process saved the chat since ``version``; nothing was
+                written.
         """
         written = 0
         with self._transaction() as db:
-            self._require_chat(chat_id)
+            saved_version = self._version(chat_id)
+            if saved_version != version:
+                raise StaleChatError(self.path, chat_id, version, saved_version)
             saved = dict(db.execute("SELECT position, digest FROM messages WHERE chat_id = ?",
                                     (chat_id,)).fetchall())
             for position, message in enumerate(messages):
@@ -243,40 +303,54 @@ class ChatStore:
                            (chat_id, position))
                 self._insert_message(chat_id, position, message)
                 written += 1
-            db.execute("DELETE FROM messages WHERE chat_id = ? AND position >= ?",
-                       (chat_id, len(messages)))
-            self._touch(chat_id)
-        return written
+            removed = db.execute("DELETE FROM messages WHERE chat_id = ? AND position >= ?",
+                                 (chat_id, len(messages))).rowcount
+            if written or removed:
+                self._touch(chat_id)
+                version += 1
+        return Saved(written, version)
 
-    def load_chat(self, chat_id: int) -> StoredChat:
-        """Read a whole chat.
+    def load_chat(self, chat_id: int) -> Conversation:
+        """Read a whole chat (see ``load_chat_version``)."""
+        return self.load_chat_version(chat_id)[0]
+
+    def load_chat_version(self, chat_id: int) -> tuple[Conversation, int]:
+        """Read a whole chat and the version it is at, from one consistent snapshot.
 
         Raises:
             StoreError: no chat has this id, or a row cannot be read (the message names the
                 message; nothing is changed, so the chat is never saved over).
         """
-        row = self._db.execute(
-            "SELECT c.id, ch.name, ch.description, ch.scenario, c.user_name, c.user_persona, "
-            "c.title, c.created, c.updated, c.metadata FROM chats c "
-            "JOIN characters ch ON ch.id = c.character_id WHERE c.id = ?", (chat_id,)).fetchone()
-        if row is None:
-            raise StoreError(self._no_chat(chat_id))
-        messages = []
-        for r in self._db.execute("SELECT id, role, swipe_id, length, hidden, send_date, "
-                                  "extra, position FROM messages WHERE chat_id = ? "
-                                  "ORDER BY position", (chat_id,)).fetchall():
-            try:
-                messages.append(self._read_message(r))
-            except (ValueError, TypeError) as exc:  # bad JSON, bad swipe index, no swipes
-                raise StoreError(f"{self.path}: chat {chat_id}, message {r[7]} cannot be read "
-                                 f"({exc}); nothing was changed") from None
+        with self._snapshot() as db:
+            row = db.execute(
+                "SELECT ch.name, ch.description, ch.scenario, c.user_name, c.user_persona, "
+                "c.title, c.created, c.metadata, c.version FROM chats c "
+                "JOIN characters ch ON ch.id = c.character_id WHERE c.id = ?",
+                (chat_id,)).fetchone()
+            if row is None:
+                raise StoreError(self._no_chat(chat_id))
+            messages = []
+            for r in db.execute("SELECT id, role, swipe_id, length, hidden, send_date, "
+                                "extra, position FROM messages WHERE chat_id = ? "
+                                "ORDER BY position", (chat_id,)).fetchall():
+                try:
+                    messages.append(self._read_message(r))
+                except (ValueError, TypeError) as exc:  # bad JSON, bad swipe index, no swipes
+                    raise StoreError(f"{self.path}: chat {chat_id}, message {r[7]} cannot be "
+                                     f"read ({exc}); nothing was changed") from None
         try:
-            metadata = json.loads(row[9])
+            metadata = json.loads(row[7])
         except ValueError as exc:
             raise StoreError(f"{self.path}: chat {chat_id} metadata cannot be read ({exc}); "
                              "nothing was changed") from None
-        return StoredChat(row[0], Character(row[1], row[2]), row[3], User(row[4], row[5]),
-                          messages, row[6], row[7], row[8], metadata)
+        chat = Conversation(Character(row[0], row[1]), User(row[3], row[4]), row[2], messages,
+                            metadata, row[5], row[6])
+        return chat, row[8]
+
+    def version(self, chat_id: int) -> int:
+        """The chat's version now (it goes up with every change of its messages)."""
+        with self._snapshot():
+            return self._version(chat_id)
 
     def list_chats(self) -> list[ChatSummary]:
         """Every chat, most recently updated first."""
@@ -304,13 +378,13 @@ class ChatStore:
 
     # ------------------------------------------------------------------ rows
 
-    def _insert_message(self, chat_id: int, position: int, message: ChatMessage) -> int:
+    def _insert_message(self, chat_id: int, position: int, message: Message) -> int:
         message_id = self._db.execute(
             "INSERT INTO messages (chat_id, position, role, swipe_id, length, hidden, "
             "send_date, extra, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (chat_id, position, message.role, message.swipe_id, message.length,
              int(message.hidden), message.send_date,
-             json.dumps(message.extra, ensure_ascii=False), message_digest(message))).lastrowid
+             json.dumps(message.meta, ensure_ascii=False), message_digest(message))).lastrowid
         assert message_id is not None
         self._db.executemany(
             "INSERT INTO swipes (message_id, idx, text, cut, finish_reason, info) "
@@ -319,20 +393,24 @@ class ChatStore:
               json.dumps(s.info, ensure_ascii=False)) for i, s in enumerate(message.swipes)])
         return message_id
 
-    def _read_message(self, row: tuple[Any, ...]) -> ChatMessage:
+    def _read_message(self, row: tuple[Any, ...]) -> Message:
         message_id, role, swipe_id, length, hidden, send_date, extra, _ = row
         swipes = [Swipe(text, cut, reason, json.loads(info)) for text, cut, reason, info in
                   self._db.execute("SELECT text, cut, finish_reason, info FROM swipes "
                                    "WHERE message_id = ? ORDER BY idx", (message_id,))]
-        return ChatMessage(role, swipes, swipe_id, length, bool(hidden), send_date,
-                           json.loads(extra))
+        return Message(role, length=length, swipes=swipes, swipe_id=swipe_id,
+                       hidden=bool(hidden), send_date=send_date, meta=json.loads(extra))
 
-    def _require_chat(self, chat_id: int) -> None:
-        if self._db.execute("SELECT 1 FROM chats WHERE id = ?", (chat_id,)).fetchone() is None:
+    def _version(self, chat_id: int) -> int:
+        row = self._db.execute("SELECT version FROM chats WHERE id = ?", (chat_id,)).fetchone()
+        if row is None:
             raise StoreError(self._no_chat(chat_id))
+        return int(row[0])
 
     def _touch(self, chat_id: int) -> None:
-        self._db.execute("UPDATE chats SET updated = ? WHERE id = ?", (_now(), chat_id))
+        """Mark a change of the chat's messages: a new ``updated`` time and version."""
+        self._db.execute("UPDATE chats SET updated = ?, version = version + 1 WHERE id = ?",
+                         (_now(), chat_id))
 
     def _no_chat(self, chat_id: int) -> str:
         return f"no chat with id {chat_id} in {self.path} (see `limamono chats list`)"

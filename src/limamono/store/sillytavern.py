@@ -13,32 +13,26 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from limamono import atomic, untrusted
-from limamono.chat import ChatMessage, Swipe
-from limamono.conversation import LENGTHS, Character, User
-from limamono.store.db import ChatStore, StoredChat, StoreError
+from limamono.conversation import LENGTHS, Character, Conversation, Message, Swipe, User
+from limamono.store.db import ChatStore, StoreError
 
-#: Where the imported record and what limamono read from it are kept on a message/chat.
+#: Where the imported record and what limamono read from it are kept (``meta`` of the
+#: chat and of each message).
 ST_KEY = "sillytavern"
 
-
-@dataclass
-class SillyTavernChat:
-    """A parsed SillyTavern chat file."""
-
-    user_name: str
-    character_name: str
-    create_date: str
-    header: dict[str, Any]
-    messages: list[ChatMessage]
+#: The character's name when the file names none.
+UNNAMED_CHARACTER = "Character"
 
 
-def parse_sillytavern(text: str, source: str = "<string>") -> SillyTavernChat:
-    """Parse SillyTavern chat JSONL (a BOM is tolerated).
+def parse_sillytavern(text: str, source: str = "<string>") -> Conversation:
+    """Parse SillyTavern chat JSONL (a BOM is tolerated) into a chat.
+
+    The chat has the file's user and character names (no sheet: the file has none), its
+    ``create_date`` as ``created``, and the header in ``meta`` for export.
 
     Raises:
         StoreError: naming the line and field at fault; nothing is guessed or skipped.
@@ -56,13 +50,14 @@ def parse_sillytavern(text: str, source: str = "<string>") -> SillyTavernChat:
     char_name = _st_text(header, "character_name", source, header_line, "")
     messages = [_st_message(obj, source, n, user_name, char_name) for n, obj in parsed[1:]]
     seen = _header_fields(user_name, char_name)
-    return SillyTavernChat(user_name, char_name, str(header.get("create_date", "")),
-                           {ST_KEY: {"raw": header, "seen": seen}}, messages)
+    return Conversation(Character(char_name or UNNAMED_CHARACTER), User(user_name),
+                        messages=messages, meta={ST_KEY: {"raw": header, "seen": seen}},
+                        created=str(header.get("create_date", "")))
 
 
-def export_sillytavern(chat: StoredChat) -> str:
-    """SillyTavern chat JSONL for a stored chat (``JSON.stringify`` spacing, no final newline)."""
-    kept = chat.metadata.get(ST_KEY, {})
+def export_sillytavern(chat: Conversation) -> str:
+    """SillyTavern chat JSONL for a chat (``JSON.stringify`` spacing, no final newline)."""
+    kept = chat.meta.get(ST_KEY, {})
     header = _merge(kept.get("raw", {"create_date": chat.created, "chat_metadata": {}}),
                     kept.get("seen", {}), _header_fields(chat.user.name, chat.character.name))
     lines = [header] + [_export_message(m, chat.user.name, chat.character.name)
@@ -95,11 +90,10 @@ def import_sillytavern(store: ChatStore, path: str | os.PathLike[str],
     """
     path = Path(path)
     chat = parse_sillytavern(_read_text(path), str(path))
-    if character is None:
-        character = Character(chat.character_name or "Character")
-    return store.create_chat(character, User(chat.user_name), scenario, chat.messages,
-                             title=path.stem, source=str(path), metadata=chat.header,
-                             created=chat.create_date or None)
+    if character is not None:
+        chat.character, chat.scenario = character, scenario
+    chat.title = path.stem
+    return store.create_chat(chat, source=str(path))
 
 
 def write_file_safely(path: str | os.PathLike[str], text: str, force: bool = False) -> None:
@@ -155,8 +149,8 @@ def _st_text(obj: dict[str, Any], key: str, source: str, line: int, default: str
 
 
 def _st_message(obj: dict[str, Any], source: str, line: int, user_name: str,
-                char_name: str) -> ChatMessage:
-    """One message record → ChatMessage, keeping the record for export."""
+                char_name: str) -> Message:
+    """One message record → Message, keeping the record for export."""
     where = f"{source}:{line}"
     mes = _st_text(obj, "mes", source, line, "")
     if "mes" not in obj:
@@ -180,11 +174,12 @@ def _st_message(obj: dict[str, Any], source: str, line: int, user_name: str,
     swipes = [Swipe(t, _at(cuts, i), _at(reasons, i),
                     infos[i] if i < len(infos) and isinstance(infos[i], dict) else {})
               for i, t in enumerate(texts)]
-    message = ChatMessage("user" if obj.get("is_user") else "char", swipes, swipe_id,
-                          ours.get("length"), bool(obj.get("is_system", False)),
-                          str(obj.get("send_date", "")))
-    message.extra = {ST_KEY: {"raw": obj, "seen": _message_fields(message, user_name,
-                                                                   char_name)}}
+    message = Message("user" if obj.get("is_user") else "char", length=ours.get("length"),
+                      swipes=swipes, swipe_id=swipe_id,
+                      hidden=bool(obj.get("is_system", False)),
+                      send_date=str(obj.get("send_date", "")))
+    message.meta = {ST_KEY: {"raw": obj, "seen": _message_fields(message, user_name,
+                                                                  char_name)}}
     return message
 
 
@@ -207,7 +202,7 @@ def _header_fields(user_name: str, char_name: str) -> dict[str, Any]:
     return {"user_name": user_name, "character_name": char_name}
 
 
-def _message_fields(message: ChatMessage, user_name: str, char_name: str) -> dict[str, Any]:
+def _message_fields(message: Message, user_name: str, char_name: str) -> dict[str, Any]:
     """The SillyTavern fields limamono models, as it would write them for ``message``."""
     fields: dict[str, Any] = {
         "name": user_name if message.role == "user" else char_name,
@@ -232,8 +227,8 @@ def _message_fields(message: ChatMessage, user_name: str, char_name: str) -> dic
     return fields
 
 
-def _export_message(message: ChatMessage, user_name: str, char_name: str) -> dict[str, Any]:
-    kept = message.extra.get(ST_KEY, {})
+def _export_message(message: Message, user_name: str, char_name: str) -> dict[str, Any]:
+    kept = message.meta.get(ST_KEY, {})
     raw, seen = kept.get("raw"), kept.get("seen", {})
     fields = _message_fields(message, user_name, char_name)
     ours = fields.pop("limamono", None)

@@ -21,7 +21,7 @@ import typer
 from rich.text import Text
 
 from limamono.cli.chat_cmd.chats import chats_app
-from limamono.cli.chat_cmd.session import load_character, new_chat, open_store, start_session
+from limamono.cli.chat_cmd.session import load_character, open_store, start_session
 from limamono.cli.chat_cmd.terminal import ChatLoop, print_message
 from limamono.cli.common import BACKEND_HELP, dim, err, fail, out
 
@@ -93,13 +93,13 @@ def chat_cmd(
     if (card is None) == (chat_id is None):
         fail("give either --card FILE (a new chat) or --chat ID (resume a saved one)")
     store = open_store(db)
-    start = load_character(card, user, house_style) if card is not None else None
+    start = load_character(card, User(user, persona), house_style) if card else None
     if chat_id is not None:  # fail before the model loads, not after
         _check_chat(store, chat_id)
     settings = make_settings(preset, seed)
     engine = make_engine(model, None if adapter == "none" else adapter, threads, backend)
     if start is not None:
-        chat_id = new_chat(store, start, User(user, persona))
+        chat_id = store.create_chat(start, source=str(card))
     assert chat_id is not None
     session = start_session(store, chat_id, engine, settings, max_tokens)
     loop = ChatLoop(session, store, chat_id, seed)
@@ -133,13 +133,13 @@ def demo_cmd(
 
     path = character or _first_example()
     store = open_store(db)
-    start = load_character(path, user)
+    start = load_character(path, User(user))
     settings = make_settings("limamono", seed)
     err.print(dim(f"loading {model} (adapter: {adapter})..."))
     setup = time.monotonic()
     engine = make_engine(model, None if adapter == "none" else adapter, threads, backend)
     err.print(dim(f"model ready in {time.monotonic() - setup:.1f} s"))
-    chat_id = new_chat(store, start, User(user))
+    chat_id = store.create_chat(start, source=str(path))
     session = start_session(store, chat_id, engine, settings, max_tokens)
     loop = ChatLoop(session, store, chat_id, seed)
     out.print(Text(f"Demo: {user} visits {session.character.name} ({path.name})\n",

@@ -64,10 +64,11 @@ def chats_import_cmd(
     db: Path | None = typer.Option(None, "--db", help="Chat database."),
 ) -> None:
     """Import a SillyTavern chat file as a new chat."""
+    from limamono.conversation import User
     from limamono.store import StoreError, import_sillytavern
 
     store = open_store(db)
-    start = load_character(card, "User") if card else None
+    start = load_character(card, User("User")) if card else None
     try:
         chat_id = import_sillytavern(store, file, start.character if start else None,
                                      start.scenario if start else "")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ from limamono.cli.common import err, fail
 
 if TYPE_CHECKING:
     from limamono.chat import ChatSession
+    from limamono.conversation import Conversation, User
     from limamono.generation import Engine
     from limamono.store import ChatStore
 
@@ -26,65 +26,68 @@ def open_store(db: Path | None) -> ChatStore:
         fail(str(exc))
 
 
-@dataclass(frozen=True)
-class CharacterStart:
-    """What a card gives a new chat: the sheet, the scenario and the greetings."""
+def load_character(path: Path, user: User, house_style: bool = False) -> Conversation:
+    """A new chat from a card (PNG/JSON V1-V3, a conversation .yaml or a .txt sheet).
 
-    character: Any
-    scenario: str
-    greetings: list[str]
-    source: str
-
-
-def load_character(path: Path, user_name: str, house_style: bool = False) -> CharacterStart:
-    """Read a card (PNG/JSON V1-V3, a conversation .yaml or a .txt sheet) for a chat."""
+    The chat opens with the card's greetings as the swipes of its first message (none when
+    the card has no greeting); its title is the card's file name.
+    """
     from limamono.cards import CardError, card_to_conversation, greetings, read_card
+    from limamono.conversation import Message, Swipe
 
     try:
         card = read_card(path)
-        conv = card_to_conversation(card, user_name, house_style=house_style)
-        texts = greetings(card, user_name, house_style=house_style)
+        chat = card_to_conversation(card, user.name, house_style=house_style)
+        texts = greetings(card, user.name, house_style=house_style)
     except CardError as exc:
         fail(str(exc))
-    return CharacterStart(conv.character, conv.scenario, texts, str(path))
+    chat.user = user
+    chat.messages = [Message("char", swipes=[Swipe(g) for g in texts])] if texts else []
+    chat.title = path.stem
+    chat.meta = {}  # the card's file is kept with the character (``create_chat``'s source)
+    return chat
+
+
+class ChatSaver:
+    """Saves a session's chat after every change, refusing to save over another process.
+
+    The store's optimistic concurrency check (``sync_messages`` with the version this copy
+    was loaded at) finds a chat that another process saved meanwhile; the session is then
+    reloaded from the database and ``StaleChatError`` is raised, so the caller tells the user
+    that their last change was not saved. Other save failures are reported as warnings and
+    the chat goes on: the next save writes every message that differs, the missed ones too.
+    """
+
+    def __init__(self, store: ChatStore, chat_id: int, version: int) -> None:
+        self.store = store
+        self.chat_id = chat_id
+        self.version = version
+
+    def __call__(self, session: ChatSession) -> None:
+        from limamono.store import StaleChatError, StoreError
+
+        try:
+            self.version = self.store.sync_messages(self.chat_id, session.history,
+                                                    self.version).version
+        except StaleChatError:
+            chat, self.version = self.store.load_chat_version(self.chat_id)
+            session.reload(chat)
+            raise
+        except StoreError as exc:
+            err.print(Text(f"warning: {exc}; it will be saved with the next change",
+                           style="yellow"))
 
 
 def start_session(store: ChatStore, chat_id: int, engine: Engine, settings: Any,
                   max_tokens: int) -> ChatSession:
-    """A session over a stored chat that saves every change back to it."""
+    """A session over a stored chat that saves every change back to it (``ChatSaver``)."""
     from limamono.chat import ChatConfig, ChatError, ChatSession
     from limamono.store import StoreError
 
     try:
-        stored = store.load_chat(chat_id)
+        chat, version = store.load_chat_version(chat_id)
         config = ChatConfig(max_new_tokens=max_tokens)
     except (StoreError, ChatError) as exc:
         fail(str(exc))
-    return ChatSession(stored.character, stored.user, engine, settings, stored.scenario,
-                       stored.messages, config,
-                       on_change=lambda s: save_history(store, chat_id, s))
-
-
-def save_history(store: ChatStore, chat_id: int, session: ChatSession) -> None:
-    """Save the session's history; a failure is reported and the chat goes on.
-
-    Saving writes every message that differs from the database, so the next successful save
-    also writes what a failed one missed.
-    """
-    from limamono.store import StoreError
-
-    try:
-        store.sync_messages(chat_id, session.history)
-    except StoreError as exc:
-        err.print(Text(f"warning: {exc}; it will be saved with the next change",
-                       style="yellow"))
-
-
-def new_chat(store: ChatStore, start: CharacterStart, user: Any) -> int:
-    """Save a new chat that opens with the card's greetings (as swipes)."""
-    from limamono.chat import ChatMessage, Swipe
-
-    history = [ChatMessage("char", [Swipe(g) for g in start.greetings])] \
-        if start.greetings else []
-    return store.create_chat(start.character, user, start.scenario, history,
-                             title=Path(start.source).stem, source=start.source)
+    return ChatSession(chat, engine, settings, config,
+                       on_change=ChatSaver(store, chat_id, version))

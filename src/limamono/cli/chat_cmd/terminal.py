@@ -14,7 +14,8 @@ from rich.text import Text
 from limamono.cli.common import err, out
 
 if TYPE_CHECKING:
-    from limamono.chat import ChatMessage, ChatSession
+    from limamono.chat import ChatSession
+    from limamono.conversation import Message
     from limamono.store import ChatStore
 
 #: How each span kind of the house style is shown (``limamono.style.split_spans`` kinds).
@@ -58,7 +59,7 @@ def print_message(session: ChatSession, index: int) -> None:
     show_message(session.history[index], session.character.name, session.user.name)
 
 
-def show_message(message: ChatMessage, char_name: str, user_name: str) -> None:
+def show_message(message: Message, char_name: str, user_name: str) -> None:
     """Print a message with its speaker, styled, and its swipe position."""
     name = char_name if message.role == "char" else user_name
     line = Text(f"{name}: ", style="bold cyan" if message.role == "char" else "bold green")
@@ -82,6 +83,9 @@ def stream_reply(session: ChatSession, start: Callable[[threading.Event], Iterat
             before = len(base) + len(shown)
             shown += piece
             out.print(styled(base + shown, before), end="", soft_wrap=True)
+    except BaseException:
+        out.print()  # end the reply's line, so the error is shown on its own
+        raise
     finally:
         _restore_interrupt(previous)
     out.print()
@@ -169,7 +173,7 @@ class ChatLoop:
         from limamono.chat import ChatError
         from limamono.format import FormatError
         from limamono.generation import ContextOverflowError
-        from limamono.store import StoreError
+        from limamono.store import StaleChatError, StoreError
 
         if not line:
             return True
@@ -182,6 +186,12 @@ class ChatLoop:
                     return True
                 return action(argument.strip())
             self._generate(lambda c: self.session.send(line, cancel=c), new=True)
+        except StaleChatError as exc:  # the session was reloaded (``ChatSaver``)
+            err.print(Text(f"error: {exc}", style="red"))
+            out.print(Text(f"reloaded chat {self.chat_id} as saved; it now ends with:",
+                           style="dim"))
+            for i in range(max(0, len(self.session.history) - 2), len(self.session.history)):
+                print_message(self.session, i)
         except (ChatError, FormatError, ContextOverflowError, StoreError) as exc:
             err.print(Text(f"error: {exc}", style="red"))
         return True
@@ -273,7 +283,7 @@ def export_chat(store: ChatStore, chat_id: int, path: Path, force: bool) -> None
     Raises:
         StoreError: unknown type, no such chat, or the file cannot or must not be written.
     """
-    from limamono.conversation import Conversation, Message, dump_yaml
+    from limamono.conversation import dump_yaml
     from limamono.store import StoreError, export_sillytavern, write_file_safely
 
     chat = store.load_chat(chat_id)
@@ -281,10 +291,7 @@ def export_chat(store: ChatStore, chat_id: int, path: Path, force: bool) -> None
     if suffix == ".jsonl":
         text = export_sillytavern(chat)
     elif suffix in (".yaml", ".yml"):
-        conv = Conversation(chat.character, chat.user, chat.scenario,
-                            [Message(m.role, m.text, m.length) for m in chat.messages
-                             if not m.hidden])
-        text = dump_yaml(conv)
+        text = dump_yaml(chat.transcript())
     else:
         raise StoreError(f"{path}: unknown export type {suffix or '(none)'!r} (use .jsonl "
                          "for SillyTavern or .yaml for a conversation file)")
