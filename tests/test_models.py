@@ -91,14 +91,67 @@ def test_resolve_adapter_values(tmp_path):
     assert resolve_adapter("demo") == expected
 
 
-def test_dtype_choice():
+def cpu(capability: str, *flags: str) -> models.Hardware:
+    return models.Hardware(False, False, capability, frozenset(flags))
+
+
+@pytest.mark.parametrize(("hardware", "dtype", "reason"), [
+    (models.Hardware(True, True, "AVX2", frozenset()), "bf16",
+     "CUDA device with bf16 support"),
+    (models.Hardware(True, False, "AVX512", frozenset({"amx_bf16"})), "fp16",
+     "CUDA device without bf16 support"),
+    (cpu("AVX512", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"), "bf16",
+     "CPU with native bf16 (amx_bf16, avx512_bf16; torch kernels AVX512)"),
+    (cpu("AVX512", "avx512f", "avx512_bf16"), "bf16",
+     "CPU with native bf16 (avx512_bf16; torch kernels AVX512)"),
+    (cpu("AVX512", "avx512f", "avx512bw"), "fp32",
+     "CPU without native bf16 (no amx_bf16 or avx512_bf16 flag; torch kernels AVX512): bf16 "
+     "would be emulated, several times slower"),
+    (cpu("AVX2", "avx2", "fma"), "fp32",
+     "CPU without native bf16 (no amx_bf16 or avx512_bf16 flag; torch kernels AVX2): bf16 "
+     "would be emulated, several times slower"),
+    (cpu("AVX2", "avx2", "amx_bf16"), "fp32", "CPU has amx_bf16 but torch runs its AVX2 kernels"),
+    (cpu("DEFAULT"), "fp32",
+     "CPU without native bf16 (no amx_bf16 or avx512_bf16 flag; torch kernels DEFAULT): bf16 "
+     "would be emulated, several times slower"),
+])
+def test_dtype_auto_picks_bf16_only_where_it_is_native(hardware, dtype, reason):
+    assert models.choose_dtype("auto", hardware) == models.DtypeChoice(dtype, reason)
+
+
+def test_explicit_dtypes_are_kept_and_unknown_ones_refused():
     import torch
 
-    assert models.torch_dtype("auto", "cpu") is torch.bfloat16
-    assert models.torch_dtype("fp32", "cpu") is torch.float32
-    assert models.torch_dtype("fp16", "cuda") is torch.float16
+    nothing = cpu("AVX2")
+    assert models.choose_dtype("bf16", nothing) == models.DtypeChoice(
+        "bf16", "asked for (--dtype bf16)")
+    assert models.torch_dtype("fp32", nothing) is torch.float32
+    assert models.torch_dtype("auto", nothing) is torch.float32
+    assert models.torch_dtype("fp16", nothing) is torch.float16
     with pytest.raises(ModelError, match="dtype 'fp8': unknown; fix: use one of auto"):
-        models.torch_dtype("fp8", "cpu")
+        models.torch_dtype("fp8", nothing)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    (tmp_path / "x86").write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n\n"
+                                  "processor\t: 1\nflags\t\t: fpu\n")
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert models.cpu_flags(tmp_path / "x86") == {"fpu", "avx2", "amx_bf16"}
+    assert models.cpu_flags(tmp_path / "arm") == {"fp", "asimd", "bf16"}
+    assert models.cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_models_command_says_which_dtype_auto_picks_and_why(home, monkeypatch):
+    from typer.testing import CliRunner
+
+    from limamono.cli import app
+
+    monkeypatch.setattr(models, "detect_hardware", lambda: cpu("AVX2", "avx2"))
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert ("dtype auto: fp32: CPU without native bf16 (no amx_bf16 or avx512_bf16 flag; "
+            "torch kernels AVX2): bf16 would be emulated, several times slower") in " ".join(
+        result.output.split())
 
 
 def test_load_model_threads_must_be_positive(tiny_model_dir):

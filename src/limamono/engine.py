@@ -268,7 +268,8 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
         model: ``smollm2-135m`` (default), a ``.gguf`` file, a model folder or a cached
             hub id.
         adapter: None/"none", "demo" or a PEFT adapter folder (merged into the weights).
-        dtype: torch only: ``auto`` (bf16 on CPU), ``bf16``, ``fp16`` or ``fp32``.
+        dtype: torch only: ``auto`` (:func:`limamono.models.choose_dtype`), ``bf16``,
+            ``fp16`` or ``fp32``.
         threads: CPU threads.
         context_length: Override the model's context length.
         progress: Progress of the one-time conversion of the embedded model (torch).

@@ -39,6 +39,9 @@ DEMO_ADAPTER = Path("examples") / "adapters" / "demo"
 
 DType = Literal["auto", "bf16", "fp16", "fp32"]
 DTYPES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+#: The ``--dtype`` help of every command that loads a model.
+DTYPE_HELP = ("auto, bf16, fp16 or fp32; auto is bf16 on CUDA and on CPUs with native bf16 "
+              "(AMX, AVX512-BF16), else fp32 (`limamono models` shows the choice).")
 ModelKind = Literal["embedded", "folder", "hub"]
 
 #: ``progress(step, done, total)``: called during the one-time conversion.
@@ -299,21 +302,102 @@ def resolve_adapter(value: str | os.PathLike[str] | None,
     return Path(value).expanduser()
 
 
-def torch_dtype(dtype: str, device: str) -> torch.dtype:
-    """The torch dtype for a ``--dtype`` value on ``device`` (``cpu`` or ``cuda``).
+@dataclass(frozen=True)
+class Hardware:
+    """What ``dtype=auto`` looks at (tests build one by hand).
 
-    ``auto`` is bf16 on CPU (about 1.7x faster than fp32 for SmolLM2 here, see DESIGN.md)
-    and on CUDA where supported, else fp16.
+    Attributes:
+        cuda: A CUDA device is available (models then run there).
+        cuda_bf16: That device computes in bf16.
+        cpu_capability: ``torch.backends.cpu.get_cpu_capability()`` (``AVX512``, ``AVX2``,
+            ``DEFAULT``, ...): the vector kernels torch runs on this CPU.
+        cpu_flags: The CPU's feature flags (``/proc/cpuinfo``; empty where unreadable).
+    """
+
+    cuda: bool
+    cuda_bf16: bool
+    cpu_capability: str
+    cpu_flags: frozenset[str]
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The dtype a model is loaded in, and why (``limamono models`` shows both)."""
+
+    dtype: Literal["bf16", "fp16", "fp32"]
+    reason: str
+
+
+#: x86 flags of native bf16 matrix arithmetic: AMX tiles (Sapphire Rapids on) and
+#: AVX512-BF16 (Cooper Lake, Zen 4 on). Without them torch emulates bf16 and prompt
+#: evaluation is several times slower than fp32 (docs/BENCHMARKS.md).
+NATIVE_BF16_FLAGS: tuple[str, ...] = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The feature flags of the first CPU in ``/proc/cpuinfo`` (none where unreadable)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def detect_hardware() -> Hardware:
+    """The :class:`Hardware` of this machine."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return Hardware(cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
+                    cpu_capability=str(torch.backends.cpu.get_cpu_capability()),
+                    cpu_flags=cpu_flags())
+
+
+def choose_dtype(dtype: str = "auto", hardware: Hardware | None = None) -> DtypeChoice:
+    """The dtype for a ``--dtype`` value; ``auto`` picks bf16 only where it is fast.
+
+    ``auto``: bf16 on a CUDA device that supports it (fp16 on one that does not); on a CPU,
+    bf16 only with native bf16 arithmetic (AMX or AVX512-BF16 flags, and torch running its
+    AVX512 kernels), else fp32.
+
+    Raises:
+        ModelError: An unknown value.
+    """
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype {dtype!r}: unknown; fix: use one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return DtypeChoice(dtype, f"asked for (--dtype {dtype})")  # type: ignore[arg-type]
+    hw = hardware or detect_hardware()
+    if hw.cuda:
+        if hw.cuda_bf16:
+            return DtypeChoice("bf16", "CUDA device with bf16 support")
+        return DtypeChoice("fp16", "CUDA device without bf16 support")
+    native = [flag for flag in NATIVE_BF16_FLAGS if flag in hw.cpu_flags]
+    if not native:
+        return DtypeChoice("fp32", f"CPU without native bf16 (no {' or '.join(NATIVE_BF16_FLAGS)}"
+                           f" flag; torch kernels {hw.cpu_capability}): bf16 would be "
+                           "emulated, several times slower")
+    if not hw.cpu_capability.startswith("AVX512"):
+        return DtypeChoice("fp32", f"CPU has {', '.join(native)} but torch runs its "
+                           f"{hw.cpu_capability} kernels")
+    return DtypeChoice("bf16", f"CPU with native bf16 ({', '.join(native)}; torch kernels "
+                       f"{hw.cpu_capability})")
+
+
+def torch_dtype(dtype: str, hardware: Hardware | None = None) -> torch.dtype:
+    """The torch dtype for a ``--dtype`` value (see :func:`choose_dtype`).
+
+    Raises:
+        ModelError: An unknown value.
     """
     import torch
 
-    if dtype not in DTYPES:
-        raise ModelError(f"dtype {dtype!r}: unknown; fix: use one of {', '.join(DTYPES)}")
-    if dtype == "auto":
-        if device == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    chosen = choose_dtype(dtype, hardware).dtype
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[chosen]
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> Any:
@@ -344,7 +428,7 @@ def load_model(spec: ModelSpec, adapter: str | os.PathLike[str] | None = None,
         spec: From :func:`resolve_model`.
         adapter: None/"none", "demo" or a PEFT adapter folder; it is merged into the weights
             (``merge_and_unload``) so inference runs at the base model's speed.
-        dtype: ``auto``, ``bf16``, ``fp16`` or ``fp32`` (see :func:`torch_dtype`).
+        dtype: ``auto``, ``bf16``, ``fp16`` or ``fp32`` (``auto``: :func:`choose_dtype`).
         threads: CPU threads for torch (``torch.set_num_threads``); None keeps torch's choice.
 
     Returns:
@@ -362,7 +446,7 @@ def load_model(spec: ModelSpec, adapter: str | os.PathLike[str] | None = None,
                              "with N >= 1, or leave it out")
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    wanted = torch_dtype(dtype, device)
+    wanted = torch_dtype(dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=wanted,

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from limamono.cli.common import BACKEND_HELP, dim, err, fail, out, visible
+from limamono.models import DTYPE_HELP
 
 
 class ConversionProgress:
@@ -109,10 +110,11 @@ def models_cmd(
                                  "first chat or demo starts at once. `make demo` runs this."),
 ) -> None:
     """List the models that can be loaded here (no network): the embedded default, converted
-    folders under $LIMAMONO_HOME/models and models in the local Hugging Face cache."""
+    folders under $LIMAMONO_HOME/models and models in the local Hugging Face cache; and the
+    dtype that --dtype auto picks on this machine, with the reason."""
     from rich.table import Table
 
-    from limamono.models import DEFAULT_MODEL, limamono_home, list_models
+    from limamono.models import DEFAULT_MODEL, choose_dtype, limamono_home, list_models
 
     if prepare:
         prepare_model_for_cli(DEFAULT_MODEL)
@@ -122,6 +124,8 @@ def models_cmd(
         table.add_row(info.name, info.kind, info.state, str(info.path))
     out.print(table)
     out.print(f"cache folder: {limamono_home()} (set LIMAMONO_HOME to move it)")
+    choice = choose_dtype("auto")
+    out.print(f"dtype auto: {choice.dtype}: {choice.reason} (--dtype to choose)")
 
 
 def _read_prompt(prompt: str | None, file: Path | None) -> str:
@@ -153,7 +157,7 @@ def generate_cmd(
                               "(embedded), a .gguf file, an HF folder or a cached hub id."),
     adapter: str | None = typer.Option(None, "--adapter", "-a", help="PEFT LoRA adapter "
                                        "folder, 'demo' or 'none'."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CPU), bf16, fp16, fp32."),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
                                        "model (on a busy machine 1 is often much faster)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),

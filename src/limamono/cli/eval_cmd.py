@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from limamono.cli.common import err, fail, out
+from limamono.models import DTYPE_HELP
 
 
 def eval_cmd(
@@ -30,8 +31,7 @@ def eval_cmd(
                                "and 64 tokens per reply unless given; its intervals are too "
                                "wide to judge the targets."),
     preset: str = typer.Option("limamono", "--preset", help="Sampler preset."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16), bf16 or fp32; fp32 is "
-                              "faster on CPUs without native bf16."),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (1 is best on "
                                        "a busy machine)."),
 ) -> None:

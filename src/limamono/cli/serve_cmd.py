@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from limamono.cli.common import BACKEND_HELP, dim, err, fail, warn
+from limamono.models import DTYPE_HELP
 
 _HELP = (
     "Serve a model over the APIs SillyTavern already speaks.\n\n"
@@ -75,7 +76,7 @@ def register(app: typer.Typer) -> None:
                                           help="Larger request bodies get 413."),
         max_tokens: int = typer.Option(256, "--max-tokens",
                                        help="Reply length when a request gives none."),
-        dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
+        dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
         backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
