@@ -6,6 +6,7 @@ file; on failure the temp file is removed and the original is untouched.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -15,9 +16,12 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     """Replace ``path`` with ``data`` atomically, keeping an existing file's permissions.
 
     Raises:
-        OSError: the folder is missing or not writable (``path`` is then unchanged).
+        OSError: the folder is missing or not writable, or the path holds a NUL byte
+            (``path`` is then unchanged).
     """
     path = Path(path)
+    if "\0" in str(path):  # os calls raise ValueError for it; callers expect an OSError
+        raise OSError(errno.EINVAL, "the path holds a NUL byte", str(path).replace("\0", "\\0"))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file private (0600); keep the original's mode, else a normal one.

@@ -11,6 +11,7 @@ real SillyTavern 1.12.6 (``shared/testdata/sillytavern/limamono-presets/README.m
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -138,18 +139,23 @@ def export(directory: str | Path, trigger: str = fmt.DEFAULT_TRIGGER,
            preset: str = "limamono") -> list[Path]:
     """Write the SillyTavern presets and the HF chat template into ``directory``.
 
-    Returns the written paths. Each file is written atomically (temp file + rename).
+    Returns the written paths. Every file's text is made first, so a bad ``trigger`` or
+    ``preset`` fails before anything (the folder included) is created; each file is then
+    written atomically (temp file + rename).
+
+    Raises:
+        ValueError: an unknown trigger or preset.
+        OSError: the folder cannot be created or written.
     """
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {
+    texts = {name: json.dumps(data, indent=4) + "\n" for name, data in {
         f"{PRESET_NAME}.instruct.json": instruct_preset(),
         f"{PRESET_NAME}.context.json": context_preset(trigger),
         f"{PRESET_NAME}.textgen.json": textgen_preset(preset),
         f"{PRESET_NAME}.master.json": master_preset(trigger, preset),
-    }
-    written = []
-    for name, data in files.items():
-        written.append(atomic.write_text(out / name, json.dumps(data, indent=4) + "\n"))
-    written.append(atomic.write_text(out / "chat_template.jinja", fmt.chat_template(trigger)))
-    return written
+    }.items()}
+    texts["chat_template.jinja"] = fmt.chat_template(trigger)
+    if "\0" in str(out):
+        raise OSError(errno.EINVAL, "the path holds a NUL byte")
+    out.mkdir(parents=True, exist_ok=True)
+    return [atomic.write_text(out / name, text) for name, text in texts.items()]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from limamono.cli.common import fail, out
+from limamono.cli.common import fail, out, refuse_overwrite
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -95,12 +95,14 @@ def convert_cmd(
                              "<USER> become in .yaml and .txt output."),
     house_style: bool = typer.Option(False, "--house-style", help="Convert asterisk-style "
                                      "prose (*She smiled.*) to the Limamono house style."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ) -> None:
     """Convert a card between PNG, JSON, sheet text and conversation YAML."""
     from limamono.cards import CardError, export_card, read_card
 
     if not user.strip():
         fail("--user must not be empty")
+    refuse_overwrite(target, force)
     try:
         card = read_card(source)
         export_card(card, target, user_name=user.strip(), house_style=house_style)

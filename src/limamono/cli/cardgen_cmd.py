@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from limamono.cli import chat_cmd
-from limamono.cli.common import err, fail, out
+from limamono.cli.common import err, fail, out, refuse_overwrite
 
 #: Card formats ``card generate`` writes, by extension.
 OUTPUT_SUFFIXES = (".png", ".json", ".yaml", ".yml", ".txt")
@@ -46,8 +46,7 @@ def generate_cmd(
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         fail(f"{output}: unknown card type {output.suffix or '(none)'!r} "
              f"(use one of {', '.join(OUTPUT_SUFFIXES)})")
-    if output.exists() and not force:
-        fail(f"{output} exists; pass --force to replace it")
+    refuse_overwrite(output, force)
     if name is not None and (not name.strip() or "\n" in name):
         fail("--name must be one non-empty line")
     engine = chat_cmd.make_engine(model, None if adapter == "none" else adapter, threads)

@@ -16,6 +16,7 @@ messages quoting values) verbatim and safely:
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -99,6 +100,12 @@ def dim(message: str) -> Text:
 def warn(message: str) -> None:
     """Print ``warning: message`` to stderr."""
     err.print(labelled("warning:", "yellow", message))
+
+
+def refuse_overwrite(path: Path, force: bool) -> None:
+    """The one rule for output files: an existing file is replaced only with ``--force``."""
+    if not force and path.exists():
+        fail(f"{path} exists; pass --force to replace it")
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:

@@ -55,7 +55,9 @@ def presets_export_cmd(
 
     try:
         written = presets.export(directory, trigger=trigger, preset=preset)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        fail(f"{directory}: cannot write the presets ({exc.strerror or exc})")
+    except ValueError as exc:
         fail(str(exc))
     for path in written:
         out.print(str(path))
