@@ -118,7 +118,7 @@ class ContentPart(Body):
 class WireMessage(Body):
     """One OpenAI chat message as sent; ``name`` names the speaker, ``length`` labels the turn.
 
-    Not the chat model: ``openai.chat_prompt`` turns the list into a ``Conversation``
+    Not the chat model: ``stchat.conversation`` turns the list into a ``Conversation``
     (through ``format.from_chat_messages``), the one place wire messages become the model.
     """
 
