@@ -400,8 +400,9 @@ def test_a_stale_save_is_reported_and_the_chat_reloads_and_goes_on(
     output = capsys.readouterr()
     assert ("error: " + str(db) + ": chat 1 was changed by another process since this copy "
             "was loaded (version 2, this copy 0); nothing was saved") in flat(output.err)
-    assert ("reloaded chat 1 as saved; it now ends with:\nTom: A's message\n"
-            "Mira Holt: reply to A\n") in output.out
+    assert ("reloaded chat 1 as saved (your last change is not in it: make it again if you "
+            "still want it); it now ends with:\nTom: A's message\nMira Holt: reply to A\n"
+            ) in output.out
     assert engine_b.prompts == [], "nothing was generated for the refused message"
     texts = [m.text for m in ChatStore(db).load_chat(1).messages][1:]
     assert texts == ["A's message", "reply to A"]

@@ -127,7 +127,10 @@ def test_a_version_1_database_is_migrated_and_keeps_its_chats(tmp_path: Path) ->
                  "'', '2026-01-01')")
     conn.execute("INSERT INTO chats VALUES (1, 1, 'Tom', '', 'old', '2026-01-01', '2026-01-01', "
                  "'{}')")
-    conn.execute("INSERT INTO messages VALUES (1, 1, 0, 'char', 0, NULL, 0, '', '{}', 'x')")
+    # The digest limamono wrote for this message before the chat model changed (schema 1).
+    old_digest = "f43ec20c6c7c08ae8af4d804ae4605a3290abf3ad78843140d5c5f58617452d4"
+    conn.execute("INSERT INTO messages VALUES (1, 1, 0, 'char', 0, NULL, 0, '', '{}', ?)",
+                 (old_digest,))
     conn.execute("INSERT INTO swipes VALUES (1, 0, 'Hello.', NULL, NULL, '{}')")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
@@ -138,8 +141,8 @@ def test_a_version_1_database_is_migrated_and_keeps_its_chats(tmp_path: Path) ->
             "old", "Storm.", ["Hello."])
         assert version == 0
         chat.messages.append(Message("user", "Hi."))
-        # The old row's digest is not ours, so it is rewritten once (and equal after).
-        assert store.sync_messages(1, chat.messages, version) == Saved(2, 1)
+        # Digests did not change with the model: the old row is not rewritten.
+        assert store.sync_messages(1, chat.messages, version) == Saved(1, 1)
         assert store.load_chat(1).messages == chat.messages
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 2 \
         == SCHEMA_VERSION

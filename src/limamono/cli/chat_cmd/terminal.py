@@ -188,8 +188,9 @@ class ChatLoop:
             self._generate(lambda c: self.session.send(line, cancel=c), new=True)
         except StaleChatError as exc:  # the session was reloaded (``ChatSaver``)
             err.print(Text(f"error: {exc}", style="red"))
-            out.print(Text(f"reloaded chat {self.chat_id} as saved; it now ends with:",
-                           style="dim"))
+            out.print(Text(f"reloaded chat {self.chat_id} as saved (your last change is not "
+                           "in it: make it again if you still want it); it now ends with:",
+                           style="dim"), soft_wrap=True)
             for i in range(max(0, len(self.session.history) - 2), len(self.session.history)):
                 print_message(self.session, i)
         except (ChatError, FormatError, ContextOverflowError, StoreError) as exc:
