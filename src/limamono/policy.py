@@ -39,6 +39,12 @@ PolicyName = Literal["training", "sillytavern"]
 POLICIES: tuple[str, ...] = ("training", "sillytavern")
 DEFAULT_POLICY: PolicyName = "training"
 
+#: The labels the exported SillyTavern presets hard-code (``limamono.presets`` uses these):
+#: every Input turn ``tiny``, history Response turns none, the open reply ``long``.
+SILLYTAVERN_INPUT_LENGTH = fmt.DEFAULT_INPUT_LENGTH
+SILLYTAVERN_HISTORY_RESPONSE_LENGTH: str | None = None
+SILLYTAVERN_OPEN_RESPONSE_LENGTH = fmt.DEFAULT_RESPONSE_LENGTH
+
 #: Token count of a text, as the engine will feed it.
 CountTokens = Callable[[str], int]
 
@@ -103,11 +109,13 @@ class PromptPolicy:
         name: ``training`` or ``sillytavern``.
         trigger: ``card``, ``preset`` or a literal trigger phrase.
         length_bounds: upper word counts of the labels (the training bounds).
+        stops: stop strings of a reply besides the user's line (``###``).
     """
 
     name: str = DEFAULT_POLICY
     trigger: str = fmt.DEFAULT_TRIGGER
     length_bounds: tuple[int, ...] = fmt.DEFAULT_LENGTH_BOUNDS
+    stops: tuple[str, ...] = (fmt.HEADER_STOP,)
 
     def __post_init__(self) -> None:
         if self.name not in POLICIES:
@@ -140,8 +148,8 @@ class PromptPolicy:
                 if continuing and i == len(messages) - 1 and m.role == "char":
                     length = response_length
                 elif self.name == "sillytavern":
-                    if m.role == "user":
-                        length = input_length or fmt.DEFAULT_INPUT_LENGTH
+                    length = (input_length or SILLYTAVERN_INPUT_LENGTH if m.role == "user"
+                              else SILLYTAVERN_HISTORY_RESPONSE_LENGTH)
                 elif i == newest_user and input_length is not None:
                     length = input_length
                 else:
@@ -177,8 +185,8 @@ class PromptPolicy:
             conversation, open_response, response_length, input_length, continuing))
 
     def stop_strings(self, user_name: str) -> list[str]:
-        """Stop strings of a reply: any header and the user starting a line."""
-        return fmt.stop_strings(user_name)
+        """Stop strings of a reply: any header (or the adapter's) and the user's line."""
+        return list(dict.fromkeys([*self.stops, *fmt.stop_strings(user_name)[1:]]))
 
     # ------------------------------------------------------------------ fitting
 
@@ -221,9 +229,10 @@ class PromptPolicy:
 
 
 def get_policy(name: str = DEFAULT_POLICY, trigger: str = fmt.DEFAULT_TRIGGER,
-               length_bounds: Sequence[int] = fmt.DEFAULT_LENGTH_BOUNDS) -> PromptPolicy:
+               length_bounds: Sequence[int] = fmt.DEFAULT_LENGTH_BOUNDS,
+               stops: Sequence[str] = (fmt.HEADER_STOP,)) -> PromptPolicy:
     """The named policy with a trigger and length bounds (ValueError names a bad value)."""
-    return PromptPolicy(name, trigger, tuple(length_bounds))
+    return PromptPolicy(name, trigger, tuple(length_bounds), tuple(stops))
 
 
 # --------------------------------------------------------------------------- fitting

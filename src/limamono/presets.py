@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from limamono import atomic
+from limamono import atomic, policy
 from limamono import format as fmt
 
 PRESET_NAME = "Limamono"
@@ -51,21 +51,23 @@ _NEUTRAL_TEXTGEN: dict[str, Any] = {
 def instruct_preset() -> dict[str, Any]:
     """The instruct template: turn headers and separators from ``limamono.format``.
 
-    History character turns get the plain header and only the open turn the response
-    length (SillyTavern has one ``last_output_sequence``); user turns always ``tiny``.
+    The labels are the ``sillytavern`` prompt policy's (``limamono.policy``): history
+    character turns get the plain header and only the open turn the response length
+    (SillyTavern has one ``last_output_sequence``); user turns always ``tiny``.
     ``wrap`` is off: it is the only way SillyTavern sends a bare ``###`` stop string, and the
     sequences carry their own newlines instead.
     """
     return {
         "name": PRESET_NAME,
-        "input_sequence": fmt.header("user", fmt.DEFAULT_INPUT_LENGTH) + "\n",
+        "input_sequence": fmt.header("user", policy.SILLYTAVERN_INPUT_LENGTH) + "\n",
         "input_suffix": fmt.BLOCK_SEP,
         "first_input_sequence": "",
         "last_input_sequence": "",
-        "output_sequence": fmt.header("char", None) + "\n",
+        "output_sequence": fmt.header("char", policy.SILLYTAVERN_HISTORY_RESPONSE_LENGTH) + "\n",
         "output_suffix": fmt.BLOCK_SEP,
         "first_output_sequence": "",
-        "last_output_sequence": fmt.header("char", fmt.DEFAULT_RESPONSE_LENGTH) + "\n",
+        "last_output_sequence": fmt.header("char", policy.SILLYTAVERN_OPEN_RESPONSE_LENGTH)
+        + "\n",
         "system_sequence": fmt.INSTRUCTION + "\n",
         "system_suffix": fmt.BLOCK_SEP,
         "last_system_sequence": "",

@@ -16,18 +16,24 @@ def render_cmd(
                                        "turn, as sent to the model for the next reply."),
     length: str = typer.Option("long", "--length", help="Length label of the open turn."),
     input_length: str | None = typer.Option(None, "--input-length", help="Length label for "
-                                            "user turns that have none."),
+                                            "user turns that have none (training: the "
+                                            "newest; sillytavern: all)."),
     trigger: str = typer.Option("card", "--trigger", help="'card' (the model card's trigger "
                                 "phrase) or 'preset' (the published SillyTavern preset's)."),
+    policy: str = typer.Option("training", "--policy", help="Prompt policy: 'training' "
+                               "(labels from word counts, as chat, serve and eval send by "
+                               "default) or 'sillytavern' (as the exported presets send)."),
 ) -> None:
     """Print the Limamono prompt of a conversation file."""
     from limamono import conversation, format
+    from limamono.policy import get_policy
 
     try:
         conv = conversation.load(file)[0]
-        text = format.render(conv, open_response=open_response, response_length=length,
-                             input_length=input_length, trigger=trigger)
-    except (conversation.ConversationError, format.FormatError) as exc:
+        text = get_policy(policy, trigger).render(conv, open_response=open_response,
+                                                  response_length=length,
+                                                  input_length=input_length)
+    except (conversation.ConversationError, format.FormatError, ValueError) as exc:
         fail(str(exc))
     except IndexError:
         fail(f"{file}: holds no conversation")

@@ -31,19 +31,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def server_config(preset: str, queue: int, api_key: str | None, cors_origins: list[str],
-                  max_body_mb: float, default_max_tokens: int, adapter: str | None,
-                  model: str | None = None) -> Any:
-    """The :class:`~limamono.server.ServerConfig` for the options (ValueError if invalid)."""
+def server_config(preset: str | None, queue: int, api_key: str | None,
+                  cors_origins: list[str], max_body_mb: float, default_max_tokens: int,
+                  adapter: str | None, model: str | None = None, policy: str | None = None,
+                  trigger: str | None = None) -> tuple[Any, tuple[str, ...]]:
+    """The :class:`~limamono.server.ServerConfig` for the options, and notes to show.
+
+    The adapter's card (``limamono.json``) gives the prompt policy and the samplers unless
+    an option is given explicitly. Raises ValueError for a bad option or card.
+    """
+    from limamono import adapter_card
     from limamono.models import resolve_adapter
     from limamono.server import ServerConfig
 
     adapter_dir = resolve_adapter(adapter, model)
-    return ServerConfig(preset=preset, queue=queue, api_key=api_key or None,
-                        cors_origins=tuple(cors_origins),
-                        max_body_bytes=int(max_body_mb * 1024 * 1024),
-                        default_max_tokens=default_max_tokens,
-                        adapter_name=adapter_dir.name if adapter_dir else None)
+    chosen = adapter_card.defaults(adapter_dir, preset=preset, policy=policy, trigger=trigger)
+    config = ServerConfig(preset=chosen.preset, queue=queue, api_key=api_key or None,
+                          cors_origins=tuple(cors_origins),
+                          max_body_bytes=int(max_body_mb * 1024 * 1024),
+                          default_max_tokens=default_max_tokens,
+                          adapter_name=adapter_dir.name if adapter_dir else None,
+                          prompt_policy=chosen.policy, samplers=chosen.samplers)
+    return config, chosen.notes
 
 
 def register(app: typer.Typer) -> None:
@@ -65,8 +74,15 @@ def register(app: typer.Typer) -> None:
         context: int | None = typer.Option(None, "--context",
                                            help="Context length in tokens (default: the "
                                                 "model's)."),
-        preset: str = typer.Option("limamono", "--preset",
-                                   help="Sampler preset for fields a request does not send."),
+        preset: str | None = typer.Option(
+            None, "--preset", help="Sampler preset for fields a request does not send "
+            "(default: the adapter's, else limamono)."),
+        policy: str | None = typer.Option(
+            None, "--policy", help="Prompt policy of the chat route: training or sillytavern "
+            "(default: the adapter's, else training)."),
+        trigger: str | None = typer.Option(
+            None, "--trigger", help="Trigger phrase of the chat route: card or preset "
+            "(default: the adapter's, else card)."),
         queue: int = typer.Option(16, "--queue", help="Requests that may wait behind the "
                                                       "running one; more get 503."),
         cors_origin: list[str] = typer.Option(
@@ -82,10 +98,12 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     ) -> None:
         try:
-            config = server_config(preset, queue, api_key, cors_origin, max_body_mb,
-                                   max_tokens, adapter, model)
+            config, notes = server_config(preset, queue, api_key, cors_origin, max_body_mb,
+                                          max_tokens, adapter, model, policy, trigger)
         except ValueError as error:
             fail(str(error))
+        for note in notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
         if not is_loopback(host) and config.api_key is None:
             warn(f"binding {host} without --api-key: anyone who can reach this port can use "
                  "the model")

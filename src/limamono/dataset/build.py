@@ -39,6 +39,7 @@ from limamono.dataset.samples import (
     truncate,
 )
 from limamono.dataset.sources import Problem, Record, check_record, content_hash, load_dir
+from limamono.policy import get_policy
 
 Overflow = Literal["window", "truncate", "drop", "error"]
 OVERFLOW: tuple[str, ...] = ("window", "truncate", "drop", "error")
@@ -274,11 +275,14 @@ def build_samples(records: Sequence[Record], tokenizer: Tokenizer,
         (duplicates if digest in seen else unique).append(record)
         seen.add(digest)
     prepared, fixes = [], []
+    # Training samples are labelled by the ``training`` prompt policy: every turn from its
+    # word count, the same labels chat, serve and eval give a conversation by default.
+    labeller = get_policy("training", config.trigger, config.length_bounds)
     for record in unique:
         if config.normalize:
             record, found = normalize_record(record)
             fixes += found
-        conv = fmt.label_lengths(record.conversation, config.length_bounds)
+        conv = labeller.label(record.conversation)
         prepared.append(replace(record, conversation=conv))
     splits = split_records(prepared, config.val, config.seed)
     result = BuildResult(config, prepared, splits, [], {}, duplicates=[d.name for d in

@@ -28,6 +28,8 @@ class ServerConfig:
         adapter_name: Shown as the LoRA in ``/v1/internal/model/info``.
         prompt_policy: Labels and fits the chat route's prompts (``--policy``; the
             adapter's trigger and length bounds).
+        samplers: The base sampler settings when they are not a named preset's (the
+            adapter card's saved values); None: ``preset``'s.
     """
 
     preset: str = "limamono"
@@ -41,6 +43,7 @@ class ServerConfig:
     retry_after_s: int = 2
     adapter_name: str | None = None
     prompt_policy: PromptPolicy = field(default_factory=PromptPolicy)
+    samplers: SamplerSettings | None = None
 
     def __post_init__(self) -> None:
         """Check the limits; raise ValueError naming the option and its allowed range."""
@@ -62,6 +65,8 @@ class ServerConfig:
         Raises:
             ValueError: Unknown preset (the message lists the known ones).
         """
+        if self.samplers is not None:
+            return self.samplers
         try:
             return get_preset(self.preset)
         except SamplerError as error:

@@ -92,7 +92,7 @@ def chat_prompt(body: ChatCompletionRequest, policy: pol.PromptPolicy) -> ChatPr
                            f"{', '.join(allowed)}", field=field)
     if body.policy is not None or body.trigger is not None:
         policy = pol.get_policy(body.policy or policy.name, body.trigger or policy.trigger,
-                                policy.length_bounds)
+                                policy.length_bounds, policy.stops)
     response_length = _length_label(body.response_length, fmt.DEFAULT_RESPONSE_LENGTH,
                                     "response_length")
     input_length = _length_label(body.input_length, None, "input_length")

@@ -193,6 +193,7 @@ def adapter_metadata(config: TrainConfig) -> dict[str, Any]:
             "trigger_text": fmt.TRIGGERS.get(config.trigger, config.trigger),
             "end_of_turn": config.end_of_turn, "stop_strings": [fmt.HEADER_STOP],
             "sampler_preset": _sampler_preset(), "length_bounds": list(config.length_bounds),
+            "prompt_policy": "training",  # how its samples were labelled (limamono.policy)
             "base_model": config.model, "training": config.to_dict()}
 
 
