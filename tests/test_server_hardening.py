@@ -279,3 +279,33 @@ def test_serve_command_builds_the_app_it_runs(monkeypatch: pytest.MonkeyPatch) -
         assert client.get("/v1/models").status_code == 401
         assert client.get("/v1/models", headers={"Authorization": "Bearer k"}).json()[
             "data"][0]["id"] == "fake-limamono"
+
+
+@pytest.mark.parametrize("option", [["--context", "0"], ["--max-body-mb", "nan"],
+                                    ["--max-body-mb", "inf"], ["--max-body-mb", "0"]])
+def test_serve_validates_context_and_body_limit_naming_the_option(option: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from limamono.cli import app
+
+    result = CliRunner().invoke(app, ["serve", *option])
+    assert result.exit_code == 2
+    what = "tokens" if option[0] == "--context" else "megabytes"
+    assert result.output == (f"error: {option[0]} must be a positive number of {what}, got "
+                             f"{option[1] if option[0] == '--context' else float(option[1])}\n")
+
+
+def test_unsupported_openai_fields_are_logged_not_silently_dropped(
+        client: TestClient, engine: FakeEngine, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", "limamono.server")
+    body = {"prompt": "x", "logit_bias": {"42": -100}, "logprobs": 5, "echo": True}
+    assert client.post("/v1/completions", json=body).status_code == 200
+    chat = {"messages": [{"role": "system", "content": "Mira"},
+                         {"role": "user", "content": "Hi"}], "logprobs": True, "top_logprobs": 2}
+    assert client.post("/v1/chat/completions", json=chat).status_code == 200
+    off = {"prompt": "x", "logit_bias": {}, "logprobs": None, "echo": False}
+    assert client.post("/v1/completions", json=off).status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if "does not implement" in r.getMessage()]
+    assert warnings == [
+        "ignoring fields this server does not implement: logit_bias, logprobs, echo",
+        "ignoring fields this server does not implement: logprobs, top_logprobs"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from typing import Any
 
 import typer
@@ -44,6 +45,9 @@ def server_config(preset: str | None, queue: int, api_key: str | None,
     from limamono.models import resolve_adapter
     from limamono.server import ServerConfig
 
+    if not math.isfinite(max_body_mb) or max_body_mb <= 0:
+        raise ValueError(f"--max-body-mb must be a positive number of megabytes, got "
+                         f"{max_body_mb}")
     adapter_dir = resolve_adapter(adapter, model)
     chosen = adapter_card.defaults(adapter_dir, preset=preset, policy=policy, trigger=trigger)
     config = ServerConfig(preset=chosen.preset, queue=queue, api_key=api_key or None,
@@ -97,6 +101,8 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     ) -> None:
+        if context is not None and context < 1:
+            fail(f"--context must be a positive number of tokens, got {context}")
         try:
             config, notes = server_config(preset, queue, api_key, cors_origin, max_body_mb,
                                           max_tokens, adapter, model, policy, trigger)

@@ -67,6 +67,8 @@ UNSUPPORTED_OFF: dict[str, Any] = {
     "smoothing_factor": 0, "dynamic_temperature": False, "dynatemp_range": 0,
     "epsilon_cutoff": 0, "eta_cutoff": 0, "top_n_sigma": 0, "skew": 0,
     "encoder_repetition_penalty": 1, "no_repeat_ngram_size": 0, "penalty_alpha": 0,
+    # OpenAI fields not implemented yet (issue 11 item 13; 0 also matches false).
+    "logit_bias": {}, "logprobs": 0, "top_logprobs": 0, "echo": False,
 }
 
 

@@ -228,7 +228,7 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
     check_single_reply(body)
     ignored = unsupported_fields(body)
     if ignored:  # accepted, as the emulated servers accept them, but the user should know
-        log.warning("ignoring samplers this server does not implement: %s", ", ".join(ignored))
+        log.warning("ignoring fields this server does not implement: %s", ", ".join(ignored))
     context = effective_context(body, dialect, engine_context)
     return GenerationRequest(
         prompt=prompt,
