@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from limamono import conversation as conv_mod
 from limamono import format as fmt
@@ -16,6 +20,7 @@ from limamono.conversation import (
     Swipe,
     User,
 )
+from limamono.store import ChatStore, export_sillytavern, parse_sillytavern
 
 CHAR = Character("Mira Holt", "Occupation: Lighthouse keeper")
 
@@ -106,3 +111,45 @@ def test_hidden_messages_are_never_rendered_and_transcript_drops_them() -> None:
     assert [m["content"] for m in fmt.to_chat_messages(conv)[1:]] == ["Hi!", "Anyone here?"]
     assert conv.transcript() == Conversation(CHAR, User("Tom", "A sailor."), "A storm.", [
         Message("char", "Hi!"), Message("user", "Anyone here?")])
+
+
+# --------------------------------------------------------------------------- every conversion
+
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters=(
+    "\u2028\u2029\x85")), max_size=30).map(lambda s: s.strip("\n"))
+_swipes = st.builds(Swipe, _text, st.none() | st.sampled_from(["user", "header"]),
+                    st.none() | st.sampled_from(["stop", "length", "cancelled"]),
+                    st.dictionaries(st.sampled_from(["gen_started", "k"]), st.integers(0, 9),
+                                    max_size=1))
+
+
+@st.composite
+def chats(draw: st.DrawFn) -> Conversation:
+    messages = []
+    for _ in range(draw(st.integers(0, 4))):
+        swipes = draw(st.lists(_swipes, min_size=1, max_size=3))
+        messages.append(Message(
+            draw(st.sampled_from(["char", "user"])), length=draw(st.none() | st.sampled_from(
+                ["tiny", "long"])), swipes=swipes, swipe_id=draw(st.integers(0, len(swipes) - 1)),
+            hidden=draw(st.booleans()), send_date=draw(st.sampled_from(["", "2026-11-27"]))))
+    return Conversation(CHAR, User("Tom", draw(st.sampled_from(["", "A sailor."]))),
+                        draw(_text.map(lambda s: s.replace("\n", " ").strip())), messages,
+                        title=draw(st.sampled_from(["", "first"])), created="2026-11-27")
+
+
+def _modelled(message: Message) -> Message:
+    """A message without ``meta`` (imports keep their record there)."""
+    return replace(message, meta={})
+
+
+@settings(max_examples=40, deadline=None)
+@given(chat=chats())
+def test_every_conversion_gives_the_same_chat_back(chat: Conversation) -> None:
+    assert conv_mod.loads_yaml(conv_mod.dump_yaml(chat)) == chat
+    assert list(conv_mod.iter_jsonl(conv_mod.dumps_jsonl([chat]))) == [chat]
+    with tempfile.TemporaryDirectory() as folder, ChatStore(Path(folder) / "c.db") as store:
+        assert store.load_chat(store.create_chat(chat)) == chat
+    back = parse_sillytavern(export_sillytavern(chat))
+    assert (back.user.name, back.character.name, back.created) == ("Tom", CHAR.name,
+                                                                 chat.created)
+    assert [_modelled(m) for m in back.messages] == chat.messages
