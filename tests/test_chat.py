@@ -21,11 +21,11 @@ from limamono.chat import (
     ChatSession,
     ImpersonationGuard,
     drop_chunk,
-    label_for_prompt,
     thoughts,
 )
 from limamono.conversation import Character, Conversation, Message, Swipe, User
 from limamono.generation import Completion, ContextOverflowError, TextChunk
+from limamono.policy import PromptTooLongError
 
 
 class ScriptedEngine:
@@ -119,7 +119,7 @@ def test_send_renders_the_exact_prompt_with_length_labels() -> None:
         "Occupation: Lighthouse keeper\nMira keeps the lamp at Gull Point.\n"
         f"Scenario: {SCENARIO}\n\n"
         f"### Response: (length = tiny)\nMira Holt: {GREETING}\n\n"
-        "### Input: (length = tiny)\nTom: Hi there.\n\n"
+        "### Input: (length = micro)\nTom: Hi there.\n\n"
         "### Response: (length = long)\nMira Holt:")
     assert engine.settings == ["preset"]
     assert [m.role for m in chat.history] == ["char", "user", "char"]
@@ -130,11 +130,14 @@ def test_past_turns_are_labelled_by_word_count_and_the_latest_input_by_setting()
     long_input = " ".join(["word"] * 45)
     messages = [Message("char", GREETING), Message("user", long_input),
                 Message("char", "Yes."), Message("user", "Go on.")]
-    config = ChatConfig(input_length="short")
-    labelled = label_for_prompt(messages, config)
+    chat, _ = session([], config=ChatConfig(input_length="short"))
+    labelled = chat.conversation(messages).messages
     assert [m.length for m in labelled] == ["tiny", "short", "micro", "short"]
     fixed = [Message("user", "Hm.", "huge")]
-    assert label_for_prompt(fixed, config)[0].length == "huge"
+    assert chat.conversation(fixed).messages[0].length == "huge"
+    chat.input_length = None  # the training policy's own rule: the word count
+    assert [m.length for m in chat.conversation(messages).messages] == [
+        "tiny", "short", "micro", "micro"]
 
 
 def test_response_and_input_length_settings_reach_the_prompt() -> None:
@@ -179,13 +182,32 @@ def test_history_is_dropped_in_chunks_and_the_prefix_stays_stable() -> None:
     assert engine.prompts[i].startswith(engine.prompts[i - 1][:cut])
 
 
+def test_a_long_latest_message_is_kept_and_older_turns_go() -> None:
+    # One token per word. The greeting and a first exchange go; the long message stays.
+    # The sheet, the long message and the open header take 149 tokens, all of it 185.
+    chat, engine = session(["Fine.", "Aye."], context_length=149 + 20,
+                           config=ChatConfig(max_new_tokens=20))
+    run(chat.send("Short hello."))
+    long_message = " ".join(["storm"] * 90)
+    run(chat.send(long_message))
+    prompt = engine.prompts[-1]
+    assert f"Tom: {long_message}\n\n### Response: (length = long)\nMira Holt:" in prompt
+    assert GREETING not in prompt and "Short hello." not in prompt
+    assert chat.last_result is not None and chat.last_result.dropped == 3
+    assert (chat.last_result.tokens_before, len(prompt.split())) == (185, 149)
+    with pytest.raises(PromptTooLongError):
+        run(chat.send(long_message + " more"))  # one token too many: refused, not cut
+
+
 def test_drop_chunk_is_a_quarter_at_least_one() -> None:
     assert [drop_chunk(n, 0.25) for n in (0, 1, 4, 5, 40)] == [1, 1, 1, 2, 10]
 
 
 def test_prompt_that_cannot_fit_names_the_numbers() -> None:
     chat, _ = session(["x"], context_length=40, config=ChatConfig(max_new_tokens=10))
-    with pytest.raises(ContextOverflowError, match=r"needs \d+ tokens but only 30 fit"):
+    with pytest.raises(ContextOverflowError,
+                       match=r"needs \d+ tokens even with every older turn left out .* "
+                             r"but only 30 fit"):
         run(chat.send("hello"))
 
 

@@ -53,7 +53,7 @@ def test_chat_streams_replies_and_saves_them(engine: ScriptedEngine, tmp_path: P
     assert "Mira Holt: She nodded slowly.\n" in output
     assert "Mira Holt: Sit by the stove.\n" in output
     assert engine.prompts[1].endswith(
-        "### Input: (length = tiny)\nTom: Is it always this wet?\n\n"
+        "### Input: (length = micro)\nTom: Is it always this wet?\n\n"
         "### Response: (length = long)\nMira Holt:")
     saved = ChatStore(tmp_path / "c.db").load_chat(1)
     assert [m.text for m in saved.messages][1:] == ["Hello there.", "She nodded slowly.",
@@ -407,7 +407,7 @@ def test_a_stale_save_is_reported_and_the_chat_reloads_and_goes_on(
     texts = [m.text for m in ChatStore(db).load_chat(1).messages][1:]
     assert texts == ["A's message", "reply to A"]
     assert loop_b.handle("B's message")  # the reloaded session goes on
-    assert engine_b.prompts[0].endswith("Mira Holt: reply to A\n\n### Input: (length = tiny)\n"
+    assert engine_b.prompts[0].endswith("Mira Holt: reply to A\n\n### Input: (length = micro)\n"
                                         "Tom: B's message\n\n### Response: (length = long)\n"
                                         "Mira Holt:")
     texts = [m.text for m in ChatStore(db).load_chat(1).messages][1:]

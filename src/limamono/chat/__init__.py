@@ -14,7 +14,7 @@ from limamono.chat.messages import (
     PromptPlan,
     ReplyResult,
 )
-from limamono.chat.session import ChatSession, drop_chunk, label_for_prompt
+from limamono.chat.session import ChatSession, drop_chunk
 
 __all__ = [
     "ChatConfig",
@@ -25,6 +25,5 @@ __all__ = [
     "PromptPlan",
     "ReplyResult",
     "drop_chunk",
-    "label_for_prompt",
     "thoughts",
 ]

@@ -7,14 +7,15 @@ it; ``limamono.store`` persists it. Nothing here prints.
 
 Decisions (the spec leaves them open):
 
-- Length labels: the open response gets ``response_length`` (default ``long``) and the
-  latest user message ``input_length`` (default ``tiny``); every other turn is labelled from
-  its word count with the dataset builder's bounds, so the prompt reads like training data.
-  A label set on a message (imported conversations) wins.
+- Length labels and fitting are the prompt policy's (``config.policy``, see
+  ``limamono.policy``): by default every turn is labelled from its word count, as in
+  training; ``response_length`` (default ``long``) labels the open reply and
+  ``input_length``, when set, the latest user message.
 - Context budget: ``engine.context_length - max_new_tokens`` prompt tokens. When the history
-  does not fit, the oldest messages are left out a quarter of the history at a time, and
-  the count only grows while the chat grows: the rendered prefix changes once per chunk
-  instead of every turn, so the engine's KV-cache reuse keeps working.
+  does not fit, the policy leaves out the oldest messages (never the latest user message)
+  a quarter of the history at a time, and the count only grows while the chat grows: the
+  rendered prefix changes once per chunk instead of every turn, so the engine's KV-cache
+  reuse keeps working.
 - Impersonation guard: a reply ends where a line starts with ``{user}:`` or where a ``###``
   header begins (also when the engine stopped there on a stop string); the kind of cut is
   recorded on the swipe, for the UI and the metrics.
@@ -30,39 +31,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from limamono import format as fmt
 from limamono.chat.guard import ImpersonationGuard
 from limamono.chat.messages import ChatConfig, ChatError, PromptPlan, ReplyResult
 from limamono.conversation import Character, Conversation, Message, Swipe, User
-from limamono.generation import ContextOverflowError, Engine, TextChunk
+from limamono.generation import Engine, TextChunk
+from limamono.policy import token_counter
 
 if TYPE_CHECKING:
     from limamono.samplers import SamplerSettings
-
-
-def label_for_prompt(messages: Sequence[Message], config: ChatConfig,
-                     continuing: bool = False) -> list[Message]:
-    """The rendered form of the visible messages, each with its length label (see module doc).
-
-    Args:
-        messages: the messages to render (hidden ones already removed).
-        config: gives the input label and the word bounds.
-        continuing: the last message is a reply being continued: it keeps the
-            ``response_length`` label it was generated with.
-    """
-    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
-    out: list[Message] = []
-    for i, m in enumerate(messages):
-        length = m.length
-        if length is None:
-            if i == last_user:
-                length = config.input_length
-            elif continuing and i == len(messages) - 1:
-                length = config.response_length
-            else:
-                length = fmt.length_for_words(fmt.word_count(m.text), config.length_bounds)
-        out.append(Message(m.role, m.text, length))
-    return out
 
 
 def drop_chunk(history_size: int, fraction: float) -> int:
@@ -141,12 +117,12 @@ class ChatSession:
         self.config = replace(self.config, response_length=value)
 
     @property
-    def input_length(self) -> str:
-        """Length label of the latest user message."""
+    def input_length(self) -> str | None:
+        """Length label of the latest user message (None: the policy's rule)."""
         return self.config.input_length
 
     @input_length.setter
-    def input_length(self, value: str) -> None:
+    def input_length(self, value: str | None) -> None:
         self.config = replace(self.config, input_length=value)
 
     # ------------------------------------------------------------------ prompts
@@ -155,36 +131,29 @@ class ChatSession:
                      continuing: bool = False) -> Conversation:
         """The visible history as a labelled ``Conversation`` (what the prompt renders)."""
         visible = [m for m in (self.history if messages is None else messages) if not m.hidden]
-        return Conversation(self.character, self.user, self.scenario,
-                            label_for_prompt(visible, self.config, continuing))
+        return self.config.policy.label(
+            Conversation(self.character, self.user, self.scenario, visible),
+            self.config.input_length, continuing, self.config.response_length)
 
     def build_prompt(self, messages: Sequence[Message] | None = None,
                      open_response: bool = True, continuing: bool = False) -> PromptPlan:
-        """Render the prompt for the next reply, leaving out old messages until it fits.
+        """Render the prompt for the next reply; the policy leaves out old messages to fit.
 
         Raises:
-            ContextOverflowError: even the Instruction block and the last message do not fit.
+            limamono.policy.PromptTooLongError: even the Instruction block, the latest user
+                message and the open header do not fit (the message says how to fix it).
         """
         visible = [m for m in (self.history if messages is None else messages) if not m.hidden]
-        budget = self.engine.context_length - self.config.max_new_tokens
-        chunk = drop_chunk(len(visible), self.config.drop_fraction)
-        dropped = min(self.dropped, max(len(visible) - 1, 0))
-        while True:
-            conv = self.conversation(visible[dropped:], continuing)
-            text = fmt.render(conv, open_response=open_response,
-                              response_length=self.config.response_length,
-                              trigger=self.config.trigger)
-            tokens = len(self.engine.tokenize(text))
-            if tokens <= budget:
-                self.dropped = dropped
-                return PromptPlan(text, tokens, dropped, budget)
-            if dropped >= len(visible) - 1:
-                raise ContextOverflowError(
-                    f"the prompt needs {tokens} tokens but only {budget} fit (context "
-                    f"{self.engine.context_length} minus max_new_tokens "
-                    f"{self.config.max_new_tokens}); shorten the character sheet or the last "
-                    "message, or lower max_new_tokens")
-            dropped = min(dropped + chunk, len(visible) - 1)
+        fitted = self.config.policy.fit(
+            Conversation(self.character, self.user, self.scenario, visible),
+            token_counter(self.engine), self.engine.context_length,
+            self.config.max_new_tokens, open_response=open_response,
+            response_length=self.config.response_length,
+            input_length=self.config.input_length, continuing=continuing,
+            at_least=self.dropped, step=drop_chunk(len(visible), self.config.drop_fraction))
+        self.dropped = fitted.dropped
+        return PromptPlan(fitted.text, fitted.tokens, fitted.dropped, fitted.budget,
+                          fitted.tokens_before)
 
     # ------------------------------------------------------------------ generation
 
@@ -250,7 +219,7 @@ class ChatSession:
     def _run(self, plan: PromptPlan, guard: ImpersonationGuard,
              cancel: threading.Event | None) -> Iterator[str]:
         """Stream through the guard; return the (unguarded) result when the stream ends."""
-        stop = fmt.stop_strings(self.user.name)
+        stop = self.config.policy.stop_strings(self.user.name)
         stream = self.engine.stream_text(plan.text, self.settings, self.config.max_new_tokens,
                                          stop=stop, cancel=cancel)
         last = TextChunk("", "cancelled")
@@ -273,7 +242,8 @@ class ChatSession:
             yield rest
         reason = "stop" if guard.cut else (last.finish_reason or "cancelled")
         return ReplyResult(guard.text, reason, guard.cut, last.prompt_tokens or plan.tokens,
-                           last.completion_tokens, plan.dropped)
+                           last.completion_tokens, plan.dropped,
+                           plan.tokens_before if plan.dropped else 0)
 
     # ------------------------------------------------------------------ editing
 

@@ -61,6 +61,26 @@ def make_settings(preset: str, seed: int | None) -> Any:
         fail(str(exc))
 
 
+def adapter_defaults(adapter: str | None, model: str, preset: str | None,
+                     policy: str | None, seed: int | None) -> tuple[Any, Any]:
+    """Samplers and prompt policy: the options, else the adapter's card, else the defaults.
+
+    A note is printed for every option that overrides the card.
+    """
+    from limamono import adapter_card
+    from limamono.models import resolve_adapter
+
+    try:
+        chosen = adapter_card.defaults(resolve_adapter(adapter, model), preset=preset,
+                                       policy=policy)
+    except ValueError as exc:
+        fail(str(exc))
+    for note in chosen.notes:
+        err.print(dim(f"note: {note}"))
+    settings = chosen.samplers if seed is None else replace(chosen.samplers, seed=seed)
+    return settings, chosen.policy
+
+
 # --------------------------------------------------------------------------- commands
 
 def chat_cmd(
@@ -73,7 +93,10 @@ def chat_cmd(
                               "a .gguf file, an HF folder or a cached hub id."),
     adapter: str = typer.Option("demo", "--adapter", help="LoRA adapter folder, 'demo' (the "
                                 "bundled one, if present) or 'none'."),
-    preset: str = typer.Option("limamono", "--preset", help="Sampler preset."),
+    preset: str | None = typer.Option(None, "--preset", help="Sampler preset (default: the "
+                                      "adapter's, else limamono)."),
+    policy: str | None = typer.Option(None, "--policy", help="Prompt policy: training or "
+                                      "sillytavern (default: the adapter's, else training)."),
     chat_id: int | None = typer.Option(None, "--chat", help="Resume a saved chat by id "
                                        "(see `limamono chats list`)."),
     max_tokens: int = typer.Option(200, "--max-tokens", min=1, help="Most tokens per reply."),
@@ -96,12 +119,12 @@ def chat_cmd(
     start = load_character(card, User(user, persona), house_style) if card else None
     if chat_id is not None:  # fail before the model loads, not after
         _check_chat(store, chat_id)
-    settings = make_settings(preset, seed)
+    settings, prompt_policy = adapter_defaults(adapter, model, preset, policy, seed)
     engine = make_engine(model, None if adapter == "none" else adapter, threads, backend)
     if start is not None:
         chat_id = store.create_chat(start, source=str(card))
     assert chat_id is not None
-    session = start_session(store, chat_id, engine, settings, max_tokens)
+    session = start_session(store, chat_id, engine, settings, max_tokens, prompt_policy)
     loop = ChatLoop(session, store, chat_id, seed)
     out.print(Text(f"Chat {chat_id} with {session.character.name} (saved in {store.path}). "
                    "/help for commands.", style="dim"))
@@ -134,13 +157,13 @@ def demo_cmd(
     path = character or _first_example()
     store = open_store(db)
     start = load_character(path, User(user))
-    settings = make_settings("limamono", seed)
+    settings, prompt_policy = adapter_defaults(adapter, model, None, None, seed)
     err.print(dim(f"loading {model} (adapter: {adapter})..."))
     setup = time.monotonic()
     engine = make_engine(model, None if adapter == "none" else adapter, threads, backend)
     err.print(dim(f"model ready in {time.monotonic() - setup:.1f} s"))
     chat_id = store.create_chat(start, source=str(path))
-    session = start_session(store, chat_id, engine, settings, max_tokens)
+    session = start_session(store, chat_id, engine, settings, max_tokens, prompt_policy)
     loop = ChatLoop(session, store, chat_id, seed)
     out.print(Text(f"Demo: {user} visits {session.character.name} ({path.name})\n",
                    style="bold"))

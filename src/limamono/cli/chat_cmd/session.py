@@ -79,14 +79,18 @@ class ChatSaver:
 
 
 def start_session(store: ChatStore, chat_id: int, engine: Engine, settings: Any,
-                  max_tokens: int) -> ChatSession:
-    """A session over a stored chat that saves every change back to it (``ChatSaver``)."""
+                  max_tokens: int, policy: Any = None) -> ChatSession:
+    """A session over a stored chat that saves every change back to it (``ChatSaver``).
+
+    ``policy`` is the prompt policy (the adapter's; None: the default one).
+    """
     from limamono.chat import ChatConfig, ChatError, ChatSession
+    from limamono.policy import PromptPolicy
     from limamono.store import StoreError
 
     try:
         chat, version = store.load_chat_version(chat_id)
-        config = ChatConfig(max_new_tokens=max_tokens)
+        config = ChatConfig(max_new_tokens=max_tokens, policy=policy or PromptPolicy())
     except (StoreError, ChatError) as exc:
         fail(str(exc))
     return ChatSession(chat, engine, settings, config,

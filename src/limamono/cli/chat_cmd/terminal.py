@@ -107,7 +107,8 @@ def _report(session: ChatSession) -> None:
     elif result.finish_reason == "cancelled":
         notes.append("stopped")
     if result.dropped:
-        notes.append(f"{result.dropped} oldest messages are out of context")
+        notes.append(f"{result.dropped} oldest messages are out of context (prompt cut from "
+                     f"{result.tokens_before} to {result.prompt_tokens} tokens)")
     last = session.history[-1]
     if len(last.swipes) > 1:
         notes.append(f"swipe {last.swipe_id + 1}/{len(last.swipes)}")
