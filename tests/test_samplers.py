@@ -202,10 +202,12 @@ def test_tail_free_llama_cpp_linear_vector(z: float, n_kcpp: int) -> None:
 
 @pytest.mark.parametrize("variant", ["textgen", "koboldcpp"])
 def test_tail_free_zero_curvature_never_nan(variant: str) -> None:
-    flat = torch.zeros(10)  # sum|d2| = 0 exactly: uniform weights, cdf = (i+1)/8
-    out = tail_free(flat, 0.85, variant)  # first cdf > 0.85 at i* = 6
+    flat = torch.zeros(10)  # sum|d2| = 0 exactly
+    # koboldcpp: uniform weights, cdf = (i+1)/8, first cdf > 0.85 at i* = 6; textgen: 0/0
+    # is NaN in text-generation-webui, so only its always-removed last token goes (11.19)
+    out = tail_free(flat, 0.85, variant)
     assert not torch.isnan(out).any()
-    assert len(kept(out)) == (7 if variant == "textgen" else 6)
+    assert len(kept(out)) == (9 if variant == "textgen" else 6)
     spike = torch.tensor([50.0] + [-50.0] * 9)  # all mass on one token
     out = tail_free(spike, 0.5, variant)
     assert not torch.isnan(out).any() and kept(out) == [0]
@@ -270,9 +272,12 @@ def test_koboldcpp_slope_halves() -> None:
     # window [1, 2 | 3, 4]: the older half gets 1 + (1.5 - 1) * 0.5 = 1.25
     out = koboldcpp_repetition_penalty(torch.tensor([1, 2, 3, 4]), x, 1.5, 4, 0.5)
     assert out.tolist() == pytest.approx([2.0, 1.6, 1.6, 2 / 1.5, 2 / 1.5, 2.0])
-    # a token in both halves counts as near; an odd window's newer half is the larger one
+    # an odd window's newer half is the smaller one (KoboldCpp: slot i is near if 2i >= n)
     out = koboldcpp_repetition_penalty(torch.tensor([1, 2, 1, 3, 5]), x, 1.5, 5, 0.5)
-    assert out.tolist() == pytest.approx([2.0, 2 / 1.5, 1.6, 2 / 1.5, 2.0, 2 / 1.5])
+    assert out.tolist() == pytest.approx([2.0, 1.6, 1.6, 2 / 1.5, 2.0, 2 / 1.5])
+    # a token in both halves counts as near
+    out = koboldcpp_repetition_penalty(torch.tensor([1, 2, 3, 1]), x, 1.5, 4, 0.5)
+    assert out.tolist() == pytest.approx([2.0, 2 / 1.5, 1.6, 2 / 1.5, 2.0, 2.0])
     # slope 1 (default) and slopes outside (0, 1] are flat
     for slope in (1.0, 0.0, 3.0):
         flat = koboldcpp_repetition_penalty(torch.tensor([1, 2, 3, 4]), x, 1.5, 4, slope)
@@ -314,7 +319,8 @@ def test_koboldcpp_prefilters_to_3000_tokens() -> None:
 
 def test_textgen_order() -> None:
     assert textgen_order(SamplerSettings()) == (
-        "top_k", "top_p", "typical_p", "tfs", "top_a", "min_p", "temperature")
+        "dry", "top_n_sigma", "top_k", "top_p", "typical_p", "tfs", "top_a", "min_p",
+        "mirostat", "xtc", "temperature", "dynamic_temperature", "quadratic_sampling")
     # unlisted samplers run first, as text-generation-webui sorts them
     assert textgen_order(SamplerSettings(sampler_priority=("min_p", "temperature")))[-2:] == \
         ("min_p", "temperature")
@@ -455,8 +461,12 @@ def test_published_textgen_preset_order(shared_dir) -> None:
     s = settings_from_fields(fields, SamplerSettings(), "textgen")
     assert s.sampler_priority[-3:] == ("temperature", "dynamic_temperature",
                                        "quadratic_sampling")
-    assert textgen_order(s) == textgen_order(PRESETS["limamono"]) == (
-        "top_k", "top_p", "typical_p", "tfs", "top_a", "min_p", "temperature")
+    classic = {"top_k", "top_p", "typical_p", "tfs", "top_a", "min_p", "temperature"}
+    assert [n for n in textgen_order(s) if n in classic] == \
+        [n for n in textgen_order(PRESETS["limamono"]) if n in classic] == \
+        ["top_k", "top_p", "typical_p", "tfs", "top_a", "min_p", "temperature"]
+    # samplers the old list does not name run first, as text-generation-webui sorts them
+    assert textgen_order(s)[:3] == ("dry", "top_n_sigma", "xtc")
     assert s.replace(sampler_priority=None) == PRESETS["limamono"]
 
 
@@ -486,8 +496,8 @@ def test_wire_special_values() -> None:
     assert (s.seed, s.top_k, s.rep_pen_range, s.top_p) == (None, 0, 0, 1.0)
     order = settings_from_fields({"sampler_order": [6, 5, 0, 1, 3, 4, 2]}, base, "koboldcpp")
     assert order.sampler_order == (6, 5, 0, 1, 3, 4, 2) and order.dialect == "koboldcpp"
-    assert unsupported_fields({"mirostat_mode": 2, "dry_multiplier": 0, "xtc_probability": 0.5}) \
-        == ["mirostat_mode", "xtc_probability"]
+    assert unsupported_fields({"mirostat_mode": 2, "epsilon_cutoff": 0, "eta_cutoff": 3e-4,
+                               "no_repeat_ngram_size": 2}) == ["eta_cutoff", "no_repeat_ngram_size"]
 
 
 def test_temperature_last() -> None:
@@ -498,7 +508,7 @@ def test_temperature_last() -> None:
     assert s.sampler_priority == ("top_k", "min_p", "temperature")
     assert settings_from_fields({"temperature_last": True}, base, "textgen") == base
     s = settings_from_fields({"temperature_last": False}, base, "textgen")
-    assert textgen_order(s)[0] == "temperature"
+    assert textgen_order(s)[:2] == ("dry", "temperature")  # TGW's default: DRY, temperature
     with pytest.raises(SamplerError) as info:
         settings_from_fields({"temperature_last": "yes"}, base, "textgen")
     assert info.value.field == "temperature_last"

@@ -127,6 +127,14 @@ def textgen_preset(preset: str = "limamono") -> dict[str, Any]:
         "freq_pen": s.frequency_penalty, "presence_pen": s.presence_penalty,
         "sampler_order": list(s.sampler_order),
         "seed": -1 if s.seed is None else s.seed,
+        "dry_multiplier": s.dry_multiplier, "dry_base": s.dry_base,
+        "dry_allowed_length": s.dry_allowed_length,
+        "dry_penalty_last_n": s.dry_penalty_last_n,
+        "dry_sequence_breakers": json.dumps(list(s.dry_sequence_breakers)),
+        "xtc_threshold": s.xtc_threshold, "xtc_probability": s.xtc_probability,
+        "smoothing_factor": s.smoothing_factor, "smoothing_curve": s.smoothing_curve,
+        "mirostat_mode": s.mirostat, "mirostat_tau": s.mirostat_tau,
+        "mirostat_eta": s.mirostat_eta,
     })
     return {"name": PRESET_NAME, **values}
 

@@ -8,8 +8,28 @@ import typer
 
 from limamono.cli.common import fail, out
 
-samplers_app = typer.Typer(help="Sampler presets (the card's `limamono` settings and others).",
-                           no_args_is_help=True)
+samplers_app = typer.Typer(help="Every sampler with its wire names per API dialect; the "
+                           "presets (the card's `limamono` settings and others) and their cost.",
+                           invoke_without_command=True)
+
+
+@samplers_app.callback()
+def samplers_cmd(ctx: typer.Context) -> None:
+    """Without a subcommand: every sampler, its wire names per dialect and its order slot."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    from limamono.samplers.wire import CATALOG, wire_names
+
+    table = Table("sampler", "textgen / OpenAI names", "KoboldCpp names",
+                  "sampler_priority", "sampler_order")
+    for label, fields, priority, order in CATALOG:
+        textgen = ", ".join(n for f in fields for n in wire_names(f, "textgen"))
+        kobold = ", ".join(n for f in fields for n in wire_names(f, "koboldcpp"))
+        table.add_row(label, escape(textgen), escape(kobold), priority, order)
+    out.print(table)
 
 
 @samplers_app.command("list")

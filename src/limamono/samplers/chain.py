@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from limamono.samplers import functions as F
+from limamono.samplers import stages as S
 from limamono.samplers.settings import (
     KOBOLDCPP_SAMPLERS,
     TEXTGEN_DEFAULT_PRIORITY,
@@ -28,6 +29,8 @@ from limamono.samplers.settings import (
     SamplerError,
     SamplerSettings,
 )
+from limamono.samplers.shaping import Mirostat
+from limamono.samplers.vocab import Vocabulary
 
 
 def sort_descending(values: torch.Tensor) -> torch.Tensor:
@@ -65,13 +68,18 @@ class _Candidates:
     float32 copy in vocabulary order; values of removed tokens there are stale.
     """
 
-    def __init__(self, logits: torch.Tensor) -> None:
+    def __init__(self, logits: torch.Tensor, min_keep: int = 1,
+                 generator: torch.Generator | None = None) -> None:
         self.logits = logits
         self.vocab = logits.numel()
         self.m = self.vocab
         self.sorted_vals: torch.Tensor | None = None
         self.ids: torch.Tensor | None = None
         self.ids_sorted = False
+        #: Truncation samplers keep at least this many tokens (``min_keep``).
+        self.min_keep = max(1, min_keep)
+        #: The random source of this step (XTC's dice, mirostat's draw).
+        self.generator = generator
 
     def sorted_survivor_vals(self) -> torch.Tensor:
         """The survivors' logits, descending."""
@@ -84,8 +92,11 @@ class _Candidates:
             self.ids, self.ids_sorted = self.ids[order], True
         return self.logits[self.ids]
 
-    def keep_prefix(self, count: int) -> None:
-        """Keep the first ``count`` survivors in descending order."""
+    def keep_prefix(self, count: int, floor: bool = True) -> None:
+        """Keep the first ``count`` survivors in descending order (at least ``min_keep``
+        unless ``floor`` is False)."""
+        if floor:
+            count = max(count, self.min_keep)
         if self.ids is None:
             self.m = min(self.m, count)
         else:
@@ -111,6 +122,10 @@ class _Candidates:
             return above
         tied = _where(self.logits == threshold)[: self.m - above.numel()]
         return torch.cat([above, tied])
+
+    def keep_ids(self, ids: torch.Tensor, in_order: bool = False) -> None:
+        """Keep exactly ``ids`` (a subset of the survivors; ``in_order``: descending)."""
+        self.ids, self.ids_sorted = ids, in_order
 
     def changed_logits(self) -> None:
         """After a penalty: the order of ``logits`` changed, cached sorting is void."""
@@ -151,7 +166,7 @@ def _typical_stage(p: float) -> Stage:
     """Typical-p works on any order and may drop the top token, so it fixes the ids."""
     def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
         ids = cands.survivor_ids()
-        kept = F.keep_typical(cands.logits[ids], p)
+        kept = F.keep_typical(cands.logits[ids], p, cands.min_keep)
         if not isinstance(kept, int):
             cands.ids = ids[kept]
     return stage
@@ -165,12 +180,16 @@ def _tfs_stage(z: float, variant: F.TfsVariant) -> Stage:
     return stage
 
 
-def _top_k_stage(k: int) -> Stage:
-    """Top-k; before anything is sorted, ``torch.topk`` is cheaper than a full sort."""
+def _top_k_stage(k: int, greedy: bool = False) -> Stage:
+    """Top-k; before anything is sorted, ``torch.topk`` is cheaper than a full sort.
+
+    ``greedy`` (temperature 0) keeps one token whatever ``min_keep`` says.
+    """
     def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
-        if cands.ids is None and cands.sorted_vals is None and k < cands.m == cands.vocab:
-            cands.sorted_vals = torch.topk(cands.logits, k, sorted=True).values
-        cands.keep_prefix(k)
+        keep = k if greedy else max(k, cands.min_keep)
+        if cands.ids is None and cands.sorted_vals is None and keep < cands.m == cands.vocab:
+            cands.sorted_vals = torch.topk(cands.logits, keep, sorted=True).values
+        cands.keep_prefix(keep, floor=not greedy)
     return stage
 
 
@@ -208,7 +227,7 @@ def _truncation(name: str, s: SamplerSettings, top_k: int) -> Stage | None:
     """The stage for one truncation sampler or temperature, or None when it is off."""
     variant = s.dialect
     if name == "top_k":
-        return _top_k_stage(top_k) if top_k > 0 else None
+        return _top_k_stage(top_k, greedy=s.temperature == 0.0) if top_k > 0 else None
     if name == "temperature":
         return _temperature_stage(s.temperature) if s.temperature not in (0.0, 1.0) else None
     if name == "tfs":
@@ -241,30 +260,65 @@ def textgen_order(s: SamplerSettings) -> tuple[str, ...]:
 KOBOLDCPP_PREFILTER = 3000
 
 
-def build_stages(s: SamplerSettings) -> list[Stage]:
-    """The enabled stages of ``s`` in dialect order. Temperature 0 runs as top-k 1."""
+def _textgen_stage(name: str, s: SamplerSettings, top_k: int, vocab: Vocabulary | None,
+                   mirostat: Mirostat | None) -> Stage | None:
+    """The textgen stage called ``name`` (a ``sampler_priority`` name), None when off."""
+    if name == "dry":
+        return S.dry_stage(s, vocab)
+    if name == "xtc":
+        return S.xtc_stage(s, vocab)
+    if name == "top_n_sigma":
+        return S.top_n_sigma_stage(s)
+    if name == "quadratic_sampling":
+        return S.quadratic_stage(s)
+    if name == "dynamic_temperature":
+        return S.dynatemp_stage(s)
+    if name == "mirostat":
+        return S.mirostat_stage(s, mirostat) if mirostat is not None else None
+    return _truncation(name, s, top_k)
+
+
+def _koboldcpp_stages(s: SamplerSettings, top_k: int, vocab: Vocabulary | None,
+                      mirostat: Mirostat | None) -> list[Stage | None]:
+    """KoboldCpp's ``SampleLogits``: DRY, the top-3000 cut, then mirostat (rep-pen,
+    temperature, draw) or the ``sampler_order`` followed by XTC."""
+    # KoboldCpp always cuts to the top 3000 before its chain (so rep-pen cannot revive
+    # a token beyond them, and TFS normalises over them); a no-op on small vocabularies.
+    stages = [S.dry_stage(s, vocab), _prefix_stage(partial(F.keep_top_k, k=KOBOLDCPP_PREFILTER))]
+    if mirostat is not None:
+        return [*stages, _koboldcpp_penalty(s), S.koboldcpp_temperature_stage(s, mirostat=True),
+                S.mirostat_stage(s, mirostat)]
+    for sampler_id in s.sampler_order:
+        name = KOBOLDCPP_SAMPLERS[sampler_id]
+        if name == "rep_pen":
+            stages.append(_koboldcpp_penalty(s))
+        elif name == "temperature":
+            stages.append(S.koboldcpp_temperature_stage(s))
+        elif name == "top_p":  # KoboldCpp's id 2 runs top-p, then min-p
+            stages += [_truncation("top_p", s, top_k), _truncation("min_p", s, top_k)]
+        else:
+            stages.append(_truncation("typical_p" if name == "typical" else name, s, top_k))
+    return [*stages, S.xtc_stage(s, vocab)]
+
+
+def build_stages(s: SamplerSettings, vocab: Vocabulary | None = None,
+                 mirostat: Mirostat | None = None) -> list[Stage]:
+    """The enabled stages of ``s`` in dialect order. Temperature 0 runs as top-k 1.
+
+    Args:
+        s: The settings.
+        vocab: The model's vocabulary, needed for DRY breakers, XTC's exclusions and the
+            range check of logit biases.
+        mirostat: The generation's mirostat state (when ``s.mirostat`` is 1 or 2).
+    """
     top_k = 1 if s.temperature == 0.0 else s.top_k
+    stages: list[Stage | None] = [S.bias_stage(s, vocab.size if vocab else None)]
     if s.dialect == "textgen":
-        stages = _textgen_penalties(s)
-        names = textgen_order(s)
+        stages += _textgen_penalties(s)
+        stages += [_textgen_stage(name, s, top_k, vocab, mirostat) for name in textgen_order(s)]
     else:
-        # KoboldCpp always cuts to the top 3000 before its chain (so rep-pen cannot revive
-        # a token beyond them, and TFS normalises over them); a no-op on small vocabularies.
-        stages = [_prefix_stage(partial(F.keep_top_k, k=KOBOLDCPP_PREFILTER))]
-        names = []
-        for sampler_id in s.sampler_order:
-            name = KOBOLDCPP_SAMPLERS[sampler_id]
-            if name == "rep_pen":
-                names.append("rep_pen")
-            elif name == "top_p":  # KoboldCpp's id 2 runs top-p, then min-p
-                names += ["top_p", "min_p"]
-            else:
-                names.append("typical_p" if name == "typical" else name)
-    for name in names:
-        stage = _koboldcpp_penalty(s) if name == "rep_pen" else _truncation(name, s, top_k)
-        if stage is not None:
-            stages.append(stage)
-    return stages
+        stages += _koboldcpp_stages(s, top_k, vocab, mirostat)
+    return [stage for stage in stages if stage is not None]
 
 
 @dataclass
@@ -276,19 +330,28 @@ class Sampler:
     """
 
     settings: SamplerSettings
+    vocab: Vocabulary | None = None
 
     def __post_init__(self) -> None:
-        self._stages = build_stages(self.settings)
+        s = self.settings
+        #: Mirostat's feedback state; one per sampler, so one per generation.
+        self.mirostat = Mirostat(s.mirostat, s.mirostat_tau, s.mirostat_eta,
+                                 self.vocab.size if self.vocab else 0) if s.mirostat else None
+        self._stages = build_stages(s, self.vocab, self.mirostat)
         self._generator: torch.Generator | None = None
-        if self.settings.seed is not None:
-            self._generator = torch.Generator().manual_seed(self.settings.seed)
+        if s.seed is not None:
+            self._generator = torch.Generator().manual_seed(s.seed)
 
-    def run(self, context_ids: torch.Tensor, logits: torch.Tensor) -> _Candidates:
+    def run(self, context_ids: torch.Tensor, logits: torch.Tensor,
+            generator: torch.Generator | None = None) -> _Candidates:
         """The surviving candidates after every stage (``logits`` is not modified)."""
         F._check_logits(logits)
         if self._stages:
             F._check_context(context_ids, logits.numel())
-        cands = _Candidates(logits.detach().to(torch.float32, copy=True))
+        if self.mirostat is not None and not self.mirostat.vocab:
+            self.mirostat.vocab = logits.numel()
+        cands = _Candidates(logits.detach().to(torch.float32, copy=True),
+                            self.settings.min_keep, generator or self._generator)
         if not _top_is_finite(cands.logits):
             raise SamplerError("logits", "NaN/inf", "the logits hold NaN or +inf, or every "
                                "token is -inf (an overflow in half precision?); try float32 "
@@ -319,7 +382,7 @@ class Sampler:
             generator: CPU random source; default the sampler's own (seeded when ``seed``
                 is set), else torch's global one.
         """
-        cands = self.run(context_ids, logits)
+        cands = self.run(context_ids, logits, generator)
         ids = None if cands.ids is None and cands.m == cands.vocab else cands.survivor_ids()
         if ids is not None and ids.numel() == 1:
             return int(ids[0])
@@ -331,9 +394,16 @@ class Sampler:
         return choice if ids is None else int(ids[choice])
 
 
-def make_sampler(settings: SamplerSettings) -> Sampler:
-    """The sampler for ``settings``: the one factory the engine, server and tests use."""
-    return Sampler(settings)
+def make_sampler(settings: SamplerSettings, vocab: Vocabulary | None = None) -> Sampler:
+    """The sampler for ``settings``: the one factory the engine, server and tests use.
+
+    Build one per generation: mirostat keeps its state in the sampler. ``vocab`` (the
+    model's, see ``Vocabulary``) resolves DRY breakers and XTC's newline/EOS exclusion.
+
+    Raises:
+        SamplerError: A setting that needs ``vocab`` without it, or a token id out of range.
+    """
+    return Sampler(settings, vocab)
 
 
 def bench_overhead(settings: SamplerSettings | None = None, vocab: int = 49152, n: int = 200,

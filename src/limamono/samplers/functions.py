@@ -85,7 +85,7 @@ def keep_top_a(sorted_logits: torch.Tensor, a: float) -> int:
     return max(1, int((probs >= a * probs[0] * probs[0]).sum()))
 
 
-def keep_typical(sorted_logits: torch.Tensor, p: float) -> Keep:
+def keep_typical(sorted_logits: torch.Tensor, p: float, min_keep: int = 1) -> Keep:
     """Typical-p: the tokens whose surprise is closest to the entropy, up to mass ``p``.
 
     As HF's ``TypicalLogitsWarper``: order by ``|-log p - H|``, take the first index where
@@ -103,7 +103,7 @@ def keep_typical(sorted_logits: torch.Tensor, p: float) -> Keep:
     order = argsort_ascending(distance)  # ties need no order: all tied tokens are kept
     by_distance = distance[order]
     mass = torch.cumsum(probs[order], dim=-1)
-    last = min(int((mass < p).sum()), n - 1)
+    last = min(max(int((mass < p).sum()), min_keep - 1), n - 1)
     return distance <= by_distance[last]
 
 
@@ -119,8 +119,10 @@ def keep_tail_free(sorted_logits: torch.Tensor, z: float, variant: TfsVariant,
     """Tail-free sampling: cut where the curvature of the sorted probabilities flattens.
 
     Both variants take ``w = |d2| / sum|d2|`` (second differences of the sorted
-    probabilities; uniform when the sum is <= 1e-6, so never NaN) and its running sum
-    ``cdf``; ``i*`` is the first index where ``cdf > z``.
+    probabilities) and its running sum ``cdf``; ``i*`` is the first index where ``cdf > z``.
+    KoboldCpp uses uniform weights when the sum is <= 1e-6; text-generation-webui has no
+    such guard: a sum of exactly 0 makes every ``cdf`` NaN there, which removes only the
+    last token, and that is what the textgen variant does (without computing a NaN).
 
     - ``"koboldcpp"`` (llama.cpp before Oct 2024, KoboldCpp ``sample_tail_free`` with
       ``min_keep=1``): keeps ``i*`` tokens, where ``i*`` must be >= 1; all if none. It sees
@@ -143,7 +145,11 @@ def keep_tail_free(sorted_logits: torch.Tensor, z: float, variant: TfsVariant,
     d1 = probs[:-1] - probs[1:]
     d2 = (d1[:-1] - d1[1:]).abs()
     total = float(d2.sum())
-    if total > TFS_FLAT_SUM:
+    if variant == "textgen" and total == 0.0:
+        # text-generation-webui divides 0 by 0: every cdf is NaN, "NaN > z" is False, so
+        # only its always-removed last token goes (on 10 equal logits it keeps 9).
+        return min(total_n - 1, n)
+    if total > TFS_FLAT_SUM or (variant == "textgen" and total > 0.0):
         # cdf = cumsum(d2) / total > z, without dividing every element
         cum, threshold = torch.cumsum(d2, dim=-1), z * total
     else:
@@ -331,27 +337,38 @@ def koboldcpp_rep_pen_(logits: torch.Tensor, context_ids: torch.Tensor, rep_pen:
                        frequency_penalty: float = 0.0) -> None:
     """In place: KoboldCpp's ``sample_rep_pen`` (arguments already validated).
 
-    The window is the last ``max(rep_pen_range, 1)`` tokens. Tokens in its newer half get
-    ``rep_pen``; tokens only in its older half get ``1 + (rep_pen - 1) * slope`` (when
-    ``rep_pen > 1``; a slope outside (0, 1] counts as 1, i.e. flat). Then
-    ``presence_penalty`` is subtracted from every window token. ``frequency_penalty``
-    (not in KoboldCpp, 0 by default) subtracts ``count * frequency`` as in OpenAI's rule.
+    The window is the last ``n = max(rep_pen_range, 1)`` tokens of KoboldCpp's
+    ``last_n_tokens``: a buffer of ``n`` slots filled with token 0 at the start of each
+    generation, through which the context is pushed, so while the context is shorter than
+    ``n`` the window still holds 0s (and token 0 is penalised). Slot ``i`` (oldest first) is
+    in the newer half when ``2 * i >= n``, so that half holds ``floor(n / 2)`` slots. Tokens
+    in the newer half get ``rep_pen``; tokens only in the older half get
+    ``1 + (rep_pen - 1) * slope`` (when ``rep_pen > 1``; a slope outside (0, 1] counts as 1,
+    i.e. flat). Then ``presence_penalty`` is subtracted from every window token.
+    ``frequency_penalty`` (not in KoboldCpp, 0 by default) subtracts ``count * frequency``
+    per occurrence in the context part of the window, as in OpenAI's rule.
     """
-    window = context_ids[-max(rep_pen_range, 1):]
-    n = window.numel()
-    if n == 0 or (rep_pen == 1.0 and presence_penalty == 0.0 and frequency_penalty == 0.0):
+    if rep_pen == 1.0 and presence_penalty == 0.0 and frequency_penalty == 0.0:
         return
+    n = max(rep_pen_range, 1)
+    real = context_ids[-n:]
+    window = real
+    if real.numel() < n:  # the rest of the buffer still holds its initial 0s
+        window = torch.cat([real.new_zeros(n - real.numel()), real])
     slope = rep_pen_slope if 0.0 < rep_pen_slope <= 1.0 else 1.0
     reduced = 1.0 + (rep_pen - 1.0) * slope if rep_pen > 1.0 else rep_pen
-    ids, counts = torch.unique(window, return_counts=True)
+    ids = torch.unique(window)
     if reduced == rep_pen:
         penalise_(logits, ids, rep_pen)
     else:
         near = torch.zeros_like(logits, dtype=torch.bool)
-        near[window[n // 2:]] = True  # the newer half: ceil(n/2) tokens
+        near[window[(n + 1) // 2:]] = True  # slots i with 2*i >= n: floor(n/2) of them
         penalise_(logits, ids, torch.where(near[ids], rep_pen, reduced).to(logits.dtype))
-    if presence_penalty or frequency_penalty:
-        logits[ids] -= presence_penalty + frequency_penalty * counts.to(logits.dtype)
+    if presence_penalty:
+        logits[ids] -= presence_penalty
+    if frequency_penalty and real.numel():
+        real_ids, counts = torch.unique(real, return_counts=True)
+        logits[real_ids] -= frequency_penalty * counts.to(logits.dtype)
 
 
 def koboldcpp_repetition_penalty(context_ids: torch.Tensor, logits: torch.Tensor,

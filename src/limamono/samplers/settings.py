@@ -8,6 +8,7 @@ This module needs no torch, so the CLI and the server schemas can import it chea
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,10 +31,21 @@ TEXTGEN_DEFAULT_PRIORITY: tuple[str, ...] = (
     "epsilon_cutoff", "eta_cutoff", "tfs", "top_a", "min_p", "adaptive_p", "mirostat", "xtc",
     "encoder_repetition_penalty", "no_repeat_ngram",
 )
-#: The text-generation-webui names this package implements. Penalties always run first in
-#: the textgen dialect, so only the truncation samplers and temperature are ordered.
+#: The text-generation-webui names this package implements. The three classic penalties
+#: always run first in the textgen dialect; every other implemented name runs in order.
 TEXTGEN_IMPLEMENTED: frozenset[str] = frozenset(
-    {"temperature", "top_k", "top_p", "typical_p", "tfs", "top_a", "min_p"})
+    {"temperature", "top_k", "top_p", "typical_p", "tfs", "top_a", "min_p", "dry",
+     "dynamic_temperature", "quadratic_sampling", "top_n_sigma", "mirostat", "xtc"})
+#: The names text-generation-webui accepts that this package does not run, with the reason
+#: (shown by ``limamono samplers`` and docs/SILLYTAVERN.md).
+TEXTGEN_NOT_IMPLEMENTED: dict[str, str] = {
+    "epsilon_cutoff": "not implemented (SillyTavern sends it off by default)",
+    "eta_cutoff": "not implemented (SillyTavern sends it off by default)",
+    "adaptive_p": "not implemented (new in text-generation-webui 2026; not sent by "
+                  "SillyTavern 1.12)",
+    "encoder_repetition_penalty": "encoder-decoder models only; limamono serves causal LMs",
+    "no_repeat_ngram": "not implemented (a hard n-gram ban; DRY is its soft replacement)",
+}
 #: Names that ``temperature_last`` moves to the end (text-generation-webui does the same).
 TEXTGEN_TEMPERATURE_NAMES: tuple[str, ...] = (
     "temperature", "dynamic_temperature", "quadratic_sampling")
@@ -52,6 +64,13 @@ REP_PEN_RANGE = (0.01, 100.0)
 
 #: Largest seed a ``torch.Generator`` accepts.
 MAX_SEED = 2**64 - 1
+
+#: text-generation-webui's and KoboldCpp's default DRY sequence breakers.
+DRY_DEFAULT_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*")
+#: Largest absolute logit bias (KoboldCpp clamps to +-100; OpenAI allows the same range).
+MAX_LOGIT_BIAS = 100.0
+#: Most banned strings in one request, and the longest one (characters).
+MAX_BANNED_STRINGS, MAX_BANNED_CHARS = 256, 200
 
 
 class SamplerError(ValueError):
@@ -174,6 +193,38 @@ class SamplerSettings:
         sampler_order: KoboldCpp sampler ids, used in the koboldcpp dialect.
         sampler_priority: text-generation-webui names, used in the textgen dialect; None is
             the default order with temperature last.
+        dry_multiplier: DRY ("don't repeat yourself"): a token that would extend a repeat of
+            length L >= ``dry_allowed_length`` loses ``multiplier * base**(L - allowed)``
+            from its logit; 0 is off.
+        dry_base: DRY's growth per extra repeated token. Range [0, 100].
+        dry_allowed_length: Repeats up to this length go unpenalised. At least 1.
+        dry_penalty_last_n: KoboldCpp: DRY's window (0 is the whole context). The textgen
+            dialect uses ``rep_pen_range`` instead, as text-generation-webui does.
+        dry_sequence_breakers: Strings that end a repeat (as text; tokenised per model).
+        xtc_threshold: XTC: tokens at or above this probability are "top choices".
+        xtc_probability: XTC: the chance, per token, to remove every top choice but the
+            least likely one; 0 is off.
+        top_n_sigma: Keep tokens whose logit is within n standard deviations of the top
+            one; 0 is off (KoboldCpp's ``nsigma``).
+        min_keep: Truncation samplers never leave fewer than this many tokens (0 or 1: one).
+        smoothing_factor: Quadratic sampling: ``l' = max - k*f*d**2 + s*f*d**3`` with
+            ``d = l - max``; 0 is off.
+        smoothing_curve: The cubic part of quadratic sampling (1 is a pure quadratic).
+        dynamic_temperature: textgen: scale by a temperature between ``dynatemp_low`` and
+            ``dynatemp_high`` chosen by the normalised entropy.
+        dynatemp_low: textgen dynamic temperature, lower end.
+        dynatemp_high: textgen dynamic temperature, upper end.
+        dynatemp_range: KoboldCpp: dynamic temperature in ``temperature +- range``; 0 is off.
+        dynatemp_exponent: Dynamic temperature: the exponent on the normalised entropy.
+        mirostat: 0 off, 1 (Mirostat v1) or 2 (v2); replaces the truncation samplers with a
+            feedback loop aiming at surprise ``mirostat_tau``.
+        mirostat_tau: Target surprise in bits.
+        mirostat_eta: Learning rate of the feedback loop.
+        logit_bias: (token id, bias) pairs added to the logits first. Bias in [-100, 100].
+        custom_token_bans: Token ids that are never sampled.
+        banned_strings: Phrases that never appear in the output (case-insensitive): the
+            engine rewinds and resamples when one is generated (KoboldCpp/TabbyAPI's
+            ``banned_strings``).
     """
 
     temperature: float = 1.0
@@ -192,6 +243,28 @@ class SamplerSettings:
     dialect: Dialect = "textgen"
     sampler_order: tuple[int, ...] = KOBOLDCPP_DEFAULT_ORDER
     sampler_priority: tuple[str, ...] | None = None
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 0
+    dry_sequence_breakers: tuple[str, ...] = DRY_DEFAULT_BREAKERS
+    xtc_threshold: float = 0.1
+    xtc_probability: float = 0.0
+    top_n_sigma: float = 0.0
+    min_keep: int = 0
+    smoothing_factor: float = 0.0
+    smoothing_curve: float = 1.0
+    dynamic_temperature: bool = False
+    dynatemp_low: float = 1.0
+    dynatemp_high: float = 1.0
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    custom_token_bans: tuple[int, ...] = ()
+    banned_strings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Validate every field and normalise numbers and sequences to their declared types."""
@@ -242,13 +315,134 @@ def _validated(s: SamplerSettings) -> dict[str, Any]:
         "seed": seed,
         "sampler_order": check_sampler_order(s.sampler_order),
         "sampler_priority": check_sampler_priority(s.sampler_priority),
+        **_validated_extras(s),
     }
 
 
-#: Named presets (the registry). ``limamono`` is the card's settings (SPEC §5).
+def _validated_extras(s: SamplerSettings) -> dict[str, Any]:
+    """The checked values of the roleplay samplers (DRY, XTC, mirostat, biases, bans...)."""
+    if not isinstance(s.dynamic_temperature, bool):
+        raise SamplerError("dynamic_temperature", s.dynamic_temperature,
+                           "must be true or false")
+    return {
+        "dry_multiplier": check_float("dry_multiplier", s.dry_multiplier, 0.0, 100.0),
+        "dry_base": check_float("dry_base", s.dry_base, 0.0, 100.0),
+        "dry_allowed_length": check_int("dry_allowed_length", s.dry_allowed_length, 1),
+        "dry_penalty_last_n": check_int("dry_penalty_last_n", s.dry_penalty_last_n, 0),
+        "dry_sequence_breakers": check_strings("dry_sequence_breakers",
+                                               s.dry_sequence_breakers, json_string=True),
+        "xtc_threshold": check_float("xtc_threshold", s.xtc_threshold, 0.0, 1.0),
+        "xtc_probability": check_float("xtc_probability", s.xtc_probability, 0.0, 1.0),
+        "top_n_sigma": check_float("top_n_sigma", s.top_n_sigma, 0.0),
+        "min_keep": check_int("min_keep", s.min_keep, 0),
+        "smoothing_factor": check_float("smoothing_factor", s.smoothing_factor, 0.0),
+        "smoothing_curve": check_float("smoothing_curve", s.smoothing_curve, 0.0, 10.0),
+        "dynatemp_low": check_float("dynatemp_low", s.dynatemp_low, 0.0),
+        "dynatemp_high": check_float("dynatemp_high", s.dynatemp_high, 0.0),
+        "dynatemp_range": check_float("dynatemp_range", s.dynatemp_range, 0.0),
+        "dynatemp_exponent": check_float("dynatemp_exponent", s.dynatemp_exponent, 0.0),
+        "mirostat": check_int("mirostat", s.mirostat, 0, 2),
+        "mirostat_tau": check_float("mirostat_tau", s.mirostat_tau, 0.0),
+        "mirostat_eta": check_float("mirostat_eta", s.mirostat_eta, 0.0),
+        "logit_bias": check_logit_bias(s.logit_bias),
+        "custom_token_bans": check_token_ids("custom_token_bans", s.custom_token_bans),
+        "banned_strings": check_banned_strings(s.banned_strings),
+    }
+
+
+def check_strings(field: str, value: Any, json_string: bool = False) -> tuple[str, ...]:
+    """A list of strings; with ``json_string``, also a JSON array in a string, or a
+    comma-separated list of JSON strings (text-generation-webui's ``dry_sequence_breakers``).
+
+    Raises:
+        SamplerError: Not a list of strings (or unparsable JSON).
+    """
+    if json_string and isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text if text.startswith("[") else f"[{text}]")
+        except ValueError as error:
+            raise SamplerError(field, value, f"must be a list of strings or a JSON array of "
+                               f"strings ({error.args[0]})") from None
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple) \
+            or not all(isinstance(item, str) for item in value):
+        raise SamplerError(field, value, "must be a list of strings")
+    return tuple(value)
+
+
+def check_banned_strings(value: Any) -> tuple[str, ...]:
+    """Banned phrases: non-empty strings, at most ``MAX_BANNED_STRINGS`` of
+    ``MAX_BANNED_CHARS`` characters; empty entries are dropped, as KoboldCpp does."""
+    phrases = tuple(p for p in check_strings("banned_strings", value) if p.strip())
+    if len(phrases) > MAX_BANNED_STRINGS:
+        raise SamplerError("banned_strings", f"<{len(phrases)} strings>",
+                           f"at most {MAX_BANNED_STRINGS} phrases are allowed")
+    for i, phrase in enumerate(phrases):
+        if len(phrase) > MAX_BANNED_CHARS:
+            raise SamplerError(f"banned_strings[{i}]", phrase[:40] + "...",
+                               f"longer than {MAX_BANNED_CHARS} characters")
+    return phrases
+
+
+def check_token_ids(field: str, value: Any) -> tuple[int, ...]:
+    """Token ids: a list of whole numbers >= 0, or a string ``"id,id"`` (textgen's form)."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise SamplerError(field, value, "must be comma-separated token ids")
+        value = [int(p) for p in parts]
+    if not isinstance(value, list | tuple):
+        raise SamplerError(field, value, "must be a list of token ids")
+    return tuple(sorted({check_int(field, item, 0) for item in value}))
+
+
+def check_logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """Logit biases in OpenAI's shape ``{"id": bias}`` (string or integer keys) or as a
+    list of ``[id, bias]`` pairs or ``{"key"/"token_id": id, "value"/"bias": bias}`` objects.
+
+    Raises:
+        SamplerError: A key that is not a token id, or a bias outside [-100, 100].
+    """
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list | tuple):
+        pairs = [_bias_pair(item) for item in value]
+    else:
+        raise SamplerError("logit_bias", value, 'must be an object {"token id": bias}')
+    out: dict[int, float] = {}
+    for key, bias in pairs:
+        field = f"logit_bias[{key!r}]"
+        if isinstance(key, str) and key.strip().isdigit():
+            key = int(key.strip())
+        token = check_int(field, key, 0)
+        out[token] = check_float(field, bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+    return tuple(sorted(out.items()))
+
+
+def _bias_pair(item: Any) -> tuple[Any, Any]:
+    if isinstance(item, list | tuple) and len(item) == 2:
+        return item[0], item[1]
+    if isinstance(item, dict):
+        key = item.get("key", item.get("token_id", item.get("id")))
+        bias = item.get("value", item.get("bias"))
+        if key is not None and bias is not None:
+            return key, bias
+    raise SamplerError("logit_bias", item, "each entry must be [token id, bias]")
+
+
+_CARD = SamplerSettings(temperature=1.0, tfs=0.85, rep_pen=1.11, rep_pen_range=2048,
+                        top_p=1.0, top_k=0)
+
+#: Named presets (the registry). ``limamono`` is the card's settings (SPEC §5);
+#: ``limamono-dry`` is NOT the card's: the card's settings plus DRY at the values SillyTavern
+#: users commonly start from (multiplier 0.8, base 1.75, allowed length 2, the default
+#: breakers, the whole context), for users who want less repetition than the card gives.
 PRESETS: dict[str, SamplerSettings] = {
-    "limamono": SamplerSettings(temperature=1.0, tfs=0.85, rep_pen=1.11, rep_pen_range=2048,
-                                top_p=1.0, top_k=0),
+    "limamono": _CARD,
+    "limamono-dry": _CARD.replace(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=2,
+                                  dry_penalty_last_n=0),
     "greedy": SamplerSettings(temperature=0.0),
 }
 

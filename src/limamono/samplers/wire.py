@@ -45,6 +45,28 @@ TEXTGEN_ALIASES: dict[str, tuple[str, ...]] = {
     "seed": ("seed", "sampler_seed"),
     "sampler_order": ("sampler_order",),
     "sampler_priority": ("sampler_priority",),
+    "dry_multiplier": ("dry_multiplier",),
+    "dry_base": ("dry_base",),
+    "dry_allowed_length": ("dry_allowed_length",),
+    "dry_penalty_last_n": ("dry_penalty_last_n", "dry_range"),
+    "dry_sequence_breakers": ("dry_sequence_breakers",),
+    "xtc_threshold": ("xtc_threshold",),
+    "xtc_probability": ("xtc_probability",),
+    "top_n_sigma": ("top_n_sigma", "nsigma"),
+    "min_keep": ("min_keep",),
+    "smoothing_factor": ("smoothing_factor",),
+    "smoothing_curve": ("smoothing_curve",),
+    "dynamic_temperature": ("dynamic_temperature",),
+    "dynatemp_low": ("dynatemp_low", "min_temp"),
+    "dynatemp_high": ("dynatemp_high", "max_temp"),
+    "dynatemp_range": ("dynatemp_range",),
+    "dynatemp_exponent": ("dynatemp_exponent", "temp_exponent"),
+    "mirostat": ("mirostat_mode", "mirostat"),
+    "mirostat_tau": ("mirostat_tau",),
+    "mirostat_eta": ("mirostat_eta",),
+    "logit_bias": ("logit_bias",),
+    "custom_token_bans": ("custom_token_bans",),
+    "banned_strings": ("banned_strings",),
 }
 
 #: Field -> wire names, KoboldCpp's native name first.
@@ -55,20 +77,28 @@ KOBOLDCPP_ALIASES: dict[str, tuple[str, ...]] = {
     "rep_pen_range": ("rep_pen_range", "repetition_penalty_range", "repeat_last_n",
                       "penalty_range"),
     "seed": ("sampler_seed", "seed"),
+    "top_n_sigma": ("nsigma", "top_n_sigma"),
+    "mirostat": ("mirostat", "mirostat_mode"),
+    # KoboldCpp reads ``banned_tokens`` as phrases too (``banned_strings`` is SillyTavern's).
+    "banned_strings": ("banned_strings", "banned_tokens"),
 }
 
 #: Fields whose wire value -1 means "off / whole context / random" (vLLM, TabbyAPI, ST).
-_MINUS_ONE: dict[str, Any] = {"top_k": 0, "rep_pen_range": 0, "seed": None}
+_MINUS_ONE: dict[str, Any] = {"top_k": 0, "rep_pen_range": 0, "seed": None,
+                              "dry_penalty_last_n": 0}
+#: Fields whose wire value is a list (kept as tuples in the settings).
+_SEQUENCES = ("sampler_order", "sampler_priority", "dry_sequence_breakers", "custom_token_bans",
+              "banned_strings")
 
 #: Wire fields that turn on a sampler this package does not implement, with the value that
 #: means "off". SillyTavern sends them all, normally off.
 UNSUPPORTED_OFF: dict[str, Any] = {
-    "mirostat": 0, "mirostat_mode": 0, "dry_multiplier": 0, "xtc_probability": 0,
-    "smoothing_factor": 0, "dynamic_temperature": False, "dynatemp_range": 0,
-    "epsilon_cutoff": 0, "eta_cutoff": 0, "top_n_sigma": 0, "skew": 0,
+    "epsilon_cutoff": 0, "eta_cutoff": 0, "skew": 0, "adaptive_target": 0,
     "encoder_repetition_penalty": 1, "no_repeat_ngram_size": 0, "penalty_alpha": 0,
+    "guidance_scale": 1, "negative_prompt": "", "grammar": "", "grammar_string": "",
+    "json_schema": {},
     # OpenAI fields not implemented yet (issue 11 item 13; 0 also matches false).
-    "logit_bias": {}, "logprobs": 0, "top_logprobs": 0, "echo": False,
+    "logprobs": 0, "top_logprobs": 0, "echo": False,
 }
 
 
@@ -123,7 +153,7 @@ def _pick(fields: Mapping[str, Any], field: str, names: tuple[str, ...],
     name, value = present[0]
     if field in _MINUS_ONE and _is_number(value) and value == -1:
         value = _MINUS_ONE[field]
-    if field in ("sampler_order", "sampler_priority") and isinstance(value, list):
+    if field in _SEQUENCES and isinstance(value, list):
         value = tuple(value)
     return name, value
 
@@ -158,3 +188,43 @@ def unsupported_fields(fields: Mapping[str, Any]) -> list[str]:
     """
     return [name for name, value in fields.items()
             if name in UNSUPPORTED_OFF and value is not None and value != UNSUPPORTED_OFF[name]]
+
+
+#: Every sampler with its settings fields and its place in each dialect's order: the
+#: text-generation-webui ``sampler_priority`` name and the KoboldCpp ``sampler_order`` id
+#: (or where KoboldCpp runs it when it has no id). Shown by ``limamono samplers``.
+CATALOG: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("logit bias / token bans", ("logit_bias", "custom_token_bans"), "(first)", "(first)"),
+    ("repetition penalty", ("rep_pen", "rep_pen_range", "rep_pen_slope"),
+     "repetition_penalty", "6"),
+    ("presence / frequency penalty", ("presence_penalty", "frequency_penalty"),
+     "presence_penalty, frequency_penalty", "6 (presence only)"),
+    ("DRY", ("dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
+             "dry_sequence_breakers"), "dry", "(before the order)"),
+    ("temperature", ("temperature",), "temperature", "5"),
+    ("dynamic temperature", ("dynamic_temperature", "dynatemp_low", "dynatemp_high",
+                             "dynatemp_range", "dynatemp_exponent"),
+     "dynamic_temperature", "5"),
+    ("quadratic smoothing", ("smoothing_factor", "smoothing_curve"), "quadratic_sampling",
+     "5 (after temperature)"),
+    ("top-nσ", ("top_n_sigma",), "top_n_sigma", "5 (after temperature)"),
+    ("top-k", ("top_k",), "top_k", "0"),
+    ("top-p", ("top_p",), "top_p", "2"),
+    ("typical-p", ("typical",), "typical_p", "4"),
+    ("tail-free", ("tfs",), "tfs", "3"),
+    ("top-a", ("top_a",), "top_a", "1"),
+    ("min-p", ("min_p",), "min_p", "2 (after top-p)"),
+    ("min_keep", ("min_keep",), "(every truncation)", "(every truncation)"),
+    ("mirostat v1/v2", ("mirostat", "mirostat_tau", "mirostat_eta"), "mirostat",
+     "(replaces the order)"),
+    ("XTC", ("xtc_threshold", "xtc_probability"), "xtc", "(after the order)"),
+    ("banned strings (backtracking)", ("banned_strings",), "(engine)", "(engine)"),
+    ("seed", ("seed",), "-", "-"),
+    ("order", ("sampler_priority", "sampler_order"), "sampler_priority", "sampler_order"),
+)
+
+
+def wire_names(field: str, dialect: str) -> tuple[str, ...]:
+    """The wire names a dialect reads for a settings field, its preferred one first."""
+    aliases = KOBOLDCPP_ALIASES if dialect == "koboldcpp" else TEXTGEN_ALIASES
+    return aliases.get(field, ())
