@@ -59,7 +59,7 @@ def test_limamono_preset_is_the_cards_settings() -> None:
 
 
 def test_unknown_preset_lists_the_names() -> None:
-    with pytest.raises(SamplerError, match="limamono, greedy") as info:
+    with pytest.raises(SamplerError, match="limamono, limamono-dry, greedy") as info:
         get_preset("creative")
     assert info.value.field == "preset"
 

@@ -179,6 +179,13 @@ class Engine(EngineBase):
         return self.tokenizer.decode(list(ids), skip_special_tokens=True,
                                      clean_up_tokenization_spaces=False)
 
+    def _token_pieces(self, size: int) -> list[str]:
+        known = min(size, len(self.tokenizer))  # logits may be padded past the tokenizer
+        pieces = self.tokenizer.batch_decode([[i] for i in range(known)],
+                                             skip_special_tokens=False,
+                                             clean_up_tokenization_spaces=False)
+        return [*pieces, *[""] * (size - known)]
+
     # -- the KV cache (layer 1) -----------------------------------------------------------
 
     def _open_slot(self, ids: list[int]) -> SlotStart:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import torch
 
     from limamono.samplers import SamplerSettings
+    from limamono.samplers.vocab import Vocabulary
 
 #: Prompt tokens evaluated per forward pass during prefill (bounds the attention memory).
 PREFILL_CHUNK = 512
@@ -56,6 +57,8 @@ class CacheStats:
         last_reused: ``reused_tokens`` of the latest call.
         last_evaluated: ``evaluated_tokens`` of the latest call.
         last_shifted: ``shifted_tokens`` of the latest call.
+        rolled_back_tokens: Reply tokens taken back by the banned-phrase filter and sampled
+            again (regenerated tokens), summed.
     """
 
     reused_tokens: int = 0
@@ -64,6 +67,7 @@ class CacheStats:
     last_reused: int = 0
     last_evaluated: int = 0
     last_shifted: int = 0
+    rolled_back_tokens: int = 0
 
 
 class KVSlot(Protocol):
@@ -195,6 +199,22 @@ class EngineBase:
         """Forget every cached prompt."""
         raise NotImplementedError
 
+    def _token_pieces(self, size: int) -> list[str]:
+        """The text of every token id below ``size`` (an engine may batch this)."""
+        return [self.detokenize([i]) for i in range(size)]
+
+    def vocabulary(self, size: int) -> Vocabulary:
+        """The samplers' view of this tokenizer for logits of ``size`` (built once; the
+        text of every token is decoded only when a sampler needs it)."""
+        from limamono.samplers.vocab import Vocabulary
+
+        cached = getattr(self, "_vocabulary", None)
+        if cached is None or cached.size != size:
+            cached = Vocabulary(size, self.tokenize, lambda: self._token_pieces(size),
+                                self.eos_ids)
+            self._vocabulary = cached
+        return cached
+
     # -- layer 1 --------------------------------------------------------------------------
 
     def clear_cache(self) -> None:
@@ -252,7 +272,7 @@ class EngineBase:
 
         if max_new_tokens == 0 or (cancel is not None and cancel.is_set()):
             return
-        sampler = make_sampler(settings)
+        sampler = None  # made after the prefill, when the vocabulary's size is known
         seed = settings.seed if settings.seed is not None else secrets.randbits(62)
         generator = torch.Generator().manual_seed(seed)
         # Sampling runs on CPU in fp32: same draws on every device, dtype and engine.
@@ -275,6 +295,8 @@ class EngineBase:
                 if cancel is not None and cancel.is_set():
                     return
                 n = len(ids) + reply
+                if sampler is None:
+                    sampler = make_sampler(settings, self.vocabulary(logits.numel()))
                 token = sampler.sample(context[:n], _banned(logits, control.bans.get(reply)),
                                        generator)
                 context[n] = token
@@ -385,14 +407,16 @@ class EngineBase:
                 if token in self.eos_ids:
                     ended_by_eos = True
                     break
-                result = matcher.feed(decoder.add(token))
+                text = decoder.add(token)
+                result = matcher.feed(text)
                 if result.text:
                     yield TextChunk(result.text, prompt_tokens=len(ids), completion_tokens=count)
                 if result.stop is not None:
                     break
         finally:
             tokens.close()
-        tail = "" if matcher.stopped else matcher.feed(decoder.flush()).text + matcher.flush()
+        rest = decoder.flush()
+        tail = "" if matcher.stopped else matcher.feed(rest).text + matcher.flush()
         reason: FinishReason = "stop"
         if matcher.stopped is None and not ended_by_eos:
             cancelled = cancel is not None and cancel.is_set() and count < max_new_tokens

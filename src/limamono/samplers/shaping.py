@@ -15,6 +15,8 @@ from collections.abc import Iterable
 
 import torch
 
+from limamono.samplers.settings import MIN_TEMPERATURE
+
 #: KoboldCpp's XTC does nothing above this threshold (at most one token can pass it).
 KOBOLDCPP_XTC_MAX_THRESHOLD = 0.5
 #: Mirostat v1 estimates the Zipf exponent from this many top tokens (llama.cpp, KoboldCpp).
@@ -202,8 +204,8 @@ def dynamic_temperature(logits: torch.Tensor, low: float, high: float, exponent:
                         dialect: str = "textgen") -> torch.Tensor:
     """Divide the logits by the entropy-chosen temperature (see ``entropy_temperature``).
 
-    A temperature of 0 (``low = 0`` on a certain distribution) keeps only the top token
-    instead of dividing by zero.
+    A temperature below ``MIN_TEMPERATURE`` (``low = 0`` on a near-certain distribution)
+    keeps only the top token instead of overflowing the scaled logits (the draw is the same).
     """
     from limamono.samplers import functions as F
     from limamono.samplers.settings import check_float
@@ -215,7 +217,7 @@ def dynamic_temperature(logits: torch.Tensor, low: float, high: float, exponent:
     if dialect == "koboldcpp" and int(finite.sum()) <= 1:
         return logits.clone()
     temperature = entropy_temperature(logits[finite], low, high, exponent, dialect)
-    if temperature <= 0.0:
+    if temperature < MIN_TEMPERATURE:
         return F.apply_temperature(logits, 0.0)
     return logits / temperature
 

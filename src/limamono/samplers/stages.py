@@ -14,7 +14,7 @@ import torch
 
 from limamono.samplers import shaping
 from limamono.samplers.dry import apply_dry_
-from limamono.samplers.settings import SamplerError, SamplerSettings
+from limamono.samplers.settings import MIN_TEMPERATURE, SamplerError, SamplerSettings
 from limamono.samplers.vocab import BreakerTable, Vocabulary
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def quadratic_stage(s: SamplerSettings) -> Stage | None:
 
 
 def _divide_or_greedy(cands: _Candidates, temperature: float) -> None:
-    if temperature <= 0.0:  # a zero dynamic temperature: the top token only, never NaN
+    if temperature < MIN_TEMPERATURE:  # a (near-)zero dynamic temperature: the top token
         cands.keep_prefix(1, floor=False)
     else:
         _transform_survivors(cands, lambda v: v / temperature)

@@ -28,31 +28,23 @@ class Vocabulary:
     Args:
         size: Number of token ids (the logits' length).
         encode: Text -> token ids, no special tokens added.
-        pieces: Text of every token id (index = id), special tokens included.
+        token_pieces: The text of every token id (index = id), special tokens included, or
+            a function that returns it (called once, when a sampler first needs it).
         eos_ids: End-of-sequence ids.
     """
 
     size: int
     encode: Callable[[str], list[int]]
-    pieces: Sequence[str]
+    token_pieces: Sequence[str] | Callable[[], Sequence[str]]
     eos_ids: frozenset[int] = frozenset()
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
-    @staticmethod
-    def from_hf(tokenizer: Any, size: int | None = None,
-                eos_ids: frozenset[int] = frozenset()) -> Vocabulary:
-        """The vocabulary of a transformers tokenizer (``size`` defaults to ``len(tokenizer)``;
-        a model's logits may be longer, padded with ids that decode to nothing)."""
-        n = size if size is not None else len(tokenizer)
-        pieces = tokenizer.batch_decode([[i] for i in range(min(n, len(tokenizer)))],
-                                        skip_special_tokens=False,
-                                        clean_up_tokenization_spaces=False)
-        pieces += [""] * (n - len(pieces))
-        eos = set(eos_ids)
-        if isinstance(tokenizer.eos_token_id, int):
-            eos.add(tokenizer.eos_token_id)
-        return Vocabulary(n, lambda text: list(tokenizer.encode(text, add_special_tokens=False)),
-                          pieces, frozenset(eos))
+    @property
+    def pieces(self) -> Sequence[str]:
+        """The text of every token id."""
+        if callable(self.token_pieces):
+            self.token_pieces = list(self.token_pieces())
+        return self.token_pieces
 
     def cached(self, key: Any, build: Callable[[], Any]) -> Any:
         """``build()`` once per ``key`` for this vocabulary."""

@@ -1,0 +1,469 @@
+"""The roleplay samplers: DRY, XTC, top-nσ, min_keep, quadratic smoothing, dynamic
+temperature, mirostat, logit bias and token bans, in both dialects, on hand-made logits and
+token histories, plus the KoboldCpp rep-pen window and the textgen TFS zero-curvature parity
+(issue 11 items 18-19) and the wire mapping SillyTavern relies on.
+
+Expected values are worked by hand from each backend's published code: KoboldCpp
+``gpttype_adapter.cpp`` (``sample_dry``, ``sample_xtc``, ``sample_entropy``,
+``sample_temperature``, ``sample_top_n_sigma``, ``sample_token_mirostat[_v2]``,
+``sample_rep_pen``, ``SampleLogits``) and text-generation-webui ``modules/sampler_hijack.py``
+(``DRYLogitsProcessor``, ``XTCLogitsWarper``, ``TopNSigmaLogitsWarper``,
+``QuadraticSamplingLogitsWarper``, ``DynamicTemperatureLogitsWarper``,
+``MirostatLogitsWarper``, ``TailFreeLogitsWarper``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from limamono.samplers import (
+    SamplerError,
+    SamplerSettings,
+    get_preset,
+    koboldcpp_repetition_penalty,
+    make_sampler,
+    settings_from_fields,
+    tail_free,
+)
+from limamono.samplers.chain import build_stages
+from limamono.samplers.dry import dry, dry_penalties
+from limamono.samplers.shaping import (
+    Mirostat,
+    dynamic_temperature,
+    logit_bias,
+    quadratic_sampling,
+    top_n_sigma,
+    xtc,
+)
+from limamono.samplers.vocab import Vocabulary
+
+# A toy tokenizer: greedy longest match over these pieces (id = index).
+PIECES = ["<eos>", "a", "b", "c", "d", "x", "y", "\n", ":", '"', "*", " the", "ab", "x:",
+          "q", "z"]
+
+
+def encode(text: str) -> list[int]:
+    ids, i = [], 0
+    while i < len(text):
+        best = max((p for p in PIECES[1:] if text.startswith(p, i)), key=len)
+        ids.append(PIECES.index(best))
+        i += len(best)
+    return ids
+
+
+VOCAB = Vocabulary(len(PIECES), encode, PIECES, frozenset({0}))
+A, B, C, D, X, Y, NL, COLON = 1, 2, 3, 4, 5, 6, 7, 8
+
+
+def kept(logits: torch.Tensor) -> list[int]:
+    return torch.isfinite(logits).nonzero().squeeze(1).tolist()
+
+
+def ctx(*ids: int) -> torch.Tensor:
+    return torch.tensor(ids, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------- DRY
+
+
+@pytest.mark.parametrize("allowed, expected", [(2, 0.8 * 1.75), (3, 0.8), (4, None)])
+def test_dry_repeat_below_at_and_above_the_allowed_length(allowed: int, expected) -> None:
+    """a b c d a b c: the repeat "a b c" (length 3) would continue with d.
+
+    text-generation-webui DRYLogitsProcessor and KoboldCpp sample_dry agree here:
+    penalty = multiplier * base ** (3 - allowed), none when 3 < allowed.
+    """
+    history = ctx(A, B, C, D, A, B, C)
+    for dialect in ("textgen", "koboldcpp"):
+        out = dry(history, torch.zeros(16), 0.8, 1.75, allowed, 0, {}, dialect)
+        want = torch.zeros(16)
+        if expected is not None:
+            want[D] = -expected
+        assert out.tolist() == pytest.approx(want.tolist()), dialect
+
+
+def test_dry_longest_repeat_wins_and_window_limits_it() -> None:
+    """Two earlier "c"s: after "a b c" comes d (length 3), after "b c" comes x (length 2)."""
+    history = ctx(A, B, C, D, Y, B, C, X, A, B, C)
+    tokens, amounts = dry_penalties(history.numpy(), {}, 1.0, 2.0, 2, "textgen")
+    assert dict(zip(tokens.tolist(), amounts.tolist(), strict=True)) == {D: 2.0, X: 1.0}
+    # a window of the last 6 tokens (c x a b c plus one) sees only "b c" -> x... and
+    # no longer the first "a b c d"
+    out = dry(history, torch.zeros(16), 1.0, 2.0, 2, 6, {}, "textgen")
+    assert out[D] == 0.0 and out[X] == -1.0
+
+
+def test_dry_breaker_inside_the_sequence() -> None:
+    """a : c d a : c with ":" a breaker: the repeat stops at it (length 1 < allowed 2).
+
+    textgen counts the tokens after the last breaker (1) and penalises at allowed 1;
+    KoboldCpp returns early when that limit is not above allowed_length (1 <= 1).
+    """
+    history = ctx(A, COLON, C, D, A, COLON, C)
+    textgen = VOCAB.textgen_breakers((":",))
+    kobold = VOCAB.koboldcpp_breakers((":",))
+    assert dry(history, torch.zeros(16), 0.8, 1.75, 2, 0, textgen, "textgen")[D] == 0.0
+    assert dry(history, torch.zeros(16), 0.8, 1.75, 1, 0, textgen, "textgen")[D] == \
+        pytest.approx(-0.8)
+    assert dry(history, torch.zeros(16), 0.8, 1.75, 1, 0, kobold, "koboldcpp")[D] == 0.0
+    # without the breaker the whole "a : c" repeats: 0.8 * 1.75 ** (3 - 2)
+    assert dry(history, torch.zeros(16), 0.8, 1.75, 2, 0, {}, "koboldcpp")[D] == \
+        pytest.approx(-1.4)
+
+
+def test_dry_textgen_never_penalises_a_breaker_koboldcpp_does() -> None:
+    history = ctx(A, B, C, NL, A, B, C)
+    table = {NL: ((),)}
+    assert dry(history, torch.zeros(16), 1.0, 2.0, 2, 0, table, "textgen")[NL] == 0.0
+    assert dry(history, torch.zeros(16), 1.0, 2.0, 2, 0, table, "koboldcpp")[NL] == -2.0
+    # textgen: nothing at all when the last token is a breaker
+    assert dry(ctx(A, NL, A, NL), torch.zeros(16), 1.0, 2.0, 1, 0, table, "textgen").eq(0).all()
+
+
+def test_dry_multi_token_breakers_koboldcpp() -> None:
+    """KoboldCpp: "xy" is no single token; "x" (and "x:"? no: "x:" does not end in "x")
+    heads the tail [y]. The repeat a x y b c ... is limited to the tokens after "x y"."""
+    table = VOCAB.koboldcpp_breakers(("xy",))
+    assert table == {X: ((Y,),)}
+    history = ctx(A, X, Y, B, C, D, A, X, Y, B, C)
+    out = dry(history, torch.zeros(16), 1.0, 2.0, 1, 0, table, "koboldcpp")
+    assert out[D] == -2.0  # limit 2 ("b c"): 1 * 2 ** (2 - 1)
+    free = dry(history, torch.zeros(16), 1.0, 2.0, 1, 0, {}, "koboldcpp")
+    assert free[D] == -16.0  # no breaker: "a x y b c" has length 5: 2 ** 4
+    # a token containing the whole breaker is a head on its own; "z" overlaps nothing
+    assert VOCAB.koboldcpp_breakers((":",))[COLON] == ((),)
+    assert VOCAB.koboldcpp_breakers((":",))[PIECES.index("x:")] == ((),)
+    # text-generation-webui takes the last token of "a" + breaker
+    assert VOCAB.textgen_breakers(("xy", "\n")) == {Y: ((),), NL: ((),)}
+
+
+def test_dry_koboldcpp_clamps_the_exponent_textgen_caps_at_50() -> None:
+    run = ctx(*([A] * 300))
+    tokens, amounts = dry_penalties(run.numpy(), {}, 1.0, 1.75, 2, "textgen")
+    assert tokens.tolist() == [A] and amounts[0] == pytest.approx(1.75 ** 48)
+    tokens, amounts = dry_penalties(run.numpy(), {}, 1.0, 1.75, 2, "koboldcpp")
+    max_exponent = int(88.7228391 / math.log(1.75))
+    assert amounts[0] == pytest.approx(1.75 ** max_exponent)
+
+
+def test_dry_cost_is_linear_in_the_window() -> None:
+    """A 20k-token window of one repeated token (the worst case for naive rescans)."""
+    import time
+
+    run = np.zeros(20000, dtype=np.int64)
+    start = time.perf_counter()
+    dry_penalties(run, {}, 1.0, 1.75, 2, "koboldcpp")
+    dry_penalties(run, {}, 1.0, 1.75, 2, "textgen")
+    assert time.perf_counter() - start < 2.0
+
+
+def test_dry_needs_the_vocabulary_for_its_breakers() -> None:
+    with pytest.raises(SamplerError, match="vocabulary") as info:
+        make_sampler(SamplerSettings(dry_multiplier=0.8))
+    assert info.value.field == "dry_sequence_breakers"
+    assert make_sampler(SamplerSettings(dry_multiplier=0.8, dry_sequence_breakers=()))
+
+
+# ------------------------------------------------------------------------------- XTC
+
+
+def test_xtc_removes_the_top_choices_but_the_least_likely() -> None:
+    """p = .4 .3 .2 .1, threshold .15: .4 and .3 go, .2 stays (both sources)."""
+    x = torch.tensor([0.4, 0.3, 0.2, 0.1]).log()
+    assert kept(xtc(x, 0.15)) == [2, 3]
+    assert kept(xtc(x, 0.35)) == [0, 1, 2, 3]  # one token above: nothing happens
+    # textgen: if newline or EOS would go, XTC leaves the scores alone
+    assert kept(xtc(x, 0.15, protected=[1])) == [0, 1, 2, 3]
+    assert kept(xtc(x, 0.15, protected=[3])) == [2, 3]
+
+
+def test_xtc_in_the_chain_per_dialect() -> None:
+    """In the toy vocabulary EOS is id 0 and the newline id 7."""
+    x = torch.tensor([0.0, 0.4, 0.3, 0.2, 0.1, 0.0, 0.0, 0.0]).log()
+    base = SamplerSettings(xtc_probability=1.0, xtc_threshold=0.15, seed=0,
+                           dry_sequence_breakers=())
+    for dialect in ("textgen", "koboldcpp"):
+        out = make_sampler(base.replace(dialect=dialect), VOCAB).process(ctx(), x)
+        assert kept(out) == [3, 4], dialect
+    # textgen leaves the scores alone when EOS (or the newline) would be removed
+    eos_top = torch.tensor([0.4, 0.3, 0.2, 0.1, 0.0, 0.0, 0.0, 0.0]).log()
+    assert kept(make_sampler(base, VOCAB).process(ctx(), eos_top)) == [0, 1, 2, 3]
+    assert kept(make_sampler(base.replace(dialect="koboldcpp"), VOCAB)
+                .process(ctx(), eos_top)) == [2, 3]
+    newline_top = torch.tensor([0.0, 0.3, 0.2, 0.1, 0.0, 0.0, 0.0, 0.4]).log()
+    assert kept(make_sampler(base, VOCAB).process(ctx(), newline_top)) == [1, 2, 3, 7]
+    eos_least = torch.tensor([0.2, 0.4, 0.3, 0.1, 0.0, 0.0, 0.0, 0.0]).log()
+    assert kept(make_sampler(base, VOCAB).process(ctx(), eos_least)) == [0, 3]
+    # KoboldCpp ignores a threshold above 0.5 (only its 3000 cut is left); probability 0
+    # is off in both
+    assert len(build_stages(base.replace(dialect="koboldcpp", xtc_threshold=0.6))) == 1
+    assert build_stages(base.replace(xtc_probability=0.0)) == []
+
+
+def test_xtc_dice() -> None:
+    x = torch.tensor([0.4, 0.3, 0.2, 0.1]).log()
+    s = SamplerSettings(xtc_probability=0.5, xtc_threshold=0.15, seed=1,
+                        dry_sequence_breakers=())
+    sampler = make_sampler(s)
+    outcomes = {tuple(kept(sampler.process(ctx(), x))) for _ in range(40)}
+    assert outcomes == {(0, 1, 2, 3), (2, 3)}
+
+
+# ----------------------------------------------------------------------- top-n sigma
+
+
+def test_top_n_sigma_per_dialect() -> None:
+    """logits 2 1 0 -1: KoboldCpp's population std is sqrt(1.25) = 1.118, textgen's sample
+    std sqrt(5/3) = 1.291. n = 1.6: thresholds 0.211 and -0.066."""
+    x = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    assert kept(top_n_sigma(x, 1.0, "koboldcpp")) == kept(top_n_sigma(x, 1.0, "textgen")) == [0, 1]
+    assert kept(top_n_sigma(x, 1.6, "koboldcpp")) == [0, 1]
+    assert kept(top_n_sigma(x, 1.6, "textgen")) == [0, 1, 2]
+    # textgen counts removed tokens as 0 in its std (over the whole vocabulary)
+    # textgen counts removed tokens as 0 in its std over the vocabulary: [2, 1, 0, 0] has
+    # std 0.957, threshold 0.564 at n = 1.5; KoboldCpp's std of [2, 1] is 0.5: threshold 1.25
+    masked = torch.tensor([2.0, 1.0, -math.inf, -math.inf])
+    assert kept(top_n_sigma(masked, 1.5, "textgen")) == [0, 1]
+    assert kept(top_n_sigma(masked, 1.5, "koboldcpp")) == [0]
+
+
+def test_top_n_sigma_in_koboldcpp_runs_after_temperature() -> None:
+    x = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    s = SamplerSettings(dialect="koboldcpp", top_n_sigma=1.0, temperature=0.5)
+    assert kept(make_sampler(s).process(ctx(), x)) == [0, 1]
+
+
+# --------------------------------------------------------------------------- min_keep
+
+
+def test_min_keep_floors_every_truncation() -> None:
+    x = torch.tensor([0.7, 0.2, 0.06, 0.04]).log()
+    for dialect in ("textgen", "koboldcpp"):
+        base = SamplerSettings(dialect=dialect)
+        assert kept(make_sampler(base.replace(top_k=1, min_keep=3)).process(ctx(), x)) == \
+            [0, 1, 2]
+        assert kept(make_sampler(base.replace(top_p=0.5, min_keep=2)).process(ctx(), x)) == \
+            [0, 1]
+        assert kept(make_sampler(base.replace(min_p=0.9, min_keep=2)).process(ctx(), x)) == \
+            [0, 1]
+        # temperature 0 stays greedy
+        assert kept(make_sampler(base.replace(temperature=0.0, min_keep=3))
+                    .process(ctx(), x)) == [0]
+    assert kept(make_sampler(SamplerSettings(typical=0.1, min_keep=3)).process(ctx(), x)) \
+        == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- quadratic, dynatemp
+
+
+def test_quadratic_smoothing_with_curve() -> None:
+    x = torch.tensor([0.0, -1.0, -2.0, -math.inf])
+    assert quadratic_sampling(x, 0.5).tolist() == [0.0, -0.5, -2.0, -math.inf]
+    # curve 2: k = s = 0.5: -0.25 d^2 + 0.25 d^3
+    assert quadratic_sampling(x, 0.5, 2.0).tolist() == [0.0, -0.5, -3.0, -math.inf]
+    # both dialects apply it (KoboldCpp inside its temperature step)
+    for dialect in ("textgen", "koboldcpp"):
+        s = SamplerSettings(smoothing_factor=0.5, dialect=dialect)
+        out = make_sampler(s).process(ctx(), x[:3])
+        assert out.tolist() == pytest.approx([0.0, -0.5, -2.0])
+
+
+def test_dynamic_temperature_both_dialects() -> None:
+    """p = .7 .1 .1 .1: H = 0.94045, H_max = ln 4, normalised 0.67839;
+    T = 0.5 + (1.5 - 0.5) * 0.67839 = 1.17839."""
+    x = torch.tensor([0.7, 0.1, 0.1, 0.1]).log()
+    expected = x / 1.1783932
+    assert dynamic_temperature(x, 0.5, 1.5).tolist() == pytest.approx(expected.tolist(), 1e-5)
+    textgen = SamplerSettings(dynamic_temperature=True, dynatemp_low=0.5, dynatemp_high=1.5)
+    kobold = SamplerSettings(dialect="koboldcpp", temperature=1.0, dynatemp_range=0.5)
+    for s in (textgen, kobold):
+        assert make_sampler(s).process(ctx(), x).tolist() == \
+            pytest.approx(expected.tolist(), 1e-5)
+    # uniform: normalised entropy 1, T = high; exponent 2 on .67839 -> T = 0.5 + 0.46022
+    assert dynamic_temperature(torch.zeros(4), 0.5, 1.5).tolist() == [0.0] * 4
+    assert dynamic_temperature(x, 0.5, 1.5, 2.0).tolist() == \
+        pytest.approx((x / (0.5 + 0.67839 ** 2)).tolist(), 1e-4)
+    # a zero temperature keeps the top token instead of dividing by zero
+    certain = torch.tensor([0.0, -200.0, -200.0])
+    assert kept(dynamic_temperature(certain, 0.0, 1.0)) == [0]
+
+
+# --------------------------------------------------------------------------- mirostat
+
+
+def test_mirostat_v2_state_is_per_generation() -> None:
+    """p = .5 .25 .125 .125, tau .5: mu = 1; only the top token has surprise <= 1, so it is
+    drawn with surprise 0 and mu += 0.1 * 0.5 each step (both sources' v2)."""
+    x = torch.tensor([0.5, 0.25, 0.125, 0.125]).log()
+    s = SamplerSettings(mirostat=2, mirostat_tau=0.5, mirostat_eta=0.1, seed=0)
+    first = make_sampler(s)
+    assert first.sample(ctx(), x) == 0
+    assert first.mirostat.mu == pytest.approx(1.05)
+    first.sample(ctx(), x)
+    assert first.mirostat.mu == pytest.approx(1.10)
+    assert make_sampler(s).mirostat.mu == 1.0  # a new generation starts afresh
+    # tau 1.5: mu 3 keeps all four; tau 1: mu 2 keeps .5 and .25 (renormalised 2/3, 1/3)
+    wide = Mirostat(2, 1.0, 0.1, 4)
+    draws = {wide.choose(x, torch.Generator().manual_seed(i)) for i in range(30)}
+    assert draws == {0, 1}
+
+
+def test_mirostat_v1_keeps_the_zipf_k() -> None:
+    """An exact Zipf distribution with s = 2 gives s_hat = 2; with N = 10 and mu = 4:
+    k = (1 * 2**4 / (1 - 10**-1)) ** (1/2) = 4.21 -> the top 4 tokens (KoboldCpp v1)."""
+    ranks = torch.arange(1, 11, dtype=torch.float64)
+    probs = (1 / ranks ** 2) / (1 / ranks ** 2).sum()
+    assert Mirostat(1, 2.0, 0.1, 10)._keep_v1(probs) == 4
+    draws = {Mirostat(1, 2.0, 0.1, 10).choose(probs.log().float(),
+                                              torch.Generator().manual_seed(i))
+             for i in range(60)}
+    assert draws == {0, 1, 2, 3}
+
+
+def test_mirostat_in_both_chains() -> None:
+    x = torch.tensor([0.5, 0.25, 0.125, 0.125]).log()
+    for dialect in ("textgen", "koboldcpp"):
+        s = SamplerSettings(mirostat=2, mirostat_tau=0.5, dialect=dialect, top_k=2)
+        assert len(kept(make_sampler(s).process(ctx(), x))) == 1
+
+
+# -------------------------------------------------------------- logit bias and bans
+
+
+def test_logit_bias_shapes_and_range() -> None:
+    x = torch.zeros(4)
+    assert logit_bias(x, {"2": 5, 3: -100}).tolist() == [0.0, 0.0, 5.0, -100.0]
+    s = settings_from_fields({"logit_bias": {"2": 5.0, "1": -1}}, SamplerSettings(), "textgen")
+    assert s.logit_bias == ((1, -1.0), (2, 5.0))
+    for shape in ([[2, 5]], [{"key": 2, "value": 5}], [{"token_id": "2", "bias": 5}]):
+        assert settings_from_fields({"logit_bias": shape}, SamplerSettings(),
+                                    "koboldcpp").logit_bias == ((2, 5.0),)
+    assert make_sampler(s).process(ctx(), x).tolist() == [0.0, -1.0, 5.0, 0.0]
+    with pytest.raises(SamplerError, match="out of range; this model's ids are 0-3") as info:
+        make_sampler(SamplerSettings(logit_bias=((7, 1.0),))).process(ctx(), x)
+    assert info.value.field == "logit_bias[7]"
+    with pytest.raises(SamplerError) as info:
+        make_sampler(SamplerSettings(logit_bias=((7, 1.0),)), VOCAB.__class__(
+            4, encode, PIECES[:4]))
+    assert info.value.field == "logit_bias[7]"
+    for bad, field in (({"x": 1}, "logit_bias['x']"), ({"1": 101}, "logit_bias['1']"),
+                       ("no", "logit_bias"), ({"-1": 2}, "logit_bias['-1']")):
+        with pytest.raises(SamplerError) as info:
+            settings_from_fields({"logit_bias": bad}, SamplerSettings(), "textgen")
+        assert info.value.field == field
+
+
+def test_custom_token_bans() -> None:
+    s = settings_from_fields({"custom_token_bans": "1, 3"}, SamplerSettings(), "textgen")
+    assert s.custom_token_bans == (1, 3)
+    assert kept(make_sampler(s).process(ctx(), torch.zeros(4))) == [0, 2]
+    with pytest.raises(SamplerError, match="comma-separated token ids"):
+        settings_from_fields({"custom_token_bans": "a,b"}, SamplerSettings(), "textgen")
+
+
+# -------------------------------------------------- parity fixes (issue 11, 18 and 19)
+
+
+def test_koboldcpp_rep_pen_window_is_prefilled_with_token_zero() -> None:
+    """KoboldCpp's last_n_tokens starts as rep_pen_range zeros. Context 5, range 20,
+    slope 0.5: the window is 15 zeros + 5 tokens, its newer half (slots i with 2i >= 20)
+    holds 5 zeros and the 5 tokens, so tokens 0, 5 and 6 get the full 1.5 (before the fix:
+    0 was untouched and 5, 6 got the reduced 1.25)."""
+    x = torch.full((10,), 2.0)
+    out = koboldcpp_repetition_penalty(ctx(5, 6, 7, 8, 9), x, 1.5, 20, 0.5)
+    assert out.tolist() == pytest.approx([2 / 1.5, 2, 2, 2, 2] + [2 / 1.5] * 5)
+    # range 6: window 0 5 6 | 7 8 9 -> 0, 5, 6 in the older half get 1 + 0.5 * 0.5
+    out = koboldcpp_repetition_penalty(ctx(5, 6, 7, 8, 9), x, 1.5, 6, 0.5)
+    assert out.tolist() == pytest.approx([1.6, 2, 2, 2, 2, 1.6, 1.6] + [2 / 1.5] * 3)
+    # range 7 over 7 tokens: the newer half is floor(7/2) = 3 slots (2i >= 7: i = 4, 5, 6)
+    out = koboldcpp_repetition_penalty(ctx(1, 2, 3, 4, 5, 6, 7), torch.full((8,), 2.0), 1.5,
+                                       7, 0.5)
+    assert out.tolist() == pytest.approx([2.0] + [1.6] * 4 + [2 / 1.5] * 3)
+    # presence applies to the padding's 0 too, as KoboldCpp subtracts it per window token
+    out = koboldcpp_repetition_penalty(ctx(3), torch.zeros(4), 1.0, 4, 1.0, 0.25)
+    assert out.tolist() == [-0.25, 0.0, 0.0, -0.25]
+
+
+@pytest.mark.parametrize("z", [0.5, 0.85, 0.95])
+def test_textgen_tfs_with_all_second_differences_zero(z: float) -> None:
+    """text-generation-webui divides 0 by 0 on 10 equal logits: NaN > z is False for all,
+    so only the always-removed last token goes. It keeps 9 (we kept 5/7/8 before)."""
+    flat = torch.zeros(10)
+    out = tail_free(flat, z, "textgen")
+    assert not torch.isnan(out).any() and len(kept(out)) == 9
+    chain = make_sampler(SamplerSettings(tfs=z)).process(ctx(), flat)
+    assert len(kept(chain)) == 9
+    assert len(kept(tail_free(flat, z, "koboldcpp"))) < 9  # KoboldCpp's uniform fallback
+
+
+# ----------------------------------------------------------------------- wire, order
+
+
+def test_wire_names_per_dialect() -> None:
+    base = SamplerSettings()
+    textgen = settings_from_fields({
+        "dry_multiplier": 0.8, "dry_sequence_breakers": '["\\n", ":"]', "nsigma": 1.5,
+        "mirostat_mode": 2, "mirostat_tau": 4, "dynamic_temperature": True,
+        "dynatemp_low": 0.5, "dynatemp_high": 1.5, "xtc_probability": 0.5,
+        "xtc_threshold": 0.2, "smoothing_factor": 0.3, "min_keep": 2}, base, "textgen")
+    assert textgen.dry_sequence_breakers == ("\n", ":")
+    assert (textgen.top_n_sigma, textgen.mirostat, textgen.mirostat_tau) == (1.5, 2, 4.0)
+    assert textgen.dynamic_temperature and textgen.min_keep == 2
+    # text-generation-webui also takes a comma list of JSON strings
+    assert settings_from_fields({"dry_sequence_breakers": '"\\n", "*"'}, base,
+                                "textgen").dry_sequence_breakers == ("\n", "*")
+    kobold = settings_from_fields({
+        "dry_sequence_breakers": ["\n", "*"], "dry_penalty_last_n": -1, "mirostat": 1,
+        "banned_tokens": ["a shiver"], "dynatemp_range": 0.5}, base, "koboldcpp")
+    assert kobold.dry_sequence_breakers == ("\n", "*") and kobold.dry_penalty_last_n == 0
+    assert kobold.mirostat == 1 and kobold.banned_strings == ("a shiver",)
+    with pytest.raises(SamplerError) as info:
+        settings_from_fields({"dry_sequence_breakers": "[oops"}, base, "textgen")
+    assert info.value.field == "dry_sequence_breakers"
+    with pytest.raises(SamplerError) as info:
+        settings_from_fields({"mirostat_mode": 3}, base, "textgen")
+    assert info.value.field == "mirostat_mode"
+
+
+def test_unknown_order_entries_are_named() -> None:
+    with pytest.raises(SamplerError, match="sampler_order=7") as info:
+        settings_from_fields({"sampler_order": [6, 0, 7]}, SamplerSettings(), "koboldcpp")
+    assert info.value.field == "sampler_order"
+    with pytest.raises(SamplerError, match="'smooth'") as info:
+        settings_from_fields({"sampler_priority": ["top_k", "smooth"]}, SamplerSettings(),
+                             "textgen")
+    assert info.value.field == "sampler_priority"
+
+
+def test_limamono_dry_preset_is_the_card_plus_dry() -> None:
+    card, dry_preset = get_preset("limamono"), get_preset("limamono-dry")
+    assert dry_preset.replace(dry_multiplier=0.0) == card
+    assert (dry_preset.dry_multiplier, dry_preset.dry_base, dry_preset.dry_allowed_length) \
+        == (0.8, 1.75, 2)
+    # the card's preset has every new sampler off
+    off = SamplerSettings()
+    for name in ("dry_multiplier", "xtc_probability", "top_n_sigma", "smoothing_factor",
+                 "mirostat", "dynatemp_range", "logit_bias", "banned_strings"):
+        assert getattr(card, name) == getattr(off, name)
+
+
+def test_everything_on_keeps_a_token_and_never_nan() -> None:
+    gen = torch.Generator().manual_seed(0)
+    s = SamplerSettings(dry_multiplier=0.8, xtc_probability=1.0, xtc_threshold=0.05,
+                        top_n_sigma=2.0, smoothing_factor=0.3, dynamic_temperature=True,
+                        dynatemp_low=0.5, dynatemp_high=1.5, tfs=0.9, rep_pen=1.1,
+                        logit_bias=((3, 2.0),), min_keep=1, seed=0)
+    for dialect in ("textgen", "koboldcpp"):
+        for mirostat in (0, 1, 2):
+            sampler = make_sampler(s.replace(dialect=dialect, mirostat=mirostat,
+                                             dynatemp_range=0.5), VOCAB)
+            for _ in range(5):
+                x = torch.randn(16, generator=gen) * 3
+                history = torch.randint(0, 16, (40,), generator=gen)
+                out = sampler.process(history, x)
+                assert not torch.isnan(out).any() and kept(out)
+                assert sampler.sample(history, x) in kept(out) or mirostat
