@@ -307,5 +307,5 @@ def test_unsupported_openai_fields_are_logged_not_silently_dropped(
     assert client.post("/v1/completions", json=off).status_code == 200
     warnings = [r.getMessage() for r in caplog.records if "does not implement" in r.getMessage()]
     assert warnings == [
-        "ignoring fields this server does not implement: logit_bias, logprobs, echo",
+        "ignoring fields this server does not implement: logprobs, echo",
         "ignoring fields this server does not implement: logprobs, top_logprobs"]

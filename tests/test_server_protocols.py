@@ -318,10 +318,13 @@ def test_chat_policy_sillytavern_renders_as_the_presets(client: TestClient,
 
 def test_unimplemented_samplers_are_accepted_with_a_warning(
         client: TestClient, engine: FakeEngine, caplog: pytest.LogCaptureFixture) -> None:
-    body = {"prompt": "x", "mirostat_mode": 2, "dry_multiplier": 0, "xtc_probability": 0.5}
+    body = {"prompt": "x", "mirostat_mode": 2, "dry_multiplier": 0, "xtc_probability": 0.5,
+            "eta_cutoff": 3e-4}
     with caplog.at_level("WARNING", logger="limamono.server"):
         assert client.post("/v1/completions", json=body).status_code == 200
-    assert "mirostat_mode, xtc_probability" in caplog.text
+    assert "does not implement: eta_cutoff\n" in caplog.text  # mirostat and XTC are run
+    settings = engine.calls[0].settings
+    assert (settings.mirostat, settings.xtc_probability) == (2, 0.5)
 
 
 def test_sse_frames_are_one_compact_line_with_unicode_kept(client: TestClient,

@@ -26,8 +26,12 @@ _WIRE_TYPES: dict[str, Any] = {
     "float": float | None,
     "int": int | None,
     "int | None": int | None,
-    "tuple[int, ...]": list[int] | None,
+    "tuple[int, ...]": list[int] | str | None,  # textgen's custom_token_bans: "id,id"
+    "tuple[str, ...]": list[str] | str | None,  # DRY breakers: also a JSON string
     "tuple[str, ...] | None": list[str] | str | None,
+    "bool": bool | None,
+    # logit_bias: OpenAI's {"id": bias}, or a list of [id, bias] pairs
+    "tuple[tuple[int, float], ...]": dict[str, Any] | list[Any] | None,
 }
 
 
