@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from limamono import tokens
 from limamono.engine_base import (
     PREFILL_CHUNK,
     CacheStats,
@@ -159,6 +160,7 @@ class Engine(EngineBase):
         self.context_length = int(limit)
         self.device = next(model.parameters()).device
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.start_ids = tuple(tokens.start_ids(tokenizer))
         self.prompt_cache = PromptCache(cache_entries, lambda: DynamicCache(config=model.config))
         # transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns).
         params = inspect.signature(model.forward).parameters

@@ -167,6 +167,9 @@ class EngineBase:
     model_name: str
     context_length: int
     eos_ids: frozenset[int]
+    #: Ids put before every prompt: BOS where the tokenizer's convention adds one (Llama,
+    #: Mistral), as KoboldCpp does for Llama-family models; none for SmolLM2.
+    start_ids: tuple[int, ...] = ()
 
     def __init__(self) -> None:
         self.stats = CacheStats()
@@ -182,6 +185,14 @@ class EngineBase:
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of token ids, special tokens included (the exact inverse of ``tokenize``)."""
         raise NotImplementedError
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The ids fed for a prompt: :attr:`start_ids`, then ``tokenize(text)``.
+
+        The same ids a training sample of that text holds (``limamono.tokens``), on every
+        route: chat, the server's chat and text-completion routes, evaluation.
+        """
+        return [*self.start_ids, *self.tokenize(text)]
 
     def _reply_text(self, ids: Sequence[int]) -> str:
         """Text of reply token ids, special tokens left out."""
@@ -365,7 +376,7 @@ class EngineBase:
                 ``max_new_tokens`` alone fills the context, or (``PromptTooLongError``) a
                 Limamono prompt's newest user turn and open header do not fit.
         """
-        ids = self.tokenize(prompt)
+        ids = self.prompt_ids(prompt)
         budget = self.context_length - max_new_tokens
         if budget < 1:
             raise ContextOverflowError(
@@ -382,7 +393,10 @@ class EngineBase:
             raise ValueError(f"truncation={truncation!r}: must be 'left' or 'error'")
         fitted = policy.fit_text(prompt, policy.token_counter(self), self.context_length,
                                  max_new_tokens)
-        return ids[len(ids) - budget:] if fitted is None else self.tokenize(fitted.text)
+        if fitted is not None:
+            return self.prompt_ids(fitted.text)
+        head = len(self.start_ids)  # BOS stays first; the text keeps its last tokens
+        return ids[:head] + ids[len(ids) - max(budget - head, 0):]
 
     def stream_text(self, prompt: str, settings: SamplerSettings, max_new_tokens: int,
                     stop: Sequence[str] = (), cancel: threading.Event | None = None,

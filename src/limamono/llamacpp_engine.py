@@ -161,6 +161,9 @@ class LlamaCppEngine(EngineBase):
         self._batch = ll.llama_batch_init(PREFILL_CHUNK, 0, 1)
         self.eos_ids = frozenset(t for t in range(self.n_vocab)
                                  if ll.llama_vocab_is_eog(self._vocab, t))
+        # BOS first where the GGUF's tokenizer convention adds it (limamono.tokens).
+        if ll.llama_vocab_get_add_bos(self._vocab):
+            self.start_ids = (int(ll.llama_vocab_bos(self._vocab)),)
 
     def close(self) -> None:
         """Free the model, the context and the batch (the engine is unusable afterwards)."""
