@@ -1,24 +1,35 @@
-"""Drafting with a model in text-completion mode: character sheets from (nearly) empty context.
+"""Drafting with a model in text-completion mode: character sheets and whole conversations.
 
-The card-generation prompt (SPEC §2) is the trigger phrase and an open ``### Instruction:``
-block; the model writes a wiki-style sheet there because that is what follows in every
-training sample. A name and hint lines, when given, are written first and the model carries
-on after them. The result is a draft: it is parsed with ``cards.sheet_to_card`` and what the
-layout expects but the model did not write (e.g. no ``Scenario:`` line) is reported, never
-filled in (SPEC §8: generated sheets hallucinate and must be checked by a person).
+Sheets: the card-generation prompt (SPEC §2) is the trigger phrase and an open
+``### Instruction:`` block; the model writes a wiki-style sheet there because that is what
+follows in every training sample. A name and hint lines, when given, are written first and
+the model carries on after them. The result is a draft: it is parsed with
+``cards.sheet_to_card`` and what the layout expects but the model did not write (e.g. no
+``Scenario:`` line) is reported, never filled in (SPEC §8: generated sheets hallucinate and
+must be checked by a person).
+
+Conversations (``draft_conversation``): the way the card's dataset was made, a base model
+writes both sides turn by turn. Each turn's prompt is the conversation so far rendered by
+the prompt policy (``limamono.policy``) with an open header of the requested length and the
+speaker's name prefilled; the model writes until it starts the next header. Drafts are
+marked ``meta.draft`` and ``data build`` refuses them until a person has edited them.
 """
 
 from __future__ import annotations
 
+import random
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from limamono import format as fmt
+from limamono.conversation import LENGTHS, Conversation, Message
 from limamono.generation import Engine
 
 if TYPE_CHECKING:
     from limamono.cards import SheetParts
+    from limamono.policy import PromptPolicy
 
 #: Default budget of a generated sheet, in tokens (the bundled sheets are 300-450).
 DEFAULT_SHEET_TOKENS = 400
@@ -116,3 +127,245 @@ def draft_report(draft: SheetDraft) -> list[str]:
     if draft.finish_reason == "length":
         notes.append("the model stopped at the token limit; the last line may be cut off")
     return notes
+
+
+# --------------------------------------------------------------------------- conversations
+
+#: Length labels of drafted turns when none are asked for: the card's dataset (bot turns
+#: mostly ``long``/``massive``, a ``huge`` greeting, short user turns).
+DEFAULT_USER_LENGTHS: tuple[str, ...] = ("tiny", "short")
+DEFAULT_CHAR_LENGTHS: tuple[str, ...] = ("long", "massive")
+DEFAULT_GREETING_LENGTH = "huge"
+#: Cap on the tokens of one drafted turn (a ``huge`` turn's budget is larger).
+DEFAULT_TURN_TOKENS = 1024
+#: Tokens allowed per word of a turn's label bound (SmolLM2's tokenizer on the example
+#: prose: 1.6; the same factor the evaluation budgets replies with).
+TOKENS_PER_WORD = 1.6
+
+
+@dataclass(frozen=True)
+class DraftPlan:
+    """What to draft: how many turns and the length labels to ask for.
+
+    Attributes:
+        turns: messages to write (the greeting counts as one).
+        user_lengths: labels for user turns, one picked per turn (seeded).
+        char_lengths: labels for character turns after the greeting.
+        greeting_length: the label of the first character turn of an empty conversation.
+        max_new_tokens: cap on the tokens of one turn.
+        retries: new seeds to try when the model writes an empty turn.
+    """
+
+    turns: int = 6
+    user_lengths: tuple[str, ...] = DEFAULT_USER_LENGTHS
+    char_lengths: tuple[str, ...] = DEFAULT_CHAR_LENGTHS
+    greeting_length: str = DEFAULT_GREETING_LENGTH
+    max_new_tokens: int = DEFAULT_TURN_TOKENS
+    retries: int = 2
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.turns < 1:
+            problems.append(f"turns must be at least 1, got {self.turns}")
+        for what, labels in (("user_lengths", self.user_lengths),
+                             ("char_lengths", self.char_lengths),
+                             ("greeting_length", (self.greeting_length,))):
+            bad = [x for x in labels if x not in LENGTHS]
+            if bad or not labels:
+                problems.append(f"{what} {list(labels)} must be labels from "
+                                f"{', '.join(LENGTHS)}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if problems:
+            raise ValueError("invalid draft plan: " + "; ".join(problems))
+
+
+@dataclass
+class ConversationDraft:
+    """A drafted conversation and how its drafting went.
+
+    Attributes:
+        conversation: the conversation with the new turns (normalised text).
+        new_turns: turns written by the model this time.
+        finish: ``done``, ``cancelled`` (Ctrl-C: the finished turns are kept) or ``empty``
+            (the model wrote nothing for a turn, with every retry).
+        notes: what a person should know (a turn cut at the token limit, a prompt that had
+            to leave old turns out, a turn cut where the model began the other side's).
+        prompts: the exact prompt of each new turn.
+    """
+
+    conversation: Conversation
+    new_turns: int = 0
+    finish: str = "done"
+    notes: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+
+def next_role(conversation: Conversation) -> str:
+    """Who speaks next: the character opens, then the two sides alternate."""
+    messages = conversation.messages
+    return "user" if messages and messages[-1].role == "char" else "char"
+
+
+def turn_prompt(policy: PromptPolicy, conversation: Conversation, role: str,
+                length: str) -> str:
+    """The prompt of the next turn: the conversation so far, then the open header of
+    ``role`` with ``length`` and the speaker's name (``...\n\n### Input: (length = tiny)\nTom:``).
+
+    The open turn is rendered as an empty message whose text piece is left off, so the
+    policy and ``format`` write it exactly as they write every other turn.
+    """
+    opened = replace(conversation, messages=[*conversation.messages,
+                                             Message(role, "", length)])  # type: ignore[arg-type]
+    segments = policy.segments(opened, open_response=False)
+    if segments[-1].kind != "text" or segments[-1].text != " ":  # pragma: no cover
+        raise RuntimeError("format.render_segments no longer ends a turn with its text piece")
+    return "".join(s.text for s in segments[:-1])
+
+
+def turn_budget(length: str, cap: int) -> int:
+    """Tokens allowed for a turn of ``length``: its upper word bound (twice the last bound
+    for ``huge``) times ``TOKENS_PER_WORD``, at most ``cap``."""
+    bounds = (*fmt.DEFAULT_LENGTH_BOUNDS, fmt.DEFAULT_LENGTH_BOUNDS[-1] * 2)
+    return min(cap, round(bounds[LENGTHS.index(length)] * TOKENS_PER_WORD))
+
+
+def clean_turn(text: str) -> str:
+    """The generated text of a turn as a message: the space after ``Name:`` and the blank
+    lines before the next header go, and so does trailing space on each line."""
+    lines = [line.rstrip() for line in text.replace("\r", "").split("\n")]
+    return "\n".join(lines).strip()
+
+
+def draft_conversation(engine: Engine, settings: Any, start: Conversation, plan: DraftPlan,
+                       seed: int, policy: PromptPolicy | None = None,
+                       cancel: threading.Event | None = None,
+                       on_turn: Callable[[int, int, Message], None] | None = None
+                       ) -> ConversationDraft:
+    """Let the model write ``plan.turns`` more turns of ``start``, one at a time.
+
+    Turns already in ``start`` are never changed. Each turn is generated up to the next
+    header (or the other speaker starting a line), cleaned and normalised with the style
+    module's safe fixes.
+
+    Args:
+        engine: any Engine (text completion).
+        settings: sampler settings; turn k of the draft uses ``seed + k`` (retries add
+            1000 each), so a draft is repeatable.
+        start: the conversation to extend (sheet and scenario; maybe turns already).
+        plan: turns and labels.
+        seed: the draft's seed (labels are picked with it too).
+        policy: the prompt policy (default: ``limamono.policy.get_policy()``).
+        cancel: when set, the turn being written is dropped and drafting stops.
+        on_turn: called as ``on_turn(done, total, message)`` after each finished turn.
+    """
+    from limamono.policy import get_policy, token_counter
+    from limamono.style import normalize
+
+    policy = policy or get_policy()
+    count = token_counter(engine)
+    rng = random.Random(seed)
+    draft = ConversationDraft(start)
+    for k in range(plan.turns):
+        conv = draft.conversation
+        role = next_role(conv)
+        if role == "user":
+            length = rng.choice(plan.user_lengths)
+        else:
+            length = (plan.greeting_length if not conv.messages
+                      else rng.choice(plan.char_lengths))
+        prompt = turn_prompt(policy, conv, role, length)
+        budget = turn_budget(length, plan.max_new_tokens)
+        fitted = _fit(prompt, count, engine.context_length, budget)
+        if fitted.cut:
+            draft.notes.append(f"turn {len(conv.messages)}: {fitted.describe()}")
+        other = conv.user.name if role == "char" else conv.character.name
+        text = ""
+        for attempt in range(plan.retries + 1):
+            turn_settings = (settings.replace(seed=seed + k + 1000 * attempt)
+                             if hasattr(settings, "replace") else settings)
+            done = engine.generate(fitted.text, turn_settings, budget,
+                                   stop=policy.stop_strings(other), cancel=cancel)
+            if done.finish_reason == "cancelled":
+                draft.finish = "cancelled"
+                return draft
+            text = normalize(clean_turn(done.text))[0]
+            if text:
+                break
+        if not text:
+            draft.finish = "empty"
+            draft.notes.append(f"turn {len(conv.messages)}: the model wrote nothing "
+                               f"({plan.retries + 1} seeds); drafting stopped there")
+            return draft
+        index = len(conv.messages)
+        if done.finish_reason == "length":
+            draft.notes.append(f"turn {index}: cut at the {budget}-token limit; the last "
+                               "sentence may be unfinished")
+        if done.stop_string and done.stop_string != fmt.HEADER_STOP:
+            draft.notes.append(f"turn {index}: the model began {other}'s turn without a "
+                               "header; cut there")
+        message = Message(role, text, length)  # type: ignore[arg-type]
+        draft.conversation = replace(conv, messages=[*conv.messages, message])
+        draft.prompts.append(fitted.text)
+        draft.new_turns += 1
+        if on_turn:
+            on_turn(k + 1, plan.turns, message)
+    return draft
+
+
+def _fit(prompt: str, count: Callable[[str], int], context: int, budget: int) -> Any:
+    """The prompt fitted to the context by whole turns (``policy.fit_text``)."""
+    from limamono.policy import Fitted, fit_text
+
+    fitted = fit_text(prompt, count, context, budget)
+    if fitted is None:  # not reachable for a rendered prompt; kept total for the type
+        tokens = count(prompt)
+        return Fitted(prompt, tokens, tokens, 0, context - budget)
+    return fitted
+
+
+def draft_findings(conversation: Conversation) -> list[dict[str, Any]]:
+    """The lint findings of a draft: the dataset rules, the style rules and the quality
+    checks, each as ``{message_index, rule, message}`` in message order."""
+    from limamono.dataset import Record, check_record
+    from limamono.quality import check_turn
+
+    found = [{"message_index": p.message_index, "rule": p.rule, "message": p.message}
+             for p in check_record(Record(conversation, "<draft>")) if p.rule != "draft"]
+    for i, m in enumerate(conversation.messages):
+        found += [{"message_index": i, "rule": f.rule, "message": f.message}
+                  for f in check_turn(m.text, m.role, user_name=conversation.user.name,
+                                      length=m.length)]
+    return sorted(found, key=lambda f: (-1 if f["message_index"] is None
+                                        else f["message_index"], f["rule"]))
+
+
+def mark_draft(draft: ConversationDraft, model: str, adapter: str | None, seed: int,
+               settings: Any) -> Conversation:
+    """The drafted conversation with ``meta.draft`` and what a person needs to review it:
+    the model, adapter, seed, sampler settings, how drafting ended and the lint findings."""
+    import dataclasses
+
+    sampler = ({k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(settings).items()}
+               if dataclasses.is_dataclass(settings) else None)
+    conv = draft.conversation
+    meta = {**conv.meta, "draft": True, "model": model, "adapter": adapter or "none",
+            "seed": seed, "sampler": sampler, "finish": draft.finish,
+            "notes": list(draft.notes), "lint": draft_findings(conv)}
+    return replace(conv, meta=meta)
+
+
+def is_draft(conversation: Conversation) -> bool:
+    """Whether a conversation is an unreviewed model draft (``meta.draft`` is true)."""
+    return conversation.meta.get("draft") is True
+
+
+def parse_lengths(text: str, what: str) -> tuple[str, ...]:
+    """Comma-separated length labels (``tiny,short``); ValueError names the bad one."""
+    labels = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in labels if x not in LENGTHS]
+    if bad or not labels:
+        raise ValueError(f"{what} {text!r}: expected labels from {', '.join(LENGTHS)}")
+    return labels
+

@@ -42,6 +42,7 @@ COMMAND_MODULES = [
     "limamono.cli.train_cmd",
     "limamono.cli.chat_cmd",
     "limamono.cli.cardgen_cmd",
+    "limamono.cli.draft_cmd",
     "limamono.cli.serve_cmd",
     "limamono.cli.samplers_cmd",
     "limamono.cli.engine_cmd",

@@ -86,14 +86,15 @@ def lint_cmd(
 
 def _build_config(seq_len: int, val: float, seed: int, overflow: str, end_of_turn: str,
                   train_on_inputs: bool, length_bounds: str, window_overlap: int,
-                  trigger: str, normalize: bool) -> Any:
+                  trigger: str, normalize: bool, include_drafts: bool = False) -> Any:
     from limamono.dataset import BuildConfig
 
     try:
         return BuildConfig(seq_len=seq_len, val=val, seed=seed, overflow=overflow,  # type: ignore[arg-type]
                            end_of_turn=end_of_turn, train_on_inputs=train_on_inputs,  # type: ignore[arg-type]
                            length_bounds=_bounds(length_bounds),
-                           window_overlap=window_overlap, trigger=trigger, normalize=normalize)
+                           window_overlap=window_overlap, trigger=trigger, normalize=normalize,
+                           include_drafts=include_drafts)
     except ValueError as exc:
         fail(str(exc))
 
@@ -114,6 +115,9 @@ _TRIGGER = typer.Option("card", "--trigger", help="Trigger phrase: card, preset 
 _NORMALIZE = typer.Option(True, "--normalize/--no-normalize", help="Apply the style "
                           "module's safe fixes (quotes, ellipses, spaces); each is reported.")
 _MODEL = typer.Option("smollm2-135m", "--model", "-m", help="Model whose tokenizer is used.")
+_DRAFTS = typer.Option(False, "--include-drafts", help="Use conversations marked "
+                       "`meta: {draft: true}` (unreviewed `data draft` output), which are "
+                       "refused otherwise.")
 
 
 @data_app.command("build")
@@ -123,7 +127,7 @@ def build_cmd(
     model: str = _MODEL, seq_len: int = _SEQ, val: float = _VAL, seed: int = _SEED,
     overflow: str = _OVERFLOW, end_of_turn: str = _EOT, train_on_inputs: bool = _TOI,
     length_bounds: str = _BOUNDS, window_overlap: int = _OVERLAP, trigger: str = _TRIGGER,
-    normalize: bool = _NORMALIZE,
+    normalize: bool = _NORMALIZE, include_drafts: bool = _DRAFTS,
 ) -> None:
     """Build masked training samples: tokenized/{train,eval}.jsonl (input ids and labels,
     each sample tokenised whole), segments/ (the same samples as labelled text) and
@@ -135,7 +139,7 @@ def build_cmd(
     except OutputError as exc:
         fail(str(exc))
     config = _build_config(seq_len, val, seed, overflow, end_of_turn, train_on_inputs,
-                           length_bounds, window_overlap, trigger, normalize)
+                           length_bounds, window_overlap, trigger, normalize, include_drafts)
     tokenizer = _tokenizer(model)
     try:
         result = build(str(path), tokenizer, config)
@@ -209,6 +213,7 @@ def stats_cmd(
     plots: Path | None = typer.Option(None, "--plots", help="Folder to draw the length-label "
                                       "distribution and the tokens per conversation into "
                                       "(length_labels.png, conversation_tokens.png)."),
+    include_drafts: bool = _DRAFTS,
 ) -> None:
     """Show a dataset's figures: conversations, messages, tokens, supervised tokens,
     per-role lengths, the length-label histogram, over-long counts and the quality figures
@@ -219,7 +224,7 @@ def stats_cmd(
         stats = read_stats(path)
     else:
         config = _build_config(seq_len, val, seed, overflow, end_of_turn, train_on_inputs,
-                               length_bounds, window_overlap, trigger, True)
+                               length_bounds, window_overlap, trigger, True, include_drafts)
         tokenizer = _tokenizer(model)
         try:
             stats = compute_stats(build(str(path), tokenizer, config), tokenizer)

@@ -74,6 +74,8 @@ class BuildConfig:
         window_overlap: turns of context repeated at the start of the next window.
         trigger: trigger phrase key (``card``, ``preset``) or literal phrase.
         normalize: apply the style module's safe fixes.
+        include_drafts: build conversations marked ``meta.draft: true`` (unreviewed model
+            drafts from ``limamono data draft``), which are refused otherwise.
     """
 
     seq_len: int = 4096
@@ -86,6 +88,7 @@ class BuildConfig:
     window_overlap: int = 2
     trigger: str = fmt.DEFAULT_TRIGGER
     normalize: bool = True
+    include_drafts: bool = False
 
     def __post_init__(self) -> None:
         errors = []
@@ -262,11 +265,12 @@ def build_samples(records: Sequence[Record], tokenizer: Tokenizer,
 
     Raises:
         DatasetError: blocking problems (schema, empty turns, header lines in text, a bad
-            ``meta.split``), or over-long conversations under ``overflow="error"``; every
-            one is listed.
+            ``meta.split``, drafts unless ``include_drafts``), or over-long conversations
+            under ``overflow="error"``; every one is listed.
     """
     problems = [p for r in records for p in check_record(r)] + _split_problems(records)
-    blocking = [p for p in problems if p.rule in BLOCKING_RULES]
+    blocking = [p for p in problems if p.rule in BLOCKING_RULES
+                or (p.rule == "draft" and not config.include_drafts)]
     if blocking:
         raise DatasetError(blocking)
     unique, duplicates, seen = [], [], set()

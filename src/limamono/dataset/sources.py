@@ -229,6 +229,10 @@ def check_record(record: Record) -> list[Problem]:
             index: int | None = None) -> None:
         out.append(Problem(record.file, rule, message, severity, index, record=record.index))
 
+    if conv.meta.get("draft") is True:
+        add("draft", "a model's draft (meta.draft: true) not yet reviewed: check and edit it, "
+            "then remove `draft: true` (data build refuses it without --include-drafts)",
+            "warning")
     if not conv.scenario:
         add("missing-scenario", "no scenario: add `scenario:` (the card strongly advises a "
             "Scenario line at the end of every sheet)", "warning")
