@@ -114,7 +114,13 @@ def _slug(name: str) -> str:
 def _one_draft(engine: Any, settings: Any, start: Conversation, plan: Any, seed: int,
                target: Path, model: str, adapter: str) -> bool:
     """Write one draft; False when drafting was cancelled (no further drafts)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from limamono import atomic
     from limamono.cli.engine_cmd import ctrl_c_sets
@@ -122,7 +128,7 @@ def _one_draft(engine: Any, settings: Any, start: Conversation, plan: Any, seed:
     from limamono.generate_data import draft_conversation, mark_draft
 
     cancel = threading.Event()
-    with Progress("[progress.description]{task.description}", BarColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar, \
             ctrl_c_sets(cancel):
         task = bar.add_task(f"draft {target.name}: turns", total=plan.turns)

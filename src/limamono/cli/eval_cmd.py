@@ -44,7 +44,13 @@ def eval_cmd(
     each target is judged meets / misses / cannot tell from it; the report compares the
     variants side by side.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from limamono.evaluate import run as run_mod
     from limamono.evaluate.report import write_report
@@ -67,7 +73,7 @@ def eval_cmd(
     from limamono.models import resolve_adapter
 
     prepare_model_for_cli(model)  # a conversion bar first: one live display at a time
-    with Progress("[progress.description]{task.description}", BarColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
         tasks: dict[str, int] = {}
 
