@@ -198,3 +198,15 @@ def test_labels_are_decided_before_turns_are_left_out():
     cut = policy.fit(conv, chars, 10_000, 1, input_length="short", at_least=2)
     assert full.text.endswith(cut.text[len(HEAD):])
     assert replace(conv).messages == conv.messages  # the input is not modified
+
+
+def test_hidden_messages_are_never_rendered_nor_counted():
+    hidden = Message("user", "an aside nobody sees", hidden=True)
+    policy = pol.get_policy()
+    conv = mira(*FIVE[:3], hidden)
+    assert policy.render(conv) == policy.render(mira(*FIVE[:3]))
+    essential = HEAD + "\n\n### Input: (length = tiny)\nTom: " + " ".join(["word"] * 12) \
+        + "\n\n### Response: (length = massive)\nMira: Come in." \
+        + "\n\n### Response: (length = long)\nMira:"
+    fitted = policy.fit(conv, chars, context=len(essential) + 1, max_new_tokens=1)
+    assert (fitted.text, fitted.dropped) == (essential, 1)

@@ -139,6 +139,7 @@ class PromptPolicy:
         """
         fmt.check_length(input_length, "input_length")
         fmt.check_length(response_length, "response_length")
+        conversation = _visible(conversation)
         messages = conversation.messages
         newest_user = _newest_user(messages)
         out: list[Message] = []
@@ -212,6 +213,7 @@ class PromptPolicy:
             PromptTooLongError: even the Instruction block, the newest user turn and the
                 open header do not fit.
         """
+        conversation = _visible(conversation)
         segments = self.segments(conversation, open_response, response_length,
                                  input_length, continuing)
         head = "".join(s.text for s in segments if s.kind == "system")
@@ -306,6 +308,13 @@ def fit_text(prompt: str, count_tokens: CountTokens, context: int,
     inputs = [i for i, b in enumerate(blocks) if b.startswith(fmt.BLOCK_SEP + fmt.INPUT)]
     keep_from = min(inputs[-1] if inputs else len(blocks) - 1, len(blocks) - 1)
     return fit_blocks(head, blocks, keep_from, count_tokens, context, max_new_tokens)
+
+
+def _visible(conversation: Conversation) -> Conversation:
+    """The conversation without its hidden messages (they are never rendered)."""
+    if not any(m.hidden for m in conversation.messages):
+        return conversation
+    return replace(conversation, messages=[m for m in conversation.messages if not m.hidden])
 
 
 def _newest_user(messages: Sequence[Message]) -> int | None:

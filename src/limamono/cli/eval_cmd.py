@@ -30,7 +30,8 @@ def eval_cmd(
     quick: bool = typer.Option(False, "--quick", help="A CI-sized run: 2 prompts per length "
                                "and 64 tokens per reply unless given; its intervals are too "
                                "wide to judge the targets."),
-    preset: str = typer.Option("limamono", "--preset", help="Sampler preset."),
+    preset: str | None = typer.Option(None, "--preset", help="Sampler preset (default: each "
+                                      "adapter's own, else limamono)."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (1 is best on "
                                        "a busy machine)."),

@@ -9,6 +9,7 @@ checks each reply (``metrics.check_reply``).
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -16,10 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from limamono import adapter_card
 from limamono import format as fmt
+from limamono.adapter_card import Defaults
 from limamono.conversation import LENGTHS, Conversation
 from limamono.evaluate.intervals import trials_for_half_width
 from limamono.evaluate.metrics import TARGETS, BehaviourSummary, Sample, check_reply, summarize
+from limamono.policy import PromptPolicy
+
+log = logging.getLogger("limamono.eval")
 
 #: Token budget per requested length: about 1.6 tokens a word times the label's upper
 #: word bound (SmolLM2's tokenizer on the example prose), capped by ``max_new_tokens``.
@@ -56,7 +62,8 @@ class EvalConfig:
             default gives ``REQUIRED_REPLIES`` replies over the default lengths.
         seed: base seed; prompt k uses ``seed + k`` for every variant, so they are paired.
         max_new_tokens: cap on the token budget of any reply.
-        preset: sampler preset.
+        preset: sampler preset (None: each adapter's own, from its card, else ``limamono``).
+        policy: prompt policy (None: each adapter's own, else ``training``).
         seq_len: sequence length for the loss (longer conversations are windowed).
         dtype: model dtype (``auto``, ``bf16``, ``fp32``); on CPUs without native bf16,
             ``fp32`` evaluates long prompts several times faster.
@@ -70,7 +77,8 @@ class EvalConfig:
     samples: int = samples_for(DEFAULT_LENGTHS)
     seed: int = 1234
     max_new_tokens: int = 320
-    preset: str = "limamono"
+    preset: str | None = None
+    policy: str | None = None
     seq_len: int = 2048
     dtype: str = "auto"
     threads: int | None = None
@@ -131,8 +139,8 @@ def make_prompts(conversations: Sequence[Conversation], config: EvalConfig) -> l
 
     Turns are taken round-robin over the conversations (seeded), so a small ``samples``
     still covers every conversation; past the last turn the round-robin starts again, and
-    prompt k's seed ``seed + k`` makes each reuse a new draw. The history keeps labels from
-    its word counts.
+    prompt k's seed ``seed + k`` makes each reuse a new draw. The history is labelled when
+    it is rendered, by each variant's prompt policy.
     """
     rng = random.Random(config.seed)
     per_conv = []
@@ -146,32 +154,48 @@ def make_prompts(conversations: Sequence[Conversation], config: EvalConfig) -> l
     chosen = [slots[k % len(slots)] for k in range(config.samples)] if slots else []
     prompts = []
     for k, (conv, turn) in enumerate(chosen):
-        cut = fmt.label_lengths(Conversation(conv.character, conv.user, conv.scenario,
-                                             conv.messages[:turn], conv.meta))
+        cut = Conversation(conv.character, conv.user, conv.scenario, conv.messages[:turn],
+                           conv.meta)
         for length in config.lengths:
             prompts.append(Prompt(cut, turn, length, config.seed + k))
     return prompts
 
 
-def token_budget(length: str, cap: int) -> int:
-    """Tokens allowed for a reply of the requested length."""
-    bounds = (*fmt.DEFAULT_LENGTH_BOUNDS, fmt.DEFAULT_LENGTH_BOUNDS[-1] * 2)
-    return min(cap, math.ceil(bounds[LENGTHS.index(length)] * _TOKENS_PER_WORD))
+def token_budget(length: str, cap: int,
+                 bounds: Sequence[int] = fmt.DEFAULT_LENGTH_BOUNDS) -> int:
+    """Tokens allowed for a reply of the requested length (``bounds``: the label bounds)."""
+    upper = (*bounds, bounds[-1] * 2)
+    return min(cap, math.ceil(upper[LENGTHS.index(length)] * _TOKENS_PER_WORD))
+
+
+def variant_defaults(config: EvalConfig, adapter: str) -> Defaults:
+    """The prompt policy and samplers of one variant: the options, else its adapter's card.
+
+    An option that overrides the card is logged (``limamono.eval``).
+    """
+    from limamono.models import resolve_adapter
+
+    chosen = adapter_card.defaults(resolve_adapter(adapter, config.model),
+                                   preset=config.preset, policy=config.policy)
+    for note in chosen.notes:
+        log.warning("%s: %s", adapter, note)
+    return chosen
 
 
 def generate_samples(engine: Any, prompts: Sequence[Prompt], config: EvalConfig,
-                     progress: Callable[[int], None] | None = None) -> list[Sample]:
-    """Generate and check one reply per prompt."""
-    from limamono.samplers import get_preset
-
-    base = get_preset(config.preset)
+                     progress: Callable[[int], None] | None = None,
+                     defaults: Defaults | None = None) -> list[Sample]:
+    """Generate and check one reply per prompt, under the variant's policy and samplers."""
+    chosen = defaults or adapter_card.defaults(None, config.preset, config.policy)
+    policy = chosen.policy
     out = []
     for prompt in prompts:
         conv = prompt.conversation
-        text = fmt.render(conv, open_response=True, response_length=prompt.requested_length)
-        done = engine.generate(text, base.replace(seed=prompt.seed),
-                               token_budget(prompt.requested_length, config.max_new_tokens),
-                               stop=fmt.stop_strings(conv.user.name))
+        text = policy.render(conv, response_length=prompt.requested_length)
+        budget = token_budget(prompt.requested_length, config.max_new_tokens,
+                              policy.length_bounds)
+        done = engine.generate(text, chosen.samplers.replace(seed=prompt.seed), budget,
+                               stop=policy.stop_strings(conv.user.name))
         check = check_reply(done.text, char_name=conv.character.name,
                             user_name=conv.user.name, history=prompt.history,
                             stop_string=done.stop_string,
@@ -182,17 +206,21 @@ def generate_samples(engine: Any, prompts: Sequence[Prompt], config: EvalConfig,
     return out
 
 
-def eval_loss(model: Any, tokenizer: Any, data: Path, seq_len: int) -> tuple[float, int]:
+def eval_loss(model: Any, tokenizer: Any, data: Path, seq_len: int,
+              policy: PromptPolicy | None = None) -> tuple[float, int]:
     """Mean cross-entropy over the supervised tokens of the held-out samples.
 
-    Returns (loss, supervised token count). Masks come from the dataset builder, so this is
-    exactly the loss the trainer reports on its eval split.
+    Returns (loss, supervised token count). Masks come from the dataset builder, with the
+    adapter's trigger and length bounds (``policy``), so this is exactly the loss the
+    trainer reports on its eval split.
     """
     import torch
 
     from limamono.dataset.build import BuildConfig, build
 
-    result = build(str(data), tokenizer, BuildConfig(seq_len=seq_len, val=0.0))
+    policy = policy or PromptPolicy()
+    result = build(str(data), tokenizer, BuildConfig(
+        seq_len=seq_len, val=0.0, trigger=policy.trigger, length_bounds=policy.length_bounds))
     samples = [s for s in result.samples if s.split == "eval"] or result.samples
     total, count = 0.0, 0
     model.eval()
@@ -214,9 +242,12 @@ def eval_loss(model: Any, tokenizer: Any, data: Path, seq_len: int) -> tuple[flo
 def evaluate_variant(engine: Any, adapter: str, conversations: Sequence[Conversation],
                      config: EvalConfig,
                      progress: Callable[[int], None] | None = None) -> VariantResult:
-    """Loss and behaviour of one loaded engine."""
-    loss, tokens = eval_loss(engine.model, engine.tokenizer, config.data, config.seq_len)
-    samples = generate_samples(engine, make_prompts(conversations, config), config, progress)
+    """Loss and behaviour of one loaded engine (its adapter's policy and samplers)."""
+    chosen = variant_defaults(config, adapter)
+    loss, tokens = eval_loss(engine.model, engine.tokenizer, config.data, config.seq_len,
+                             chosen.policy)
+    samples = generate_samples(engine, make_prompts(conversations, config), config, progress,
+                               chosen)
     return VariantResult(adapter, loss, math.exp(loss), tokens,
                          summarize(samples, seed=config.seed), samples)
 
