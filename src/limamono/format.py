@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from limamono.conversation import LENGTHS, Character, Conversation, Message, User
+from limamono.untrusted import quote
 
 #: Bumped when the rendered bytes change; stored in adapters and datasets.
 FORMAT_VERSION = "limamono-1"
@@ -117,7 +118,7 @@ class ParsedPrompt:
 def check_length(length: str | None, what: str = "length") -> str | None:
     """Return ``length`` if it is None or a known label, else raise FormatError."""
     if length is not None and length not in LENGTHS:
-        raise FormatError(f"{what} {length!r} is not one of {', '.join(LENGTHS)}")
+        raise FormatError(f"{what} {quote(length)} is not one of {', '.join(LENGTHS)}")
     return length
 
 
@@ -310,7 +311,7 @@ def _parse_sheet(sheet: str, first_line: int) -> tuple[Character, str]:
     lines = sheet.split("\n")
     for bad, line in enumerate(lines):
         if _HEADER_LINE.match(line):
-            raise FormatError(f"unexpected header {line!r} in the Instruction block",
+            raise FormatError(f"unexpected header {quote(line)} in the Instruction block",
                               line=first_line + bad)
     name, rest = lines[0], lines[1:]
     scenario = ""

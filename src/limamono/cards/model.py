@@ -11,11 +11,13 @@ from __future__ import annotations
 import codecs
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from limamono import untrusted
 from limamono.cards.limits import DEFAULT_LIMITS, CardError, CardLimits
+from limamono.untrusted import quote
 
 SPEC_V1 = "chara_card_v1"
 SPEC_V2 = "chara_card_v2"
@@ -131,7 +133,7 @@ def card_from_json(obj: Any, source: str) -> Card:
         warnings.extend(_check_v3_version(obj.get("spec_version"), source))
     data = obj.get("data")
     if not isinstance(data, dict):
-        raise CardError(source, f"field 'data' must be an object for spec {spec!r}, "
+        raise CardError(source, f"field 'data' must be an object for spec {quote(spec)}, "
                                 f"got {_kind(data)}")
     return Card(check_data(data, source), spec, copy.deepcopy(obj), None, source, warnings)
 
@@ -149,19 +151,24 @@ def _card_v1(obj: dict[str, Any], source: str) -> Card:
 
 def _future_spec(spec: str, source: str) -> str:
     number = spec.removeprefix("chara_card_v")
-    if spec.startswith("chara_card_v") and number.isdigit() and int(number) > 3:
+    if spec.startswith("chara_card_v") and number.isdigit() and len(number) < 6 \
+            and int(number) > 3:
         return SPEC_V3
-    raise CardError(source, f"unknown spec {spec!r} (expected {SPEC_V2!r} or {SPEC_V3!r})")
+    raise CardError(source, f"unknown spec {quote(spec)} (expected {SPEC_V2!r} or "
+                            f"{SPEC_V3!r})")
 
 
 def _check_v3_version(version: Any, source: str) -> list[str]:
     # The V3 spec says spec_version is parsed as a float; a newer minor/major still reads.
     try:
         number = float(version)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise CardError(source, f"field 'spec_version' must be a version like '3.0', "
-                                f"got {version!r}") from None
-    return [f"spec_version {version} is newer than 3.0"] if number >= 4 else []
+                                f"got {quote(version)}") from None
+    if not math.isfinite(number):
+        raise CardError(source, f"field 'spec_version' must be a version like '3.0', "
+                                f"got {quote(version)}")
+    return [f"spec_version {quote(version)} is newer than 3.0"] if number >= 4 else []
 
 
 def check_data(data: dict[str, Any], source: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from limamono.samplers import (
 )
 from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, ApiError
+from limamono.untrusted import quote
 
 log = logging.getLogger("limamono.server")
 
@@ -117,6 +118,21 @@ def first_present(body: Mapping[str, Any], names: Sequence[str]) -> tuple[str, A
     return None
 
 
+def whole_number(name: str, value: Any) -> int:
+    """A request's token count: an int (or a float with no fraction, as JavaScript clients
+    may send ``512.0``); anything else is a 400 naming the field.
+
+    Raises:
+        ApiError: text, a list, true/false, a fraction, NaN or infinity.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(BAD_REQUEST, f"{name}={quote(value)}: must be a whole number",
+                       field=name)
+    return value
+
+
 def sampler_settings(body: Mapping[str, Any], base: SamplerSettings,
                      dialect: str) -> SamplerSettings:
     """The request's samplers; a bad value is a 400 naming the wire field."""
@@ -131,7 +147,7 @@ def effective_context(body: Mapping[str, Any], dialect: str, engine_context: int
     found = first_present(body, CONTEXT_FIELDS[dialect])
     if found is None:
         return engine_context
-    name, value = found
+    name, value = found[0], whole_number(*found)
     if value < 1:
         raise ApiError(BAD_REQUEST, f"{name}={value}: must be at least 1 (or absent: "
                        f"the model's {engine_context})", field=name)
@@ -151,7 +167,7 @@ def max_new_tokens(body: Mapping[str, Any], dialect: str, default: int, context:
     found = first_present(body, MAX_TOKEN_FIELDS[dialect])
     if found is None:
         return min(default, limit)  # the server's default never refuses a request
-    name, value = found
+    name, value = found[0], whole_number(*found)
     if value < 1 or value > MAX_TOKENS_CAP:
         raise ApiError(BAD_REQUEST, f"{name}={value}: must be in [1, {MAX_TOKENS_CAP}]",
                        field=name)
@@ -176,7 +192,10 @@ def stop_strings(body: Mapping[str, Any], dialect: str, config: ServerConfig,
     """
     found = first_present(body, STOP_FIELDS[dialect])
     name, value = found if found is not None else ("stop", [])
-    given = [value] if isinstance(value, str) else list(value)
+    given = [value] if isinstance(value, str) else value
+    if not isinstance(given, list) or not all(isinstance(stop, str) for stop in given):
+        raise ApiError(BAD_REQUEST, f"{name} must be a string or a list of strings, got "
+                       f"{quote(value)}", field=name)
     if len(given) > config.max_stop_strings:
         raise ApiError(BAD_REQUEST, f"{name} has {len(given)} stop strings; at most "
                        f"{config.max_stop_strings} are allowed", field=name)
