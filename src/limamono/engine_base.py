@@ -35,6 +35,7 @@ from limamono.generation import (
     TextChunk,
     Truncation,
 )
+from limamono.phrasebans import PhraseFilter
 from limamono.textstream import IncrementalDecoder, StopMatcher
 
 if TYPE_CHECKING:
@@ -412,6 +413,10 @@ class EngineBase:
         """
         ids = self.fit_prompt(prompt, max_new_tokens, truncation)
         decoder = IncrementalDecoder(self._reply_text)
+        # Banned phrases: the filter holds back what could become one and asks layer 1 to
+        # rewind when one completes (its text then never reaches the stop matcher).
+        bans = PhraseFilter(settings.banned_strings, self._reply_text) \
+            if settings.banned_strings else None
         matcher = StopMatcher(stop)
         count, ended_by_eos = 0, False
         tokens = self.stream_tokens(ids, settings, max_new_tokens, cancel)
@@ -421,7 +426,17 @@ class EngineBase:
                 if token in self.eos_ids:
                     ended_by_eos = True
                     break
-                text = decoder.add(token)
+                if bans is None:
+                    text = decoder.add(token)
+                else:
+                    step = bans.add(token)
+                    if step.rollback:
+                        tokens.rollback(step.rollback, ban={step.ban} if step.ban is not None
+                                        else ())
+                        count -= step.rollback
+                        self.stats.rolled_back_tokens += step.rollback
+                        continue
+                    text = step.text
                 result = matcher.feed(text)
                 if result.text:
                     yield TextChunk(result.text, prompt_tokens=len(ids), completion_tokens=count)
@@ -429,7 +444,7 @@ class EngineBase:
                     break
         finally:
             tokens.close()
-        rest = decoder.flush()
+        rest = bans.flush() if bans is not None else decoder.flush()
         tail = "" if matcher.stopped else matcher.feed(rest).text + matcher.flush()
         reason: FinishReason = "stop"
         if matcher.stopped is None and not ended_by_eos:

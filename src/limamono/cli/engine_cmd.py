@@ -148,7 +148,7 @@ def generate_cmd(
                                      "('-' for stdin), e.g. the output of `limamono render "
                                      "--open`."),
     preset: str = typer.Option("limamono", "--preset", help="Sampler preset: 'limamono' "
-                               "(the card's settings) or 'greedy'."),
+                               "(the card's settings), 'limamono-dry' or 'greedy'."),
     max_tokens: int = typer.Option(200, "--max-tokens", "-n", min=1,
                                    help="Most new tokens to generate."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (same seed, same "
@@ -163,6 +163,8 @@ def generate_cmd(
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     stop: list[str] = typer.Option([], "--stop", "-s", help="Stop string (repeatable); the "
                                    "text never includes it. Escapes like \\n are understood."),
+    ban: list[str] = typer.Option([], "--ban", help="A phrase never to generate (repeatable; "
+                                  "case-insensitive): the engine rewinds and resamples."),
 ) -> None:
     """Continue a prompt with a model, streaming the text to stdout.
 
@@ -178,6 +180,8 @@ def generate_cmd(
         settings = get_preset(preset)
         if seed is not None:
             settings = replace(settings, seed=seed)
+        if ban:
+            settings = settings.replace(banned_strings=(*settings.banned_strings, *ban))
     except (SamplerError, ValueError) as exc:
         fail(str(exc))
     stops = [s.encode("utf-8").decode("unicode_escape") if "\\" in s else s for s in stop]

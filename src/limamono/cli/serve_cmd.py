@@ -35,7 +35,8 @@ def is_loopback(host: str) -> bool:
 def server_config(preset: str | None, queue: int, api_key: str | None,
                   cors_origins: list[str], max_body_mb: float, default_max_tokens: int,
                   adapter: str | None, model: str | None = None, policy: str | None = None,
-                  trigger: str | None = None) -> tuple[Any, tuple[str, ...]]:
+                  trigger: str | None = None, bans: tuple[str, ...] = (),
+                  ) -> tuple[Any, tuple[str, ...]]:
     """The :class:`~limamono.server.ServerConfig` for the options, and notes to show.
 
     The adapter's card (``limamono.json``) gives the prompt policy and the samplers unless
@@ -50,12 +51,21 @@ def server_config(preset: str | None, queue: int, api_key: str | None,
                          f"{max_body_mb}")
     adapter_dir = resolve_adapter(adapter, model)
     chosen = adapter_card.defaults(adapter_dir, preset=preset, policy=policy, trigger=trigger)
+    samplers = chosen.samplers
+    if bans:  # every request's banned strings are these plus its own
+        from limamono.samplers import SamplerError, get_preset
+
+        try:
+            base = samplers if samplers is not None else get_preset(chosen.preset)
+            samplers = base.replace(banned_strings=(*base.banned_strings, *bans))
+        except SamplerError as error:
+            raise ValueError(f"--ban: {error}") from None
     config = ServerConfig(preset=chosen.preset, queue=queue, api_key=api_key or None,
                           cors_origins=tuple(cors_origins),
                           max_body_bytes=int(max_body_mb * 1024 * 1024),
                           default_max_tokens=default_max_tokens,
                           adapter_name=adapter_dir.name if adapter_dir else None,
-                          prompt_policy=chosen.policy, samplers=chosen.samplers)
+                          prompt_policy=chosen.policy, samplers=samplers)
     return config, chosen.notes
 
 
@@ -100,12 +110,16 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
         backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+        ban: list[str] = typer.Option(
+            [], "--ban", help="A phrase never to generate (repeatable; case-insensitive; "
+            "added to each request's banned_strings). The engine rewinds and resamples."),
     ) -> None:
         if context is not None and context < 1:
             fail(f"--context must be a positive number of tokens, got {context}")
         try:
             config, notes = server_config(preset, queue, api_key, cors_origin, max_body_mb,
-                                          max_tokens, adapter, model, policy, trigger)
+                                          max_tokens, adapter, model, policy, trigger,
+                                          tuple(ban))
         except ValueError as error:
             fail(str(error))
         for note in notes:

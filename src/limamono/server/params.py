@@ -137,7 +137,12 @@ def sampler_settings(body: Mapping[str, Any], base: SamplerSettings,
                      dialect: str) -> SamplerSettings:
     """The request's samplers; a bad value is a 400 naming the wire field."""
     try:
-        return settings_from_fields(body, base, dialect)
+        settings = settings_from_fields(body, base, dialect)
+        if base.banned_strings and settings.banned_strings != base.banned_strings:
+            # the server's own bans (``serve --ban``) hold for every request
+            settings = settings.replace(banned_strings=tuple(dict.fromkeys(
+                (*base.banned_strings, *settings.banned_strings))))
+        return settings
     except SamplerError as error:
         raise ApiError(BAD_REQUEST, str(error), field=error.field) from None
 
