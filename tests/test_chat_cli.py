@@ -66,7 +66,7 @@ def test_every_slash_command(engine: ScriptedEngine, tmp_path: Path) -> None:
     output = chat(tmp_path / "c.db", [
         "Hello.", "/regen", "/swipe 1", "/continue", "/length short", "/input-length micro",
         "Next message.", "/edit Fixed text.", "/undo", "/chats", f"/save {export}", "/help",
-        "/bogus", "/swipe x", "/quit", "never read"])
+        "/bogus", "/swipe x", "/input-length auto", "/quit", "never read"])
     assert "Mira Holt: Second reply.\n  (swipe 2/2)" in output
     assert "Mira Holt: First reply.\n  (swipe 1/2)" in output
     assert "(continuing) And more." in output
@@ -78,6 +78,7 @@ def test_every_slash_command(engine: ScriptedEngine, tmp_path: Path) -> None:
     assert "│ 1  │ Mira Holt │ Tom" in output
     assert f"saved as chat 1 in {tmp_path / 'c.db'}" in output
     assert "/input-length X" in output
+    assert "your latest message is labelled by its word count" in output
     assert "unknown command '/bogus'" in output
     assert "/swipe needs a number, got 'x'" in output
     assert len(engine.prompts) == 4, "nothing after /quit was read"

@@ -27,7 +27,7 @@ HELP = """\
 /swipe N         show swipe N of the last reply
 /continue        make the last reply longer
 /length X        length of the next replies: micro tiny short medium long massive huge
-/input-length X  length label of your messages
+/input-length X  length label of your latest message (auto: by its word count)
 /edit TEXT       replace the text of the last message
 /undo            undo the last change
 /chats           list saved chats
@@ -232,8 +232,12 @@ class ChatLoop:
         return True
 
     def input_length(self, argument: str) -> bool:
+        if argument in ("", "auto"):
+            self.session.input_length = None
+            out.print("your latest message is labelled by its word count")
+            return True
         self.session.input_length = argument
-        out.print(f"your messages are now labelled {argument}")
+        out.print(f"your latest message is now labelled {argument}")
         return True
 
     def edit(self, argument: str) -> bool:
