@@ -222,3 +222,18 @@ def test_cli_continue_and_argument_errors(scripted, tmp_path):
     bad = runner.invoke(app, ["data", "draft", "--continue", str(first), "--user-lengths",
                               "tiny,vast", "-o", str(tmp_path)])
     assert bad.exit_code == 2 and "--user-lengths 'tiny,vast'" in bad.output
+
+
+@pytest.mark.slow
+def test_draft_on_the_embedded_model(tmp_path):
+    from limamono.cli import app
+
+    card = REPO / "examples" / "characters" / "orrin.png"
+    result = CliRunner().invoke(app, ["data", "draft", "--card", str(card), "--turns", "3",
+                                      "--max-tokens", "48", "--seed", "1", "--threads", "1",
+                                      "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    conv = loads_yaml((tmp_path / "orrin-draft-1.yaml").read_text())
+    assert [m.role for m in conv.messages] == ["char", "user", "char"]
+    assert all(m.text and "###" not in m.text for m in conv.messages)
+    assert conv.meta["draft"] is True and isinstance(conv.meta["lint"], list)

@@ -44,7 +44,8 @@ def draft_cmd(
                               "an HF folder, a GGUF file or a cached hub id."),
     adapter: str = typer.Option("none", "--adapter", help="Adapter folder, 'demo' or 'none' "
                                 "(a base model drafts, as the card's data was made)."),
-    preset: str = typer.Option("limamono", "--preset", help="Sampler preset."),
+    preset: str | None = typer.Option(None, "--preset", help="Sampler preset (default: the "
+                                      "adapter's, else limamono)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the first draft (draft j "
                                     "uses seed + 10000 j); default: a random one, recorded."),
     count: int = typer.Option(1, "-n", min=1, help="Number of drafts."),
@@ -78,10 +79,12 @@ def draft_cmd(
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"{output}: cannot create the folder ({exc.strerror})")
+    # The adapter's card (trigger, length bounds, stop strings, samplers) as chat uses it.
+    settings, policy = chat_cmd.adapter_defaults(adapter, model, preset, None, None)
     engine = chat_cmd.make_engine(model, None if adapter == "none" else adapter, threads)
-    settings = chat_cmd.make_settings(preset, None)
     for draft_seed, target in zip(seeds, targets, strict=True):
-        if not _one_draft(engine, settings, start, plan, draft_seed, target, model, adapter):
+        if not _one_draft(engine, settings, policy, start, plan, draft_seed, target, model,
+                          adapter):
             break
 
 
@@ -111,8 +114,8 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "character"
 
 
-def _one_draft(engine: Any, settings: Any, start: Conversation, plan: Any, seed: int,
-               target: Path, model: str, adapter: str) -> bool:
+def _one_draft(engine: Any, settings: Any, policy: Any, start: Conversation, plan: Any,
+               seed: int, target: Path, model: str, adapter: str) -> bool:
     """Write one draft; False when drafting was cancelled (no further drafts)."""
     from rich.progress import (
         BarColumn,
@@ -132,7 +135,7 @@ def _one_draft(engine: Any, settings: Any, start: Conversation, plan: Any, seed:
                   MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar, \
             ctrl_c_sets(cancel):
         task = bar.add_task(f"draft {target.name}: turns", total=plan.turns)
-        draft = draft_conversation(engine, settings, start, plan, seed, cancel=cancel,
+        draft = draft_conversation(engine, settings, start, plan, seed, policy, cancel=cancel,
                                    on_turn=lambda done, total, _m: bar.update(task,
                                                                               completed=done))
     if draft.new_turns == 0:
