@@ -43,11 +43,14 @@ class ConversionProgress:
             self._progress = None
 
 
-def load_engine_for_cli(model: str, adapter: str | None, dtype: str,
-                        threads: int | None, backend: str = "auto") -> Any:
-    """Load an engine with a conversion progress bar; model errors end the command (exit 2).
+def load_engine_for_cli(model: str, adapter: str | None, dtype: str = "auto",
+                        threads: int | None = None, backend: str = "auto",
+                        context: int | None = None) -> Any:
+    """The one engine loader of the CLI (generate, chat, demo, serve, eval).
 
-    Other command modules (chat, serve, eval) may use this too.
+    ``limamono.engine.load_engine`` with a conversion progress bar (shown only when the
+    embedded model needs converting); a model that cannot be loaded ends the command with
+    its error and fix (exit 2).
     """
     from transformers.utils import logging as hf_logging
 
@@ -58,8 +61,8 @@ def load_engine_for_cli(model: str, adapter: str | None, dtype: str,
     progress = ConversionProgress()
     try:
         return load_engine(model, adapter=adapter, dtype=dtype, threads=threads,
-                           progress=progress, backend=backend)
-    except ModelError as exc:
+                           context_length=context, progress=progress, backend=backend)
+    except (ModelError, ValueError) as exc:
         fail(str(exc))
     finally:
         progress.close()

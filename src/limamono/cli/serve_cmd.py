@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from limamono.cli.common import BACKEND_HELP, dim, err, fail, warn
+from limamono.cli.common import BACKEND_HELP, err, fail, warn
 from limamono.models import DTYPE_HELP
 
 _HELP = (
@@ -133,16 +133,9 @@ def register(app: typer.Typer) -> None:
 
 def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
           context: int | None, backend: str = "auto") -> Any:
-    from limamono.engine import load_engine
-    from limamono.models import ModelError
+    from limamono.cli.engine_cmd import load_engine_for_cli
 
-    try:
-        return load_engine(model, adapter=adapter, dtype=dtype, threads=threads,
-                           context_length=context, backend=backend,
-                           progress=lambda what, done, total: err.print(
-                               dim(f"{what} {done}/{total}")))
-    except (ModelError, ValueError) as error:
-        fail(str(error))
+    return load_engine_for_cli(model, adapter, dtype, threads, backend, context)
 
 
 def _run(engine: Any, config: Any, host: str, port: int, log_level: str) -> None:

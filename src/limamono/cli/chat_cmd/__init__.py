@@ -38,16 +38,11 @@ DEMO_TURNS = (
 
 def make_engine(model: str, adapter: str | None, threads: int | None = None,
                 backend: str = "auto") -> Engine:
-    """Load the engine (tests replace this function with a scripted engine)."""
-    from limamono.engine import load_engine
-    from limamono.models import ModelError
+    """Load the engine through the CLI's one loader (tests replace this function with a
+    scripted engine)."""
+    from limamono.cli.engine_cmd import load_engine_for_cli
 
-    try:
-        return load_engine(model, adapter=adapter, threads=threads, backend=backend,
-                           progress=lambda what, done, total: err.print(
-                               dim(f"{what} {done}/{total}")))
-    except ModelError as exc:
-        fail(str(exc))
+    return load_engine_for_cli(model, adapter, threads=threads, backend=backend)
 
 
 def make_settings(preset: str, seed: int | None) -> Any:
