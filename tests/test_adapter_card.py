@@ -91,3 +91,23 @@ def test_a_broken_card_names_the_file_and_field(tmp_path, text, message):
     with pytest.raises(adapter_card.AdapterCardError, match=message) as caught:
         adapter_card.read_card(tmp_path)
     assert str(tmp_path / "limamono.json") in str(caught.value)
+
+
+def test_serve_takes_its_policy_and_samplers_from_the_adapter(tmp_path):
+    from limamono.cli.serve_cmd import server_config
+
+    folder = write_card(tmp_path / "a", trigger="preset", length_bounds=[5, 10, 20, 40, 80, 160],
+                        sampler_preset={"name": "greedy", "values": None})
+    config, notes = server_config(None, 4, None, [], 1.0, 64, str(folder))
+    assert (config.prompt_policy.trigger, config.prompt_policy.length_bounds) == (
+        "preset", (5, 10, 20, 40, 80, 160))
+    assert config.sampler_settings() == get_preset("greedy")
+    assert (config.adapter_name, notes) == ("a", ())
+    config, notes = server_config("limamono", 4, None, [], 1.0, 64, str(folder),
+                                  policy="sillytavern")
+    assert config.sampler_settings() == get_preset("limamono")
+    assert config.prompt_policy.name == "sillytavern"
+    assert notes == ("--policy sillytavern overrides the adapter's training",
+                     "--preset limamono overrides the adapter's greedy")
+    with pytest.raises(ValueError, match="unknown preset"):
+        server_config("warp", 4, None, [], 1.0, 64, "none")

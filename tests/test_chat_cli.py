@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from limamono import format as fmt
 from limamono.cli import app, chat_cmd
 from limamono.generation import TextChunk
+from limamono.samplers import get_preset
 from limamono.store import ChatStore, Saved
 from test_chat import ScriptedEngine
 
@@ -418,3 +420,34 @@ def test_a_stale_save_is_reported_and_the_chat_reloads_and_goes_on(
     assert "was changed by another process" in flat(capsys.readouterr().err)
     assert [m.text for m in loop_a.session.history][1:] == texts
     assert [m.text for m in ChatStore(db).load_chat(1).messages][1:] == texts
+
+
+class StopRecorder(ScriptedEngine):
+    """The scripted engine, also keeping the stop strings and samplers of every call."""
+
+    def __init__(self, replies: list[str]) -> None:
+        super().__init__(replies)
+        self.stops: list[list[str]] = []
+
+    def stream_text(self, prompt, settings, max_new_tokens, stop=(), **kwargs):
+        self.stops.append(list(stop))
+        return super().stream_text(prompt, settings, max_new_tokens, stop, **kwargs)
+
+
+def test_the_adapters_card_sets_the_chats_trigger_stops_and_samplers(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    engine = StopRecorder(["Aye.", "Aye."])
+    monkeypatch.setattr(chat_cmd, "make_engine", lambda *a, **k: engine)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "limamono.json").write_text(json.dumps({
+        "trigger": "preset", "stop_strings": ["###", "THE END"],
+        "sampler_preset": {"name": "greedy", "values": None}}))
+    chat(tmp_path / "c.db", ["Hello there."], "--adapter", str(adapter))
+    assert engine.prompts[0].startswith(fmt.TRIGGERS["preset"] + "\n\n### Instruction:\n")
+    assert engine.stops[0] == ["###", "THE END", "\nTom:"]
+    assert engine.settings[0] == get_preset("greedy")
+    output = chat(tmp_path / "d.db", ["Hello there."], "--adapter", str(adapter),
+                  "--preset", "limamono")
+    assert "note: --preset limamono overrides the adapter's greedy" in output
+    assert engine.settings[-1] == get_preset("limamono")
