@@ -110,8 +110,9 @@ def test_run_and_report(tiny, tmp_path):
 
 def test_bad_config_lists_every_problem():
     with pytest.raises(ValueError) as info:
-        EvalConfig(data=DATA, lengths=("long", "vast"), samples=0)
+        EvalConfig(data=DATA, lengths=("long", "vast"), samples=0, policy="chat")
     assert "vast" in str(info.value) and "samples" in str(info.value)
+    assert "policy 'chat' is not one of training, sillytavern" in str(info.value)
 
 
 @pytest.mark.parametrize(("args", "samples", "max_tokens"), [

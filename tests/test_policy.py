@@ -210,3 +210,16 @@ def test_hidden_messages_are_never_rendered_nor_counted():
         + "\n\n### Response: (length = long)\nMira:"
     fitted = policy.fit(conv, chars, context=len(essential) + 1, max_new_tokens=1)
     assert (fitted.text, fitted.dropped) == (essential, 1)
+
+
+def test_token_counter_counts_what_the_engine_feeds():
+    class Plain:
+        def tokenize(self, text):
+            return list(text)
+
+    class WithBos(Plain):
+        def prompt_ids(self, text):
+            return [1, *self.tokenize(text)]
+
+    assert pol.token_counter(Plain())("abc") == 3
+    assert pol.token_counter(WithBos())("abc") == 4  # BOS counts against the budget

@@ -32,6 +32,9 @@ def eval_cmd(
                                "wide to judge the targets."),
     preset: str | None = typer.Option(None, "--preset", help="Sampler preset (default: each "
                                       "adapter's own, else limamono)."),
+    policy: str | None = typer.Option(None, "--policy", help="Prompt policy: training or "
+                                      "sillytavern (default: each adapter's own, else "
+                                      "training)."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (1 is best on "
                                        "a busy machine)."),
@@ -65,7 +68,7 @@ def eval_cmd(
     try:
         config = EvalConfig(data=data, model=model, adapters=tuple(adapter), lengths=chosen,
                             samples=samples, seed=seed, max_new_tokens=max_tokens,
-                            preset=preset, dtype=dtype, threads=threads)
+                            preset=preset, policy=policy, dtype=dtype, threads=threads)
     except ValueError as exc:
         fail(str(exc))
     if not data.is_dir():

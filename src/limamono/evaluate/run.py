@@ -23,7 +23,7 @@ from limamono.adapter_card import Defaults
 from limamono.conversation import LENGTHS, Conversation
 from limamono.evaluate.intervals import trials_for_half_width
 from limamono.evaluate.metrics import TARGETS, BehaviourSummary, Sample, check_reply, summarize
-from limamono.policy import PromptPolicy
+from limamono.policy import POLICIES, PromptPolicy
 
 log = logging.getLogger("limamono.eval")
 
@@ -92,6 +92,8 @@ class EvalConfig:
             problems.append(f"samples must be >= 1, got {self.samples}")
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.policy is not None and self.policy not in POLICIES:
+            problems.append(f"policy {self.policy!r} is not one of {', '.join(POLICIES)}")
         if problems:
             raise ValueError("invalid eval config: " + "; ".join(problems))
 
