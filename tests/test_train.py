@@ -84,6 +84,25 @@ def test_warmup_follows_axolotls_default_rule():
     assert warmup_steps(TrainConfig(num_epochs=3), 5000) == 100
 
 
+@pytest.mark.parametrize(("flags", "bf16"), [(("avx2",), False),
+                                             (("avx512_bf16", "amx_bf16"), True)])
+def test_bf16_auto_follows_the_dtype_rule(flags, bf16, tmp_path, monkeypatch):
+    from limamono import models
+    from limamono.train.run import precision
+
+    if models.detect_hardware().cuda:
+        pytest.skip("CUDA decides before the CPU")
+    monkeypatch.setattr(models, "detect_hardware", lambda: models.Hardware(
+        False, False, "AVX512", frozenset(flags)))
+    messages: list[str] = []
+    config = make_config({"data": str(tmp_path), "load_in_8bit": False})
+    assert precision(config, messages.append) == (bf16, False)
+    reason = models.choose_dtype("auto").reason
+    assert messages == [f"bf16: auto means {'bf16' if bf16 else 'fp32'} here ({reason})"]
+    forced = make_config({"data": str(tmp_path), "load_in_8bit": False, "bf16": "false"})
+    assert precision(forced, messages.append) == (False, False)
+
+
 def test_pad_collator_pads_to_sequence_len_or_longest():
     from limamono.train import PadCollator
 

@@ -57,11 +57,15 @@ def precision(config: TrainConfig, notify: Notify) -> tuple[bool, bool]:
     """``(bf16, load_in_8bit)`` for this machine; says aloud what the recipe cannot have."""
     import torch
 
+    from limamono.models import choose_dtype
+
     cuda = torch.cuda.is_available()
     if config.bf16 == "auto":
-        # On CPU, bf16 autocast measured 6x slower than fp32 for a training step here
-        # (AVX2, no native bf16; docs/BENCHMARKS.md), so auto means bf16 on CUDA only.
-        bf16 = cuda and torch.cuda.is_bf16_supported()
+        # The inference rule: bf16 only where it is native. On a CPU without it, bf16
+        # autocast measured 6x slower than fp32 for a training step (docs/BENCHMARKS.md).
+        choice = choose_dtype("auto")
+        bf16 = choice.dtype == "bf16"
+        notify(f"bf16: auto means {'bf16' if bf16 else 'fp32'} here ({choice.reason})")
     else:
         bf16 = config.bf16 == "true"
     eight_bit = False
