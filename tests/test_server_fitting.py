@@ -218,3 +218,32 @@ def test_sillytavern_personality_markers_and_names():
     assert stchat.conversation(messages, user_name="Cy").user.name == "Bo_Ek"
     unnamed = [{k: v for k, v in m.items() if k != "name"} for m in messages]
     assert stchat.conversation(unnamed).user.name == "Bo"  # from the main prompt
+
+
+@dataclass
+class BosEngine(TokenizerEngine):
+    """A fake engine on a tokenizer that adds BOS, feeding BOS before every prompt."""
+
+    def prompt_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))  # add_special_tokens: BOS first
+
+
+def test_the_repro_on_mistrals_tokenizer_counts_bos(shared_dir, mistral_tokenizer, caplog):
+    body = repro(shared_dir)
+    prompt = body["prompt"]
+    fed = len(mistral_tokenizer.encode(prompt))
+    assert mistral_tokenizer.encode(prompt)[0] == mistral_tokenizer.bos_token_id
+    # Exactly the whole prompt with its BOS: nothing is cut.
+    engine = BosEngine(reply=" Aye.", context_length=fed + 8, tokenizer=mistral_tokenizer)
+    with serve(engine) as client:
+        assert client.post("/v1/completions", json=body).status_code == 200
+    assert engine.calls[0].prompt == prompt
+    # One token less (the BOS): the oldest turn goes, the user's message stays.
+    engine = BosEngine(reply=" Aye.", context_length=fed + 8 - 1, tokenizer=mistral_tokenizer)
+    caplog.set_level(logging.INFO, "limamono.server")
+    with serve(engine) as client:
+        assert client.post("/v1/completions", json=body).status_code == 200
+    assert engine.calls[0].prompt == prompt.replace(
+        "\n\n### Response:\nEdda Varn: \"Who's there?\"", "")
+    [line] = cut_lines(caplog)
+    assert line.startswith(f"prompt cut to fit: {fed} -> ")
