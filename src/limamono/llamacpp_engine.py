@@ -317,3 +317,25 @@ def load_llamacpp(path: str | os.PathLike[str], name: str | None = None,
     """A :class:`LlamaCppEngine` for ``path`` (see there)."""
     return LlamaCppEngine(path, name=name, context_length=context_length,
                           cache_entries=cache_entries, threads=threads)
+
+
+def self_check() -> str:
+    """Load the embedded model in llama.cpp and decode a few tokens (``make setup`` runs it).
+
+    Raises:
+        limamono.models.ModelError: llama-cpp-python is missing or cannot load the model.
+        RuntimeError: Decoding failed.
+    """
+    from limamono.models import embedded_gguf
+    from limamono.samplers import get_preset
+
+    engine = LlamaCppEngine(embedded_gguf(), context_length=256, threads=1)
+    try:
+        reply = engine.generate("The capital of France is", get_preset("greedy"), 4)
+    finally:
+        engine.close()
+    return f"llama.cpp engine works: {reply.completion_tokens} tokens decoded"
+
+
+if __name__ == "__main__":
+    print(self_check())
