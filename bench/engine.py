@@ -35,7 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Engine and samplers: `bench/engine.py`"
 DTYPE_NOTE = (
-    "The dtype table is the trade behind `--dtype auto` (bf16 on CPU): bf16 decodes faster "
+    "The dtype table is why `--dtype auto` is bf16 only on CPUs with native bf16 (see "
+    "`bench/dtype.py`): bf16 decodes faster "
     "but, on a CPU without native bf16 matrix units, evaluates prompts several times slower "
     "than fp32. KV-cache reuse keeps chat prompts short, so chat and serving gain; work "
     "that is all prefill (a first turn on a long sheet, evaluation loss, one-shot prompts) "
