@@ -210,3 +210,12 @@ def test_hf_chat_template_gives_the_same_string_as_render(tokenizer):
     expected = fmt.render(replace(conv, user=User("User"), messages=[
         replace(m, length=None) for m in conv.messages]))
     assert tokenizer.apply_chat_template(plain, tokenize=False) == expected
+
+
+def test_from_chat_messages_with_a_char_name_and_a_sheet_without_it():
+    conv = fmt.from_chat_messages([{"role": "system", "content": "A baker.\nScenario: Dawn."},
+                                   {"role": "user", "content": "Hi."}], char_name="Ann")
+    assert (conv.character, conv.scenario) == (Character("Ann", "A baker."), "Dawn.")
+    same = fmt.from_chat_messages([{"role": "system", "content": "Ann\nA baker."}],
+                                  char_name="Ann")
+    assert same.character == Character("Ann", "A baker.")
