@@ -160,6 +160,8 @@ class Engine(EngineBase):
         self.context_length = int(limit)
         self.device = next(model.parameters()).device
         self.eos_ids = _eos_ids(model, tokenizer)
+        #: Size of the logits (token ids of a request must be below it).
+        self.n_vocab = int(model.get_output_embeddings().weight.shape[0])
         self.start_ids = tuple(tokens.start_ids(tokenizer))
         self.prompt_cache = PromptCache(cache_entries, lambda: DynamicCache(config=model.config))
         # transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns).

@@ -33,6 +33,7 @@ from limamono.generation import (
     ContextOverflowError,
     FinishReason,
     TextChunk,
+    TokenLogprob,
     Truncation,
 )
 from limamono.phrasebans import PhraseFilter
@@ -106,6 +107,8 @@ class _Control:
     rollback: int = 0  # tokens to drop before the next one is sampled
     bans: dict[int, set[int]] = field(default_factory=dict)  # reply index -> banned ids
     done: bool = False  # the loop has ended: nothing can be rolled back any more
+    #: Per reply token (when the settings ask): (id, logprob, [(id, logprob), ...]).
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
 
 
 class TokenStream(Iterator[int]):
@@ -119,6 +122,12 @@ class TokenStream(Iterator[int]):
     def __init__(self, tokens: Generator[int, None, None], control: _Control) -> None:
         self._tokens = tokens
         self._control = control
+
+    @property
+    def logprobs(self) -> list[tuple[int, float, list[tuple[int, float]]]]:
+        """Per token of the reply so far, when the settings ask for log-probabilities:
+        (id, logprob, the top alternatives as (id, logprob))."""
+        return self._control.logprobs
 
     def __next__(self) -> int:
         try:
@@ -312,12 +321,15 @@ class EngineBase:
                 token = sampler.sample(context[:n], _banned(logits, control.bans.get(reply)),
                                        generator)
                 context[n] = token
+                if settings.logprobs is not None:
+                    control.logprobs.append(_logprob_entry(logits, token, settings.logprobs))
                 reply += 1
                 control.yielded = reply
                 yield token
                 if control.rollback:
                     reply -= control.rollback
                     control.yielded, control.rollback = reply, 0
+                    del control.logprobs[reply:]
                     keep = len(ids) + reply  # the last kept token is re-run for its logits
                     consistent = False
                     slot.crop(keep - 1)
@@ -419,6 +431,7 @@ class EngineBase:
             if settings.banned_strings else None
         matcher = StopMatcher(stop)
         count, ended_by_eos = 0, False
+        sent = 0  # tokens whose log-probabilities went out with a chunk
         tokens = self.stream_tokens(ids, settings, max_new_tokens, cancel)
         try:
             for token in tokens:
@@ -439,7 +452,10 @@ class EngineBase:
                     text = step.text
                 result = matcher.feed(text)
                 if result.text:
-                    yield TextChunk(result.text, prompt_tokens=len(ids), completion_tokens=count)
+                    safe = count if bans is None else bans.released_tokens
+                    yield TextChunk(result.text, prompt_tokens=len(ids), completion_tokens=count,
+                                    logprobs=self._chunk_logprobs(tokens, sent, safe))
+                    sent = max(sent, safe)
                 if result.stop is not None:
                     break
         finally:
@@ -450,8 +466,19 @@ class EngineBase:
         if matcher.stopped is None and not ended_by_eos:
             cancelled = cancel is not None and cancel.is_set() and count < max_new_tokens
             reason = "cancelled" if cancelled else "length"
+        reply_tokens = count - 1 if ended_by_eos else count
         yield TextChunk(tail, finish_reason=reason, prompt_tokens=len(ids),
-                        completion_tokens=count, stop_string=matcher.stopped)
+                        completion_tokens=count, stop_string=matcher.stopped,
+                        logprobs=self._chunk_logprobs(tokens, sent, reply_tokens))
+
+    def _chunk_logprobs(self, tokens: Iterator[int], start: int, end: int,
+                        ) -> tuple[TokenLogprob, ...]:
+        """Layer 1's log-probabilities of reply tokens ``start:end``, with their text (none
+        when the settings did not ask for them)."""
+        entries = getattr(tokens, "logprobs", ())[start:end]
+        return tuple(TokenLogprob(self.detokenize([token]), token, logprob,
+                                  tuple((self.detokenize([i]), i, lp) for i, lp in top))
+                     for token, logprob, top in entries)
 
     # -- layer 3 --------------------------------------------------------------------------
 
@@ -466,6 +493,18 @@ class EngineBase:
             parts.append(last.text)
         return Completion("".join(parts), last.finish_reason or "length", last.prompt_tokens,
                           last.completion_tokens, last.stop_string)
+
+
+def _logprob_entry(logits: torch.Tensor, token: int, top: int,
+                   ) -> tuple[int, float, list[tuple[int, float]]]:
+    """The sampled token's log-probability under the model and the ``top`` most likely."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    best = torch.topk(logp, min(top, logp.numel())) if top else None
+    alternatives = [] if best is None else list(zip(best.indices.tolist(),
+                                                    best.values.tolist(), strict=True))
+    return token, float(logp[token]), alternatives
 
 
 def _banned(logits: torch.Tensor, ban: set[int] | None) -> torch.Tensor:

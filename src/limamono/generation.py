@@ -23,6 +23,24 @@ class ContextOverflowError(ValueError):
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model, with the most likely ones.
+
+    Attributes:
+        token: The token's text.
+        id: Its id.
+        logprob: Natural log of its probability in the model's distribution (before the
+            samplers, as vLLM and text-generation-webui report it).
+        top: The ``n`` most likely tokens there, as (text, id, logprob), most likely first.
+    """
+
+    token: str
+    id: int
+    logprob: float
+    top: tuple[tuple[str, int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextChunk:
     """One piece of streamed text (layer 2 of generation).
 
@@ -36,6 +54,8 @@ class TextChunk:
     completion_tokens: int = 0
     #: The stop string that ended the reply, when ``finish_reason == "stop"`` by a string.
     stop_string: str | None = None
+    #: Log-probabilities of the tokens this chunk completes (when the settings ask for them).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

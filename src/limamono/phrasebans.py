@@ -94,6 +94,12 @@ class PhraseFilter:
                         phrase, self.max_retries, position)
         return FilterStep(self._release(self._safe_end()))
 
+    @property
+    def released_tokens(self) -> int:
+        """Reply tokens whose text has been released in full (they can no longer be
+        taken back)."""
+        return bisect.bisect_right(self._ends, self._released)
+
     def flush(self) -> str:
         """At the end of the reply: the held-back text (no banned phrase completed in it)."""
         self.text += self._decoder.flush()

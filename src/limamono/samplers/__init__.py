@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from limamono.samplers.settings import (
     KOBOLDCPP_DEFAULT_ORDER,
     KOBOLDCPP_SAMPLERS,
+    MAX_LOGPROBS,
     PRESETS,
     TEXTGEN_DEFAULT_PRIORITY,
     SamplerError,
@@ -53,7 +54,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "KOBOLDCPP_DEFAULT_ORDER", "KOBOLDCPP_SAMPLERS", "PRESETS", "TEXTGEN_DEFAULT_PRIORITY",
+    "KOBOLDCPP_DEFAULT_ORDER", "KOBOLDCPP_SAMPLERS", "MAX_LOGPROBS", "PRESETS",
+    "TEXTGEN_DEFAULT_PRIORITY",
     "Sampler", "SamplerError", "SamplerLogitsProcessor", "SamplerSettings",
     "apply_temperature", "bench_overhead", "generate_kwargs", "get_preset",
     "koboldcpp_repetition_penalty", "make_sampler", "min_p", "presence_frequency_penalty",

@@ -71,6 +71,8 @@ DRY_DEFAULT_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*")
 MAX_LOGIT_BIAS = 100.0
 #: Most banned strings in one request, and the longest one (characters).
 MAX_BANNED_STRINGS, MAX_BANNED_CHARS = 256, 200
+#: Most alternatives reported per token (OpenAI's ``top_logprobs`` limit).
+MAX_LOGPROBS = 20
 
 
 class SamplerError(ValueError):
@@ -225,6 +227,8 @@ class SamplerSettings:
         banned_strings: Phrases that never appear in the output (case-insensitive): the
             engine rewinds and resamples when one is generated (KoboldCpp/TabbyAPI's
             ``banned_strings``).
+        logprobs: Report each generated token's log-probability and the ``logprobs`` most
+            likely alternatives (at most 20); None: do not.
     """
 
     temperature: float = 1.0
@@ -265,6 +269,7 @@ class SamplerSettings:
     logit_bias: tuple[tuple[int, float], ...] = ()
     custom_token_bans: tuple[int, ...] = ()
     banned_strings: tuple[str, ...] = ()
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         """Validate every field and normalise numbers and sequences to their declared types."""
@@ -347,6 +352,8 @@ def _validated_extras(s: SamplerSettings) -> dict[str, Any]:
         "logit_bias": check_logit_bias(s.logit_bias),
         "custom_token_bans": check_token_ids("custom_token_bans", s.custom_token_bans),
         "banned_strings": check_banned_strings(s.banned_strings),
+        "logprobs": None if s.logprobs is None else check_int("logprobs", s.logprobs, 0,
+                                                              MAX_LOGPROBS),
     }
 
 

@@ -97,8 +97,8 @@ UNSUPPORTED_OFF: dict[str, Any] = {
     "encoder_repetition_penalty": 1, "no_repeat_ngram_size": 0, "penalty_alpha": 0,
     "guidance_scale": 1, "negative_prompt": "", "grammar": "", "grammar_string": "",
     "json_schema": {},
-    # OpenAI fields not implemented yet (issue 11 item 13; 0 also matches false).
-    "logprobs": 0, "top_logprobs": 0, "echo": False,
+    # OpenAI's echo (the prompt repeated in the reply; SillyTavern never asks for it).
+    "echo": False,
 }
 
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from limamono import __version__
 from limamono.generation import TextChunk
 from limamono.server.errors import BAD_REQUEST, ApiError, stream_error
+from limamono.server.logprobs import chat_logprobs
 from limamono.server.params import GenerationRequest, text_request
 from limamono.server.schemas import AbortRequest, KoboldGenerateRequest, TokenCountRequest
 from limamono.server.state import (
@@ -39,15 +40,19 @@ def kobold_request(body: KoboldGenerateRequest, state: ServerState) -> Generatio
         raise ApiError(BAD_REQUEST, "prompt is empty; send the text to continue",
                        field="prompt")
     return text_request(body_fields(body), prompt, "koboldcpp", clamp=True,
-                        config=state.config, engine_context=state.engine.context_length)
+                        config=state.config, engine_context=state.engine.context_length,
+                        vocab_size=getattr(state.engine, "n_vocab", None))
 
 
 def kobold_events(chunk: TextChunk) -> list[str]:
     """The Kobold SSE events of one chunk (an empty non-final chunk sends nothing)."""
     reason = wire_finish_reason(chunk.finish_reason)
-    if not chunk.text and reason is None:
+    if not chunk.text and reason is None and not chunk.logprobs:
         return []
-    return [sse({"token": chunk.text, "finish_reason": reason or "null"}, event="message")]
+    data: dict[str, Any] = {"token": chunk.text, "finish_reason": reason or "null"}
+    if chunk.logprobs:
+        data["logprobs"] = chat_logprobs(chunk.logprobs)
+    return [sse(data, event="message")]
 
 
 def kobold_error_event(message: str) -> str:
@@ -92,10 +97,12 @@ def router(state: ServerState) -> APIRouter:
     async def generate(body: KoboldGenerateRequest, request: Request) -> dict[str, Any]:
         job = await state.submit(kobold_request(body, state))
         reply = await state.reply(job, request.receive)
-        return {"results": [{"text": reply.text,
-                             "finish_reason": wire_finish_reason(reply.finish_reason),
-                             "prompt_tokens": reply.prompt_tokens,
-                             "completion_tokens": reply.completion_tokens}]}
+        result = {"text": reply.text, "finish_reason": wire_finish_reason(reply.finish_reason),
+                  "prompt_tokens": reply.prompt_tokens,
+                  "completion_tokens": reply.completion_tokens}
+        if reply.logprobs:
+            result["logprobs"] = chat_logprobs(reply.logprobs)
+        return {"results": [result]}
 
     @api.post("/api/extra/generate/stream", summary="Stream a reply as Kobold SSE",
               response_class=EventStream)

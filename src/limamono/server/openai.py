@@ -23,6 +23,7 @@ from limamono import policy as pol
 from limamono.generation import TextChunk
 from limamono.server import stchat
 from limamono.server.errors import BAD_REQUEST, ApiError, stream_error
+from limamono.server.logprobs import chat_logprobs, completion_logprobs
 from limamono.server.params import (
     ChatPrompt,
     GenerationRequest,
@@ -62,7 +63,8 @@ def completion_request(body: CompletionRequest, state: ServerState) -> Generatio
     """Check a ``/v1/completions`` body in its dialect (OpenAI limits: no clamping)."""
     fields = body_fields(body)
     return text_request(fields, single_prompt(body.prompt), dialect_of(fields), clamp=False,
-                        config=state.config, engine_context=state.engine.context_length)
+                        config=state.config, engine_context=state.engine.context_length,
+                        vocab_size=getattr(state.engine, "n_vocab", None))
 
 
 def _length_label(value: str | None, default: str | None, field: str) -> str | None:
@@ -120,21 +122,26 @@ def chat_request(body: ChatCompletionRequest, state: ServerState) -> GenerationR
     stops = chat.policy.stop_strings(chat.conversation.user.name)
     request = text_request(body_fields(body), prompt, "textgen", clamp=False,
                            config=state.config, engine_context=state.engine.context_length,
-                           extra_stops=stops)
+                           extra_stops=stops, vocab_size=getattr(state.engine, "n_vocab", None))
     return replace(request, chat=chat)
 
 
 def completion_events(meta: ReplyMeta) -> Callable[[TextChunk], list[str]]:
     """The SSE events of ``/v1/completions`` chunks."""
 
+    offset = 0  # reply characters already sent (``text_offset`` of the log-probabilities)
+
     def events(chunk: TextChunk) -> list[str]:
+        nonlocal offset
         reason = wire_finish_reason(chunk.finish_reason)
-        if not chunk.text and reason is None:
+        if not chunk.text and reason is None and not chunk.logprobs:
             return []
         data: dict[str, Any] = {
             "id": meta.id, "object": "text_completion", "created": meta.created,
-            "model": meta.model, "choices": [{"index": 0, "text": chunk.text,
-                                              "finish_reason": reason, "logprobs": None}]}
+            "model": meta.model, "choices": [{
+                "index": 0, "text": chunk.text, "finish_reason": reason,
+                "logprobs": completion_logprobs(chunk.logprobs, offset)}]}
+        offset += sum(len(e.token) for e in chunk.logprobs)
         if reason is not None and meta.usage:
             data["usage"] = usage(chunk.prompt_tokens, chunk.completion_tokens)
         return [sse(data)]
@@ -157,8 +164,11 @@ def chat_events(meta: ReplyMeta) -> Callable[[TextChunk], list[str]]:
         if not started and (text or chunk.finish_reason):
             started = True
             out.append(_chat_chunk(meta, {"role": "assistant", "content": ""}, None))
-        if text:
-            out.append(_chat_chunk(meta, {"content": text}, None))
+        if text or chunk.logprobs:
+            data = _chat_chunk_data(meta, {"content": text}, None)
+            if chunk.logprobs:
+                data["choices"][0]["logprobs"] = chat_logprobs(chunk.logprobs)
+            out.append(sse(data))
         reason = wire_finish_reason(chunk.finish_reason)
         if reason is not None:
             data = _chat_chunk_data(meta, {}, reason)
@@ -213,7 +223,8 @@ def router(state: ServerState) -> APIRouter:
         reply = await state.reply(job, request.receive)
         return {"id": meta.id, "object": "text_completion", "created": meta.created,
                 "model": meta.model,
-                "choices": [{"index": 0, "text": reply.text, "logprobs": None,
+                "choices": [{"index": 0, "text": reply.text,
+                             "logprobs": completion_logprobs(reply.logprobs),
                              "finish_reason": wire_finish_reason(reply.finish_reason)}],
                 "usage": usage(reply.prompt_tokens, reply.completion_tokens)}
 
@@ -230,7 +241,8 @@ def router(state: ServerState) -> APIRouter:
                 "model": meta.model,
                 "choices": [{"index": 0, "finish_reason": wire_finish_reason(reply.finish_reason),
                              "message": {"role": "assistant",
-                                         "content": reply.text.lstrip(" ")}}],
+                                         "content": reply.text.lstrip(" ")},
+                             "logprobs": chat_logprobs(reply.logprobs)}],
                 "usage": usage(reply.prompt_tokens, reply.completion_tokens)}
 
     @api.get("/v1/internal/model/info", summary="Model and LoRA names (text-generation-webui)")

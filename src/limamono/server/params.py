@@ -27,11 +27,14 @@ from limamono import policy as pol
 from limamono.conversation import Conversation
 from limamono.generation import Engine
 from limamono.samplers import (
+    MAX_LOGPROBS,
     SamplerError,
     SamplerSettings,
     settings_from_fields,
     unsupported_fields,
 )
+from limamono.samplers.settings import check_int
+from limamono.samplers.shaping import check_in_vocab
 from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, ApiError
 from limamono.untrusted import quote
@@ -133,11 +136,16 @@ def whole_number(name: str, value: Any) -> int:
     return value
 
 
-def sampler_settings(body: Mapping[str, Any], base: SamplerSettings,
-                     dialect: str) -> SamplerSettings:
-    """The request's samplers; a bad value is a 400 naming the wire field."""
+def sampler_settings(body: Mapping[str, Any], base: SamplerSettings, dialect: str,
+                     vocab_size: int | None = None) -> SamplerSettings:
+    """The request's samplers and log-probability count; a bad value is a 400 naming the
+    wire field (a token id outside the vocabulary too, when ``vocab_size`` is known)."""
     try:
         settings = settings_from_fields(body, base, dialect)
+        settings = settings.replace(logprobs=logprobs_count(body))
+        if vocab_size is not None:
+            check_in_vocab("logit_bias", [t for t, _ in settings.logit_bias], vocab_size)
+            check_in_vocab("custom_token_bans", settings.custom_token_bans, vocab_size)
         if base.banned_strings and settings.banned_strings != base.banned_strings:
             # the server's own bans (``serve --ban``) hold for every request
             settings = settings.replace(banned_strings=tuple(dict.fromkeys(
@@ -145,6 +153,28 @@ def sampler_settings(body: Mapping[str, Any], base: SamplerSettings,
         return settings
     except SamplerError as error:
         raise ApiError(BAD_REQUEST, str(error), field=error.field) from None
+
+
+def logprobs_count(body: Mapping[str, Any]) -> int | None:
+    """How many alternatives per token the request wants reported, or None (not asked).
+
+    OpenAI completions: ``logprobs`` is the count (0-5 there; 0-20 here); chat completions:
+    ``logprobs: true`` with ``top_logprobs``; KoboldCpp and llama.cpp: ``n_probs``
+    (``logprobs: true`` on Kobold routes).
+
+    Raises:
+        SamplerError: A count that is not a whole number in [0, 20].
+    """
+    flag, count = body.get("logprobs"), body.get("n_probs")
+    top = body.get("top_logprobs")
+    if flag is None or flag is False:
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+            return check_int("n_probs", count, 0, MAX_LOGPROBS)
+        return None
+    if flag is True:
+        name, value = ("top_logprobs", top) if top is not None else ("n_probs", count)
+        return 0 if value is None else check_int(name, value, 0, MAX_LOGPROBS)
+    return check_int("logprobs", flag, 0, MAX_LOGPROBS)
 
 
 def effective_context(body: Mapping[str, Any], dialect: str, engine_context: int) -> int:
@@ -234,7 +264,8 @@ def check_single_reply(body: Mapping[str, Any]) -> None:
 
 def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool,
                  config: ServerConfig, engine_context: int,
-                 extra_stops: Sequence[str] = ()) -> GenerationRequest:
+                 extra_stops: Sequence[str] = (),
+                 vocab_size: int | None = None) -> GenerationRequest:
     """Check a text-completion body and build its :class:`GenerationRequest`.
 
     Args:
@@ -245,6 +276,8 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
         config: The server config (preset, limits).
         engine_context: The engine's context length.
         extra_stops: Stop strings the route adds (the chat route's ``###`` and user line).
+        vocab_size: The model's vocabulary size (token ids in ``logit_bias`` and
+            ``custom_token_bans`` must be below it); None: not checked here.
 
     Raises:
         ApiError: 400 naming the field at fault.
@@ -256,7 +289,7 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
     context = effective_context(body, dialect, engine_context)
     return GenerationRequest(
         prompt=prompt,
-        settings=sampler_settings(body, config.sampler_settings(), dialect),
+        settings=sampler_settings(body, config.sampler_settings(), dialect, vocab_size),
         max_new_tokens=max_new_tokens(body, dialect, config.default_max_tokens, context, clamp),
         stop=stop_strings(body, dialect, config, extra_stops),
         context=context,

@@ -18,7 +18,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from limamono.generation import FinishReason, TextChunk
+from limamono.generation import FinishReason, TextChunk, TokenLogprob
 from limamono.server.queue import Job
 
 #: Headers of every event stream (KoboldCpp sends the same: no caching, no proxy buffering).
@@ -87,6 +87,7 @@ class Reply:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 async def collect(job: Job, receive: Receive) -> Reply | None:
@@ -98,11 +99,13 @@ async def collect(job: Job, receive: Receive) -> Reply | None:
 
     async def join() -> Reply:
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         async for chunk in job.chunks():
             parts.append(chunk.text)
+            logprobs += chunk.logprobs
             if chunk.finish_reason is not None:
                 return Reply("".join(parts), chunk.finish_reason, chunk.prompt_tokens,
-                             chunk.completion_tokens)
+                             chunk.completion_tokens, tuple(logprobs))
         raise RuntimeError("the generation ended without a finish reason")
 
     async def disconnected() -> None:
