@@ -103,6 +103,7 @@ def test_run_and_report(tiny, tmp_path):
     assert ("| thought rate | 33.3 % [9.7, 70.0] **cannot tell** | "
             "33.3 % [9.7, 70.0] **cannot tell** |") in md
     assert "| speaks for the user | 0.0 % [0.0, 39.0] |" in md
+    assert "preset each adapter's own (its card, else `limamono`)" in md
     assert data["variants"][0]["verdicts"]["format_integrity"] == "cannot tell"
     assert data["variants"][0]["behaviour"]["intervals"]["impersonation_rate"] == \
         pytest.approx([0.0967714, 0.7000067], abs=1e-6)

@@ -75,6 +75,10 @@ def _behaviour_cell(result: VariantResult, key: str, percent: bool) -> str:
     return cell
 
 
+def _preset(name: str | None) -> str:
+    return f"`{name}`" if name else "each adapter's own (its card, else `limamono`)"
+
+
 def _target(low: float | None, high: float | None, percent: bool) -> str:
     def show(x: float) -> str:
         return f"{x * 100:g} %" if percent else f"{x:g}"
@@ -94,7 +98,7 @@ def to_markdown(config: EvalConfig, results: Sequence[VariantResult]) -> str:
         "# Evaluation report", "",
         f"Model `{config.model}`; data `{config.data}`; {config.samples} prompt(s) per "
         "length; "
-        f"lengths {', '.join(config.lengths)}; preset `{config.preset}`; seed {config.seed}; "
+        f"lengths {', '.join(config.lengths)}; preset {_preset(config.preset)}; seed {config.seed}; "
         f"replies capped at {config.max_new_tokens} tokens.", "",
         "## Loss on held-out conversations (supervised tokens)", "", head.rstrip("\n"),
         "| eval loss | " + " | ".join(_cell(r.eval_loss, False) for r in results) + " |",
