@@ -228,6 +228,17 @@ class BosEngine(TokenizerEngine):
         return list(self.tokenizer.encode(text))  # add_special_tokens: BOS first
 
 
+def test_a_raw_cut_leaves_room_for_bos(tiny_mistral_dir):
+    from limamono.engine import load_engine
+
+    engine = load_engine(str(tiny_mistral_dir), dtype="fp32", backend="torch")
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        body = client.post("/v1/completions", json={
+            "prompt": "word " * 40, "max_tokens": 3, "truncation_length": 15,
+            "temperature": 0}).json()
+    assert body["usage"]["prompt_tokens"] == 15 - 3  # <s> and the last 11 text tokens
+
+
 def test_the_repro_on_mistrals_tokenizer_counts_bos(shared_dir, mistral_tokenizer, caplog):
     body = repro(shared_dir)
     prompt = body["prompt"]

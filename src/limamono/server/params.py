@@ -334,7 +334,8 @@ def _cut_raw(engine: Engine, request: GenerationRequest) -> str:
     """Text that is not a Limamono prompt, cut from the left to a client's smaller context."""
     if request.context >= engine.context_length:
         return request.prompt
-    budget = request.context - request.max_new_tokens
+    # The engine puts its start tokens (BOS) before the text: they count in the budget.
+    budget = request.context - request.max_new_tokens - pol.token_counter(engine)("")
     ids = engine.tokenize(request.prompt)
     if len(ids) <= budget:
         return request.prompt
