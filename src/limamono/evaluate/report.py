@@ -97,9 +97,8 @@ def to_markdown(config: EvalConfig, results: Sequence[VariantResult]) -> str:
     lines = [
         "# Evaluation report", "",
         f"Model `{config.model}`; data `{config.data}`; {config.samples} prompt(s) per "
-        "length; "
-        f"lengths {', '.join(config.lengths)}; preset {_preset(config.preset)}; seed {config.seed}; "
-        f"replies capped at {config.max_new_tokens} tokens.", "",
+        f"length; lengths {', '.join(config.lengths)}; preset {_preset(config.preset)}; "
+        f"seed {config.seed}; replies capped at {config.max_new_tokens} tokens.", "",
         "## Loss on held-out conversations (supervised tokens)", "", head.rstrip("\n"),
         "| eval loss | " + " | ".join(_cell(r.eval_loss, False) for r in results) + " |",
         "| perplexity | " + " | ".join(_cell(r.perplexity, False) for r in results) + " |",
