@@ -315,7 +315,7 @@ def test_cli_conversation_json_and_unparsable(lint_app: typer.Typer, tmp_path: P
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["summary"] == {"files": 1, "issues": 4, "errors": 0, "warnings": 4, "fixed": 0,
-                               "unusable": 0}
+                               "unusable": 0, "skipped": 0}
     issues = data["files"][0]["issues"]
     assert [(i["rule"], i["message_index"], i["start"], i["location"]) for i in issues] == [
         ("LM004", 0, 14, "message 0:14"), ("LM003", 0, 15, "message 0:15"),
@@ -479,3 +479,26 @@ def test_fix_result_always_equals_normalize_conversation(texts: list[str], suffi
         assert report.error is None
         expected = normalize_conversation(conv)[0]
         assert _conv_io.load(path) == ([expected] if suffix == ".yaml" else [expected] * 2)
+
+
+def test_lint_skips_files_that_are_neither_conversations_nor_cards(tmp_path):
+    from typer.testing import CliRunner
+
+    from limamono.cards import png
+    from limamono.cli import app
+
+    (tmp_path / "demo.yaml").write_text("data: conversations\nlora_r: 8\n")
+    (tmp_path / "tokenizer_config.json").write_text('{"model_max_length": 8192}\n')
+    (tmp_path / "loss.png").write_bytes(png.placeholder_png())
+    (tmp_path / "c.yaml").write_text("character: {name: Mira}\nuser: Tom\nmessages:\n"
+                                     "  - {role: char, text: Mira nodded.}\n")
+    result = CliRunner().invoke(app, ["lint", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"{tmp_path / 'demo.yaml'}: not a conversation, so it is skipped (it has none of "
+        "character, user, messages)",
+        f"{tmp_path / 'loss.png'}: no character card in this PNG (no 'chara' or 'ccv3' text "
+        "chunk), so it is skipped",
+        f"{tmp_path / 'tokenizer_config.json'}: not a character card: no 'spec' and no 'name' "
+        "field, so it is skipped",
+        "0 issue(s) (0 error(s), 0 warning(s)) in 4 file(s); 3 skipped"]

@@ -24,6 +24,11 @@ class CardError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class NotACard(CardError):
+    """A file that holds no card at all (JSON without ``spec`` or ``name``, a PNG without
+    card chunks): some other file, which a tool walking a folder may skip."""
+
+
 @dataclass(frozen=True)
 class CardLimits:
     """Ceilings on what a card file may make the reader do.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from limamono import untrusted
-from limamono.cards.limits import DEFAULT_LIMITS, CardError, CardLimits
+from limamono.cards.limits import DEFAULT_LIMITS, CardError, CardLimits, NotACard
 from limamono.untrusted import quote
 
 SPEC_V1 = "chara_card_v1"
@@ -144,7 +144,7 @@ def _card_v1(obj: dict[str, Any], source: str) -> Card:
         return Card(check_data(data, source), SPEC_V1, copy.deepcopy(obj), None, source,
                     ["read as a Gradio/Pygmalion card (char_name, char_persona, ...)"])
     if "name" not in obj:
-        raise CardError(source, "not a character card: no 'spec' and no 'name' field")
+        raise NotACard(source, "not a character card: no 'spec' and no 'name' field")
     data = {key: obj[key] for key in V1_FIELDS if key in obj}
     return Card(check_data(data, source), SPEC_V1, copy.deepcopy(obj), None, source)
 

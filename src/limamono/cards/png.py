@@ -15,7 +15,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from limamono.cards.limits import CardError, CardLimits
+from limamono.cards.limits import CardError, CardLimits, NotACard
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Card keywords in order of preference (the V3 spec: prefer ``ccv3`` when both exist).
@@ -139,7 +139,7 @@ def find_card_text(chunks: list[Chunk], source: str, limits: CardLimits) -> Card
     for key in CARD_KEYWORDS:
         if key in found:
             return found[key]
-    raise CardError(source, "no character card in this PNG (no 'chara' or 'ccv3' text chunk)")
+    raise NotACard(source, "no character card in this PNG (no 'chara' or 'ccv3' text chunk)")
 
 
 def _keyword(chunk: Chunk, source: str) -> str:

@@ -126,7 +126,8 @@ def _counts(reports: list[FileReport]) -> dict[str, int]:
     errors = sum(f.issue.severity == "error" for f in findings)
     return {"files": len(reports), "issues": len(findings), "errors": errors,
             "warnings": len(findings) - errors, "fixed": sum(r.fixed for r in reports),
-            "unusable": sum(1 for r in reports if r.error)}
+            "unusable": sum(1 for r in reports if r.error),
+            "skipped": sum(1 for r in reports if r.kind is None and not r.error)}
 
 
 def _summary(counts: dict[str, int]) -> str:
@@ -136,6 +137,8 @@ def _summary(counts: dict[str, int]) -> str:
         parts.append(f"{counts['fixed']} fixed")
     if counts["unusable"]:
         parts.append(f"{counts['unusable']} file(s) unreadable or unwritable")
+    if counts["skipped"]:
+        parts.append(f"{counts['skipped']} skipped")
     return "; ".join(parts)
 
 

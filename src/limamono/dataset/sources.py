@@ -170,16 +170,41 @@ def load_file(path: str | Path) -> list[Conversation]:
     """
     path = Path(path)
     if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            data = untrusted.load_yaml(path.read_text(encoding="utf-8"))
-        except (untrusted.UntrustedError, OSError, UnicodeDecodeError):
-            data = None  # let the schema loader produce the located error
+        data = yaml_document(path)
         if is_limarp(data):
             return [from_limarp(data, str(path))]
-        if isinstance(data, dict) and not any(key in data for key in _CONVERSATION_KEYS):
-            raise NotAConversation("not a conversation, so it is skipped (it has none of "
-                                   f"{', '.join(_CONVERSATION_KEYS)})", str(path))
+        check_is_conversation(path, data)
     return conv_mod.load(path)
+
+
+def yaml_document(path: Path) -> Any:
+    """The parsed YAML of a file (bounded, ``limamono.untrusted``), None if empty.
+
+    Raises:
+        ConversationError: unreadable, not UTF-8 or not acceptable YAML, with its line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return conv_mod.load_yaml(path)  # raises the reading error, worded once
+    try:
+        return untrusted.load_yaml(text)
+    except untrusted.UntrustedError as exc:
+        raise ConversationError(exc.reason, str(path), exc.line) from None
+
+
+def check_is_conversation(path: Path, data: Any) -> None:
+    """Refuse a YAML document that is something else: a mapping with none of the
+    conversation keys (a training config, say). The one place that decides it, for the
+    dataset tools and the style linter.
+
+    Raises:
+        NotAConversation: naming the keys it lacks.
+    """
+    if isinstance(data, dict) and not is_limarp(data) \
+            and not any(key in data for key in _CONVERSATION_KEYS):
+        raise NotAConversation("not a conversation, so it is skipped (it has none of "
+                               f"{', '.join(_CONVERSATION_KEYS)})", str(path))
 
 
 def load_dir(root: str | Path) -> tuple[list[Record], list[Problem]]:

@@ -220,8 +220,15 @@ def _is_sheet(text: str) -> bool:
 
 def _conversation_file(report: FileReport, fix: bool, rules: list[str] | None,
                        config: StyleConfig | None) -> None:
+    from limamono.dataset.sources import NotAConversation, check_is_conversation, yaml_document
+
     try:
+        if report.path.suffix.lower() != ".jsonl":
+            check_is_conversation(report.path, yaml_document(report.path))
         conversations = conv_io.load(report.path)
+    except NotAConversation as exc:
+        report.note = exc.reason
+        return
     except ConversationError as exc:
         where = "" if exc.line is None else f"line {exc.line}: "
         what = f"field {exc.field!r}: " if exc.field else ""
@@ -327,8 +334,13 @@ def _card_file(report: FileReport, rules: list[str] | None,
     except ImportError:
         report.note = "skipped: card support (limamono.cards) is not installed"
         return
+    from limamono.cards.limits import NotACard
+
     try:
         card = read_card(report.path)
+    except NotACard as exc:
+        report.note = f"{exc.reason}, so it is skipped"
+        return
     except CardError as exc:
         report.error = exc.reason
         return
