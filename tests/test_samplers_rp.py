@@ -467,3 +467,33 @@ def test_everything_on_keeps_a_token_and_never_nan() -> None:
                 out = sampler.process(history, x)
                 assert not torch.isnan(out).any() and kept(out)
                 assert sampler.sample(history, x) in kept(out) or mirostat
+
+
+def test_cli_lists_every_sampler_with_its_dialect_names() -> None:
+    from typer.testing import CliRunner
+
+    from limamono.cli import app
+    from limamono.samplers.wire import CATALOG
+
+    result = CliRunner().invoke(app, ["samplers"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    for label, _, _, _ in CATALOG:
+        assert label in result.output
+    for name in ("dry_sequence_breakers", "nsigma", "top_n_sigma", "mirostat_mode",
+                 "xtc_probability", "banned_strings", "logit_bias", "dynatemp_range"):
+        assert name in result.output
+    assert "limamono-dry" in CliRunner().invoke(app, ["samplers", "list"]).output
+
+
+def test_exported_presets_keep_the_card_and_offer_limamono_dry() -> None:
+    import json as json_module
+
+    from limamono import presets
+
+    card = presets.textgen_preset("limamono")
+    assert (card["dry_multiplier"], card["xtc_probability"], card["mirostat_mode"]) == (0, 0, 0)
+    assert card["dry_sequence_breakers"] == json_module.dumps(["\n", ":", '"', "*"])
+    dry_preset = presets.textgen_preset("limamono-dry")
+    assert dry_preset["dry_multiplier"] == 0.8 and dry_preset["tfs"] == card["tfs"]
+    assert {k: v for k, v in dry_preset.items() if k != "dry_multiplier"} == \
+        {k: v for k, v in card.items() if k != "dry_multiplier"}
