@@ -91,6 +91,18 @@ def test_windowed_samples_are_still_whole_text_tokenisations(pair):
             assert sample.input_ids == tokenizer(ds.join(sample.pieces))["input_ids"]
 
 
+def test_start_ids_are_what_the_convention_puts_first_never_a_trailing_eos():
+    from limamono import tokens
+
+    class BosAndEos:  # a post-processor that wraps text in <s> ... </s>
+        def __call__(self, text, add_special_tokens=True):
+            ids = [ord(c) for c in text]
+            return {"input_ids": [1, *ids, 2] if add_special_tokens else ids}
+
+    assert tokens.start_ids(BosAndEos()) == [1]
+    assert tokens.encode(BosAndEos(), "ab") == [1, 97, 98]
+
+
 def test_the_engine_feeds_bos_where_the_tokenizer_adds_it(pair):
     tokenizer, engine = pair
     bos = tokenizer("x")["input_ids"][:-1]  # Mistral [1]; SmolLM2 []
