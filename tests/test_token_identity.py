@@ -126,6 +126,34 @@ def test_a_left_cut_keeps_bos(tiny_mistral_dir):
     assert engine.generate("Mira:", _greedy(), 2).prompt_tokens == 4
 
 
+def test_every_server_route_feeds_bos_on_mistral(tiny_mistral_dir, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from limamono.engine import load_engine
+    from limamono.server import ServerConfig, create_app
+
+    engine = load_engine(str(tiny_mistral_dir), dtype="fp32", backend="torch")
+    fed: list[list[int]] = []
+    stream = engine.stream_tokens
+
+    def recording(ids, *args, **kwargs):
+        fed.append(list(ids))
+        return stream(ids, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "stream_tokens", recording)
+    prompt = "### Response: (length = tiny)\nMira:"
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        for route, body in (
+                ("/api/v1/generate", {"prompt": prompt, "max_length": 2}),
+                ("/v1/completions", {"prompt": prompt, "max_tokens": 2}),
+                ("/v1/chat/completions", {"max_tokens": 2, "messages": [
+                    {"role": "system", "content": "Mira\nA keeper."},
+                    {"role": "user", "content": "Hello."}]})):
+            assert client.post(route, json=body).status_code == 200, route
+    assert [ids[0] for ids in fed] == [1, 1, 1]
+    assert fed[0] == fed[1] == engine.tokenizer(prompt)["input_ids"]
+
+
 def _greedy():
     from limamono.samplers import get_preset
 
