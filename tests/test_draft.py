@@ -168,7 +168,8 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedEngine:
     from limamono.cli import chat_cmd
 
     engine = ScriptedEngine(REPLIES)
-    monkeypatch.setattr(chat_cmd, "make_engine", lambda model, adapter, threads=None: engine)
+    monkeypatch.setattr(chat_cmd, "make_engine",
+                        lambda model, adapter, threads=None, backend="auto": engine)
     return engine
 
 

@@ -17,7 +17,7 @@ import typer
 from rich.text import Text
 
 from limamono.cli import chat_cmd
-from limamono.cli.common import err, fail, out
+from limamono.cli.common import BACKEND_HELP, err, fail, out
 from limamono.conversation import Conversation
 
 
@@ -53,6 +53,7 @@ def draft_cmd(
     force: bool = typer.Option(False, "--force", help="Replace existing draft files."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
                                        "model (default: the engine's choice)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Draft conversations with a model in text-completion mode, turn by turn, each turn
     asked for with its length label and generated up to the next header. Every draft is
@@ -81,7 +82,8 @@ def draft_cmd(
         fail(f"{output}: cannot create the folder ({exc.strerror})")
     # The adapter's card (trigger, length bounds, stop strings, samplers) as chat uses it.
     settings, policy = chat_cmd.adapter_defaults(adapter, model, preset, None, None)
-    engine = chat_cmd.make_engine(model, None if adapter == "none" else adapter, threads)
+    engine = chat_cmd.make_engine(model, None if adapter == "none" else adapter, threads,
+                                  backend)
     for draft_seed, target in zip(seeds, targets, strict=True):
         if not _one_draft(engine, settings, policy, start, plan, draft_seed, target, model,
                           adapter):
