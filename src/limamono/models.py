@@ -11,13 +11,14 @@ Every failure is a :class:`ModelError` that names the path and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -149,8 +150,9 @@ def convert_gguf(gguf: Path, target: Path, progress: ProgressFn | None = None) -
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         report("de-quantising the GGUF weights", 1, 4)
         # fp32 is the fast path for GGUF de-quantisation; the cast to bf16 comes after.
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                     dtype=torch.float32)
+        with _no_gguf_bar():
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                         dtype=torch.float32)
         report("writing bf16 safetensors", 2, 4)
         # save_pretrained refuses a model that still says it is GGUF-quantised.
         if getattr(model, "hf_quantizer", None) is not None:
@@ -172,6 +174,28 @@ def convert_gguf(gguf: Path, target: Path, progress: ProgressFn | None = None) -
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _no_gguf_bar() -> Iterator[None]:
+    """Silence transformers' own tqdm bar while it reads a GGUF file.
+
+    ``convert_gguf`` reports its steps through ``progress``; the library's bar (tqdm.auto,
+    which no setting turns off) would draw a second one, with carriage returns in logs.
+    """
+    from functools import partial
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:  # a transformers version without the bar
+        yield
+        return
+    gguf_utils.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def _is_model_folder(path: Path) -> bool:

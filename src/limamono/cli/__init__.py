@@ -23,8 +23,13 @@ app = typer.Typer(
 @app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' own "
+                                 "warnings, logs and progress bars (hidden by default)."),
 ) -> None:
     """Build, train, serve and evaluate Limamono-style roleplay models, and chat with them."""
+    from limamono.cli import quiet
+
+    quiet.setup(verbose)
     if version:
         from limamono import __version__
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -24,7 +25,12 @@ def render_cmd(
                                "(labels from word counts, as chat, serve and eval send by "
                                "default) or 'sillytavern' (as the exported presets send)."),
 ) -> None:
-    """Print the Limamono prompt of a conversation file."""
+    """Print the Limamono prompt of a conversation file, byte for byte.
+
+    Nothing is added: with --open the output ends at the open turn's `Name:`, exactly the
+    text sent to the model (pipe it to `limamono generate --file -`). On a terminal,
+    control characters are shown escaped and the shell prompt starts on a new line.
+    """
     from limamono import conversation, format
     from limamono.policy import get_policy
 
@@ -37,7 +43,22 @@ def render_cmd(
         fail(str(exc))
     except IndexError:
         fail(f"{file}: holds no conversation")
-    out.print(text, markup=False, highlight=False, soft_wrap=True)
+    write_exact(text)
+
+
+def write_exact(text: str) -> None:
+    """Write ``text`` to stdout unchanged (no newline added) when it goes to a file or pipe.
+
+    On a terminal, control characters are escaped and a final newline keeps the shell's
+    prompt off the last line: what a person reads there is a display, not the bytes.
+    """
+    from limamono.cli.quiet import terminal_safe
+
+    stream = sys.stdout
+    if stream.isatty():
+        text = terminal_safe(text) + ("" if text.endswith("\n") else "\n")
+    stream.write(text)
+    stream.flush()
 
 
 presets_app = typer.Typer(help="SillyTavern presets for the Limamono format.",

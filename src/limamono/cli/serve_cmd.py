@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from limamono.cli.common import BACKEND_HELP, err, fail, warn
+from limamono.cli.common import BACKEND_HELP, err, fail, out, warn
 from limamono.models import DTYPE_HELP
 
 _HELP = (
@@ -139,13 +139,34 @@ def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
 
 
 def _run(engine: Any, config: Any, host: str, port: int, log_level: str) -> None:
+    """Serve until Ctrl-C; the banner (where to connect) goes to stdout once bound."""
+    import logging
+
     import uvicorn
 
     from limamono.server import create_app
 
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # bound: now the URL works (and port 0 has its real number)
+                bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
+                _announce(engine, host, bound)
+
+    server = Server(uvicorn.Config(create_app(engine, config), host=host, port=port,
+                                   log_level=log_level))
+    if log_level == "info":
+        # uvicorn's start and stop chatter repeats the banner; its errors and warnings
+        # stay, and so does the access log (one line a request).
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    server.run()
+
+
+def _announce(engine: Any, host: str, port: int) -> None:
     where = f"http://{host}:{port}"
-    err.print(Text.assemble("Serving ", (engine.model_name, "bold"),
+    out.print(Text.assemble("Serving ", (engine.model_name, "bold"),
                             f" (context {engine.context_length}) at {where}\n"
                             f"  SillyTavern Text Completion (KoboldCpp or TextGen WebUI): "
-                            f"{where}\n  SillyTavern KoboldAI Classic: {where}/api"))
-    uvicorn.run(create_app(engine, config), host=host, port=port, log_level=log_level)
+                            f"{where}\n  SillyTavern KoboldAI Classic: {where}/api\n"
+                            "  Ctrl-C stops it."), soft_wrap=True)
+    out.file.flush()

@@ -20,6 +20,17 @@ def _say(line: str) -> None:
     warn(line)
 
 
+def _progress_line(line: str) -> None:
+    err.print(line, markup=False, highlight=False)
+
+
+def _plain_progress() -> Any:
+    """Where progress lines go when the output is not a terminal (None: tqdm's bars)."""
+    from limamono.cli.quiet import is_terminal
+
+    return None if is_terminal() else _progress_line
+
+
 def _config(config_file: Path | None, extra: list[str]) -> Any:
     from limamono.train import ConfigError, load_config, parse_overrides
 
@@ -55,7 +66,8 @@ def train_cmd(
             from limamono.train import lr_sweep as run_sweep
             from limamono.train import parse_rates
 
-            summary = run_sweep(config, parse_rates(lr_sweep), notify=_say)
+            summary = run_sweep(config, parse_rates(lr_sweep), notify=_say,
+                                progress_lines=_plain_progress())
             for run in summary["runs"]:
                 out.print(f"lr {run['learning_rate']:g}: eval loss {run['eval_loss']:.4f}")
             out.print(f"best learning rate: {summary['best_learning_rate']:g} "
@@ -63,7 +75,7 @@ def train_cmd(
             return
         from limamono.train import train
 
-        result = train(config, resume=resume, notify=_say)
+        result = train(config, resume=resume, notify=_say, progress_lines=_plain_progress())
     except (ConfigError, DatasetError, ModelError, ValueError) as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     if result.manifest:
@@ -71,7 +83,7 @@ def train_cmd(
         eval_loss = figures["final_eval_loss"]
         shown = "n/a" if eval_loss is None else f"{eval_loss:.4f}"
         out.print(f"adapter: {result.adapter_dir}  steps {figures['steps']}  "
-                  f"eval loss {shown}  time {figures['seconds']:.0f}s")
+                  f"eval loss {shown}  time {figures['seconds']:.0f}s", soft_wrap=True)
 
 
 def export_axolotl_cmd(

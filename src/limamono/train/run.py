@@ -100,8 +100,11 @@ def warmup_steps(config: TrainConfig, n_train: int, world_size: int = 1) -> int:
 
 
 def training_arguments(config: TrainConfig, staging: Path, has_eval: bool, bf16: bool,
-                       warmup: int) -> Any:
-    """The ``TrainingArguments`` of a run (checkpoints go to ``staging`` first)."""
+                       warmup: int, bars: bool | None = None) -> Any:
+    """The ``TrainingArguments`` of a run (checkpoints go to ``staging`` first).
+
+    ``bars``: tqdm progress bars on (default: ``config.progress``).
+    """
     from transformers import TrainingArguments
 
     every_steps = {"eval_strategy": "steps", "eval_steps": config.eval_steps}
@@ -119,9 +122,16 @@ def training_arguments(config: TrainConfig, staging: Path, has_eval: bool, bf16:
         logging_steps=config.logging_steps, seed=config.seed, bf16=bf16,
         activation_checkpointing=config.gradient_checkpointing, report_to="none",
         use_cpu=not _has_cuda(),
-        disable_tqdm=not config.progress, remove_unused_columns=False,
+        disable_tqdm=not (config.progress if bars is None else bars),
+        remove_unused_columns=False,
         dataloader_num_workers=0, dataloader_pin_memory=_has_cuda(), **evaluation,
         **saving)
+
+
+def _line_progress(say: Notify) -> Any:
+    from limamono.train.progress import LineProgress
+
+    return LineProgress(say)
 
 
 def _has_cuda() -> bool:
@@ -296,7 +306,7 @@ def prepare(config: TrainConfig, notify: Notify) -> tuple[Any, Any, TrainData]:
 
 
 def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = (),
-          notify: Notify | None = None) -> TrainResult:
+          notify: Notify | None = None, progress_lines: Notify | None = None) -> TrainResult:
     """Run one LoRA training (see the module docstring for the outputs).
 
     Args:
@@ -305,6 +315,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         callbacks: extra ``TrainerCallback`` objects (tests use one to stop a run).
         notify: receives the lines to say aloud (8-bit fallback, over-long conversations);
             default: ``warnings.warn``.
+        progress_lines: when given (and ``config.progress``), progress is reported as
+            plain lines to it instead of tqdm bars (output that is not a terminal).
 
     Raises:
         ConfigError, DatasetError, ModelError: bad config, data or model, before training.
@@ -334,14 +346,21 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     shutil.rmtree(staging, ignore_errors=True)  # an unfinished checkpoint of a killed run
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
         else tokenizer.eos_token_id
+    lines = progress_lines if config.progress else None
+    extra = [*callbacks] if lines is None else [*callbacks, _line_progress(lines)]
     trainer = Trainer(
         model=model, data_collator=PadCollator(pad_id, config.sequence_len
                                                if config.pad_to_sequence_len else None),
         args=training_arguments(config, staging, bool(data.eval), bf16,
-                                warmup_steps(config, len(data.train))),
+                                warmup_steps(config, len(data.train)),
+                                bars=config.progress and lines is None),
         train_dataset=data.train, eval_dataset=data.eval or None,
         callbacks=[AtomicCheckpoints(staging, out / CHECKPOINTS_DIR, config.save_total_limit),
-                   *callbacks])
+                   *extra])
+    if lines is not None:  # our lines replace the raw log dicts printed without bars
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     checkpoint = latest_checkpoint(out / CHECKPOINTS_DIR) if resume else None
     if resume and checkpoint is None:
         say(f"--resume: no complete checkpoint in {out / CHECKPOINTS_DIR}; starting afresh")

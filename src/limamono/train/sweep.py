@@ -62,8 +62,8 @@ def sweep_config(config: TrainConfig, rate: float, data: str) -> TrainConfig:
                                output_dir=str(out))
 
 
-def lr_sweep(config: TrainConfig, rates: Sequence[float],
-             notify: Notify | None = None) -> dict[str, Any]:
+def lr_sweep(config: TrainConfig, rates: Sequence[float], notify: Notify | None = None,
+             progress_lines: Notify | None = None) -> dict[str, Any]:
     """Train one epoch per rate; pick the lowest eval loss; write JSON and a plot.
 
     Raises:
@@ -79,7 +79,8 @@ def lr_sweep(config: TrainConfig, rates: Sequence[float],
                            "sample; fix: set val > 0 or mark conversations meta.split: eval"])
     runs = []
     for rate in rates:
-        result = train(sweep_config(config, rate, str(data.built_dir)), notify=say)
+        result = train(sweep_config(config, rate, str(data.built_dir)), notify=say,
+                       progress_lines=progress_lines)
         figures = result.manifest["figures"]
         runs.append({"learning_rate": rate, "eval_loss": figures["final_eval_loss"],
                      "train_loss": figures["final_train_loss"],
