@@ -20,8 +20,8 @@ import yaml
 from typer.testing import CliRunner
 
 from limamono import conversation
-from limamono import format as fmt
 from limamono.cli import app, quiet
+from limamono.policy import get_policy
 
 REPO = Path(__file__).resolve().parents[1]
 MIRA = Path(__file__).parent / "assets" / "chat_mira.yaml"
@@ -31,16 +31,14 @@ MIRA = Path(__file__).parent / "assets" / "chat_mira.yaml"
 
 def test_render_prints_exactly_the_prompt() -> None:
     conv = conversation.load(MIRA)[0]
+    policy = get_policy("training", "card")
     opened = CliRunner().invoke(app, ["render", "--open", str(MIRA)])
     assert opened.exit_code == 0
-    assert opened.stdout_bytes == fmt.render(conv, open_response=True).encode("utf-8")
+    assert opened.stdout_bytes == policy.render(conv, open_response=True).encode("utf-8")
     assert opened.stdout_bytes.endswith(b"\n\n### Response: (length = long)\nMira Holt:")
     closed = CliRunner().invoke(app, ["render", str(MIRA)])
-    assert closed.stdout_bytes == fmt.render(conv).encode("utf-8")
-
-
-def test_terminal_safe_escapes_control_characters_only() -> None:
-    assert quiet.terminal_safe("a\x1b[2Jb\r\n\tc\u200bé") == "a\\x1b[2Jb\\x0d\n\tc\\u200bé"
+    assert closed.stdout_bytes == policy.render(conv, open_response=False).encode("utf-8")
+    assert not closed.stdout_bytes.endswith(b"\n")
 
 
 # --------------------------------------------------------------------------- warnings

@@ -260,15 +260,15 @@ def test_default_reply_length_fits_a_small_client_context(client: TestClient,
 
 
 def test_serve_command_builds_the_app_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
     from typer.testing import CliRunner
 
     import limamono.engine
-    from limamono.cli import app
+    from limamono.cli import app, serve_cmd
 
     ran: dict[str, Any] = {}
     monkeypatch.setattr(limamono.engine, "load_engine", lambda *a, **k: FakeEngine())
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.update(app=app, **options))
+    monkeypatch.setattr(serve_cmd, "serve_app", lambda app, host, port, log_level, on_ready:
+                        ran.update(app=app, host=host, port=port))
     result = CliRunner().invoke(app, ["serve", "--api-key", "k", "--port", "5999",
                                       "--queue", "3", "--cors-origin", "http://a.example"])
     assert result.exit_code == 0, result.output

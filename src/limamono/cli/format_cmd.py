@@ -29,7 +29,7 @@ def render_cmd(
 
     Nothing is added: with --open the output ends at the open turn's `Name:`, exactly the
     text sent to the model (pipe it to `limamono generate --file -`). On a terminal,
-    control characters are shown escaped and the shell prompt starts on a new line.
+    control characters are shown as visible stand-ins and the shell prompt starts on a new line.
     """
     from limamono import conversation, format
     from limamono.policy import get_policy
@@ -52,11 +52,11 @@ def write_exact(text: str) -> None:
     On a terminal, control characters are escaped and a final newline keeps the shell's
     prompt off the last line: what a person reads there is a display, not the bytes.
     """
-    from limamono.cli.quiet import terminal_safe
+    from limamono.cli.common import visible
 
     stream = sys.stdout
     if stream.isatty():
-        text = terminal_safe(text) + ("" if text.endswith("\n") else "\n")
+        text = visible(text) + ("" if text.endswith("\n") else "\n")
     stream.write(text)
     stream.flush()
 

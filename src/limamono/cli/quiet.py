@@ -16,7 +16,6 @@ the libraries; libraries already imported (tests calling the CLI in-process) are
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import warnings
@@ -56,22 +55,10 @@ def setup(verbose: bool) -> None:
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  file: TextIO | None = None, line: str | None = None) -> None:
     """Print a warning as one ``warning: ...`` line on stderr (no source path, no code)."""
-    stream: Any = file if file is not None else sys.stderr
-    if stream is None:  # pythonw and similar: nowhere to print
-        return
-    first = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-    with contextlib.suppress(OSError):  # a closed stderr must not turn a warning into a crash
-        stream.write(f"warning: {terminal_safe(first)}\n")
+    from limamono.cli.common import warn
 
-
-def terminal_safe(text: str) -> str:
-    """``text`` with control characters (escapes, carriage returns) shown as ``\\xNN``.
-
-    Newlines and tabs are kept. Used for user text echoed to a terminal, so a card or a
-    prompt cannot move the cursor or recolour the screen.
-    """
-    return "".join(ch if ch in "\n\t" or ch.isprintable() else f"\\x{ord(ch):02x}"
-                   if ord(ch) < 0x100 else f"\\u{ord(ch):04x}" for ch in text)
+    text = str(message).strip()
+    warn(text.splitlines()[0] if text else category.__name__)
 
 
 def is_terminal() -> bool:

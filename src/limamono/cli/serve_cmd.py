@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -139,25 +140,32 @@ def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
 
 
 def _run(engine: Any, config: Any, host: str, port: int, log_level: str) -> None:
-    """Serve until Ctrl-C; the banner (where to connect) goes to stdout once bound."""
+    from limamono.server import create_app
+
+    serve_app(create_app(engine, config), host, port, log_level,
+              on_ready=lambda bound: _announce(engine, host, bound))
+
+
+def serve_app(app: Any, host: str, port: int, log_level: str,
+              on_ready: Callable[[int], None]) -> None:
+    """Run ``app`` on uvicorn until Ctrl-C; ``on_ready(port)`` once the socket is bound.
+
+    The banner waits for the bind, so the URL it prints works at once (and port 0 shows the
+    port the OS chose). uvicorn's own start and stop lines are hidden at ``info``: they
+    repeat the banner. Its warnings, errors and the access log (a line a request) stay.
+    """
     import logging
 
     import uvicorn
 
-    from limamono.server import create_app
-
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
-            if self.started:  # bound: now the URL works (and port 0 has its real number)
-                bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
-                _announce(engine, host, bound)
+            if self.started:
+                on_ready(self.servers[0].sockets[0].getsockname()[1] if self.servers else port)
 
-    server = Server(uvicorn.Config(create_app(engine, config), host=host, port=port,
-                                   log_level=log_level))
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
     if log_level == "info":
-        # uvicorn's start and stop chatter repeats the banner; its errors and warnings
-        # stay, and so does the access log (one line a request).
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     server.run()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from limamono.cli.common import EXIT_BAD_INPUT, fail, out, warn
+from limamono.cli.common import EXIT_BAD_INPUT, err, fail, out, warn
 
 export_app = typer.Typer(help="Export a training run for other tools.", no_args_is_help=True)
 
@@ -21,7 +21,7 @@ def _say(line: str) -> None:
 
 
 def _progress_line(line: str) -> None:
-    err.print(line, markup=False, highlight=False)
+    err.print(line)
 
 
 def _plain_progress() -> Any:
@@ -83,7 +83,7 @@ def train_cmd(
         eval_loss = figures["final_eval_loss"]
         shown = "n/a" if eval_loss is None else f"{eval_loss:.4f}"
         out.print(f"adapter: {result.adapter_dir}  steps {figures['steps']}  "
-                  f"eval loss {shown}  time {figures['seconds']:.0f}s", soft_wrap=True)
+                  f"eval loss {shown}  time {figures['seconds']:.0f}s")
 
 
 def export_axolotl_cmd(
