@@ -189,3 +189,15 @@ def test_seeded_chat_turns_are_the_same_with_and_without_reuse(engine):
         engine.clear_cache()
         assert engine.generate(prompts[turn], _seeded(turn), 16) == expected
         assert engine.stats.last_reused == 0
+
+
+def test_prompts_start_as_the_models_tokenizer_says(engine):
+    # SmolLM2's convention (HF tokenizer and the GGUF's add_bos flag alike): no BOS.
+    assert engine.start_ids == ()
+    assert engine.prompt_ids(PROMPT) == engine.tokenize(PROMPT)
+    saved, engine.start_ids = engine.start_ids, (1,)  # Llama-family: BOS before every prompt
+    try:
+        assert engine.prompt_ids(PROMPT) == [1, *engine.tokenize(PROMPT)]
+        assert engine.fit_prompt(PROMPT, 8) == [1, *engine.tokenize(PROMPT)]
+    finally:
+        engine.start_ids = saved
