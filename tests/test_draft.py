@@ -203,6 +203,21 @@ def test_cli_writes_a_linted_draft_that_build_refuses(scripted, tmp_path, tokeni
     assert "warning draft" in lint.output
 
 
+def test_cli_card_greeting_starts_from_the_cards_first_message(scripted, tmp_path):
+    from limamono.cards import card_to_conversation, read_card
+    from limamono.cli import app
+
+    card = REPO / "examples" / "characters" / "orrin.png"
+    greeting = card_to_conversation(read_card(card), "Tom").messages[0]
+    result = CliRunner().invoke(app, ["data", "draft", "--card", str(card), "--card-greeting",
+                                      "--turns", "1", "--user", "Tom", "--user-lengths", "tiny",
+                                      "--seed", "2", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    conv = loads_yaml((tmp_path / "orrin-draft-2.yaml").read_text())
+    assert conv.messages == [greeting, Message("user", GREETING, "tiny")]
+    assert scripted.prompts[0].endswith(greeting.text + "\n\n### Input: (length = tiny)\nTom:")
+
+
 def test_cli_continue_and_argument_errors(scripted, tmp_path):
     from limamono.cli import app
 

@@ -34,6 +34,9 @@ def draft_cmd(
                                 "draft's user.persona (the prompt format has no place for "
                                 "it)."),
     turns: int = typer.Option(6, "--turns", min=1, help="Turns to write (the greeting counts)."),
+    card_greeting: bool = typer.Option(False, "--card-greeting", help="Start from the card's "
+                                       "own greeting (first_mes) instead of drafting one; it "
+                                       "is not counted in --turns."),
     user_lengths: str = typer.Option("tiny,short", "--user-lengths", help="Labels of user "
                                      "turns, one picked per turn."),
     char_lengths: str = typer.Option("long,massive", "--char-lengths", help="Labels of "
@@ -69,7 +72,7 @@ def draft_cmd(
                          greeting_length=greeting_length, max_new_tokens=max_tokens)
     except ValueError as exc:
         fail(str(exc))
-    start, stem = _start(card, continue_from, user, persona)
+    start, stem = _start(card, continue_from, user, persona, card_greeting)
     base_seed = seed if seed is not None else random.SystemRandom().randrange(2**31 - 20000 * count)
     seeds = [base_seed + 10000 * j for j in range(count)]
     targets = [output / f"{stem}-draft-{s}.yaml" for s in seeds]
@@ -90,8 +93,8 @@ def draft_cmd(
             break
 
 
-def _start(card: Path | None, continue_from: Path | None, user: str,
-           persona: str) -> tuple[Conversation, str]:
+def _start(card: Path | None, continue_from: Path | None, user: str, persona: str,
+           card_greeting: bool = False) -> tuple[Conversation, str]:
     """The conversation to extend and the stem of the draft file names."""
     from limamono.cards import CardError, card_to_conversation, read_card
     from limamono.conversation import ConversationError, User, load_yaml
@@ -107,7 +110,10 @@ def _start(card: Path | None, continue_from: Path | None, user: str,
         header = card_to_conversation(read_card(card), user)
     except CardError as exc:
         fail(str(exc))
-    start = Conversation(header.character, User(user, persona), header.scenario, [],
+    if card_greeting and not header.messages:
+        fail(f"{card}: the card has no greeting (first_mes) to start from")
+    start = Conversation(header.character, User(user, persona), header.scenario,
+                         list(header.messages) if card_greeting else [],
                          {k: v for k, v in header.meta.items() if k == "source"})
     return start, _slug(header.character.name)
 
