@@ -31,7 +31,8 @@ def test_presets_export_creates_nothing_when_it_fails(tmp_path: Path) -> None:
     folder = tmp_path / "new" / "presets"
     result = runner.invoke(app, ["presets", "export", str(folder), "--preset", "nope"])
     assert result.exit_code == 2
-    assert result.output == "error: preset='nope': unknown preset; known: limamono, limamono-dry, greedy\n"
+    assert result.output == ("error: preset='nope': unknown preset; known: limamono, "
+                             "limamono-dry, greedy\n")
     assert not (tmp_path / "new").exists()
     under_file = tmp_path / "f.txt"
     under_file.write_text("x")

@@ -61,6 +61,14 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        # Refused while scanning: the scanner looks ahead over every open '[' for a possible
+        # key, so 5,000 of them would take a while before the composer saw the first.
+        if self.flow_level >= MAX_DEPTH:
+            raise UntrustedError(f"nested more than {MAX_DEPTH} levels deep",
+                                 self.get_mark().line + 1)
+        super().fetch_flow_collection_start(token_class)
+
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         self._depth += 1
         try:
