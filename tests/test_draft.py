@@ -156,9 +156,10 @@ def test_the_style_fixer_normalises_each_turn():
 
 def test_bad_plans_are_refused_with_every_reason():
     with pytest.raises(ValueError) as info:
-        DraftPlan(turns=0, user_lengths=("tiny", "vast"), greeting_length="giant")
+        DraftPlan(turns=0, user_lengths=("tiny", "vast"), greeting_length="giant", retries=-1)
     message = str(info.value)
     assert "turns must be at least 1" in message and "vast" in message and "giant" in message
+    assert "retries must be at least 0" in message
 
 
 # --------------------------------------------------------------------------- CLI

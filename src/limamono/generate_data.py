@@ -176,6 +176,8 @@ class DraftPlan:
                                 f"{', '.join(LENGTHS)}")
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.retries < 0:
+            problems.append(f"retries must be at least 0, got {self.retries}")
         if problems:
             raise ValueError("invalid draft plan: " + "; ".join(problems))
 
@@ -268,40 +270,29 @@ def draft_conversation(engine: Engine, settings: Any, start: Conversation, plan:
     draft = ConversationDraft(start)
     for k in range(plan.turns):
         conv = draft.conversation
-        role = next_role(conv)
-        if role == "user":
-            length = rng.choice(plan.user_lengths)
-        else:
-            length = (plan.greeting_length if not conv.messages
-                      else rng.choice(plan.char_lengths))
-        prompt = turn_prompt(policy, conv, role, length)
+        index, role = len(conv.messages), next_role(conv)
+        length = _pick_length(plan, conv, role, rng)
         budget = turn_budget(length, plan.max_new_tokens)
-        fitted = _fit(prompt, count, engine.context_length, budget)
+        fitted = _fit(turn_prompt(policy, conv, role, length), count, engine.context_length,
+                      budget)
         if fitted.cut:
-            draft.notes.append(f"turn {len(conv.messages)}: {fitted.describe()}")
+            draft.notes.append(f"turn {index}: {fitted.describe()}")
         other = conv.user.name if role == "char" else conv.character.name
-        text = ""
-        for attempt in range(plan.retries + 1):
-            turn_settings = (settings.replace(seed=seed + k + 1000 * attempt)
-                             if hasattr(settings, "replace") else settings)
-            done = engine.generate(fitted.text, turn_settings, budget,
-                                   stop=policy.stop_strings(other), cancel=cancel)
-            if done.finish_reason == "cancelled":
-                draft.finish = "cancelled"
-                return draft
-            text = normalize(clean_turn(done.text))[0]
-            if text:
-                break
+        seeds = [seed + k + 1000 * attempt for attempt in range(plan.retries + 1)]
+        done, text = _write_turn(engine, settings, fitted.text, budget,
+                                 policy.stop_strings(other), seeds, normalize, cancel)
+        if done.finish_reason == "cancelled":
+            draft.finish = "cancelled"
+            return draft
         if not text:
             draft.finish = "empty"
-            draft.notes.append(f"turn {len(conv.messages)}: the model wrote nothing "
-                               f"({plan.retries + 1} seeds); drafting stopped there")
+            draft.notes.append(f"turn {index}: the model wrote nothing ({len(seeds)} seeds); "
+                               "drafting stopped there")
             return draft
-        index = len(conv.messages)
         if done.finish_reason == "length":
             draft.notes.append(f"turn {index}: cut at the {budget}-token limit; the last "
                                "sentence may be unfinished")
-        if done.stop_string and done.stop_string != fmt.HEADER_STOP:
+        if done.stop_string == f"\n{other}:":
             draft.notes.append(f"turn {index}: the model began {other}'s turn without a "
                                "header; cut there")
         message = Message(role, text, length)  # type: ignore[arg-type]
@@ -311,6 +302,35 @@ def draft_conversation(engine: Engine, settings: Any, start: Conversation, plan:
         if on_turn:
             on_turn(k + 1, plan.turns, message)
     return draft
+
+
+def _pick_length(plan: DraftPlan, conv: Conversation, role: str, rng: random.Random) -> str:
+    """The label of the next turn: the greeting's, else one of the role's (seeded)."""
+    if role == "user":
+        return rng.choice(plan.user_lengths)
+    return plan.greeting_length if not conv.messages else rng.choice(plan.char_lengths)
+
+
+def _write_turn(engine: Engine, settings: Any, prompt: str, budget: int, stops: list[str],
+                seeds: list[int], normalize: Callable[[str], tuple[str, Any]],
+                cancel: threading.Event | None) -> tuple[Any, str]:
+    """Generate one turn, a new seed per try while the model writes nothing.
+
+    Returns:
+        The last completion and its cleaned, normalised text ("" when every try was empty
+        or the turn was cancelled).
+    """
+    text, done = "", None
+    for turn_seed in seeds:
+        turn_settings = (settings.replace(seed=turn_seed) if hasattr(settings, "replace")
+                         else settings)
+        done = engine.generate(prompt, turn_settings, budget, stop=stops, cancel=cancel)
+        if done.finish_reason == "cancelled":
+            return done, ""
+        text = normalize(clean_turn(done.text))[0]
+        if text:
+            break
+    return done, text
 
 
 def _fit(prompt: str, count: Callable[[str], int], context: int, budget: int) -> Any:
