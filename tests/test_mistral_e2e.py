@@ -66,9 +66,29 @@ def test_three_lora_steps_and_a_generation_on_a_tiny_mistral(tmp_path, tiny_mist
     assert again.text == done.text  # greedy: the same reply
 
 
-def _segments(built: Path) -> list[str]:
+def _segments(built: Path, split: str = "train") -> list[str]:
     import json
 
-    lines = (built / "segments" / "train.jsonl").read_text().splitlines()
+    lines = (built / "segments" / f"{split}.jsonl").read_text().splitlines()
     return [ds.join([ds.Piece(p["text"], p["label"]) for p in json.loads(line)["segments"]])
             for line in lines]
+
+
+def test_cli_data_build_on_the_tiny_mistral_keeps_token_identity(tmp_path, tiny_mistral_dir):
+    """The issue's check: no sample whose ids differ from its whole text's (it was 30/30)."""
+    from transformers import AutoTokenizer
+    from typer.testing import CliRunner
+
+    from limamono.cli import app
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "conversations"
+    result = CliRunner().invoke(app, ["data", "build", str(examples), "-o",
+                                      str(tmp_path / "out"), "-m", str(tiny_mistral_dir)])
+    assert result.exit_code == 0, result.output
+    tok = AutoTokenizer.from_pretrained(tiny_mistral_dir)
+    texts = _segments(tmp_path / "out") + _segments(tmp_path / "out", "eval")
+    rows = (ds.read_tokenized(tmp_path / "out", "train")
+            + ds.read_tokenized(tmp_path / "out", "eval"))
+    assert len(rows) == len(texts) == 30
+    assert [r["input_ids"] for r in rows] == [tok(t)["input_ids"] for t in texts]
+    assert {r["input_ids"][0] for r in rows} == {tok.bos_token_id}
