@@ -15,6 +15,12 @@ Three measurements, side by side in one run (``make bench`` runs it with the def
 3. The sampler chain's time per token as a share of the whole token time, measured inside
    the decode runs of (1) by timing every ``Sampler.sample`` call.
 
+Then the llama.cpp engine on the embedded model's GGUF, in the same run
+(``bench/engine_llamacpp.py``): decode with our chain against the torch engine and against
+llama.cpp's own sampler chain, cold prefill of ~2,000 tokens on both engines, the same chat
+replay, ContextShift against re-reading once a chat fills the context, and the peak RSS of
+each engine in a process of its own.
+
 Results go to stdout and replace the engine section of ``docs/BENCHMARKS.md``.
 """
 
@@ -31,6 +37,9 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import engine_llamacpp as llama
+from engine_llamacpp import LlamaResults
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Engine and samplers: `bench/engine.py`"
@@ -77,8 +86,8 @@ def engine_run(engine, ids, settings, n: int) -> tuple[float, TimedSampler]:
     real = samplers.make_sampler
     timed: list[TimedSampler] = []
 
-    def make(s):
-        timed.append(TimedSampler(real(s)))
+    def make(*args, **kwargs):
+        timed.append(TimedSampler(real(*args, **kwargs)))
         return timed[-1]
 
     engine.clear_cache()
@@ -183,15 +192,13 @@ def chat_setup(engine, history_tokens: int):
     return replace(conv, messages=kept), user_lines
 
 
-def bench_chat(engine, turns: int, reply_tokens: int, history: int, cold_every: int,
-               res: Results) -> None:
+def bench_chat(engine, cold_engine, turns: int, reply_tokens: int, history: int,
+               cold_every: int, res: Results | LlamaResults) -> None:
     """(2): TTFT per turn with reuse (a real chat) and without (same prompt, no cache)."""
     from limamono import format as fmt
     from limamono.conversation import Message
-    from limamono.engine import Engine
     from limamono.samplers import get_preset
 
-    cold_engine = Engine(engine.model, engine.tokenizer, engine.model_name, cache_entries=0)
     conv, user_lines = chat_setup(engine, history)
     settings = replace(get_preset("limamono"), seed=7)
     engine.clear_cache()
@@ -224,7 +231,7 @@ def bench_chat(engine, turns: int, reply_tokens: int, history: int, cold_every: 
 
 
 def report(res: Results, args: argparse.Namespace, command: str, seconds: float,
-           load: str) -> str:
+           load: str, llama_res: LlamaResults | None = None) -> str:
     """The Markdown section for docs/BENCHMARKS.md."""
     eng, hf = statistics.median(res.engine_tps), statistics.median(res.hf_tps)
     share = statistics.median(res.sampler_share)
@@ -270,6 +277,8 @@ def report(res: Results, args: argparse.Namespace, command: str, seconds: float,
         "more work per token (one sort of the 49,152 logits). Sampler time is measured "
         "around every `Sampler.sample` call of the engine's decode runs.", "",
         DTYPE_NOTE, ""]
+    if llama_res is not None:
+        lines += llama.report_lines(llama_res, res.engine_tps, res.turns, args.threads)
     return "\n".join(lines)
 
 
@@ -299,29 +308,66 @@ def main(argv: list[str] | None = None) -> int:
                         "shared 2-core VM, 2 threads ran 10-20x slower than 1)")
     parser.add_argument("--dtype-tokens", type=int, default=512, help="prompt tokens of "
                         "the bf16/fp32 prefill comparison")
+    parser.add_argument("--prefill-tokens", type=int, default=2000, help="cold prefill "
+                        "prompt of the llama.cpp/torch comparison")
+    parser.add_argument("--shift-context", type=int, default=2048, help="context of the "
+                        "ContextShift replay")
+    parser.add_argument("--shift-turns", type=int, default=8, help="turns of that replay "
+                        "(it starts ~300 tokens short of the context)")
+    parser.add_argument("--no-llamacpp", action="store_true", help="torch engine only")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
     options = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-               if k != "no_write"]
+               if k not in ("no_write", "no_llamacpp")]
     command = ".venv/bin/python bench/engine.py " + " ".join(options)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.perf_counter()
 
-    from limamono.engine import load_engine
+    from limamono.engine import Engine, load_engine
 
-    engine = load_engine(threads=args.threads)
+    engine = load_engine(threads=args.threads, backend="torch")
     res = Results()
     print(f"decode: {args.runs} runs of {args.tokens} tokens", flush=True)
     bench_decode(engine, chat_prompt_short(), args.tokens, args.runs, res)
     print(f"chat replay: {args.turns} turns", flush=True)
-    bench_chat(engine, args.turns, args.reply_tokens, args.history, args.cold_every, res)
+    cold = Engine(engine.model, engine.tokenizer, engine.model_name, cache_entries=0)
+    bench_chat(engine, cold, args.turns, args.reply_tokens, args.history, args.cold_every,
+               res)
     print(f"dtypes: prefill of {args.dtype_tokens} tokens and decode, bf16 vs fp32", flush=True)
     bench_dtypes(engine, args.dtype_tokens, res)
-    text = report(res, args, command, time.perf_counter() - started, load)
+    llama_res = None if args.no_llamacpp else bench_llamacpp(engine, args)
+    text = report(res, args, command, time.perf_counter() - started, load, llama_res)
     print(text)
     if not args.no_write:
         write_section(text, REPO / "docs" / "BENCHMARKS.md")
     return 0
+
+
+def bench_llamacpp(torch_engine, args: argparse.Namespace) -> LlamaResults:
+    """The llama.cpp engine on the embedded GGUF, measured as the torch engine was."""
+    from limamono.engine import load_engine
+
+    engine = load_engine(threads=args.threads, backend="llamacpp")
+    res = LlamaResults()
+    print(f"llama.cpp decode: {args.runs} runs of {args.tokens} tokens", flush=True)
+    llama.bench_decode(engine, engine.tokenize(chat_prompt_short()), args.tokens, args.runs,
+                       res, engine_run)
+    print(f"cold prefill of ~{args.prefill_tokens} tokens", flush=True)
+    llama.bench_prefill({"llama.cpp": engine, "torch bf16": torch_engine},
+                        args.prefill_tokens, res)
+    print(f"llama.cpp chat replay: {args.turns} turns", flush=True)
+    cold = load_engine(threads=args.threads, backend="llamacpp", cache_entries=0)
+    bench_chat(engine, cold, args.turns, args.reply_tokens, args.history, args.cold_every,
+               res)
+    cold.close()
+    engine.close()
+    print(f"ContextShift: {args.shift_turns} turns in a {args.shift_context}-token context",
+          flush=True)
+    llama.bench_shift(args.shift_context, args.shift_turns, 48, args.threads, res)
+    for backend in ("llamacpp", "torch"):
+        res.rss[backend] = llama.rss_probe(backend, args.threads, args.prefill_tokens)
+        print(f"  peak RSS {backend}: {res.rss[backend]:.0f} MiB", flush=True)
+    return res
 
 
 def chat_prompt_short() -> str:
