@@ -159,3 +159,65 @@ def test_no_shift_engine_re_reads_the_kept_turns(shifting):
     fresh.prompt_logits(ids)
     assert (fresh.stats.last_reused, fresh.stats.last_shifted) == (0, 0)
     assert fresh.stats.last_evaluated == len(ids)
+
+
+# -- on the torch engine (RoPE re-rotation of a DynamicCache) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def torch_pair(tiny_model_dir):
+    from limamono.engine import Engine, load_engine
+
+    engine = load_engine(str(tiny_model_dir), dtype="fp32", threads=1, backend="torch")
+    return engine, Engine(engine.model, engine.tokenizer, cache_entries=0)
+
+
+def _layer0_keys(engine):
+    return engine.prompt_cache._entries[-1].cache.layers[0].keys
+
+
+def test_torch_shift_re_rotates_the_kept_keys_exactly(torch_pair):
+    """Layer 0's keys depend only on the token and its position, so after a shift they
+    must equal a fresh read's up to fp32 rounding (deeper layers saw the dropped turn)."""
+    engine, _ = torch_pair
+    assert engine.rope is not None
+    head, dropped, kept = (engine.tokenize(LINES[0]), engine.tokenize(" " + LINES[1]),
+                           engine.tokenize(" " + LINES[2] + " " + LINES[3]))
+    engine.clear_cache()
+    engine.prompt_logits(head + dropped + kept)
+    engine.prompt_logits(head + kept + [13])
+    assert (engine.stats.last_shifted, engine.stats.last_reused) == (
+        len(dropped), len(head + kept))
+    shifted = _layer0_keys(engine)
+    engine.clear_cache()
+    engine.prompt_logits(head + kept + [13])
+    fresh = _layer0_keys(engine)
+    assert shifted.shape == fresh.shape
+    assert float((shifted - fresh).abs().max()) < 1e-4
+
+
+def test_torch_chat_shifts_instead_of_re_reading(torch_pair):
+    from limamono.engine import Engine
+
+    model, tokenizer = torch_pair[0].model, torch_pair[0].tokenizer
+    engine = Engine(model, tokenizer, context_length=320)
+    engine.generate(fmt.render(_chat(7), open_response=True), get_preset_greedy(), 4)
+    for turns in range(8, len(LINES) + 1):
+        prompt = fmt.render(_chat(turns), open_response=True)
+        result = engine.generate(prompt, get_preset_greedy(), 4)
+        if engine.stats.last_shifted:
+            break
+    else:
+        pytest.fail("the chat never outgrew the context")
+    assert engine.stats.last_evaluated < result.prompt_tokens // 3
+    no_shift = Engine(model, tokenizer, context_length=320)
+    no_shift.rope = None  # what a model without plain RoPE gets
+    no_shift.prompt_cache._shift = None
+    assert no_shift.generate(prompt, get_preset_greedy(), 4).prompt_tokens == \
+        result.prompt_tokens
+
+
+def get_preset_greedy():
+    from limamono.samplers import get_preset
+
+    return get_preset("greedy")

@@ -25,7 +25,7 @@ from limamono.engine_base import (
     SlotStart,
     TokenStream,
 )
-from limamono.kvreuse import common_prefix
+from limamono.kvreuse import Reuse, common_prefix, plan_reuse
 from limamono.models import (
     DEFAULT_MODEL,
     ModelError,
@@ -58,23 +58,27 @@ class _Entry:
 class PromptCache:
     """A small LRU of (token ids, KV cache) pairs, one per recent conversation.
 
-    :meth:`take` picks the entry with the longest common prefix with a new prompt. When
-    that prefix covers at least half of the entry (the same conversation, one turn later, or
-    a regenerated reply), the entry is taken over and cropped; when it covers less (another
-    conversation sharing only the trigger and perhaps the sheet), the entry is copied and the
-    copy cropped, so the other conversation keeps its cache. At least one prompt token is
+    :meth:`take` picks the entry that lets a new prompt skip the most tokens: a common
+    prefix or, with ``shift``, a ContextShift (:mod:`limamono.kvreuse`). When the reused
+    tokens cover at least half of the entry (the same conversation, one turn later, or a
+    regenerated reply), the entry is taken over and cut; when they cover less (another
+    conversation sharing only the trigger and perhaps the sheet), the entry is copied and
+    the copy cut, so the other conversation keeps its cache. At least one prompt token is
     always left to evaluate, since the next token's logits come from evaluating one.
 
     Args:
         capacity: Entries kept; 0 disables reuse.
         new_cache: Factory of an empty cache.
+        shift: ``shift(cache, start, count)`` removes ``count`` cached tokens at ``start``
+            and moves the later ones down; None: no ContextShift.
     """
 
-    def __init__(self, capacity: int, new_cache: Any) -> None:
+    def __init__(self, capacity: int, new_cache: Any, shift: Any = None) -> None:
         if capacity < 0:
             raise ValueError(f"cache_entries={capacity}: must be >= 0 (0 disables reuse)")
         self.capacity = capacity
         self._new_cache = new_cache
+        self._shift = shift
         self._entries: list[_Entry] = []  # least recently used first
 
     def __len__(self) -> int:
@@ -84,23 +88,26 @@ class PromptCache:
         """Forget every cached prompt."""
         self._entries.clear()
 
-    def take(self, ids: Sequence[int]) -> tuple[Any, int]:
-        """A cache holding the first ``n`` tokens of ``ids``, and ``n`` (< ``len(ids)``)."""
-        best, best_len = None, 0
+    def take(self, ids: Sequence[int]) -> tuple[Any, Reuse]:
+        """A cache holding the first ``plan.reused`` tokens of ``ids`` (< ``len(ids)``)."""
+        best, plan = None, Reuse(0)
         for entry in self._entries:
-            length = common_prefix(entry.ids, ids)
-            if length > best_len:
-                best, best_len = entry, length
-        reuse = min(best_len, len(ids) - 1)
-        if best is None or reuse <= 0 or not best.cache.is_croppable:
-            return self._new_cache(), 0
-        if 2 * reuse >= len(best.ids):
+            candidate = plan_reuse(entry.ids, ids, shift=self._shift is not None)
+            if candidate.reused > plan.reused:
+                best, plan = entry, candidate
+        if best is None or not best.cache.is_croppable:
+            return self._new_cache(), Reuse(0)
+        if 2 * plan.reused >= len(best.ids):
             self._entries.remove(best)
             cache = best.cache
         else:
             cache = copy.deepcopy(best.cache)
-        cache.crop(reuse - cache.get_seq_length())  # a negative count removes from the end
-        return cache, reuse
+        if plan.dropped:
+            self._shift(cache, plan.prefix, plan.dropped)
+        drop = cache.get_seq_length() - plan.reused
+        if drop > 0:
+            cache.crop(-drop)  # transformers 5 takes the count to remove, negative
+        return cache, plan
 
     def put(self, ids: list[int], cache: Any) -> None:
         """Store a cache (holding exactly ``ids``) as the most recently used entry."""
@@ -163,7 +170,9 @@ class Engine(EngineBase):
         #: Size of the logits (token ids of a request must be below it).
         self.n_vocab = int(model.get_output_embeddings().weight.shape[0])
         self.start_ids = tuple(tokens.start_ids(tokenizer))
-        self.prompt_cache = PromptCache(cache_entries, lambda: DynamicCache(config=model.config))
+        self.rope = rope_shifter(model)
+        self.prompt_cache = PromptCache(cache_entries, lambda: DynamicCache(config=model.config),
+                                        self.rope)
         # transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns).
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -193,8 +202,8 @@ class Engine(EngineBase):
     # -- the KV cache (layer 1) -----------------------------------------------------------
 
     def _open_slot(self, ids: list[int]) -> SlotStart:
-        cache, reused = self.prompt_cache.take(ids)
-        return SlotStart(_TorchSlot(self, cache), reused)
+        cache, plan = self.prompt_cache.take(ids)
+        return SlotStart(_TorchSlot(self, cache), plan.reused, plan.dropped)
 
     def _close_slot(self, slot: KVSlot, ids: list[int] | None) -> None:
         if ids is not None:
@@ -214,6 +223,53 @@ class Engine(EngineBase):
             out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
                              **{self._cache_arg: cache})
         return out.logits[0, -1].float().cpu()
+
+
+class RopeShift:
+    """ContextShift for a transformers cache: drop cached tokens, re-rotate the later keys.
+
+    ``DynamicCache`` stores keys after RoPE, at the positions they were computed at. Moving
+    a key from position p to p - d multiplies it by the rotation of -d (rotations compose),
+    so the kept tokens need no forward pass; values carry no position. Only plain RoPE
+    (``rope_type`` default, no attention scaling) in the ``rotate_half`` layout of the
+    transformers Llama family is handled; :func:`rope_shifter` returns None otherwise.
+    """
+
+    def __init__(self, inv_freq: torch.Tensor) -> None:
+        self.inv_freq = inv_freq.detach().float().cpu()  # [head_dim / 2]
+
+    def __call__(self, cache: Any, start: int, count: int) -> None:
+        import torch
+
+        angles = -count * self.inv_freq
+        cos = torch.cat([angles.cos(), angles.cos()])  # [head_dim]
+        sin = torch.cat([angles.sin(), angles.sin()])
+        for layer in cache.layers:
+            keys, values = layer.keys, layer.values  # [batch, kv_heads, seq, head_dim]
+            tail = keys[..., start + count:, :].float()
+            half = tail.shape[-1] // 2
+            rotated = torch.cat([-tail[..., half:], tail[..., :half]], dim=-1)
+            tail = (tail * cos.to(tail.device) + rotated * sin.to(tail.device)).to(keys.dtype)
+            layer.keys = torch.cat([keys[..., :start, :], tail], dim=-2)
+            layer.values = torch.cat([values[..., :start, :], values[..., start + count:, :]],
+                                     dim=-2)
+
+
+def rope_shifter(model: Any) -> RopeShift | None:
+    """A :class:`RopeShift` for ``model`` when its cache can be shifted, else None."""
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    inv_freq = getattr(rotary, "inv_freq", None)
+    if inv_freq is None or getattr(rotary, "rope_type", None) != "default" or \
+            float(getattr(rotary, "attention_scaling", 1.0)) != 1.0:
+        return None
+    if type(rotary).__name__ not in _ROTATE_HALF_ROPE:
+        return None
+    return RopeShift(inv_freq)
+
+
+#: Rotary embeddings known to use transformers' ``rotate_half`` layout.
+_ROTATE_HALF_ROPE = frozenset({"LlamaRotaryEmbedding", "MistralRotaryEmbedding",
+                               "Qwen2RotaryEmbedding", "Qwen3RotaryEmbedding"})
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
