@@ -21,6 +21,12 @@ llama.cpp's own sampler chain, cold prefill of ~2,000 tokens on both engines, th
 replay, ContextShift against re-reading once a chat fills the context, and the peak RSS of
 each engine in a process of its own.
 
+``--samplers`` runs only a fourth measurement and writes its own section: the sampler
+chain's share of the token time with the card's preset, with DRY+XTC added, and with DRY+XTC
+and 50 banned phrases, side by side (variants interleaved in every run) on a ~1,000-token
+chat prompt through layer 2 (``stream_text``); the banned-phrase filter's time counts as
+sampling, and tokens regenerated after a rewind are counted separately.
+
 Results go to stdout and replace the engine section of ``docs/BENCHMARKS.md``.
 """
 
@@ -282,14 +288,14 @@ def report(res: Results, args: argparse.Namespace, command: str, seconds: float,
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path) -> None:
+def write_section(text: str, path: Path, section: str = SECTION) -> None:
     """Replace (or append) this benchmark's section of docs/BENCHMARKS.md."""
     old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = old.find(SECTION)
+    start = old.find(section)
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        end = old.find("\n## ", start + len(SECTION))
+        end = old.find("\n## ", start + len(section))
         new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
     path.write_text(new.rstrip("\n") + "\n")
 
@@ -316,9 +322,18 @@ def main(argv: list[str] | None = None) -> int:
                         "(it starts ~300 tokens short of the context)")
     parser.add_argument("--no-llamacpp", action="store_true", help="torch engine only")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument("--samplers", action="store_true", help="only the sampler-chain "
+                        "comparison (card preset, +DRY+XTC, +50 banned phrases); uses "
+                        "--tokens, --runs, --history, --threads and --backend")
+    parser.add_argument("--backend", default="auto", help="engine for --samplers: auto, "
+                        "torch or llamacpp")
     args = parser.parse_args(argv)
+    if args.samplers:
+        import engine_samplers
+
+        return engine_samplers.samplers_main(args)
     options = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-               if k not in ("no_write", "no_llamacpp")]
+               if k not in ("no_write", "no_llamacpp", "samplers", "backend")]
     command = ".venv/bin/python bench/engine.py " + " ".join(options)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.perf_counter()
@@ -384,6 +399,8 @@ def chat_prompt_short() -> str:
                           "night for it,\" she said, pushing a chair toward the stove."),
                   Message("user", "\"Is the channel open?\" Sam asked, dripping.")])
     return fmt.render(conv, open_response=True)
+
+
 
 
 if __name__ == "__main__":
