@@ -47,6 +47,8 @@ def commands(name: str, out: Path) -> Iterator[tuple[list[str], int]]:
         yield ["train", path], 2
     elif folder == "chats":
         yield ["chats", "import", path, *db], 2
+    elif folder == "builds":
+        yield ["data", "stats", path], 2
     elif folder == "cards":
         yield ["card", "show", path], 2
         yield ["card", "convert", path, str(out / "card.png")], 2

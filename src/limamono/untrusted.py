@@ -193,14 +193,16 @@ def _check_expansion(root: yaml.Node) -> None:
 
 # --------------------------------------------------------------------------- JSON
 
-def load_json(text: str, max_depth: int = MAX_DEPTH) -> Any:
-    """``json.loads`` refusing duplicate keys, NaN/Infinity and nesting past ``max_depth``.
+def load_json(text: str, max_depth: int = MAX_DEPTH, *, allow_nan: bool = False) -> Any:
+    """``json.loads`` refusing duplicate keys, nesting past ``max_depth`` and (unless
+    ``allow_nan``, for files Python itself wrote) NaN/Infinity.
 
     Raises:
         UntrustedError: with the line of a syntax error.
     """
+    constant = None if allow_nan else _no_constant
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=constant)
     except json.JSONDecodeError as exc:
         raise UntrustedError(f"not valid JSON: {exc.msg} (column {exc.colno})",
                              exc.lineno) from None

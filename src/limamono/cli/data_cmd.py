@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from limamono.cli.common import EXIT_BAD_INPUT, EXIT_PROBLEMS, err, fail, out
+from limamono.untrusted import quote
 
 data_app = typer.Typer(help="Check, build and measure a training dataset (a folder of "
                             "conversation YAML, JSONL and LimaRP YAML files).",
@@ -218,10 +219,20 @@ def stats_cmd(
     """Show a dataset's figures: conversations, messages, tokens, supervised tokens,
     per-role lengths, the length-label histogram, over-long counts and the quality figures
     (slop index, thought/sound/title rates); --plots draws them."""
-    from limamono.dataset import DatasetError, build, compute_stats, is_built, read_stats
+    from limamono.dataset import (
+        BuiltFolderError,
+        DatasetError,
+        build,
+        compute_stats,
+        is_built,
+        read_stats,
+    )
 
     if is_built(path):
-        stats = read_stats(path)
+        try:
+            stats = read_stats(path)
+        except BuiltFolderError as exc:
+            fail(str(exc))
     else:
         config = _build_config(seq_len, val, seed, overflow, end_of_turn, train_on_inputs,
                                length_bounds, window_overlap, trigger, True, include_drafts)
@@ -235,8 +246,13 @@ def stats_cmd(
     if as_json:
         out.print_json(json.dumps(stats))
     else:
-        _table(stats)
-        _quality_table(stats)
+        try:
+            _table(stats)
+            _quality_table(stats)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            # Only a damaged or hand-made stats.json lacks what a build writes.
+            fail(f"{path}: its stats.json lacks what a build writes ({type(exc).__name__}: "
+                 f"{quote(str(exc))}); rebuild it with `limamono data build`")
     if plots is not None:
         from limamono.dataset.plots import plot_stats
 

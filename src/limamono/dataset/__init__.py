@@ -25,6 +25,7 @@ from limamono.dataset.build import (
 )
 from limamono.dataset.output import (
     STATS_FILE,
+    BuiltFolderError,
     OutputError,
     axolotl_rows,
     check_output,
@@ -71,6 +72,7 @@ __all__ = [
     "STATS_FILE",
     "BuildConfig",
     "BuildResult",
+    "BuiltFolderError",
     "DatasetError",
     "Layout",
     "OutputError",

@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from limamono import atomic
+from limamono import atomic, untrusted
 from limamono import format as fmt
 from limamono.conversation import LENGTHS
 from limamono.dataset.build import SPLITS, BuildResult, Sample
@@ -245,15 +245,52 @@ def is_built(path: str | Path) -> bool:
     return (path / STATS_FILE).is_file() and (path / TOKENIZED_DIR / "train.jsonl").is_file()
 
 
+class BuiltFolderError(ValueError):
+    """A built folder's file cannot be read back (damaged, or not written by a build)."""
+
+
 def read_stats(path: str | Path) -> dict[str, Any]:
-    """The stats.json of a built dataset folder."""
-    return json.loads((Path(path) / STATS_FILE).read_text(encoding="utf-8"))
+    """The stats.json of a built dataset folder.
+
+    Raises:
+        BuiltFolderError: unreadable, not JSON, or not written by a build.
+    """
+    file = Path(path) / STATS_FILE
+    (stats,) = _read_json_lines(file, whole=True)
+    if not isinstance(stats, dict) or not isinstance(stats.get("build"), dict):
+        raise BuiltFolderError(f"{file}: not the stats of a build (no 'build' mapping); "
+                               "rebuild it with `limamono data build`")
+    return stats
 
 
 def read_tokenized(path: str | Path, split: str) -> list[dict[str, Any]]:
-    """The tokenised rows (``input_ids``, ``labels``, ``source``) of one split."""
+    """The tokenised rows (``input_ids``, ``labels``, ``source``) of one split.
+
+    Raises:
+        BuiltFolderError: a line that is not a JSON object.
+    """
     file = Path(path) / TOKENIZED_DIR / f"{split}.jsonl"
     if not file.is_file():
         return []
-    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    rows = _read_json_lines(file)
+    if not all(isinstance(row, dict) for row in rows):
+        raise BuiltFolderError(f"{file}: a row is not a JSON object; rebuild it")
+    return rows
+
+
+def _read_json_lines(file: Path, whole: bool = False) -> list[Any]:
+    """The JSON values of a file (one, or one per non-blank line), bounded and checked."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuiltFolderError(f"{file}: cannot read it ({exc})") from None
+    numbered = [(1, text)] if whole else [(n, line) for n, line in
+                                          enumerate(text.splitlines(), start=1) if line.strip()]
+    values = []
+    for number, line in numbered:
+        try:
+            values.append(untrusted.load_json(line, allow_nan=True))
+        except untrusted.UntrustedError as exc:
+            where = f"{file}:{number}" if not whole else str(file)
+            raise BuiltFolderError(f"{where}: {exc}; rebuild it") from None
+    return values
