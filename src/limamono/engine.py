@@ -300,12 +300,14 @@ def choose_backend(model: str, adapter: str | os.PathLike[str] | None,
                    backend: str = "auto") -> str:
     """``torch`` or ``llamacpp`` for a ``--model``/``--adapter``/``--backend`` choice.
 
-    ``auto`` is llama.cpp for a GGUF model without a (PEFT) adapter when llama-cpp-python is
-    installed, torch otherwise. Training and loss evaluation always load torch.
+    ``auto`` is llama.cpp for a GGUF model (with no adapter, or a plain LoRA one, which
+    is converted to a GGUF LoRA once) when llama-cpp-python is installed, torch otherwise.
+    Training and loss evaluation always load torch.
 
     Raises:
         limamono.models.ModelError: ``llamacpp`` asked for what it cannot run.
     """
+    from limamono.gguf_lora import check_adapter
     from limamono.llamacpp_engine import llamacpp_available
 
     if backend not in BACKENDS:
@@ -314,13 +316,19 @@ def choose_backend(model: str, adapter: str | os.PathLike[str] | None,
         return "torch"
     gguf = gguf_file(model)
     if backend == "auto":
-        return "llamacpp" if gguf and adapter is None and llamacpp_available() else "torch"
+        if gguf is None or not llamacpp_available():
+            return "torch"
+        try:
+            if adapter is not None:
+                check_adapter(Path(adapter))
+        except ModelError:
+            return "torch"
+        return "llamacpp"
     if gguf is None:
         raise ModelError(f"{model}: --backend llamacpp needs a .gguf file (or the embedded "
                          f"{DEFAULT_MODEL}); fix: pass a GGUF file or use --backend torch")
     if adapter is not None:
-        raise ModelError(f"{adapter}: a PEFT adapter runs on the torch backend only; fix: "
-                         "use --backend torch (or --adapter none)")
+        check_adapter(Path(adapter))
     return "llamacpp"
 
 
@@ -334,7 +342,8 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
     Args:
         model: ``smollm2-135m`` (default), a ``.gguf`` file, a model folder or a cached
             hub id.
-        adapter: None/"none", "demo" or a PEFT adapter folder (merged into the weights).
+        adapter: None/"none", "demo" or a PEFT adapter folder (merged into the weights on
+            torch; applied as a GGUF LoRA on llama.cpp).
         dtype: torch only: ``auto`` (:func:`limamono.models.choose_dtype`), ``bf16``,
             ``fp16`` or ``fp32``.
         threads: CPU threads.
@@ -348,13 +357,15 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
     """
     adapter = resolve_adapter(adapter, model)
     if choose_backend(model, adapter, backend) == "llamacpp":
+        from limamono.gguf_lora import gguf_lora_for
         from limamono.llamacpp_engine import LlamaCppEngine
 
         path = gguf_file(model)
         assert path is not None
         return LlamaCppEngine(path, name=model if model == DEFAULT_MODEL else path.name,
                               context_length=context_length, cache_entries=cache_entries,
-                              threads=threads)
+                              threads=threads,
+                              lora=None if adapter is None else gguf_lora_for(adapter, path))
     spec = resolve_model(model, progress=progress)
     loaded, tokenizer = load_model(spec, adapter=adapter, dtype=dtype, threads=threads)
     return Engine(loaded, tokenizer, name=spec.name, context_length=context_length,

@@ -103,6 +103,7 @@ class LlamaCppEngine(EngineBase):
         cache_entries: Conversations whose KV caches are kept for reuse (0: none).
         threads: CPU threads (default :data:`DEFAULT_THREADS`, at most the CPU count).
         shift: Allow ContextShift (when the model's cache can shift positions).
+        lora: A GGUF LoRA adapter file to apply (``limamono.gguf_lora`` converts PEFT ones).
 
     Raises:
         limamono.models.ModelError: The file is missing or llama.cpp cannot load it.
@@ -113,7 +114,7 @@ class LlamaCppEngine(EngineBase):
     def __init__(self, path: str | os.PathLike[str], name: str | None = None,
                  context_length: int | None = None,
                  cache_entries: int = DEFAULT_CACHE_ENTRIES, threads: int | None = None,
-                 shift: bool = True) -> None:
+                 shift: bool = True, lora: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         if cache_entries < 0:
             raise ValueError(f"cache_entries={cache_entries}: must be >= 0 (0 disables reuse)")
@@ -126,8 +127,10 @@ class LlamaCppEngine(EngineBase):
         self.model_name = name or self.path.name
         self.cache_entries = cache_entries
         self._ll = _lib()
-        self._model = self._ctx = self._batch = None
+        self._model = self._ctx = self._batch = self._lora = None
         self._load(context_length, threads or min(DEFAULT_THREADS, os.cpu_count() or 1))
+        if lora is not None:
+            self._apply_lora(Path(lora))
         self.shift = shift and bool(self._ll.llama_memory_can_shift(self._mem))
         self._entries: list[_Entry] = []  # least recently used first; at most one live
 
@@ -165,9 +168,24 @@ class LlamaCppEngine(EngineBase):
         if ll.llama_vocab_get_add_bos(self._vocab):
             self.start_ids = (int(ll.llama_vocab_bos(self._vocab)),)
 
+    def _apply_lora(self, path: Path) -> None:
+        ll = self._ll
+        _log_lines.clear()
+        self._lora = ll.llama_adapter_lora_init(self._model, str(path).encode())
+        if not self._lora:
+            raise ModelError(f"{path}: llama.cpp cannot load this LoRA adapter ("
+                             f"{'; '.join(_log_lines) or 'no reason given'}); fix: use "
+                             "--backend torch")
+        adapters = (ll.llama_adapter_lora_p_ctypes * 1)(self._lora)
+        if ll.llama_set_adapters_lora(self._ctx, adapters, 1, (ctypes.c_float * 1)(1.0)):
+            raise ModelError(f"{path}: llama.cpp could not apply this LoRA adapter")
+
     def close(self) -> None:
         """Free the model, the context and the batch (the engine is unusable afterwards)."""
         ll = self._ll
+        if self._lora:
+            ll.llama_adapter_lora_free(self._lora)
+            self._lora = None
         if self._batch is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None

@@ -30,8 +30,8 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 #: ``--backend`` help, the same on every command that loads a model.
-BACKEND_HELP = ("auto (llama.cpp for GGUF models, the embedded one included, when no PEFT "
-                "adapter is used), llamacpp or torch.")
+BACKEND_HELP = ("auto (llama.cpp for GGUF models, the embedded one included, with no "
+                "adapter or a plain LoRA one), llamacpp or torch.")
 
 
 def visible(text: str) -> str:
