@@ -201,3 +201,36 @@ def test_prompts_start_as_the_models_tokenizer_says(engine):
         assert engine.fit_prompt(PROMPT, 8) == [1, *engine.tokenize(PROMPT)]
     finally:
         engine.start_ids = saved
+
+
+class _FixedLogits:
+    """A KV slot that always answers the same logits (to compare the sampling alone)."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    def eval(self, ids):
+        return self.logits.clone()
+
+    def crop(self, keep):
+        pass
+
+
+@pytest.mark.parametrize("dialect", ["textgen", "koboldcpp"])
+def test_both_engines_draw_the_same_tokens_from_the_same_logits(torch_engine, llamacpp_engine,
+                                                                monkeypatch, dialect):
+    import torch
+
+    from limamono.engine_base import SlotStart
+
+    logits = 3 * torch.randn(49152, generator=torch.Generator().manual_seed(0))
+    logits[[0, 2, 4]] = float("-inf")  # no end-of-sequence token in either engine
+    settings = replace(get_preset("limamono"), seed=9, dialect=dialect)
+    draws = []
+    for engine in (torch_engine, llamacpp_engine):
+        monkeypatch.setattr(engine, "_open_slot",
+                            lambda ids: SlotStart(_FixedLogits(logits), 0))
+        monkeypatch.setattr(engine, "_close_slot", lambda slot, ids: None)
+        draws.append(list(engine.stream_tokens([5, 6, 7], settings, 24)))
+    assert draws[0] == draws[1]
+    assert len(set(draws[0])) > 5  # a real draw, not one token repeated

@@ -36,10 +36,10 @@ def test_auto_falls_back_to_torch_and_llamacpp_refuses_what_it_cannot_run(tmp_pa
                                                                           tiny_model_dir):
     dora = _adapter(tmp_path / "dora", use_dora=True)
     assert choose_backend("smollm2-135m", dora) == "torch"
-    with pytest.raises(ModelError, match="use_dora cannot run in llama.cpp"):
+    with pytest.raises(ModelError, match=r"use_dora cannot run in llama\.cpp"):
         choose_backend("smollm2-135m", dora, "llamacpp")
     assert choose_backend(str(tiny_model_dir), None) == "torch"
-    with pytest.raises(ModelError, match="needs a .gguf file"):
+    with pytest.raises(ModelError, match=r"needs a \.gguf file"):
         choose_backend(str(tiny_model_dir), None, "llamacpp")
     with pytest.raises(ModelError, match="must be one of auto, llamacpp, torch"):
         choose_backend("smollm2-135m", None, "cuda")
