@@ -66,7 +66,7 @@ def test_duplicate_keys_recursive_aliases_and_unsafe_tags_are_refused():
 def test_quote_caps_what_a_message_repeats():
     assert untrusted.quote("x" * 1000) == repr("x" * 60) + "... (1000 characters)"
     assert untrusted.quote([[1]] * 10**6) == "a list of 1000000 items"
-    assert untrusted.quote(10**100).endswith("... (101 characters)")
+    assert untrusted.quote(10**100) == "an integer of about 100 digits"
     assert untrusted.quote("ok") == "'ok'"
 
 
@@ -167,3 +167,13 @@ def test_sillytavern_import_refuses_nan_and_export_writes_valid_json(tmp_path: P
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode) == 0o644
+
+
+def test_numbers_python_cannot_read_or_print_are_refused():
+    assert str(refused("x: 1\na: 0x" + "f" * 5000)) == (
+        "line 2: the integer '0x" + "f" * 58 + "'... (5002 characters) is too long")
+    assert str(refused("a: " + "9" * 5000)).startswith("line 1: the integer '999")
+    assert str(refused("a: 2024-13-45")) == ("not valid YAML: a value cannot be read "
+                                             "('month must be in 1..12')")
+    assert untrusted.load_yaml("a: [0x1f, 0b101, 1_000]") == {"a": [31, 5, 1000]}
+    assert untrusted.quote(10**5000) == "an integer of about 5000 digits"

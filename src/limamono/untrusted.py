@@ -46,6 +46,8 @@ def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
     """
     if isinstance(value, (list, dict, tuple, set)):
         return f"a {type(value).__name__} of {len(value)} items"
+    if isinstance(value, int) and abs(value).bit_length() > 4 * limit:  # repr may refuse it
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103)} digits"
     if isinstance(value, str) and len(value) > limit:
         return repr(value[:limit]) + f"... ({len(value)} characters)"
     text = repr(value)
@@ -95,6 +97,18 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    # Python refuses to read (or print) integers of more than 4,300 digits, and nothing
+    # limamono reads needs more than 64 bits; hex and binary would otherwise pass.
+    if len(node.value) > 40:
+        raise UntrustedError(f"the integer {quote(node.value)} is too long",
+                             node.start_mark.line + 1)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+
+
 def compose_yaml(text: str) -> yaml.Node | None:
     """The node tree of one YAML document (None when it is empty), checked for size.
 
@@ -126,6 +140,11 @@ def construct(node: yaml.Node | None) -> Any:
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise _yaml_error(exc) from None
+    except UntrustedError:
+        raise
+    except ValueError as exc:  # a date like 2024-13-45
+        raise UntrustedError(f"not valid YAML: a value cannot be read "
+                             f"({quote(str(exc).split(';')[0], 80)})") from None
     finally:
         loader.dispose()
 
