@@ -56,6 +56,9 @@ class DatasetError(ValueError):
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
         lines = [f"{p.where()}: [{p.rule}] {p.message}" for p in self.problems]
+        if len(lines) == 1:  # one problem, one line
+            super().__init__(lines[0])
+            return
         super().__init__(f"{len(lines)} problem(s):\n" + "\n".join(lines))
 
 
