@@ -225,3 +225,21 @@ def test_torch_engine_rewind_and_cache(tiny_model_dir) -> None:
     fresh = engine.prompt_logits(held)
     assert engine.stats.last_reused == 0
     assert torch.allclose(reused, fresh, atol=1e-4)
+
+
+def test_cli_generate_ban(tiny_model_dir) -> None:
+    from typer.testing import CliRunner
+
+    from limamono.cli import app
+
+    args = ["generate", "--model", str(tiny_model_dir), "--prompt", "The boats were",
+            "--preset", "greedy", "-n", "8", "--threads", "1", "--dtype", "fp32"]
+    runner = CliRunner()
+    plain = runner.invoke(app, args)
+    assert plain.exit_code == 0, plain.output
+    words = plain.stdout.split()
+    assert len(words) >= 2
+    phrase = words[1]
+    banned_run = runner.invoke(app, [*args, "--ban", phrase.upper()])
+    assert banned_run.exit_code == 0, banned_run.output
+    assert phrase.lower() not in banned_run.stdout.lower()

@@ -497,3 +497,41 @@ def test_exported_presets_keep_the_card_and_offer_limamono_dry() -> None:
     assert dry_preset["dry_multiplier"] == 0.8 and dry_preset["tfs"] == card["tfs"]
     assert {k: v for k, v in dry_preset.items() if k != "dry_multiplier"} == \
         {k: v for k, v in card.items() if k != "dry_multiplier"}
+
+
+def test_breakers_on_the_smollm2_tokenizer(tokenizer) -> None:
+    """The real vocabulary: text-generation-webui's breaker is the last token of "a" + s;
+    KoboldCpp's heads are every token holding the breaker, plus partial overlaps with
+    tails (here "\\n\\n" contains "\\n"; "###" starts inside tokens ending in "#")."""
+    from limamono.samplers.vocab import Vocabulary
+
+    size = len(tokenizer)
+    pieces = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False,
+                                    clean_up_tokenization_spaces=False)
+    vocab = Vocabulary(size, lambda t: tokenizer.encode(t, add_special_tokens=False), pieces,
+                       frozenset({2}))
+    newline = tokenizer.encode("a\n", add_special_tokens=False)[-1]
+    assert vocab.textgen_breakers(("\n",)) == {newline: ((),)}
+    assert vocab.newline_id() == newline
+    kobold = vocab.koboldcpp_breakers(("\n", "###"))
+    double = tokenizer.encode("\n\n", add_special_tokens=False)
+    assert len(double) == 1 and kobold[double[0]] == ((),)
+    assert kobold[newline] == ((),)
+    hashes = [t for t, piece in enumerate(pieces) if piece.endswith("#") and "###" not in piece]
+    assert hashes and all(kobold[t] for t in hashes)
+    single = pieces.index("#")
+    assert kobold[single] == (tuple(tokenizer.encode("##", add_special_tokens=False)),)
+
+
+def test_engine_runs_dry_and_xtc_in_both_dialects(tiny_model_dir) -> None:
+    """Through the engine: the vocabulary is built from the model's tokenizer, the KoboldCpp
+    breakers from every token's text, and a seeded run is reproducible."""
+    from limamono.engine import load_engine
+
+    engine = load_engine(str(tiny_model_dir), dtype="fp32", threads=1)
+    for dialect in ("textgen", "koboldcpp"):
+        s = get_preset("limamono-dry").replace(dialect=dialect, xtc_probability=0.5, seed=3,
+                                               mirostat=2)
+        first = engine.generate("Once upon a time", s, 12)
+        assert engine.generate("Once upon a time", s, 12) == first
+    assert engine.vocabulary(engine.n_vocab).size == engine.n_vocab
