@@ -284,7 +284,7 @@ def report(res: Results, args: argparse.Namespace, command: str, seconds: float,
         "around every `Sampler.sample` call of the engine's decode runs.", "",
         DTYPE_NOTE, ""]
     if llama_res is not None:
-        lines += llama.report_lines(llama_res, res.engine_tps, res.turns, args.threads)
+        lines += llama.report_lines(llama_res, res.turns, args.threads)
     return "\n".join(lines)
 
 
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                         "prompt of the llama.cpp/torch comparison")
     parser.add_argument("--shift-context", type=int, default=2048, help="context of the "
                         "ContextShift replay")
-    parser.add_argument("--shift-turns", type=int, default=8, help="turns of that replay "
+    parser.add_argument("--shift-turns", type=int, default=12, help="turns of that replay "
                         "(it starts ~300 tokens short of the context)")
     parser.add_argument("--no-llamacpp", action="store_true", help="torch engine only")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
@@ -365,7 +365,7 @@ def bench_llamacpp(torch_engine, args: argparse.Namespace) -> LlamaResults:
     engine = load_engine(threads=args.threads, backend="llamacpp")
     res = LlamaResults()
     print(f"llama.cpp decode: {args.runs} runs of {args.tokens} tokens", flush=True)
-    llama.bench_decode(engine, engine.tokenize(chat_prompt_short()), args.tokens, args.runs,
+    llama.bench_decode(engine, torch_engine, chat_prompt_short(), args.tokens, args.runs,
                        res, engine_run)
     print(f"cold prefill of ~{args.prefill_tokens} tokens", flush=True)
     llama.bench_prefill({"llama.cpp": engine, "torch bf16": torch_engine},
