@@ -451,3 +451,11 @@ def test_the_adapters_card_sets_the_chats_trigger_stops_and_samplers(
                   "--preset", "limamono")
     assert "note: --preset limamono overrides the adapter's greedy" in output
     assert engine.settings[-1] == get_preset("limamono")
+
+
+def test_chat_ban_reaches_the_samplers(engine: ScriptedEngine, tmp_path: Path) -> None:
+    chat(tmp_path / "c.db", ["Hello."], "--ban", "ozone", "--ban", "a shiver")
+    assert engine.settings[0].banned_strings[-2:] == ("ozone", "a shiver")
+    result = runner.invoke(app, ["chat", "--card", str(MIRA), "--db", str(tmp_path / "d.db"),
+                                 "--ban", "x" * 300], input="/quit\n")
+    assert result.exit_code == 2 and "--ban: banned_strings[0]" in flat(result.output)

@@ -535,3 +535,12 @@ def test_engine_runs_dry_and_xtc_in_both_dialects(tiny_model_dir) -> None:
         first = engine.generate("Once upon a time", s, 12)
         assert engine.generate("Once upon a time", s, 12) == first
     assert engine.vocabulary(engine.n_vocab).size == engine.n_vocab
+
+
+def test_bench_overhead_runs_the_dry_preset() -> None:
+    from limamono.samplers import bench_overhead
+
+    for dialect in ("textgen", "koboldcpp"):
+        ms = bench_overhead(get_preset("limamono-dry").replace(dialect=dialect), vocab=500, n=3,
+                            context=200)
+        assert 0 < ms < 1000

@@ -104,6 +104,8 @@ def chat_cmd(
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     db: Path | None = typer.Option(None, "--db", help="Chat database (default: "
                                    "$LIMAMONO_HOME/chats.db)."),
+    ban: list[str] = typer.Option([], "--ban", help="A phrase never to generate (repeatable; "
+                                  "case-insensitive): the engine rewinds and resamples."),
 ) -> None:
     """Chat with a character in the terminal (one line a message; /help for commands)."""
     from limamono.conversation import User
@@ -115,6 +117,11 @@ def chat_cmd(
     if chat_id is not None:  # fail before the model loads, not after
         _check_chat(store, chat_id)
     settings, prompt_policy = adapter_defaults(adapter, model, preset, policy, seed)
+    if ban:
+        try:
+            settings = settings.replace(banned_strings=(*settings.banned_strings, *ban))
+        except ValueError as error:  # SamplerError: a phrase too long, too many
+            fail(f"--ban: {error}")
     engine = make_engine(model, None if adapter == "none" else adapter, threads, backend)
     if start is not None:
         chat_id = store.create_chat(start, source=str(card))
