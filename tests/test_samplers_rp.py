@@ -544,3 +544,22 @@ def test_bench_overhead_runs_the_dry_preset() -> None:
         ms = bench_overhead(get_preset("limamono-dry").replace(dialect=dialect), vocab=500, n=3,
                             context=200)
         assert 0 < ms < 1000
+
+
+def test_banned_tokens_do_not_poison_the_shaping_samplers() -> None:
+    """A -inf (banned) token must not turn top-nσ's std, the entropy or quadratic smoothing
+    into NaN: text-generation-webui counts it as 0 in its std and leaves it out of the
+    entropy's token count and of the smoothing."""
+    x = torch.tensor([2.0, 1.0, 0.0, -1.0, -math.inf])
+    assert kept(top_n_sigma(x, 1.0, "koboldcpp")) == [0, 1]
+    assert kept(top_n_sigma(x, 1.0, "textgen")) == [0, 1]  # [2, 1, 0, -1, 0]: std 1.14
+    assert kept(quadratic_sampling(x, 0.5, 0.5)) == [0, 1, 2, 3]
+    out = dynamic_temperature(x, 0.5, 1.5)
+    assert kept(out) == [0, 1, 2, 3] and not torch.isnan(out).any()
+    s = SamplerSettings(custom_token_bans=(4,), top_n_sigma=1.0, smoothing_factor=0.5,
+                        smoothing_curve=0.5, dynamic_temperature=True, dynatemp_low=0.5,
+                        dynatemp_high=1.5, mirostat=2, seed=0)
+    for dialect in ("textgen", "koboldcpp"):
+        sampler = make_sampler(s.replace(dialect=dialect, dynatemp_range=0.5))
+        out = sampler.process(ctx(), torch.tensor([2.0, 1.0, 0.0, -1.0, 3.0]))
+        assert not torch.isnan(out).any() and kept(out) and 4 not in kept(out)

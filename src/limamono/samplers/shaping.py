@@ -60,6 +60,7 @@ def top_n_sigma_threshold(vals: torch.Tensor, n: float, dialect: str, vocab: int
     deviation over the whole vocabulary, where removed (``-inf``) tokens count as 0.
     """
     x = vals.double()
+    x = x[torch.isfinite(x)]  # banned (-inf) tokens: left out (textgen: they count as 0)
     if dialect == "koboldcpp" or vocab <= 1:
         std = float(x.std(unbiased=False)) if x.numel() > 1 else 0.0
     else:
@@ -75,7 +76,8 @@ def quadratic(vals: torch.Tensor, factor: float, curve: float) -> torch.Tensor:
     top = vals.max()
     d = vals - top
     k, s = (3.0 - curve) / 2.0, (curve - 1.0) / 2.0
-    return -(k * factor * d * d) + (s * factor * d * d * d) + top
+    out = -(k * factor * d * d) + (s * factor * d * d * d) + top
+    return torch.where(torch.isfinite(vals), out, vals)  # removed tokens stay -inf
 
 
 def entropy_temperature(vals: torch.Tensor, low: float, high: float, exponent: float,
@@ -88,7 +90,8 @@ def entropy_temperature(vals: torch.Tensor, low: float, high: float, exponent: f
     """
     logp = torch.log_softmax(vals.double(), dim=-1)
     entropy = float(-(logp.exp() * logp).nansum())
-    max_entropy = math.log(vals.numel()) if vals.numel() > 0 else 0.0
+    count = int(torch.isfinite(vals).sum())  # removed (-inf) tokens do not count
+    max_entropy = math.log(count) if count > 0 else 0.0
     if dialect == "textgen":
         entropy, max_entropy = max(entropy, 1e-10), max(max_entropy, 1e-10)
     return low + (high - low) * (entropy / max_entropy) ** exponent
