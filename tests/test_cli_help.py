@@ -28,7 +28,7 @@ def test_the_expected_commands_exist():
     for expected in ["render", "presets export", "lint", "card show", "card convert",
                      "card generate", "models", "generate", "chat", "chats list", "demo",
                      "serve", "data build", "data lint", "data stats", "train",
-                     "export axolotl", "eval"]:
+                     "export axolotl", "export gguf", "eval"]:
         assert expected in names
 
 

@@ -45,6 +45,7 @@ COMMAND_MODULES = [
     "limamono.cli.card_cmd",
     "limamono.cli.data_cmd",
     "limamono.cli.train_cmd",
+    "limamono.cli.export_cmd",
     "limamono.cli.chat_cmd",
     "limamono.cli.cardgen_cmd",
     "limamono.cli.draft_cmd",

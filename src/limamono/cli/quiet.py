@@ -16,6 +16,7 @@ the libraries; libraries already imported (tests calling the CLI in-process) are
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -23,6 +24,9 @@ from typing import Any, TextIO
 
 #: Matches every module that is not limamono's: ``warnings`` filters match module names.
 _OTHER_PACKAGES = r"(?!limamono(\.|$))"
+
+#: Loggers of libraries that log warnings through Python's logging (not ``warnings``).
+_CHATTY_LOGGERS = ("gguf", "accelerate", "peft")
 
 #: Read by transformers and huggingface_hub when they are imported.
 _QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -40,6 +44,8 @@ def setup(verbose: bool) -> None:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     warnings.filterwarnings("ignore", module=_OTHER_PACKAGES)
+    for name in _CHATTY_LOGGERS:  # their warnings are about their own conversions
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.showwarning = show_warning
     if "transformers" in sys.modules:  # imported before us: the env vars came too late
         from transformers.utils import logging as hf_logging
