@@ -563,3 +563,35 @@ def test_banned_tokens_do_not_poison_the_shaping_samplers() -> None:
         sampler = make_sampler(s.replace(dialect=dialect, dynatemp_range=0.5))
         out = sampler.process(ctx(), torch.tensor([2.0, 1.0, 0.0, -1.0, 3.0]))
         assert not torch.isnan(out).any() and kept(out) and 4 not in kept(out)
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import settings as hyp_settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@hyp_settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.one_of(st.floats(-30, 30), st.just(-math.inf)), min_size=2,
+                       max_size=16).filter(lambda v: any(math.isfinite(x) for x in v)),
+       history=st.lists(st.integers(0, 15), max_size=40),
+       dialect=st.sampled_from(["textgen", "koboldcpp"]), mirostat=st.sampled_from([0, 1, 2]),
+       dry_mult=st.floats(0, 3), xtc=st.floats(0, 1), threshold=st.floats(0, 0.6),
+       nsigma=st.floats(0, 3), smooth=st.floats(0, 3), curve=st.floats(0, 5),
+       low=st.floats(0, 2), high=st.floats(0, 3), min_keep=st.integers(0, 4),
+       temperature=st.one_of(st.just(0.0), st.floats(0.01, 3)))
+def test_any_roleplay_settings_keep_a_token_and_never_nan(
+        values, history, dialect, mirostat, dry_mult, xtc, threshold, nsigma, smooth, curve,
+        low, high, min_keep, temperature) -> None:
+    s = SamplerSettings(dialect=dialect, mirostat=mirostat, dry_multiplier=dry_mult,
+                        xtc_probability=xtc, xtc_threshold=threshold, top_n_sigma=nsigma,
+                        smoothing_factor=smooth, smoothing_curve=curve,
+                        dynamic_temperature=True, dynatemp_low=low, dynatemp_high=high,
+                        dynatemp_range=low, min_keep=min_keep, temperature=temperature,
+                        tfs=0.9, rep_pen=1.2, seed=0)
+    x = torch.tensor(values + [0.0] * (16 - len(values)))
+    context = torch.tensor(history, dtype=torch.long)
+    sampler = make_sampler(s, VOCAB)
+    out = sampler.process(context, x)
+    assert not torch.isnan(out).any()
+    assert kept(out)
+    assert set(kept(out)) <= set(torch.isfinite(x).nonzero().squeeze(1).tolist())
