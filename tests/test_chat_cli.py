@@ -459,3 +459,12 @@ def test_chat_ban_reaches_the_samplers(engine: ScriptedEngine, tmp_path: Path) -
     result = runner.invoke(app, ["chat", "--card", str(MIRA), "--db", str(tmp_path / "d.db"),
                                  "--ban", "x" * 300], input="/quit\n")
     assert result.exit_code == 2 and "--ban: banned_strings[0]" in flat(result.output)
+
+
+def test_chat_shows_escapes_in_replies_as_pictures(engine: ScriptedEngine, tmp_path: Path) -> None:
+    engine.replies = ["She wrote \x1b]0;pwned\x1b\\ and \x1b[2J on the slate."]
+    output = chat(tmp_path / "c.db", ["Hello."])
+    assert "\x1b" not in output
+    assert "Mira Holt: She wrote ␛]0;pwned␛\\ and ␛[2J on the slate.\n" in output
+    saved = ChatStore(tmp_path / "c.db").load_chat(1)
+    assert saved.messages[-1].text == "She wrote \x1b]0;pwned\x1b\\ and \x1b[2J on the slate."
