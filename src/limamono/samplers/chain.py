@@ -5,6 +5,14 @@ the chain at build time; penalties touch only the window's distinct ids; the can
 are sorted once and every truncation sampler then cuts a prefix (or, for typical-p, masks)
 of the already sorted, ever shorter candidate list; a leading top-k uses ``torch.topk``
 instead of a full sort. The ``limamono`` preset costs one sort of the vocabulary per token.
+
+Where each sampler runs is decided here and nowhere else, per dialect:
+
+- koboldcpp (``SampleLogits``): logit bias and bans, DRY, the top-3000 cut, then either
+  mirostat (rep-pen, temperature with smoothing, the mirostat draw) or the ``sampler_order``
+  ids (id 5 is temperature or dynamic temperature, then smoothing, then top-nσ), then XTC.
+- textgen (``sampler_hijack.py``): logit bias and bans, the three classic penalties, then
+  every other implemented ``sampler_priority`` name in order (unlisted names first).
 """
 
 from __future__ import annotations
