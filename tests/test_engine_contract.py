@@ -234,3 +234,14 @@ def test_both_engines_draw_the_same_tokens_from_the_same_logits(torch_engine, ll
         draws.append(list(engine.stream_tokens([5, 6, 7], settings, 24)))
     assert draws[0] == draws[1]
     assert len(set(draws[0])) > 5  # a real draw, not one token repeated
+
+
+def test_several_conversations_keep_their_caches(engine):
+    first = PROMPT + " drifting past the old grey lighthouse at the point"
+    second = "Bravo sailed the cold northern sea for three long winters"
+    engine.generate(first, _seeded(), 4)
+    engine.generate(second, _seeded(), 4)  # another conversation: the first is kept
+    engine.generate(first + " and", _seeded(), 4)
+    assert engine.stats.last_reused == len(engine.tokenize(first))
+    engine.generate(second + " and", _seeded(), 4)
+    assert engine.stats.last_reused == len(engine.tokenize(second))

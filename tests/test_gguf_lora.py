@@ -111,3 +111,17 @@ def test_q_and_k_loras_need_the_row_permutation(tmp_path):
     convert(qk, embedded_gguf(), tmp_path / "qk.gguf")
     llama, torch_delta = _deltas(qk, tmp_path / "qk.gguf")
     assert _corr(llama, torch_delta) > 0.9  # measured 0.96; 0.21 without the permutation
+
+
+def test_a_gguf_path_runs_on_llamacpp_from_the_cli():
+    from typer.testing import CliRunner
+
+    from limamono.cli import app
+    from limamono.models import embedded_gguf
+
+    path = str(embedded_gguf())
+    assert choose_backend(path, None) == "llamacpp"
+    result = CliRunner().invoke(app, ["generate", "--model", path, "--prompt", "The sea",
+                                      "-n", "3", "--threads", "1", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith("\n") and len(result.stdout) > 1

@@ -69,7 +69,7 @@ def _lib() -> Any:
     return llama_cpp
 
 
-@dataclass
+@dataclass(eq=False)  # entries are compared by identity, not by their (large) states
 class _Entry:
     ids: list[int]  # the tokens the sequence holds
     state: bytes | None  # a saved sequence state; None for the live sequence
@@ -299,7 +299,7 @@ class LlamaCppEngine(EngineBase):
         if self.cache_entries > 1:
             self._entries.append(entry)
             saved = [e for e in self._entries if e.state is not None]
-            for old in saved[:len(saved) - (self.cache_entries - 1)]:
+            for old in saved[:max(0, len(saved) - (self.cache_entries - 1))]:
                 self._entries.remove(old)
 
     def _save_state(self) -> bytes:
