@@ -308,3 +308,13 @@ def test_unsupported_openai_fields_are_logged_not_silently_dropped(
     warnings = [r.getMessage() for r in caplog.records if "does not implement" in r.getMessage()]
     # logit_bias and logprobs are implemented (issue 12); echo is not
     assert warnings == ["ignoring fields this server does not implement: echo"]
+
+
+def test_an_error_quotes_a_huge_value_briefly(client: TestClient, engine: FakeEngine) -> None:
+    body = {"messages": [{"role": "system", "content": "Mira"},
+                         {"role": "user", "content": "Hi"}], "policy": "p" * 100_000}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400 and len(response.text) < 300
+    assert response.json()["error"]["message"] == (
+        f"policy={'p' * 60!r}... (100000 characters): must be one of training, sillytavern")
+    assert engine.calls == []

@@ -34,6 +34,7 @@ from limamono.server.params import (
 from limamono.server.schemas import ChatCompletionRequest, CompletionRequest, EncodeRequest
 from limamono.server.state import ServerState, body_fields
 from limamono.server.streaming import EventStream, job_stream, sse, wire_finish_reason
+from limamono.untrusted import quote
 
 DONE = "data: [DONE]\n\n"
 
@@ -90,7 +91,7 @@ def chat_prompt(body: ChatCompletionRequest, policy: pol.PromptPolicy) -> ChatPr
     for field, value, allowed in (("policy", body.policy, pol.POLICIES),
                                   ("trigger", body.trigger, tuple(fmt.TRIGGERS))):
         if value is not None and value not in allowed:
-            raise ApiError(BAD_REQUEST, f"{field}={value!r}: must be one of "
+            raise ApiError(BAD_REQUEST, f"{field}={quote(value)}: must be one of "
                            f"{', '.join(allowed)}", field=field)
     if body.policy is not None or body.trigger is not None:
         policy = pol.get_policy(body.policy or policy.name, body.trigger or policy.trigger,

@@ -258,7 +258,7 @@ def check_single_reply(body: Mapping[str, Any]) -> None:
     for name in ("n", "best_of"):
         value = body.get(name)
         if value is not None and value != 1:
-            raise ApiError(BAD_REQUEST, f"{name}={value}: only 1 is supported; send one "
+            raise ApiError(BAD_REQUEST, f"{name}={quote(value)}: only 1 is supported; send one "
                            "request per reply", field=name)
 
 
