@@ -508,7 +508,8 @@ def test_temperature_last() -> None:
     assert s.sampler_priority == ("top_k", "min_p", "temperature")
     assert settings_from_fields({"temperature_last": True}, base, "textgen") == base
     s = settings_from_fields({"temperature_last": False}, base, "textgen")
-    assert textgen_order(s)[:2] == ("dry", "temperature")  # TGW's default: DRY, temperature
+    # text-generation-webui's default (modules/presets.py): DRY, top-nσ, then temperature
+    assert textgen_order(s)[:3] == ("dry", "top_n_sigma", "temperature")
     with pytest.raises(SamplerError) as info:
         settings_from_fields({"temperature_last": "yes"}, base, "textgen")
     assert info.value.field == "temperature_last"

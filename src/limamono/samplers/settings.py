@@ -23,11 +23,13 @@ KOBOLDCPP_SAMPLERS: dict[int, str] = {
 #: KoboldCpp's and SillyTavern's default order: rep-pen first, temperature last.
 KOBOLDCPP_DEFAULT_ORDER: tuple[int, ...] = (6, 0, 1, 3, 4, 2, 5)
 
-#: text-generation-webui's default ``sampler_priority`` (``modules/sampler_hijack.py``);
-#: every name here is accepted on the wire, the ones in ``TEXTGEN_IMPLEMENTED`` are run.
+#: text-generation-webui's default ``sampler_priority``: the API's default is the neutral
+#: preset's (``modules/presets.py``, top-nσ before temperature; ``sampler_hijack.py``'s own
+#: fallback lists it after quadratic sampling). Every name here is accepted on the wire, the
+#: ones in ``TEXTGEN_IMPLEMENTED`` are run.
 TEXTGEN_DEFAULT_PRIORITY: tuple[str, ...] = (
-    "repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "temperature",
-    "dynamic_temperature", "quadratic_sampling", "top_n_sigma", "top_k", "top_p", "typical_p",
+    "repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "top_n_sigma",
+    "temperature", "dynamic_temperature", "quadratic_sampling", "top_k", "top_p", "typical_p",
     "epsilon_cutoff", "eta_cutoff", "tfs", "top_a", "min_p", "adaptive_p", "mirostat", "xtc",
     "encoder_repetition_penalty", "no_repeat_ngram",
 )
