@@ -347,6 +347,10 @@ def koboldcpp_rep_pen_(logits: torch.Tensor, context_ids: torch.Tensor, rep_pen:
     i.e. flat). Then ``presence_penalty`` is subtracted from every window token.
     ``frequency_penalty`` (not in KoboldCpp, 0 by default) subtracts ``count * frequency``
     per occurrence in the context part of the window, as in OpenAI's rule.
+
+    Known difference: KoboldCpp also caps ``n`` at its context size (``n_ctx``); the sampler
+    does not know the context, so a range above it keeps more 0 slots (and a later half
+    split) than KoboldCpp would.
     """
     if rep_pen == 1.0 and presence_penalty == 0.0 and frequency_penalty == 0.0:
         return
