@@ -449,3 +449,16 @@ def test_data_lint_notes_files_that_are_not_conversations(tmp_path):
     assert (f"{tmp_path / 'demo.yaml'}: note skipped not a conversation, so it is skipped (it "
             "has none of character, user, messages)") in result.output
     assert "0 error(s), 0 warning(s), 1 file(s) skipped" in result.output
+
+
+def test_a_build_left_inside_the_dataset_is_skipped_with_a_note(tokenizer, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "short.yaml").write_text(dump_yaml(four_turns()))
+    inside = root / "built"  # made before -o inside the dataset was refused
+    ds.write_build(ds.build(str(root), tokenizer, ds.BuildConfig(val=0)), inside, tokenizer)
+    result = ds.build(str(root), tokenizer, ds.BuildConfig(val=0))
+    assert [r.file for r in result.records] == [str(root / "short.yaml")]
+    notes = [p for p in ds.lint_dir(root, quality=False) if p.severity == "note"]
+    assert [(p.file, p.message) for p in notes] == [
+        (str(inside), "a built dataset (limamono data build output), so it is skipped")]

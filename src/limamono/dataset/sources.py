@@ -92,8 +92,18 @@ def find_files(root: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{root}: no such file or folder")
     if root.is_file():
         return [root]
+    builds = built_folders(root)
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                  and not any(b in p.parents for b in builds))
+
+
+def built_folders(root: Path) -> list[Path]:
+    """The folders under ``root`` that hold a ``limamono data build`` output: their samples
+    are not conversations, so the dataset tools skip them (with a note)."""
+    from limamono.dataset.output import STATS_FILE, is_built
+
+    return sorted(p.parent for p in root.rglob(STATS_FILE) if is_built(p.parent))
 
 
 # --------------------------------------------------------------------------- LimaRP
@@ -215,7 +225,10 @@ def load_dir(root: str | Path) -> tuple[list[Record], list[Problem]]:
         FileNotFoundError: ``root`` does not exist.
     """
     records: list[Record] = []
-    problems: list[Problem] = []
+    problems: list[Problem] = [
+        Problem(str(folder), "skipped", "a built dataset (limamono data build output), so it "
+                "is skipped", severity="note")
+        for folder in (built_folders(Path(root)) if Path(root).is_dir() else [])]
     for path in find_files(root):
         try:
             found = load_file(path)
