@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from limamono import format as fmt
 from limamono.cli import app
 from limamono.export_gguf import ExportError, export_gguf, quantize
+from limamono.models import ModelError
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = 'Mira looked up from the lamp. "Who\'s there?"\n\n### Response: (length = long)\nMira:'
@@ -218,7 +219,7 @@ def test_bad_requests_are_refused_before_any_work(tiny_model_dir: Path, tiny_ada
     shutil.copytree(tiny_adapter, dora)
     config = json.loads((dora / "adapter_config.json").read_text())
     (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    with pytest.raises(ExportError, match=r"use_dora cannot be written as a llama\.cpp LoRA"):
+    with pytest.raises(ModelError, match=r"use_dora cannot run in llama\.cpp as a plain LoRA"):
         export_gguf(str(tiny_model_dir), str(dora), out, lora_only=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dora"]
 

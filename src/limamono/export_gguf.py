@@ -6,16 +6,13 @@ names, and quantizes it with llama.cpp (``llama_model_quantize``) to ``q8_0`` or
 The file carries the Limamono chat template (``limamono.format.chat_template`` with the
 adapter's trigger) and the adapter card's stop strings, so it runs in llama.cpp and
 KoboldCpp as it is. ``lora_only`` writes a GGUF LoRA adapter instead, for users who keep
-the base file.
+the base file (the llama.cpp engine's converter, :mod:`limamono.gguf_lora`, plus the card's
+metadata).
 
-Facts taken from llama.cpp's converters (``convert_hf_to_gguf.py``,
-``convert_lora_to_gguf.py``; no code copied): Llama/Mistral ``q_proj``/``k_proj`` rows are
-permuted from Hugging Face's rotate-half order to llama.cpp's interleaved RoPE order
-(per head: the two halves of each head interleaved); norms stay F32; a tied output matrix
-is not written (llama.cpp reuses ``token_embd``); an adapter file says
-``general.type = adapter``, ``adapter.type = lora``, ``adapter.lora.alpha``, and names its
-tensors ``<base tensor>.lora_a`` (PEFT's A, ``[r, in]``) and ``.lora_b`` (B, ``[out, r]``,
-permuted like its base for q/k).
+Facts taken from llama.cpp's converter (``convert_hf_to_gguf.py``; no code copied):
+Llama/Mistral ``q_proj``/``k_proj`` rows are permuted from Hugging Face's rotate-half order
+to llama.cpp's RoPE order (:func:`limamono.gguf_lora.permute_rope_rows`); norms stay F32;
+a tied output matrix is not written (llama.cpp reuses ``token_embd``).
 
 Tokenizers: SmolLM2's byte-level BPE (the embedded model's, or any model with exactly its
 vocabulary) takes its ``tokenizer.ggml.*`` metadata from the embedded GGUF file, since
@@ -35,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from limamono import format as fmt
+from limamono.gguf_lora import permute_rope_rows
 
 if TYPE_CHECKING:
     import gguf
@@ -168,17 +166,6 @@ def _rope_theta(config: dict[str, Any]) -> float:
         raise ExportError(f"rope scaling {scaling!r} is not exported yet; fix: export a model "
                           "with plain RoPE")
     return float(config.get("rope_theta") or params.get("rope_theta") or 10000.0)
-
-
-def permute_rope_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """Rows of a q/k projection (or a LoRA B) from HF's rotate-half to llama.cpp's order.
-
-    Per head, HF keeps the first and second halves of the rotary pairs apart; llama.cpp
-    wants each pair adjacent. ``weight`` is ``[heads * head_dim, ...]``.
-    """
-    rows = weight.shape[0]
-    return (weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
 
 
 def _gguf_name(name_map: gguf.TensorNameMap, hf_name: str) -> str:
@@ -350,59 +337,15 @@ def _add_sentencepiece(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -
 # --------------------------------------------------------------------------- LoRA only
 
 def write_lora_gguf(adapter_dir: Path, config: dict[str, Any], path: Path) -> int:
-    """Write a PEFT LoRA adapter as a llama.cpp GGUF LoRA; returns the tensor count."""
-    import gguf
-    from safetensors.torch import load_file
+    """Write a PEFT LoRA adapter as a llama.cpp GGUF LoRA (:mod:`limamono.gguf_lora`, the
+    llama.cpp engine's converter) with the card's metadata; returns the tensor count."""
+    from limamono.gguf_lora import write_lora
 
-    peft = _lora_config(adapter_dir)
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise ExportError(f"{weights}: missing; fix: pass the folder written by `limamono "
-                          "train` (adapter_model.safetensors)")
-    tensors = load_file(str(weights))
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config["num_hidden_layers"]))
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(peft["lora_alpha"]))
-    _add_limamono_metadata(writer, adapter_dir, with_template=False)
-    count = 0
-    for key in sorted(tensors):
-        base, part = _split_lora_key(key, weights)
-        tensor = tensors[key].float()
-        heads = _heads_for(base, config)
-        if heads and part == "lora_b":
-            tensor = permute_rope_rows(tensor, heads)
-        writer.add_tensor(f"{_gguf_name(name_map, base)}.{part}", tensor.numpy())
-        count += 1
-    _finish(writer)
-    return count
-
-
-def _lora_config(adapter_dir: Path) -> dict[str, Any]:
-    path = adapter_dir / "adapter_config.json"
-    try:
-        peft = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{path}: cannot be read ({exc}); fix: pass a PEFT adapter folder") \
-            from None
-    unsupported = [key for key in ("use_dora", "use_rslora", "modules_to_save", "rank_pattern",
-                                   "alpha_pattern") if peft.get(key)]
-    if peft.get("peft_type", "LORA") != "LORA" or unsupported:
-        raise ExportError(f"{path}: {', '.join(unsupported) or peft.get('peft_type')} cannot "
-                          "be written as a llama.cpp LoRA; fix: export the merged model "
-                          "(leave --lora-only out)")
-    return peft
-
-
-def _split_lora_key(key: str, source: Path) -> tuple[str, str]:
-    """``base_model.model.X.lora_A.weight`` -> (``X.weight``, ``lora_a``)."""
-    for marker, part in ((".lora_A.weight", "lora_a"), (".lora_B.weight", "lora_b")):
-        if key.endswith(marker):
-            base = key[:-len(marker)].removeprefix("base_model.model.")
-            return f"{base}.weight", part
-    raise ExportError(f"{source}: tensor {key!r} is not a LoRA A or B matrix; fix: export "
-                      "the merged model (leave --lora-only out)")
+    heads = int(config["num_attention_heads"])
+    return write_lora(adapter_dir, path, "llama", heads,
+                      int(config.get("num_key_value_heads") or heads),
+                      metadata=lambda writer: _add_limamono_metadata(writer, adapter_dir,
+                                                                     with_template=False))
 
 
 # --------------------------------------------------------------------------- quantize, files

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,22 @@ def gguf_lora_for(adapter_dir: Path, base_gguf: Path) -> Path:
 
 def convert(adapter_dir: Path, base_gguf: Path, out: Path) -> None:
     """Write ``adapter_dir``'s LoRA as a GGUF LoRA file at ``out``."""
+    write_lora(adapter_dir, out, *_base_shape(base_gguf))
+
+
+def write_lora(adapter_dir: Path, out: Path, arch: str, heads: int, kv_heads: int,
+               metadata: Callable[[Any], None] | None = None) -> int:
+    """Write ``adapter_dir``'s LoRA as a GGUF LoRA for a base of ``arch`` with ``heads``
+    attention and ``kv_heads`` KV heads; returns the number of tensors written.
+
+    ``metadata(writer)`` may add keys of its own (``limamono export gguf --lora-only``
+    adds the card's); a base GGUF file is not needed.
+    """
     import gguf
     import numpy as np
     from safetensors.numpy import load_file
 
     config = _lora_config(adapter_dir)
-    arch, heads, kv_heads = _base_shape(base_gguf)
     alpha = float(config["lora_alpha"])
     if config.get("use_rslora"):  # PEFT scales by alpha / sqrt(r); llama.cpp by alpha / r
         alpha *= float(config["r"]) ** 0.5
@@ -72,6 +83,8 @@ def convert(adapter_dir: Path, base_gguf: Path, out: Path) -> None:
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", alpha)
+    if metadata is not None:
+        metadata(writer)
     tensors = _load_fp32(adapter_dir / "adapter_model.safetensors", load_file)
     for key in sorted(tensors):
         match = _KEY.match(key)
@@ -82,13 +95,14 @@ def convert(adapter_dir: Path, base_gguf: Path, out: Path) -> None:
         value = tensors[key]
         if side == "B" and arch in _PERMUTED and module in ("self_attn.q_proj",
                                                             "self_attn.k_proj"):
-            value = _permute(value, heads if module.endswith("q_proj") else kv_heads)
+            value = permute_rope_rows(value, heads if module.endswith("q_proj") else kv_heads)
         name = f"blk.{layer}.{_NAMES[module]}.weight.lora_{side.lower()}"
         writer.add_tensor(name, np.ascontiguousarray(value, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return len(tensors)
 
 
 def check_adapter(adapter_dir: Path) -> None:
@@ -141,7 +155,12 @@ def _load_fp32(path: Path, load_file: Any) -> dict[str, Any]:
         return {k: v.float().numpy() for k, v in load_torch(str(path)).items()}
 
 
-def _permute(rows: Any, heads: int) -> Any:
-    """Reorder the output rows of a q/k projection as llama.cpp's converter does."""
+def permute_rope_rows(rows: Any, heads: int) -> Any:
+    """Reorder the output rows of a q/k projection as llama.cpp's converter does.
+
+    Per head, Hugging Face keeps the two halves of the rotary pairs apart (rotate-half);
+    llama.cpp wants each pair adjacent. ``rows`` is ``[heads * head_dim, ...]`` (a weight or
+    a LoRA B; numpy or torch).
+    """
     return (rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:])
             .swapaxes(1, 2).reshape(rows.shape))
