@@ -386,6 +386,12 @@ def test_koboldcpp_rep_pen_window_is_prefilled_with_token_zero() -> None:
     # presence applies to the padding's 0 too, as KoboldCpp subtracts it per window token
     out = koboldcpp_repetition_penalty(ctx(3), torch.zeros(4), 1.0, 4, 1.0, 0.25)
     assert out.tolist() == [-0.25, 0.0, 0.0, -0.25]
+    # KoboldCpp caps the window at its context: range 20 in a context of 6 is range 6
+    s = SamplerSettings(dialect="koboldcpp", rep_pen=1.5, rep_pen_range=20, rep_pen_slope=0.5)
+    capped = make_sampler(s, context_length=6).process(ctx(5, 6, 7, 8, 9), x)
+    assert capped.tolist() == pytest.approx([1.6, 2, 2, 2, 2, 1.6, 1.6] + [2 / 1.5] * 3)
+    assert make_sampler(s).process(ctx(5, 6, 7, 8, 9), x).tolist() == \
+        pytest.approx([2 / 1.5, 2, 2, 2, 2] + [2 / 1.5] * 5)
 
 
 @pytest.mark.parametrize("z", [0.5, 0.85, 0.95])

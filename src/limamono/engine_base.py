@@ -317,7 +317,8 @@ class EngineBase:
                     return
                 n = len(ids) + reply
                 if sampler is None:
-                    sampler = make_sampler(settings, self.vocabulary(logits.numel()))
+                    sampler = make_sampler(settings, self.vocabulary(logits.numel()),
+                                           self.context_length)
                 token = sampler.sample(context[:n], _banned(logits, control.bans.get(reply)),
                                        generator)
                 context[n] = token

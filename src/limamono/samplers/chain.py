@@ -223,11 +223,13 @@ def _textgen_penalties(s: SamplerSettings) -> list[Stage]:
     return [_penalty_stage(apply)] if active else []
 
 
-def _koboldcpp_penalty(s: SamplerSettings) -> Stage | None:
+def _koboldcpp_penalty(s: SamplerSettings, n_ctx: int | None) -> Stage | None:
+    """KoboldCpp's rep-pen; its window is also capped at the context size (``n_ctx``)."""
     if s.rep_pen == 1.0 and s.presence_penalty == 0.0 and s.frequency_penalty == 0.0:
         return None
+    window = s.rep_pen_range if n_ctx is None else min(max(s.rep_pen_range, 1), n_ctx)
     return _penalty_stage(lambda logits, ids: F.koboldcpp_rep_pen_(
-        logits, ids, s.rep_pen, s.rep_pen_range, s.rep_pen_slope, s.presence_penalty,
+        logits, ids, s.rep_pen, window, s.rep_pen_slope, s.presence_penalty,
         s.frequency_penalty))
 
 
@@ -287,19 +289,19 @@ def _textgen_stage(name: str, s: SamplerSettings, top_k: int, vocab: Vocabulary 
 
 
 def _koboldcpp_stages(s: SamplerSettings, top_k: int, vocab: Vocabulary | None,
-                      mirostat: Mirostat | None) -> list[Stage | None]:
+                      mirostat: Mirostat | None, n_ctx: int | None) -> list[Stage | None]:
     """KoboldCpp's ``SampleLogits``: DRY, the top-3000 cut, then mirostat (rep-pen,
     temperature, draw) or the ``sampler_order`` followed by XTC."""
     # KoboldCpp always cuts to the top 3000 before its chain (so rep-pen cannot revive
     # a token beyond them, and TFS normalises over them); a no-op on small vocabularies.
     stages = [S.dry_stage(s, vocab), _prefix_stage(partial(F.keep_top_k, k=KOBOLDCPP_PREFILTER))]
     if mirostat is not None:
-        return [*stages, _koboldcpp_penalty(s), S.koboldcpp_temperature_stage(s, mirostat=True),
-                S.mirostat_stage(s, mirostat)]
+        return [*stages, _koboldcpp_penalty(s, n_ctx),
+                S.koboldcpp_temperature_stage(s, mirostat=True), S.mirostat_stage(s, mirostat)]
     for sampler_id in s.sampler_order:
         name = KOBOLDCPP_SAMPLERS[sampler_id]
         if name == "rep_pen":
-            stages.append(_koboldcpp_penalty(s))
+            stages.append(_koboldcpp_penalty(s, n_ctx))
         elif name == "temperature":
             stages.append(S.koboldcpp_temperature_stage(s))
         elif name == "top_p":  # KoboldCpp's id 2 runs top-p, then min-p
@@ -310,7 +312,7 @@ def _koboldcpp_stages(s: SamplerSettings, top_k: int, vocab: Vocabulary | None,
 
 
 def build_stages(s: SamplerSettings, vocab: Vocabulary | None = None,
-                 mirostat: Mirostat | None = None) -> list[Stage]:
+                 mirostat: Mirostat | None = None, n_ctx: int | None = None) -> list[Stage]:
     """The enabled stages of ``s`` in dialect order. Temperature 0 runs as top-k 1.
 
     Args:
@@ -318,6 +320,7 @@ def build_stages(s: SamplerSettings, vocab: Vocabulary | None = None,
         vocab: The model's vocabulary, needed for DRY breakers, XTC's exclusions and the
             range check of logit biases.
         mirostat: The generation's mirostat state (when ``s.mirostat`` is 1 or 2).
+        n_ctx: The engine's context size (KoboldCpp caps its rep-pen window at it).
     """
     top_k = 1 if s.temperature == 0.0 else s.top_k
     stages: list[Stage | None] = [S.bias_stage(s, vocab.size if vocab else None)]
@@ -325,7 +328,7 @@ def build_stages(s: SamplerSettings, vocab: Vocabulary | None = None,
         stages += _textgen_penalties(s)
         stages += [_textgen_stage(name, s, top_k, vocab, mirostat) for name in textgen_order(s)]
     else:
-        stages += _koboldcpp_stages(s, top_k, vocab, mirostat)
+        stages += _koboldcpp_stages(s, top_k, vocab, mirostat, n_ctx)
     return [stage for stage in stages if stage is not None]
 
 
@@ -339,13 +342,14 @@ class Sampler:
 
     settings: SamplerSettings
     vocab: Vocabulary | None = None
+    context_length: int | None = None
 
     def __post_init__(self) -> None:
         s = self.settings
         #: Mirostat's feedback state; one per sampler, so one per generation.
         self.mirostat = Mirostat(s.mirostat, s.mirostat_tau, s.mirostat_eta,
                                  self.vocab.size if self.vocab else 0) if s.mirostat else None
-        self._stages = build_stages(s, self.vocab, self.mirostat)
+        self._stages = build_stages(s, self.vocab, self.mirostat, self.context_length)
         self._generator: torch.Generator | None = None
         if s.seed is not None:
             self._generator = torch.Generator().manual_seed(s.seed)
@@ -402,16 +406,18 @@ class Sampler:
         return choice if ids is None else int(ids[choice])
 
 
-def make_sampler(settings: SamplerSettings, vocab: Vocabulary | None = None) -> Sampler:
+def make_sampler(settings: SamplerSettings, vocab: Vocabulary | None = None,
+                 context_length: int | None = None) -> Sampler:
     """The sampler for ``settings``: the one factory the engine, server and tests use.
 
     Build one per generation: mirostat keeps its state in the sampler. ``vocab`` (the
-    model's, see ``Vocabulary``) resolves DRY breakers and XTC's newline/EOS exclusion.
+    model's, see ``Vocabulary``) resolves DRY breakers and XTC's newline/EOS exclusion;
+    ``context_length`` (the engine's) caps KoboldCpp's rep-pen window as KoboldCpp does.
 
     Raises:
         SamplerError: A setting that needs ``vocab`` without it, or a token id out of range.
     """
-    return Sampler(settings, vocab)
+    return Sampler(settings, vocab, context_length)
 
 
 def bench_overhead(settings: SamplerSettings | None = None, vocab: int = 49152, n: int = 200,

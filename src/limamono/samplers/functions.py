@@ -348,9 +348,8 @@ def koboldcpp_rep_pen_(logits: torch.Tensor, context_ids: torch.Tensor, rep_pen:
     ``frequency_penalty`` (not in KoboldCpp, 0 by default) subtracts ``count * frequency``
     per occurrence in the context part of the window, as in OpenAI's rule.
 
-    Known difference: KoboldCpp also caps ``n`` at its context size (``n_ctx``); the sampler
-    does not know the context, so a range above it keeps more 0 slots (and a later half
-    split) than KoboldCpp would.
+    KoboldCpp also caps ``n`` at its context size (``n_ctx``): the chain passes
+    ``min(rep_pen_range, context)`` when it knows the engine's context.
     """
     if rep_pen == 1.0 and presence_penalty == 0.0 and frequency_penalty == 0.0:
         return
