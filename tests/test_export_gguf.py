@@ -143,6 +143,13 @@ def test_q4_k_m_loads_and_generates(tiny_model_dir: Path, tiny_adapter: Path,
     reply = llama(out, logits=False).create_completion(PROMPT, max_tokens=4, temperature=0)
     assert reply["usage"]["completion_tokens"] == 4
     assert not list(tmp_path.glob(".*"))  # no temp file left beside it
+    # limamono's own llama.cpp engine runs the file too: the same greedy text.
+    from limamono.engine import load_engine
+    from limamono.samplers import get_preset
+
+    engine = load_engine(str(out), backend="llamacpp", threads=1, context_length=256)
+    result = engine.generate(PROMPT, get_preset("greedy"), 4)
+    assert result.text == reply["choices"][0]["text"]
 
 
 # --------------------------------------------------------------------------- LoRA only
