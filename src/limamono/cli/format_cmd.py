@@ -70,7 +70,8 @@ def presets_export_cmd(
     directory: Path = typer.Argument(..., help="Folder to write the presets into (created)."),
     trigger: str = typer.Option("card", "--trigger", help="'card' or 'preset' trigger phrase."),
     preset: str = typer.Option("limamono", "--preset", help="Sampler preset for the "
-                               "text-completion preset."),
+                               "text-completion preset: 'limamono' (the card's) or "
+                               "'limamono-dry' (the card's plus DRY; not the card's)."),
 ) -> None:
     """Write SillyTavern instruct, context, text-completion and master-import presets.
 
