@@ -161,6 +161,15 @@ def test_dry_cost_is_linear_in_the_window() -> None:
     assert time.perf_counter() - start < 2.0
 
 
+def test_vocabulary_tables_are_bounded() -> None:
+    from limamono.samplers.vocab import CACHE_SIZE
+
+    vocab = Vocabulary(len(PIECES), encode, PIECES)
+    for i in range(CACHE_SIZE + 5):
+        vocab.textgen_breakers((":" * (i + 1),))
+    assert len(vocab._cache) == CACHE_SIZE
+
+
 def test_dry_needs_the_vocabulary_for_its_breakers() -> None:
     with pytest.raises(SamplerError, match="vocabulary") as info:
         make_sampler(SamplerSettings(dry_multiplier=0.8))
@@ -433,6 +442,12 @@ def test_wire_names_per_dialect() -> None:
     with pytest.raises(SamplerError) as info:
         settings_from_fields({"mirostat_mode": 3}, base, "textgen")
     assert info.value.field == "mirostat_mode"
+    with pytest.raises(SamplerError, match="at most 64 breakers") as info:
+        settings_from_fields({"dry_sequence_breakers": ["x"] * 65}, base, "koboldcpp")
+    assert info.value.field == "dry_sequence_breakers"
+    with pytest.raises(SamplerError) as info:
+        settings_from_fields({"dry_sequence_breakers": ["\n", "y" * 201]}, base, "textgen")
+    assert info.value.field == "dry_sequence_breakers[1]"
 
 
 def test_unknown_order_entries_are_named() -> None:

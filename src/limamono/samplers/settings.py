@@ -73,6 +73,9 @@ DRY_DEFAULT_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*")
 MAX_LOGIT_BIAS = 100.0
 #: Most banned strings in one request, and the longest one (characters).
 MAX_BANNED_STRINGS, MAX_BANNED_CHARS = 256, 200
+#: Most DRY breakers in one request, and the longest one (KoboldCpp takes 24 and cuts each
+#: to 40 characters; text-generation-webui has no bound).
+MAX_BREAKERS, MAX_BREAKER_CHARS = 64, 200
 #: Most alternatives reported per token (OpenAI's ``top_logprobs`` limit).
 MAX_LOGPROBS = 20
 
@@ -336,8 +339,7 @@ def _validated_extras(s: SamplerSettings) -> dict[str, Any]:
         "dry_base": check_float("dry_base", s.dry_base, 0.0, 100.0),
         "dry_allowed_length": check_int("dry_allowed_length", s.dry_allowed_length, 1),
         "dry_penalty_last_n": check_int("dry_penalty_last_n", s.dry_penalty_last_n, 0),
-        "dry_sequence_breakers": check_strings("dry_sequence_breakers",
-                                               s.dry_sequence_breakers, json_string=True),
+        "dry_sequence_breakers": check_breakers(s.dry_sequence_breakers),
         "xtc_threshold": check_float("xtc_threshold", s.xtc_threshold, 0.0, 1.0),
         "xtc_probability": check_float("xtc_probability", s.xtc_probability, 0.0, 1.0),
         "top_n_sigma": check_float("top_n_sigma", s.top_n_sigma, 0.0),
@@ -377,6 +379,20 @@ def check_strings(field: str, value: Any, json_string: bool = False) -> tuple[st
             or not all(isinstance(item, str) for item in value):
         raise SamplerError(field, value, "must be a list of strings")
     return tuple(value)
+
+
+def check_breakers(value: Any) -> tuple[str, ...]:
+    """DRY sequence breakers: at most ``MAX_BREAKERS`` strings of ``MAX_BREAKER_CHARS``
+    characters (each one costs a scan of the vocabulary in the KoboldCpp dialect)."""
+    breakers = check_strings("dry_sequence_breakers", value, json_string=True)
+    if len(breakers) > MAX_BREAKERS:
+        raise SamplerError("dry_sequence_breakers", f"<{len(breakers)} strings>",
+                           f"at most {MAX_BREAKERS} breakers are allowed")
+    for i, breaker in enumerate(breakers):
+        if len(breaker) > MAX_BREAKER_CHARS:
+            raise SamplerError(f"dry_sequence_breakers[{i}]", breaker[:40] + "...",
+                               f"longer than {MAX_BREAKER_CHARS} characters")
+    return breakers
 
 
 def check_banned_strings(value: Any) -> tuple[str, ...]:

@@ -19,6 +19,8 @@ BreakerTable = dict[int, tuple[tuple[int, ...], ...]]
 #: KoboldCpp bounds breakers (``gpttype_adapter.cpp``: ``MAX_CHAR_LEN``, ``MAX_SEQ_LEN``)
 #: so that a crafted breaker cannot make DRY slow.
 KOBOLDCPP_BREAKER_CHARS, KOBOLDCPP_BREAKER_TAIL = 40, 20
+#: Derived tables kept per vocabulary.
+CACHE_SIZE = 32
 
 
 @dataclass(eq=False)
@@ -47,8 +49,11 @@ class Vocabulary:
         return self.token_pieces
 
     def cached(self, key: Any, build: Callable[[], Any]) -> Any:
-        """``build()`` once per ``key`` for this vocabulary."""
+        """``build()`` once per ``key`` for this vocabulary (the newest ``CACHE_SIZE`` kept,
+        so clients that vary their breakers cannot grow it without bound)."""
         if key not in self._cache:
+            while len(self._cache) >= CACHE_SIZE:
+                del self._cache[next(iter(self._cache))]
             self._cache[key] = build()
         return self._cache[key]
 
