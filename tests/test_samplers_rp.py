@@ -616,3 +616,21 @@ def test_any_roleplay_settings_keep_a_token_and_never_nan(
     assert not torch.isnan(out).any()
     assert kept(out)
     assert set(kept(out)) <= set(torch.isfinite(x).nonzero().squeeze(1).tolist())
+
+
+def test_ban_eos_token() -> None:
+    """SillyTavern's "Ban EOS Token" (``ban_eos_token``; KoboldCpp also reads
+    ``use_default_badwordsids`` and ``bypass_eos``; llama.cpp ``ignore_eos``)."""
+    x = torch.tensor([3.0, 1.0, 0.0, -1.0])
+    vocab = Vocabulary(4, encode, PIECES[:4], frozenset({0}))
+    for dialect, name in (("textgen", "ban_eos_token"), ("koboldcpp", "use_default_badwordsids"),
+                          ("koboldcpp", "bypass_eos"), ("textgen", "ignore_eos")):
+        s = settings_from_fields({name: True, "temperature": 0}, SamplerSettings(), dialect)
+        assert s.ban_eos_token
+        assert kept(make_sampler(s, vocab).process(ctx(), x)) == [1]
+    with pytest.raises(SamplerError, match="EOS") as info:
+        make_sampler(SamplerSettings(ban_eos_token=True))
+    assert info.value.field == "ban_eos_token"
+    with pytest.raises(SamplerError) as info:
+        settings_from_fields({"ban_eos_token": "yes"}, SamplerSettings(), "textgen")
+    assert info.value.field == "ban_eos_token"

@@ -196,3 +196,12 @@ def test_kobold_n_probs(tiny_client: TestClient) -> None:
     assert streamed == [e["token"] for e in content]
     assert "logprobs" not in tiny_client.post(
         "/api/v1/generate", json={**body, "n_probs": 0}).json()["results"][0]
+
+
+def test_ban_eos_reaches_the_chain_and_min_tokens_is_logged(
+        fake_client: TestClient, fake: FakeEngine, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="limamono.server"):
+        fake_client.post("/v1/completions", json={"prompt": "x", "ban_eos_token": True,
+                                                  "min_tokens": 5})
+    assert fake.calls[0].settings.ban_eos_token
+    assert "does not implement: min_tokens" in caplog.text

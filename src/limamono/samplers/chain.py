@@ -323,7 +323,7 @@ def build_stages(s: SamplerSettings, vocab: Vocabulary | None = None,
         n_ctx: The engine's context size (KoboldCpp caps its rep-pen window at it).
     """
     top_k = 1 if s.temperature == 0.0 else s.top_k
-    stages: list[Stage | None] = [S.bias_stage(s, vocab.size if vocab else None)]
+    stages: list[Stage | None] = [S.bias_stage(s, vocab)]
     if s.dialect == "textgen":
         stages += _textgen_penalties(s)
         stages += [_textgen_stage(name, s, top_k, vocab, mirostat) for name in textgen_order(s)]

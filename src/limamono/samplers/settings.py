@@ -229,6 +229,8 @@ class SamplerSettings:
         mirostat_eta: Learning rate of the feedback loop.
         logit_bias: (token id, bias) pairs added to the logits first. Bias in [-100, 100].
         custom_token_bans: Token ids that are never sampled.
+        ban_eos_token: Never sample an end-of-sequence token (the reply runs to its length
+            or a stop string); needs the model's vocabulary to know its EOS ids.
         banned_strings: Phrases that never appear in the output (case-insensitive): the
             engine rewinds and resamples when one is generated (KoboldCpp/TabbyAPI's
             ``banned_strings``).
@@ -273,6 +275,7 @@ class SamplerSettings:
     mirostat_eta: float = 0.1
     logit_bias: tuple[tuple[int, float], ...] = ()
     custom_token_bans: tuple[int, ...] = ()
+    ban_eos_token: bool = False
     banned_strings: tuple[str, ...] = ()
     logprobs: int | None = None
 
@@ -331,9 +334,9 @@ def _validated(s: SamplerSettings) -> dict[str, Any]:
 
 def _validated_extras(s: SamplerSettings) -> dict[str, Any]:
     """The checked values of the roleplay samplers (DRY, XTC, mirostat, biases, bans...)."""
-    if not isinstance(s.dynamic_temperature, bool):
-        raise SamplerError("dynamic_temperature", s.dynamic_temperature,
-                           "must be true or false")
+    for flag in ("dynamic_temperature", "ban_eos_token"):
+        if not isinstance(getattr(s, flag), bool):
+            raise SamplerError(flag, getattr(s, flag), "must be true or false")
     return {
         "dry_multiplier": check_float("dry_multiplier", s.dry_multiplier, 0.0, 100.0),
         "dry_base": check_float("dry_base", s.dry_base, 0.0, 100.0),

@@ -21,17 +21,22 @@ if TYPE_CHECKING:
     from limamono.samplers.chain import Stage, _Candidates
 
 
-def bias_stage(s: SamplerSettings, vocab_size: int | None) -> Stage | None:
-    """``logit_bias`` added and ``custom_token_bans`` set to ``-inf``, before anything else
-    (KoboldCpp ``SampleLogits``; text-generation-webui sorts its bias processor first)."""
-    if not s.logit_bias and not s.custom_token_bans:
+def bias_stage(s: SamplerSettings, vocab: Vocabulary | None) -> Stage | None:
+    """``logit_bias`` added and ``custom_token_bans`` (and EOS with ``ban_eos_token``) set to
+    ``-inf``, before anything else (KoboldCpp ``SampleLogits``; text-generation-webui sorts
+    its bias processor first)."""
+    eos = sorted(vocab.eos_ids) if s.ban_eos_token and vocab is not None else []
+    if s.ban_eos_token and vocab is None:
+        raise SamplerError("ban_eos_token", True, "needs the model's vocabulary (its EOS "
+                           "ids): make_sampler(settings, vocab=...)")
+    if not s.logit_bias and not s.custom_token_bans and not eos:
         return None
-    if vocab_size is not None:
-        shaping.check_in_vocab("logit_bias", [t for t, _ in s.logit_bias], vocab_size)
-        shaping.check_in_vocab("custom_token_bans", s.custom_token_bans, vocab_size)
+    if vocab is not None:
+        shaping.check_in_vocab("logit_bias", [t for t, _ in s.logit_bias], vocab.size)
+        shaping.check_in_vocab("custom_token_bans", s.custom_token_bans, vocab.size)
     bias_ids = torch.tensor([t for t, _ in s.logit_bias], dtype=torch.long)
     amounts = torch.tensor([b for _, b in s.logit_bias], dtype=torch.float32)
-    bans = torch.tensor(s.custom_token_bans, dtype=torch.long)
+    bans = torch.tensor(sorted({*s.custom_token_bans, *eos}), dtype=torch.long)
 
     def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
         shaping.check_in_vocab("logit_bias", bias_ids.tolist(), cands.vocab)

@@ -66,6 +66,7 @@ TEXTGEN_ALIASES: dict[str, tuple[str, ...]] = {
     "mirostat_eta": ("mirostat_eta",),
     "logit_bias": ("logit_bias",),
     "custom_token_bans": ("custom_token_bans",),
+    "ban_eos_token": ("ban_eos_token", "ignore_eos", "use_default_badwordsids", "bypass_eos"),
     "banned_strings": ("banned_strings",),
 }
 
@@ -99,6 +100,7 @@ UNSUPPORTED_OFF: dict[str, Any] = {
     "json_schema": {},
     # OpenAI's echo (the prompt repeated in the reply; SillyTavern never asks for it).
     "echo": False,
+    "min_tokens": 0, "min_length": 0,
 }
 
 
@@ -218,6 +220,7 @@ CATALOG: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("mirostat v1/v2", ("mirostat", "mirostat_tau", "mirostat_eta"), "mirostat",
      "(replaces the order)"),
     ("XTC", ("xtc_threshold", "xtc_probability"), "xtc", "(after the order)"),
+    ("ban EOS", ("ban_eos_token",), "(first)", "(first)"),
     ("banned strings (backtracking)", ("banned_strings",), "(engine)", "(engine)"),
     ("seed", ("seed",), "-", "-"),
     ("order", ("sampler_priority", "sampler_order"), "sampler_priority", "sampler_order"),
