@@ -205,3 +205,12 @@ def test_ban_eos_reaches_the_chain_and_min_tokens_is_logged(
                                                   "min_tokens": 5})
     assert fake.calls[0].settings.ban_eos_token
     assert "does not implement: min_tokens" in caplog.text
+
+
+def test_serve_ban_option_sets_the_servers_bans() -> None:
+    from limamono.cli.serve_cmd import server_config
+
+    config, _ = server_config(None, 16, None, [], 4.0, 256, "none", bans=("ozone", "a shiver"))
+    assert config.sampler_settings().banned_strings == ("ozone", "a shiver")
+    with pytest.raises(ValueError, match="--ban: banned_strings"):
+        server_config(None, 16, None, [], 4.0, 256, "none", bans=("x" * 300,))
