@@ -143,9 +143,8 @@ def _llama_config(folder: Path) -> dict[str, Any]:
     if kind not in LLAMA_TYPES:
         raise ExportError(f"{path}: model_type {kind!r} is not exported yet; fix: export a "
                           f"{' or '.join(LLAMA_TYPES)} model (the embedded SmolLM2 is one)")
-    if config.get("sliding_window") and kind == "mistral":
-        raise ExportError(f"{path}: sliding_window {config['sliding_window']} is not "
-                          "written to GGUF; fix: export a model without a sliding window")
+    # A Mistral sliding window (4096 on 7B v0.1) is not written: llama.cpp's own converter
+    # leaves it out too, and attention is the same up to that many tokens.
     return config
 
 
