@@ -17,6 +17,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: Why the build is what it is, and what the ContextShift tolerance is (kept with the
+#: figures: ``docs/BENCHMARKS.md`` is rewritten from this on every run).
+BUILD_NOTE = (
+    "The build: `make setup` compiles llama.cpp for the AVX2/FMA/F16C baseline with "
+    "`GGML_NATIVE=OFF` and AVX512/AMX off. The native build detects AMX on these machines "
+    "and segfaults in its first `llama_decode`; an AVX512 build measured the same decode "
+    "speed and ~10 % faster prefill (DESIGN.md), not worth a second build variant with "
+    "run-time dispatch. ContextShift is an approximation, as in KoboldCpp: the kept turns' "
+    "keys were computed while the dropped turns were in view, so the next-token "
+    "distribution differs from a fresh read of the same prompt by 0.02-0.10 nats (KL) in "
+    "the 9 turns after the first shift of a bundled chat (bram-whitlock-01, 2,048-token "
+    "context), with the same most likely token in 8 of them; "
+    "`tests/test_contextshift.py` holds it under 0.1 nats after a shift, and the position "
+    "shift itself (RoPE re-rotation) within f16 rounding.")
+
+
 @dataclass
 class LlamaResults:
     """The llama.cpp figures (and the torch ones measured the same way)."""
@@ -264,5 +280,5 @@ def report_lines(res: LlamaResults, torch_turns, threads: int) -> list[str]:
         "overhead figure slightly flatters neither side. Prefill of the Q4_1 file is "
         "slower in llama.cpp than in torch bf16 on a CPU with AMX (torch uses the AMX "
         "units; the portable llama.cpp build does not); decode, which a chat with KV "
-        "reuse is mostly made of, is where llama.cpp wins.", ""]
+        "reuse is mostly made of, is where llama.cpp wins.", "", BUILD_NOTE, ""]
     return lines
