@@ -262,8 +262,9 @@ def report_lines(res: LlamaResults, torch_turns, threads: int) -> list[str]:
     for name, mib in res.rss.items():
         lines.append(f"| peak RSS, {name} (own process: load, prefill, 32 tokens) | "
                      f"{mib:.0f} MiB | |")
-    lines += ["", "Chat replay on llama.cpp (same chat and settings as the torch table "
-              "above):", "", "| turn | prompt tokens | reused | TTFT llama.cpp | TTFT torch |",
+    lines += ["", "Chat replay on llama.cpp (same chat, settings and user turns as the torch "
+              "table above; each engine writes its own replies, so the prompt lengths differ "
+              "a little):", "", "| turn | prompt tokens | reused | TTFT llama.cpp | TTFT torch |",
               "|---|---|---|---|---|"]
     for i, ((tokens, warm, _), reused) in enumerate(zip(res.turns, res.reused, strict=True)):
         other = f"{torch_turns[i][1]:.3f} s" if i < len(torch_turns) else "-"
@@ -280,5 +281,5 @@ def report_lines(res: LlamaResults, torch_turns, threads: int) -> list[str]:
         "overhead figure slightly flatters neither side. Prefill of the Q4_1 file is "
         "slower in llama.cpp than in torch bf16 on a CPU with AMX (torch uses the AMX "
         "units; the portable llama.cpp build does not); decode, which a chat with KV "
-        "reuse is mostly made of, is where llama.cpp wins.", "", BUILD_NOTE, ""]
+        "reuse is mostly made of, is where llama.cpp wins.", "", BUILD_NOTE, "", ""]
     return lines
