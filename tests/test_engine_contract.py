@@ -245,3 +245,27 @@ def test_several_conversations_keep_their_caches(engine):
     assert engine.stats.last_reused == len(engine.tokenize(first))
     engine.generate(second + " and", _seeded(), 4)
     assert engine.stats.last_reused == len(engine.tokenize(second))
+
+
+def test_llamacpp_keeps_at_most_cache_entries_and_forks_a_shared_prefix():
+    from limamono.llamacpp_engine import LlamaCppEngine
+    from limamono.models import embedded_gguf
+
+    engine = LlamaCppEngine(embedded_gguf(), context_length=256, threads=1, cache_entries=2)
+    prompts = ["Alpha went to the market", "Bravo sailed the cold sea",
+               "Charlie painted a red door"]
+    for p in prompts[:2]:
+        engine.generate(p, _seeded(), 2)
+    engine.generate(prompts[0] + " and", _seeded(), 2)  # A is still kept (as a saved state)
+    assert engine.stats.last_reused == len(engine.tokenize(prompts[0]))
+    engine.generate(prompts[2], _seeded(), 2)  # evicts B, the least recently used
+    assert len(engine._entries) == 2
+    engine.generate(prompts[1], _seeded(), 2)
+    assert engine.stats.last_reused == 0
+    long_a = PROMPT + " drifting slowly past the old grey lighthouse at the point"
+    engine.generate(long_a, _seeded(), 4)
+    engine.generate(PROMPT + " red", _seeded(), 4)  # shares less than half: a fork
+    assert engine.stats.last_reused == len(engine.tokenize(PROMPT))
+    engine.generate(long_a, _seeded(), 4)
+    assert engine.stats.last_reused == len(engine.tokenize(long_a)) - 1
+    engine.close()

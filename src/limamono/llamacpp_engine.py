@@ -273,10 +273,12 @@ class LlamaCppEngine(EngineBase):
             self._entries.remove(live)
             if 2 * plan.reused < len(live.ids):  # another conversation: keep this one too
                 self._keep_saved(_Entry(live.ids, self._save_state()))
-        else:
-            self._park(live)
+        else:  # the parked conversation joins the LRU after the restore: it cannot evict it
+            parked = self._park(live)
             if best is not None:
                 self._restore(best, take=2 * plan.reused >= len(best.ids))
+            if parked is not None:
+                self._keep_saved(parked)
         if best is None:
             return SlotStart(_Seq(self, 0), 0)
         if plan.dropped:
@@ -286,13 +288,16 @@ class LlamaCppEngine(EngineBase):
         self._seq_rm(plan.reused, -1)
         return SlotStart(_Seq(self, plan.reused), plan.reused, plan.dropped)
 
-    def _park(self, live: _Entry | None) -> None:
-        """Save the live sequence as a state (if it holds tokens) and empty it."""
+    def _park(self, live: _Entry | None) -> _Entry | None:
+        """Empty the live sequence; its saved state (if it held tokens and more than one
+        entry is kept), for the caller to add to the LRU."""
+        parked = None
         if live is not None:
             self._entries.remove(live)
-            if live.ids:
-                self._keep_saved(_Entry(live.ids, self._save_state()))
+            if live.ids and self.cache_entries > 1:
+                parked = _Entry(live.ids, self._save_state())
         self._seq_rm(-1, -1)
+        return parked
 
     def _keep_saved(self, entry: _Entry) -> None:
         """Add a saved state as the most recent entry; the live one leaves room for itself."""
@@ -310,13 +315,15 @@ class LlamaCppEngine(EngineBase):
         return bytes(buf)[:written]
 
     def _restore(self, entry: _Entry, take: bool) -> None:
-        """Load ``entry``'s state into the live sequence; ``take``: it leaves the LRU."""
+        """Load ``entry``'s state into the live sequence; ``take``: it leaves the LRU, else
+        it becomes the most recently used saved entry."""
         assert entry.state is not None
         buf = (ctypes.c_uint8 * len(entry.state)).from_buffer_copy(entry.state)
         if self._ll.llama_state_seq_set_data(self._ctx, buf, len(entry.state), _LIVE) == 0:
             raise RuntimeError("llama_state_seq_set_data could not restore a saved sequence")
-        if take:
-            self._entries.remove(entry)
+        self._entries.remove(entry)
+        if not take:
+            self._entries.append(entry)
 
     def _close_slot(self, slot: KVSlot, ids: list[int] | None) -> None:
         if ids is None or self.cache_entries == 0:
