@@ -384,32 +384,32 @@ def check_strings(field: str, value: Any, json_string: bool = False) -> tuple[st
     return tuple(value)
 
 
+def _bounded(field: str, items: tuple[str, ...], most: int, chars: int,
+             what: str) -> tuple[str, ...]:
+    """``items`` unchanged, or a SamplerError naming ``field`` when there are more than
+    ``most`` of them or one is longer than ``chars`` characters."""
+    if len(items) > most:
+        raise SamplerError(field, f"<{len(items)} strings>", f"at most {most} {what} are allowed")
+    for i, item in enumerate(items):
+        if len(item) > chars:
+            raise SamplerError(f"{field}[{i}]", item[:40] + "...",
+                               f"longer than {chars} characters")
+    return items
+
+
 def check_breakers(value: Any) -> tuple[str, ...]:
     """DRY sequence breakers: at most ``MAX_BREAKERS`` strings of ``MAX_BREAKER_CHARS``
     characters (each one costs a scan of the vocabulary in the KoboldCpp dialect)."""
     breakers = check_strings("dry_sequence_breakers", value, json_string=True)
-    if len(breakers) > MAX_BREAKERS:
-        raise SamplerError("dry_sequence_breakers", f"<{len(breakers)} strings>",
-                           f"at most {MAX_BREAKERS} breakers are allowed")
-    for i, breaker in enumerate(breakers):
-        if len(breaker) > MAX_BREAKER_CHARS:
-            raise SamplerError(f"dry_sequence_breakers[{i}]", breaker[:40] + "...",
-                               f"longer than {MAX_BREAKER_CHARS} characters")
-    return breakers
+    return _bounded("dry_sequence_breakers", breakers, MAX_BREAKERS, MAX_BREAKER_CHARS,
+                    "breakers")
 
 
 def check_banned_strings(value: Any) -> tuple[str, ...]:
     """Banned phrases: non-empty strings, at most ``MAX_BANNED_STRINGS`` of
     ``MAX_BANNED_CHARS`` characters; empty entries are dropped, as KoboldCpp does."""
     phrases = tuple(p for p in check_strings("banned_strings", value) if p.strip())
-    if len(phrases) > MAX_BANNED_STRINGS:
-        raise SamplerError("banned_strings", f"<{len(phrases)} strings>",
-                           f"at most {MAX_BANNED_STRINGS} phrases are allowed")
-    for i, phrase in enumerate(phrases):
-        if len(phrase) > MAX_BANNED_CHARS:
-            raise SamplerError(f"banned_strings[{i}]", phrase[:40] + "...",
-                               f"longer than {MAX_BANNED_CHARS} characters")
-    return phrases
+    return _bounded("banned_strings", phrases, MAX_BANNED_STRINGS, MAX_BANNED_CHARS, "phrases")
 
 
 def check_token_ids(field: str, value: Any) -> tuple[int, ...]:
