@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from limamono.textstream import IncrementalDecoder
+from limamono.textstream import IncrementalDecoder, partial_tail
 
 log = logging.getLogger("limamono.engine")
 
@@ -128,12 +128,7 @@ class PhraseFilter:
         """Where the streamable text ends: before the token holding the earliest offset
         from which the text could still grow into a banned phrase."""
         window = fold(self.text[self._released:])
-        hold = 0
-        for phrase in self.phrases:
-            for size in range(min(len(phrase) - 1, len(window)), hold, -1):
-                if window.endswith(phrase[:size]):
-                    hold = size
-                    break
+        hold = partial_tail(window, self.phrases)
         if hold == 0:
             return len(self.text)
         start = len(self.text) - hold

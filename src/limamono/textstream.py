@@ -119,10 +119,16 @@ class StopMatcher:
 
     def _partial_tail(self, buffer: str) -> int:
         """Length of the longest suffix of ``buffer`` that is a proper prefix of a stop."""
-        longest = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(buffer)), longest, -1):
-                if buffer.endswith(stop[:size]):
-                    longest = size
-                    break
-        return longest
+        return partial_tail(buffer, self.stops)
+
+
+def partial_tail(text: str, targets: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of one of
+    ``targets``: how much text to hold back because it could still grow into one."""
+    longest = 0
+    for target in targets:
+        for size in range(min(len(target) - 1, len(text)), longest, -1):
+            if text.endswith(target[:size]):
+                longest = size
+                break
+    return longest
