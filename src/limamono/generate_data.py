@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from limamono import format as fmt
 from limamono.conversation import LENGTHS, Conversation, Message
 from limamono.generation import Engine
+from limamono.policy import reply_token_budget
 
 if TYPE_CHECKING:
     from limamono.cards import SheetParts
@@ -138,9 +139,6 @@ DEFAULT_CHAR_LENGTHS: tuple[str, ...] = ("long", "massive")
 DEFAULT_GREETING_LENGTH = "huge"
 #: Cap on the tokens of one drafted turn (a ``huge`` turn's budget is larger).
 DEFAULT_TURN_TOKENS = 1024
-#: Tokens allowed per word of a turn's label bound (SmolLM2's tokenizer on the example
-#: prose: 1.6; the same factor the evaluation budgets replies with).
-TOKENS_PER_WORD = 1.6
 
 
 @dataclass(frozen=True)
@@ -226,10 +224,8 @@ def turn_prompt(policy: PromptPolicy, conversation: Conversation, role: str,
 
 
 def turn_budget(length: str, cap: int) -> int:
-    """Tokens allowed for a turn of ``length``: its upper word bound (twice the last bound
-    for ``huge``) times ``TOKENS_PER_WORD``, at most ``cap``."""
-    bounds = (*fmt.DEFAULT_LENGTH_BOUNDS, fmt.DEFAULT_LENGTH_BOUNDS[-1] * 2)
-    return min(cap, round(bounds[LENGTHS.index(length)] * TOKENS_PER_WORD))
+    """Tokens allowed for a drafted turn of ``length``: the policy's reply budget."""
+    return reply_token_budget(length, cap)
 
 
 def clean_turn(text: str) -> str:

@@ -26,13 +26,14 @@ fix. The engine never re-cuts a fitted prompt; it only cuts raw text or refuses.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from limamono import format as fmt
-from limamono.conversation import Conversation, Message
+from limamono.conversation import LENGTHS, Conversation, Message
 from limamono.generation import ContextOverflowError
 
 PolicyName = Literal["training", "sillytavern"]
@@ -228,6 +229,19 @@ class PromptPolicy:
             keep_from = len(messages) if open_response else max(len(messages) - 1, 0)
         return fit_blocks(head, ordered, min(keep_from, max(len(ordered) - 1, 0)),
                           count_tokens, context, max_new_tokens, at_least, step)
+
+
+# Tokens a reply of a length label may take: its upper word bound (twice the last bound for
+# the open-ended ``huge``) at this many tokens per word, a generous figure for English prose
+# on both tokenizer families, so a reply is rarely cut before it ends on its own.
+TOKENS_PER_WORD = 1.6
+
+
+def reply_token_budget(length: str, cap: int,
+                       bounds: Sequence[int] = fmt.DEFAULT_LENGTH_BOUNDS) -> int:
+    """Tokens allowed for a reply (or drafted turn) of ``length``, at most ``cap``."""
+    upper = (*bounds, bounds[-1] * 2)
+    return min(cap, math.ceil(upper[LENGTHS.index(length)] * TOKENS_PER_WORD))
 
 
 def get_policy(name: str = DEFAULT_POLICY, trigger: str = fmt.DEFAULT_TRIGGER,

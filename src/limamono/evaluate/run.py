@@ -18,18 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from limamono import adapter_card
-from limamono import format as fmt
 from limamono.adapter_card import Defaults
 from limamono.conversation import LENGTHS, Conversation
 from limamono.evaluate.intervals import trials_for_half_width
 from limamono.evaluate.metrics import TARGETS, BehaviourSummary, Sample, check_reply, summarize
-from limamono.policy import POLICIES, PromptPolicy
+from limamono.policy import POLICIES, PromptPolicy, reply_token_budget
 
 log = logging.getLogger("limamono.eval")
-
-#: Token budget per requested length: about 1.6 tokens a word times the label's upper
-#: word bound (SmolLM2's tokenizer on the example prose), capped by ``max_new_tokens``.
-_TOKENS_PER_WORD = 1.6
 
 #: Replies needed so that the 95 % Wilson interval of the impersonation rate is narrower
 #: than ±5 points when the observed rate sits at its 5 % target: 83.
@@ -163,11 +158,7 @@ def make_prompts(conversations: Sequence[Conversation], config: EvalConfig) -> l
     return prompts
 
 
-def token_budget(length: str, cap: int,
-                 bounds: Sequence[int] = fmt.DEFAULT_LENGTH_BOUNDS) -> int:
-    """Tokens allowed for a reply of the requested length (``bounds``: the label bounds)."""
-    upper = (*bounds, bounds[-1] * 2)
-    return min(cap, math.ceil(upper[LENGTHS.index(length)] * _TOKENS_PER_WORD))
+token_budget = reply_token_budget  # the policy decides what a length label may take
 
 
 def variant_defaults(config: EvalConfig, adapter: str) -> Defaults:
