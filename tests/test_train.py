@@ -239,6 +239,34 @@ def test_lr_sweep_picks_the_lowest_eval_loss(tmp_path, tiny_model_dir):
     assert manifest["config"]["num_epochs"] == 1
 
 
+def test_resumed_lr_sweep_reuses_finished_rates_and_trains_the_rest(tmp_path, tiny_model_dir):
+    """A sweep started again with resume reads a finished rate from its manifest (not
+    trained again) and trains the missing one; a finished run whose config differs is
+    trained again."""
+    from limamono.train import lr_sweep
+
+    data = write_data(tmp_path / "data", 2, eval_n=1)
+    config = tiny_config(tmp_path, tiny_model_dir, data, lora_dropout=0.0)
+    first = lr_sweep(config, [1e-4])
+    done = Path(config.output_dir) / "lr-sweep" / "lr-0.0001" / "manifest.json"
+    before = done.read_bytes()
+    said: list[str] = []
+    summary = lr_sweep(config, [1e-4, 3e-2], notify=said.append, resume=True)
+    assert done.read_bytes() == before
+    assert [r["learning_rate"] for r in summary["runs"]] == [1e-4, 3e-2]
+    assert summary["runs"][0]["eval_loss"] == first["runs"][0]["eval_loss"]
+    assert (Path(config.output_dir) / "lr-sweep" / "lr-0.03" / "manifest.json").is_file()
+    assert [s for s in said if "finished earlier" in s] == [
+        f"lr 0.0001: finished earlier, read from {done.parent}/manifest.json"]
+    stale = json.loads(before)
+    stale["config"]["lora_r"] = 4
+    done.write_text(json.dumps(stale))
+    said.clear()
+    lr_sweep(config, [1e-4], notify=said.append, resume=True)
+    assert not [s for s in said if "finished earlier" in s]
+    assert json.loads(done.read_text())["config"]["lora_r"] == 8
+
+
 def test_export_axolotl_writes_config_and_pretokenized_rows(tmp_path, tiny_model_dir):
     from limamono.train import export_axolotl
 

@@ -47,7 +47,8 @@ def train_cmd(
     ctx: typer.Context,
     config_file: Path = typer.Argument(..., metavar="CONFIG", help="Training config (YAML)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete "
-                                "checkpoint in output_dir."),
+                                "checkpoint in output_dir (with --lr-sweep: reuse the rates "
+                                "that finished, continue the interrupted one)."),
     lr_sweep: str | None = typer.Option(None, "--lr-sweep", help="Comma-separated rates: one "
                                         "epoch at constant LR each, pick the lowest eval loss, "
                                         "plot lr_sweep.png (e.g. 5e-5,1e-4,2e-4,4e-4)."),
@@ -67,7 +68,7 @@ def train_cmd(
             from limamono.train import parse_rates
 
             summary = run_sweep(config, parse_rates(lr_sweep), notify=_say,
-                                progress_lines=_plain_progress())
+                                progress_lines=_plain_progress(), resume=resume)
             for run in summary["runs"]:
                 out.print(f"lr {run['learning_rate']:g}: eval loss {run['eval_loss']:.4f}")
             out.print(f"best learning rate: {summary['best_learning_rate']:g} "

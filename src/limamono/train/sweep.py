@@ -24,7 +24,7 @@ import yaml
 
 from limamono.train.config import ConfigError, TrainConfig
 from limamono.train.data import RUN_DATA_DIR, ensure_built
-from limamono.train.run import Notify, _warn, train
+from limamono.train.run import MANIFEST, Notify, _warn, train
 
 SWEEP_DIR = "lr-sweep"
 SWEEP_JSON = "lr_sweep.json"
@@ -62,9 +62,30 @@ def sweep_config(config: TrainConfig, rate: float, data: str) -> TrainConfig:
                                output_dir=str(out))
 
 
+def finished_run(run: TrainConfig) -> dict[str, Any] | None:
+    """The manifest of a sweep run that already finished with exactly this config, or None.
+
+    A run with another config in the same folder (a changed rank, other data) is not
+    reused: the sweep trains that rate again.
+    """
+    path = Path(run.output_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("config") != run.to_dict():
+        return None
+    return manifest
+
+
 def lr_sweep(config: TrainConfig, rates: Sequence[float], notify: Notify | None = None,
-             progress_lines: Notify | None = None) -> dict[str, Any]:
+             progress_lines: Notify | None = None, resume: bool = False) -> dict[str, Any]:
     """Train one epoch per rate; pick the lowest eval loss; write JSON and a plot.
+
+    With ``resume``, a rate whose run already finished with the same config is read from
+    its manifest instead of trained again, and an interrupted one continues from its newest
+    complete checkpoint: a long sweep on a CPU can take several starts, and separate
+    processes can each run some of the rates (one final ``resume`` call collects them all).
 
     Raises:
         ConfigError: the data has no eval split (the sweep needs eval loss).
@@ -79,12 +100,17 @@ def lr_sweep(config: TrainConfig, rates: Sequence[float], notify: Notify | None 
                            "sample; fix: set val > 0 or mark conversations meta.split: eval"])
     runs = []
     for rate in rates:
-        result = train(sweep_config(config, rate, str(data.built_dir)), notify=say,
-                       progress_lines=progress_lines)
-        figures = result.manifest["figures"]
+        run = sweep_config(config, rate, str(data.built_dir))
+        manifest = finished_run(run) if resume else None
+        if manifest is not None:
+            say(f"lr {rate:g}: finished earlier, read from {run.output_dir}/{MANIFEST}")
+        else:
+            manifest = train(run, resume=resume, notify=say,
+                             progress_lines=progress_lines).manifest
+        figures = manifest["figures"]
         runs.append({"learning_rate": rate, "eval_loss": figures["final_eval_loss"],
                      "train_loss": figures["final_train_loss"],
-                     "output_dir": str(result.output_dir)})
+                     "seconds": figures["seconds"], "output_dir": run.output_dir})
     best = min(runs, key=lambda r: r["eval_loss"])
     summary = {"best_learning_rate": best["learning_rate"], "runs": runs,
                "schedule": "constant, 1 epoch, no warmup", "data": str(data.built_dir)}
