@@ -53,6 +53,19 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
+def training_on_cpu_in_bf16() -> bool:
+    """Whether bf16 autocast trains faster than fp32 on this CPU: only with AMX tiles.
+
+    Measured for one LoRA step of the embedded model (docs/BENCHMARKS.md): without native
+    bf16, autocast was about 6x slower than fp32; with AVX512-BF16 but no AMX, 1.5x slower
+    (27.5 against 18.5 s per 2048-token step). AMX made bf16 prefill 3x faster than fp32,
+    so there the matrix products win.
+    """
+    from limamono.models import detect_hardware
+
+    return "amx_bf16" in detect_hardware().cpu_flags
+
+
 def precision(config: TrainConfig, notify: Notify) -> tuple[bool, bool]:
     """``(bf16, load_in_8bit)`` for this machine; says aloud what the recipe cannot have."""
     import torch
@@ -61,11 +74,15 @@ def precision(config: TrainConfig, notify: Notify) -> tuple[bool, bool]:
 
     cuda = torch.cuda.is_available()
     if config.bf16 == "auto":
-        # The inference rule: bf16 only where it is native. On a CPU without it, bf16
-        # autocast measured 6x slower than fp32 for a training step (docs/BENCHMARKS.md).
+        # The inference rule (bf16 only where it is native), narrowed for training on a CPU
+        # (see training_on_cpu_in_bf16).
         choice = choose_dtype("auto")
         bf16 = choice.dtype == "bf16"
-        notify(f"bf16: auto means {'bf16' if bf16 else 'fp32'} here ({choice.reason})")
+        reason = choice.reason
+        if bf16 and not cuda and not training_on_cpu_in_bf16():
+            bf16 = False
+            reason = f"{reason}, but without AMX a bf16 training step measured slower"
+        notify(f"bf16: auto means {'bf16' if bf16 else 'fp32'} here ({reason})")
     else:
         bf16 = config.bf16 == "true"
     eight_bit = False
