@@ -109,6 +109,53 @@ def test_run_and_report(tiny, tmp_path):
         pytest.approx([0.0967714, 0.7000067], abs=1e-6)
 
 
+def test_an_earlier_report_joins_without_generating_again(tiny, tmp_path):
+    """--with-report: the base evaluated once, read back beside a new adapter with the same
+    figures; a report of other prompts or settings is refused naming the difference."""
+    import dataclasses
+    import shutil
+
+    from limamono.evaluate.report import ReportError, read_variants, to_markdown
+
+    replies = {"short": (" Mira nodded. _Fine._", "###"),
+               "long": (' Mira smiled. "Drink this."', "###"),
+               "massive": (" Mira talked for a long while.\nTom: Thanks.", "\nTom:")}
+
+    def load(model, adapter):
+        return ScriptedEngine(*tiny, replies)
+
+    base_config = EvalConfig(data=DATA, adapters=("none",), samples=2)
+    base = run(base_config, load=load)
+    write_report(base_config, base, tmp_path / "base")
+    config = dataclasses.replace(base_config, adapters=("other",))
+    (earlier,) = read_variants(tmp_path / "base", config)
+    assert earlier.adapter == "none" and earlier.source == str(tmp_path / "base" / "report.json")
+    assert earlier.eval_loss == base[0].eval_loss
+    assert earlier.behaviour == base[0].behaviour
+    assert [s.check for s in earlier.samples] == [s.check for s in base[0].samples]
+    md = to_markdown(config, [*run(config, load=load), earlier])
+    assert f"Variant `none` is read from `{tmp_path / 'base' / 'report.json'}`" in md
+    assert "| impersonation rate | 33.3 % [9.7, 70.0] **misses** | " \
+        "33.3 % [9.7, 70.0] **misses** |" in md
+
+    with pytest.raises(ReportError, match=r"samples is 2 there and 3 here"):
+        read_variants(tmp_path / "base", dataclasses.replace(config, samples=3))
+    changed = tmp_path / "data"
+    shutil.copytree(DATA, changed)
+    first = sorted(changed.glob("*.yaml"))[0]
+    first.write_text(first.read_text().replace("Mira", "Mirabel"))
+    with pytest.raises(ReportError, match="its prompts differ from this run's"):
+        read_variants(tmp_path / "base", dataclasses.replace(config, data=changed))
+    data = json.loads((tmp_path / "base" / "report.json").read_text())
+    del data["prompts_sha256"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "report.json").write_text(json.dumps(data))
+    with pytest.raises(ReportError, match="no prompts_sha256"):
+        read_variants(tmp_path / "old", config)
+    with pytest.raises(ReportError, match="cannot read it"):
+        read_variants(tmp_path / "missing", config)
+
+
 def test_bad_config_lists_every_problem():
     with pytest.raises(ValueError) as info:
         EvalConfig(data=DATA, lengths=("long", "vast"), samples=0, policy="chat")
@@ -138,3 +185,30 @@ def test_cli_sample_defaults(monkeypatch, tmp_path, args, samples, max_tokens):
     result = CliRunner().invoke(app, ["eval", "--data", str(DATA), "-o", str(tmp_path), *args])
     assert result.exit_code == 0, result.output
     assert (seen[0].samples, seen[0].max_new_tokens) == (samples, max_tokens)
+
+
+def test_cli_with_report_refuses_a_variant_asked_for_twice(tiny, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import limamono.cli.engine_cmd as engine_cmd
+    import limamono.evaluate.run as run_mod
+    from limamono.cli import app
+
+    replies = {k: (" Mira nodded.", "###") for k in ("short", "long", "massive")}
+    config = EvalConfig(data=DATA, adapters=("none",), samples=2, max_new_tokens=320)
+    write_report(config, run(config, load=lambda m, a: ScriptedEngine(*tiny, replies)),
+                 tmp_path / "base")
+    monkeypatch.setattr(engine_cmd, "prepare_model_for_cli", lambda model: None)
+    seen = []
+    monkeypatch.setattr(run_mod, "run", lambda config, progress, load: seen.append(config)
+                        or [])
+    args = ["eval", "--data", str(DATA), "--samples", "2", "--with-report",
+            str(tmp_path / "base"), "--dtype", "auto"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a"), "--adapter", "none"])
+    assert result.exit_code == 2 and not seen
+    assert "--with-report: none is both in an earlier report and asked for with --adapter" \
+        in " ".join(result.output.split())
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b"), "--adapter", "x"])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "Variant `none` is read from" in md and "| metric | none |" in md

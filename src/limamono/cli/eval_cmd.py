@@ -35,6 +35,11 @@ def eval_cmd(
     policy: str | None = typer.Option(None, "--policy", help="Prompt policy: training or "
                                       "sillytavern (default: each adapter's own, else "
                                       "training)."),
+    with_report: list[Path] = typer.Option([], "--with-report", help="Folder of an earlier "
+                                           "report whose variants join this one without "
+                                           "being generated again (e.g. the bare base); "
+                                           "it must have the same prompts and settings. "
+                                           "Repeatable."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (1 is best on "
                                        "a busy machine)."),
@@ -73,6 +78,18 @@ def eval_cmd(
         fail(str(exc))
     if not data.is_dir():
         fail(f"{data}: not a folder of conversations")
+    from limamono.evaluate.report import ReportError, read_variants
+
+    earlier = []
+    try:
+        for folder in with_report:
+            earlier += read_variants(folder, config)
+    except (ReportError, OSError, ValueError) as exc:
+        fail(str(exc))
+    clash = sorted({r.adapter for r in earlier} & set(config.adapters))
+    if clash:
+        fail(f"--with-report: {', '.join(clash)} is both in an earlier report and asked for "
+             "with --adapter; fix: leave one out")
     from limamono.cli.engine_cmd import load_engine_for_cli, prepare_model_for_cli
     from limamono.models import resolve_adapter
 
@@ -95,7 +112,7 @@ def eval_cmd(
             results = run(config, progress, load=load)
         except (OSError, ValueError) as exc:
             fail(str(exc))
-    for path in write_report(config, results, output):
+    for path in write_report(config, [*results, *earlier], output):
         out.print(str(path))
 
 

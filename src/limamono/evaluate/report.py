@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from limamono import atomic
 from limamono.conversation import LENGTHS
-from limamono.evaluate.metrics import TARGETS, judge
-from limamono.evaluate.run import EvalConfig, VariantResult
+from limamono.evaluate.metrics import TARGETS, ReplyCheck, Sample, judge, summarize
+from limamono.evaluate.run import EvalConfig, VariantResult, prompts_digest
 
 #: Rows of the behaviour table: (field, title, shown as a percentage).
 _ROWS = [
@@ -31,15 +31,28 @@ _ROWS = [
 ]
 
 
+#: What two reports must share for their variants to stand side by side: the same
+#: prompts (``prompts_sha256`` covers data, lengths, samples and seed), model, reply cap,
+#: samplers, policy, loss windows and dtype. Threads only change the speed.
+PAIRED_FIELDS = ("model", "lengths", "samples", "seed", "max_new_tokens", "preset", "policy",
+                 "seq_len", "dtype")
+
+
+class ReportError(ValueError):
+    """An earlier report cannot join this one (unreadable, or other prompts/settings)."""
+
+
 def to_json(config: EvalConfig, results: Sequence[VariantResult]) -> dict[str, Any]:
     """The whole report as JSON-ready data (replies included)."""
     cfg = asdict(config)
     cfg["data"] = str(config.data)
     return {
         "config": cfg,
+        "prompts_sha256": prompts_digest(config),
         "targets": {k: list(v) for k, v in TARGETS.items()},
         "variants": [{
-            "adapter": r.adapter, "eval_loss": r.eval_loss, "perplexity": r.perplexity,
+            "adapter": r.adapter, "source": r.source,
+            "eval_loss": r.eval_loss, "perplexity": r.perplexity,
             "supervised_tokens": r.supervised_tokens,
             "behaviour": asdict(r.behaviour) if r.behaviour else None,
             "verdicts": judge(r.behaviour) if r.behaviour else None,
@@ -48,6 +61,59 @@ def to_json(config: EvalConfig, results: Sequence[VariantResult]) -> dict[str, A
                         for s in r.samples],
         } for r in results],
     }
+
+
+def read_variants(folder: str | Path, config: EvalConfig) -> list[VariantResult]:
+    """The variants of an earlier report (``folder/report.json``), to be shown beside the
+    ones this run generates without generating them again.
+
+    The stored per-reply checks are kept and the figures recomputed from them, so the
+    intervals follow this version's rules.
+
+    Raises:
+        ReportError: the file is missing or malformed, or it was run on other prompts or
+            settings (the message names the field and both values).
+    """
+    from limamono.untrusted import UntrustedError, load_json
+
+    path = Path(folder) / "report.json"
+    try:
+        data = load_json(path.read_text(encoding="utf-8"), allow_nan=True)
+    except (OSError, UnicodeDecodeError, UntrustedError) as exc:
+        raise ReportError(f"{path}: cannot read it ({exc})") from exc
+    try:
+        theirs = data["config"]
+        digest = data.get("prompts_sha256")
+        if digest is None:
+            raise ReportError(f"{path}: written before reports recorded their prompts "
+                              "(no prompts_sha256); fix: run that evaluation again")
+        mine = asdict(config)
+        for key in PAIRED_FIELDS:
+            want = list(mine[key]) if isinstance(mine[key], tuple) else mine[key]
+            if theirs.get(key) != want:
+                raise ReportError(f"{path}: {key} is {theirs.get(key)!r} there and {want!r} "
+                                  "here; fix: run both with the same options")
+        if digest != prompts_digest(config):
+            raise ReportError(f"{path}: its prompts differ from this run's (held-out "
+                              f"conversations under {config.data} changed, or other data); "
+                              "fix: run that evaluation again")
+        return [_variant(v, str(path), config.seed) for v in data["variants"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ReportError(f"{path}: not a limamono eval report ({exc!r} missing or "
+                          "malformed)") from exc
+
+
+def _variant(data: dict[str, Any], source: str, seed: int) -> VariantResult:
+    names = {f.name for f in fields(ReplyCheck)}
+    samples = []
+    for row in data["samples"]:
+        check = {k: v for k, v in row.items() if k in names}
+        check["style_rules"] = tuple(check.get("style_rules", ()))
+        samples.append(Sample(row["requested_length"], row["reply"], ReplyCheck(**check),
+                              row["finish_reason"]))
+    behaviour = summarize(samples, seed=seed) if samples else None
+    return VariantResult(data["adapter"], data["eval_loss"], data["perplexity"],
+                         data["supervised_tokens"], behaviour, samples, source=source)
 
 
 def _cell(value: float | None, percent: bool) -> str:
@@ -88,6 +154,13 @@ def _target(low: float | None, high: float | None, percent: bool) -> str:
     return f"≥ {show(low)}" if low is not None else f"≤ {show(high)}"  # type: ignore[arg-type]
 
 
+def _sources(results: Sequence[VariantResult]) -> list[str]:
+    """A line per variant read from an earlier report (same prompts, seeds and settings)."""
+    return [f"Variant `{r.adapter}` is read from `{r.source}` (same prompts, seeds and "
+            "settings; not generated again)." for r in results if r.source] + \
+        ([""] if any(r.source for r in results) else [])
+
+
 def to_markdown(config: EvalConfig, results: Sequence[VariantResult]) -> str:
     """Markdown tables: loss; behaviour with 95 % intervals and verdicts against the
     targets; median words per label."""
@@ -99,6 +172,7 @@ def to_markdown(config: EvalConfig, results: Sequence[VariantResult]) -> str:
         f"Model `{config.model}`; data `{config.data}`; {config.samples} prompt(s) per "
         f"length; lengths {', '.join(config.lengths)}; preset {_preset(config.preset)}; "
         f"seed {config.seed}; replies capped at {config.max_new_tokens} tokens.", "",
+        *_sources(results),
         "## Loss on held-out conversations (supervised tokens)", "", head.rstrip("\n"),
         "| eval loss | " + " | ".join(_cell(r.eval_loss, False) for r in results) + " |",
         "| perplexity | " + " | ".join(_cell(r.perplexity, False) for r in results) + " |",

@@ -9,6 +9,8 @@ checks each reply (``metrics.check_reply``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
@@ -109,7 +111,11 @@ class Prompt:
 
 @dataclass
 class VariantResult:
-    """Figures of one model variant."""
+    """Figures of one model variant.
+
+    ``source``: the earlier report it was read from (``--with-report``); empty when this
+    run generated it.
+    """
 
     adapter: str
     eval_loss: float | None
@@ -117,6 +123,7 @@ class VariantResult:
     supervised_tokens: int
     behaviour: BehaviourSummary | None
     samples: list[Sample] = field(default_factory=list)
+    source: str = ""
 
 
 def held_out(data: Path) -> list[Conversation]:
@@ -159,6 +166,18 @@ def make_prompts(conversations: Sequence[Conversation], config: EvalConfig) -> l
 
 
 token_budget = reply_token_budget  # the policy decides what a length label may take
+
+
+def prompts_digest(config: EvalConfig) -> str:
+    """SHA-256 of every prompt this config generates at (history, turn, length, seed):
+    two reports with the same digest asked their variants the same questions."""
+    from limamono import format as fmt
+
+    digest = hashlib.sha256()
+    for prompt in make_prompts(held_out(config.data), config):
+        digest.update(json.dumps([fmt.render(prompt.conversation), prompt.turn,
+                                  prompt.requested_length, prompt.seed]).encode())
+    return digest.hexdigest()
 
 
 def variant_defaults(config: EvalConfig, adapter: str) -> Defaults:
