@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -187,12 +188,13 @@ def test_cli_sample_defaults(monkeypatch, tmp_path, args, samples, max_tokens):
     assert (seen[0].samples, seen[0].max_new_tokens) == (samples, max_tokens)
 
 
-def test_cli_with_report_refuses_a_variant_asked_for_twice(tiny, tmp_path, monkeypatch):
+def test_cli_with_report_generates_only_what_it_lacks(tiny, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     import limamono.cli.engine_cmd as engine_cmd
     import limamono.evaluate.run as run_mod
     from limamono.cli import app
+    from limamono.evaluate.report import ReportError, merge_variants
 
     replies = {k: (" Mira nodded.", "###") for k in ("short", "long", "massive")}
     config = EvalConfig(data=DATA, adapters=("none",), samples=2, max_new_tokens=320)
@@ -203,12 +205,20 @@ def test_cli_with_report_refuses_a_variant_asked_for_twice(tiny, tmp_path, monke
     monkeypatch.setattr(run_mod, "run", lambda config, progress, load: seen.append(config)
                         or [])
     args = ["eval", "--data", str(DATA), "--samples", "2", "--with-report",
-            str(tmp_path / "base"), "--dtype", "auto"]
+            str(tmp_path / "base")]
+    # Everything asked for is in the earlier report: nothing is generated.
     result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a"), "--adapter", "none"])
-    assert result.exit_code == 2 and not seen
-    assert "--with-report: none is both in an earlier report and asked for with --adapter" \
-        in " ".join(result.output.split())
-    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b"), "--adapter", "x"])
     assert result.exit_code == 0, result.output
-    md = (tmp_path / "b" / "report.md").read_text()
+    assert not seen
+    md = (tmp_path / "a" / "report.md").read_text()
     assert "Variant `none` is read from" in md and "| metric | none |" in md
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b"), "--adapter", "x",
+                                      "--adapter", "none"])
+    assert result.exit_code == 0, result.output
+    assert [c.adapters for c in seen] == [("x",)]
+    # Order: as asked, then what only the earlier reports hold; a name in two is refused.
+    a, b, c = (run_mod.VariantResult(n, 1.0, 2.7, 5, None, source=s)
+               for n, s in (("a", ""), ("b", "r1"), ("c", "r2")))
+    assert [r.adapter for r in merge_variants(["b", "a"], [a], [c, b])] == ["b", "a", "c"]
+    with pytest.raises(ReportError, match="variant 'b' is in both r1 and r2"):
+        merge_variants(["a"], [a], [b, dataclasses.replace(b, source="r2")])

@@ -36,10 +36,10 @@ def eval_cmd(
                                       "sillytavern (default: each adapter's own, else "
                                       "training)."),
     with_report: list[Path] = typer.Option([], "--with-report", help="Folder of an earlier "
-                                           "report whose variants join this one without "
-                                           "being generated again (e.g. the bare base); "
-                                           "it must have the same prompts and settings. "
-                                           "Repeatable."),
+                                           "report (same prompts and settings) whose "
+                                           "variants join this one: those also named by "
+                                           "--adapter are not generated again, e.g. the "
+                                           "bare base. Repeatable."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (1 is best on "
                                        "a busy machine)."),
@@ -78,18 +78,26 @@ def eval_cmd(
         fail(str(exc))
     if not data.is_dir():
         fail(f"{data}: not a folder of conversations")
-    from limamono.evaluate.report import ReportError, read_variants
+    import dataclasses
+
+    from limamono.evaluate.report import ReportError, merge_variants, read_variants
 
     earlier = []
     try:
         for folder in with_report:
             earlier += read_variants(folder, config)
+        shown = merge_variants(config.adapters, [], earlier)
     except (ReportError, OSError, ValueError) as exc:
         fail(str(exc))
-    clash = sorted({r.adapter for r in earlier} & set(config.adapters))
-    if clash:
-        fail(f"--with-report: {', '.join(clash)} is both in an earlier report and asked for "
-             "with --adapter; fix: leave one out")
+    reused = {r.adapter for r in earlier}
+    to_run = tuple(a for a in config.adapters if a not in reused)
+    report_config = dataclasses.replace(config, adapters=tuple(r.adapter for r in shown)
+                                        if not to_run else config.adapters)
+    if not to_run:
+        for path in write_report(report_config, shown, output):
+            out.print(str(path))
+        return
+    config = dataclasses.replace(config, adapters=to_run)
     from limamono.cli.engine_cmd import load_engine_for_cli, prepare_model_for_cli
     from limamono.models import resolve_adapter
 
@@ -112,7 +120,10 @@ def eval_cmd(
             results = run(config, progress, load=load)
         except (OSError, ValueError) as exc:
             fail(str(exc))
-    for path in write_report(config, [*results, *earlier], output):
+    merged = merge_variants(report_config.adapters, results, earlier)
+    report_config = dataclasses.replace(report_config,
+                                        adapters=tuple(r.adapter for r in merged))
+    for path in write_report(report_config, merged, output):
         out.print(str(path))
 
 

@@ -103,6 +103,25 @@ def read_variants(folder: str | Path, config: EvalConfig) -> list[VariantResult]
                           "malformed)") from exc
 
 
+def merge_variants(adapters: Sequence[str], generated: Sequence[VariantResult],
+                   earlier: Sequence[VariantResult]) -> list[VariantResult]:
+    """The report's variants: those asked for in ``adapters`` order (generated now or read
+    from an earlier report), then the earlier reports' other variants.
+
+    Raises:
+        ReportError: two earlier reports hold a variant of the same name.
+    """
+    by_name: dict[str, VariantResult] = {}
+    for r in earlier:
+        if r.adapter in by_name:
+            raise ReportError(f"--with-report: variant {r.adapter!r} is in both "
+                              f"{by_name[r.adapter].source} and {r.source}; fix: pass one")
+        by_name[r.adapter] = r
+    by_name.update({r.adapter: r for r in generated})
+    asked = [by_name.pop(a) for a in adapters if a in by_name]
+    return asked + list(by_name.values())
+
+
 def _variant(data: dict[str, Any], source: str, seed: int) -> VariantResult:
     names = {f.name for f in fields(ReplyCheck)}
     samples = []
