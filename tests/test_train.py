@@ -242,6 +242,20 @@ def test_lr_sweep_picks_the_lowest_eval_loss(tmp_path, tiny_model_dir):
     assert manifest["config"]["num_epochs"] == 1
 
 
+@pytest.mark.parametrize(("rates", "best", "note"), [
+    ([1e-3, 2e-3], 2e-3, "0.002 is the highest rate tried, so the lowest eval loss may lie "
+                         "above it; try 0.004 too"),
+    ([5e-4, 1e-3, 2e-3], 5e-4, "0.0005 is the lowest rate tried, so the lowest eval loss "
+                               "may lie below it; try 0.00025 too"),
+    ([5e-4, 1e-3, 2e-3], 1e-3, None),
+    ([1e-3], 1e-3, None),
+])
+def test_sweep_says_when_the_best_rate_is_at_the_edge(rates, best, note):
+    from limamono.train.sweep import edge_note
+
+    assert edge_note(rates, best) == note
+
+
 def test_resumed_lr_sweep_reuses_finished_rates_and_trains_the_rest(tmp_path, tiny_model_dir):
     """A sweep started again with resume reads a finished rate from its manifest (not
     trained again) and trains the missing one; a finished run whose config differs is

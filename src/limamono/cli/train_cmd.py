@@ -73,6 +73,8 @@ def train_cmd(
                 out.print(f"lr {run['learning_rate']:g}: eval loss {run['eval_loss']:.4f}")
             out.print(f"best learning rate: {summary['best_learning_rate']:g} "
                       f"({config.output_dir}/lr_sweep.json, lr_sweep.png)")
+            if summary["note"]:
+                warn(summary["note"])
             return
         from limamono.train import train
 

@@ -113,10 +113,25 @@ def lr_sweep(config: TrainConfig, rates: Sequence[float], notify: Notify | None 
                      "seconds": figures["seconds"], "output_dir": run.output_dir})
     best = min(runs, key=lambda r: r["eval_loss"])
     summary = {"best_learning_rate": best["learning_rate"], "runs": runs,
-               "schedule": "constant, 1 epoch, no warmup", "data": str(data.built_dir)}
+               "schedule": "constant, 1 epoch, no warmup", "data": str(data.built_dir),
+               "note": edge_note(rates, best["learning_rate"])}
     (out / SWEEP_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     plot_sweep(runs, best["learning_rate"], out / SWEEP_PLOT)
     return summary
+
+
+def edge_note(rates: Sequence[float], best: float) -> str | None:
+    """What to try next when the best rate is the highest or lowest one tried (the
+    minimum may lie beyond it); None when it has a tried rate on each side."""
+    if len(set(rates)) < 2:
+        return None
+    if best == max(rates):
+        return (f"{best:g} is the highest rate tried, so the lowest eval loss may lie above "
+                f"it; try {best * 2:g} too")
+    if best == min(rates):
+        return (f"{best:g} is the lowest rate tried, so the lowest eval loss may lie below "
+                f"it; try {best / 2:g} too")
+    return None
 
 
 def plot_sweep(runs: Sequence[dict[str, Any]], best: float, path: Path) -> None:
