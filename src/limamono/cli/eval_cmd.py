@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -53,17 +54,9 @@ def eval_cmd(
     each target is judged meets / misses / cannot tell from it; the report compares the
     variants side by side.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     from limamono.evaluate import run as run_mod
     from limamono.evaluate.report import write_report
-    from limamono.evaluate.run import EvalConfig, run
+    from limamono.evaluate.run import EvalConfig
 
     chosen = tuple(x.strip() for x in lengths.split(",") if x.strip())
     if samples is None:
@@ -86,19 +79,32 @@ def eval_cmd(
     try:
         for folder in with_report:
             earlier += read_variants(folder, config)
-        shown = merge_variants(config.adapters, [], earlier)
+        merge_variants(config.adapters, [], earlier)  # refuses a name in two reports
     except (ReportError, OSError, ValueError) as exc:
         fail(str(exc))
     reused = {r.adapter for r in earlier}
     to_run = tuple(a for a in config.adapters if a not in reused)
-    report_config = dataclasses.replace(config, adapters=tuple(r.adapter for r in shown)
-                                        if not to_run else config.adapters)
-    if not to_run:
-        for path in write_report(report_config, shown, output):
-            out.print(str(path))
-        return
-    config = dataclasses.replace(config, adapters=to_run)
+    results = _generate(dataclasses.replace(config, adapters=to_run), model, dtype,
+                        threads) if to_run else []
+    merged = merge_variants(config.adapters, results, earlier)
+    shown = dataclasses.replace(config, adapters=tuple(r.adapter for r in merged)
+                                or config.adapters)
+    for path in write_report(shown, merged, output):
+        out.print(str(path))
+
+
+def _generate(config: Any, model: str, dtype: str, threads: int | None) -> list[Any]:
+    """Run the variants of ``config`` on the torch engine, one progress bar each."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from limamono.cli.engine_cmd import load_engine_for_cli, prepare_model_for_cli
+    from limamono.evaluate.run import run
     from limamono.models import resolve_adapter
 
     prepare_model_for_cli(model)  # a conversion bar first: one live display at a time
@@ -117,14 +123,9 @@ def eval_cmd(
                                        backend="torch")
 
         try:
-            results = run(config, progress, load=load)
+            return run(config, progress, load=load)
         except (OSError, ValueError) as exc:
             fail(str(exc))
-    merged = merge_variants(report_config.adapters, results, earlier)
-    report_config = dataclasses.replace(report_config,
-                                        adapters=tuple(r.adapter for r in merged))
-    for path in write_report(report_config, merged, output):
-        out.print(str(path))
 
 
 def register(app: typer.Typer) -> None:
