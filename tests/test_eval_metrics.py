@@ -198,3 +198,14 @@ def test_speaking_for_the_user_and_slop_in_replies():
     assert s.speaks_for_user_rate == 1.0
     assert s.slop_index == pytest.approx(2 * 1000 / 10)
     assert m.judge(s)["impersonation_rate"] == "cannot tell"  # one reply: [0, 79 %]
+
+
+def test_wilson_ends_are_exact():
+    """0 of n and n of n give exactly 0 and 1 at the ends (floating point gave 7e-18 and
+    0.9999999999999999 at n = 48, and the report's error bars then went negative)."""
+    from limamono.evaluate.intervals import wilson
+
+    for n in range(1, 300):
+        assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
+        low, high = wilson(n // 3, n)
+        assert low <= n // 3 / n <= high

@@ -36,8 +36,11 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = wilson_half_width(p, n, z)
-    # Clamp rounding noise at the ends (0 and n successes give exactly 0 and 1 on paper).
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # 0 and n successes give exactly 0 and 1 on paper; in floating point they come out as
+    # 7e-18 or 0.9999999999999999, which put the point outside its own interval.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def wilson_half_width(rate: float, n: int, z: float = Z95) -> float:

@@ -249,8 +249,8 @@ def plot(results: Sequence[VariantResult], out: Path) -> list[Path]:
         values = [getattr(r.behaviour, k) or 0.0 for k in keys]
         spans = [r.behaviour.intervals.get(k) or (v, v) for k, v in zip(keys, values,
                                                                          strict=True)]
-        errors = [[v - lo for v, (lo, _) in zip(values, spans, strict=True)],
-                  [hi - v for v, (_, hi) in zip(values, spans, strict=True)]]
+        errors = [[max(0.0, v - lo) for v, (lo, _) in zip(values, spans, strict=True)],
+                  [max(0.0, hi - v) for v, (_, hi) in zip(values, spans, strict=True)]]
         ax.bar([i + n * width for i in range(len(keys))], values, width, label=r.adapter,
                yerr=errors, capsize=3)
     ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(keys))])
