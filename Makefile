@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(BIN)/python -m pip install --quiet llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(BIN)/python -m pip install --quiet -e '.[dev,llamacpp]'
-	$(BIN)/python -m limamono.llamacpp_engine
+	$(BIN)/python -m limamono.engine.llamacpp
 	touch $(STAMP)
 
 # The embedded model is converted once into the cache (about a minute) before the demo.

@@ -25,7 +25,7 @@ SECTION = "## dtype: `bench/dtype.py`"
 
 def _prompt(engine, tokens: int) -> str:
     """The first ``tokens`` tokens of an example conversation's rendered prompt."""
-    from limamono import format as fmt
+    from limamono.core import format as fmt
     from limamono.dataset import load_file
 
     [conv] = load_file(REPO / "examples" / "conversations" / "bram-whitlock-01.yaml")
@@ -68,7 +68,7 @@ def report(args: argparse.Namespace, figures: dict[str, dict[str, float]]) -> st
     """The markdown section."""
     import torch
 
-    from limamono.models import NATIVE_BF16_FLAGS, choose_dtype, detect_hardware
+    from limamono.models.resolve import NATIVE_BF16_FLAGS, choose_dtype, detect_hardware
 
     hw = detect_hardware()
     choice = choose_dtype("auto", hw)

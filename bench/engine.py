@@ -159,7 +159,7 @@ def bench_dtypes(engine, tokens: int, res: Results) -> None:
     """
     import torch
 
-    from limamono.engine import Engine
+    from limamono.engine.torch_engine import Engine
     from limamono.samplers import get_preset
 
     ids = list(range(1000, 1000 + tokens))
@@ -182,8 +182,8 @@ def bench_dtypes(engine, tokens: int, res: Results) -> None:
 
 def chat_setup(engine, history_tokens: int):
     """A conversation whose open prompt is about ``history_tokens`` long, and user lines."""
-    from limamono import conversation
-    from limamono import format as fmt
+    from limamono.core import conversation
+    from limamono.core import format as fmt
 
     conv = conversation.load(REPO / "examples" / "conversations" / "harriet-quill-01.yaml")[0]
     messages = list(conv.messages)
@@ -201,8 +201,8 @@ def chat_setup(engine, history_tokens: int):
 def bench_chat(engine, cold_engine, turns: int, reply_tokens: int, history: int,
                cold_every: int, res: Results | LlamaResults) -> None:
     """(2): TTFT per turn with reuse (a real chat) and without (same prompt, no cache)."""
-    from limamono import format as fmt
-    from limamono.conversation import Message
+    from limamono.core import format as fmt
+    from limamono.core.conversation import Message
     from limamono.samplers import get_preset
 
     conv, user_lines = chat_setup(engine, history)
@@ -338,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.perf_counter()
 
-    from limamono.engine import Engine, load_engine
+    from limamono.engine import load_engine
+    from limamono.engine.torch_engine import Engine
 
     engine = load_engine(threads=args.threads, backend="torch")
     res = Results()
@@ -387,8 +388,8 @@ def bench_llamacpp(torch_engine, args: argparse.Namespace) -> LlamaResults:
 
 def chat_prompt_short() -> str:
     """A short Limamono prompt (about 150 tokens) for the decode runs."""
-    from limamono import format as fmt
-    from limamono.conversation import Character, Conversation, Message, User
+    from limamono.core import format as fmt
+    from limamono.core.conversation import Character, Conversation, Message, User
 
     conv = Conversation(
         character=Character("Mira", "Mira\nAge: 34\nOccupation: harbour pilot\nMira guides "

@@ -115,7 +115,7 @@ def bench_decode(engine, torch_engine, prompt: str, n: int, runs: int, res: Llam
 
 def prefill_ids(engine, tokens: int) -> list[int]:
     """About ``tokens`` tokens of real prose (the bundled conversations), tokenized."""
-    from limamono import conversation
+    from limamono.core import conversation
 
     text = ""
     for path in sorted((REPO / "examples" / "conversations").glob("*.yaml")):
@@ -152,10 +152,10 @@ def bench_shift(context: int, turns: int, reply_tokens: int, threads: int,
     the shift the engine still reuses the common prefix (trigger and sheet), as KoboldCpp
     does, and re-reads the kept turns.
     """
-    from limamono import format as fmt
-    from limamono.conversation import Message
-    from limamono.llamacpp_engine import LlamaCppEngine
-    from limamono.models import embedded_gguf
+    from limamono.core import format as fmt
+    from limamono.core.conversation import Message
+    from limamono.engine.llamacpp import LlamaCppEngine
+    from limamono.models.resolve import embedded_gguf
     from limamono.samplers import get_preset
 
     shifting = LlamaCppEngine(embedded_gguf(), context_length=context, threads=threads)
@@ -191,8 +191,8 @@ def bench_shift(context: int, turns: int, reply_tokens: int, threads: int,
 
 def _chat_near(engine, tokens: int):
     """A bundled conversation cut to about ``tokens`` prompt tokens, and its user lines."""
-    from limamono import conversation
-    from limamono import format as fmt
+    from limamono.core import conversation
+    from limamono.core import format as fmt
 
     conv = conversation.load(REPO / "examples" / "conversations" / "harriet-quill-01.yaml")[0]
     kept = 2

@@ -42,7 +42,7 @@ class TimedFilter:
         self.seconds = 0.0
 
     def install(self):
-        from limamono import phrasebans
+        from limamono.engine import phrasebans
 
         real = phrasebans.PhraseFilter.add
         timer = self
@@ -63,7 +63,7 @@ def variant_run(engine, prompt: str, settings, n: int) -> dict:
     cache from the warm-up, so only its last token is evaluated): seconds, sampler seconds
     and calls, filter seconds, regenerated tokens."""
     import limamono.samplers as samplers
-    from limamono import phrasebans
+    from limamono.engine import phrasebans
 
     real = samplers.make_sampler
     timed: list[TimedSampler] = []
@@ -164,7 +164,7 @@ def samplers_main(args) -> int:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.perf_counter()
 
-    from limamono import format as fmt
+    from limamono.core import format as fmt
     from limamono.engine import load_engine
 
     engine = load_engine(threads=args.threads, backend=args.backend)

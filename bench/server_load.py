@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx
 
-from limamono import format as fmt
-from limamono.conversation import Character, Conversation, Message, User
+from limamono.core import format as fmt
+from limamono.core.conversation import Character, Conversation, Message, User
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from limamono import cards
-from limamono import conversation as conv_mod
+from limamono.core import conversation as conv_mod
 
 SIZE = (400, 600)
 

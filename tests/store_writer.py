@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import sys
 
-from limamono.conversation import Character, Conversation, Message, Swipe, User
+from limamono.core.conversation import Character, Conversation, Message, Swipe, User
 from limamono.store import ChatStore
 
 

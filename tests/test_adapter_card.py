@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from limamono import adapter_card
-from limamono import format as fmt
+from limamono.core import format as fmt
+from limamono.models import adapter_card
 from limamono.samplers import get_preset
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "adapters" / "demo"

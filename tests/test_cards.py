@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from limamono import cards, format
+from limamono import cards
 from limamono.cards import (
     SPEC_V1,
     SPEC_V2,
@@ -36,7 +36,8 @@ from limamono.cards import (
 )
 from limamono.cards import png as cpng
 from limamono.cli import app
-from limamono.conversation import Character, Message, User, dump_yaml, loads_yaml
+from limamono.core import format
+from limamono.core.conversation import Character, Message, User, dump_yaml, loads_yaml
 
 ASSETS = Path(__file__).parent / "assets"
 MALFORMED = ASSETS / "malformed_cards"

@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from limamono import format as fmt
 from limamono.chat import (
     ChatConfig,
     ChatError,
@@ -23,9 +22,10 @@ from limamono.chat import (
     drop_chunk,
     thoughts,
 )
-from limamono.conversation import Character, Conversation, Message, Swipe, User
-from limamono.generation import Completion, ContextOverflowError, TextChunk
-from limamono.policy import PromptTooLongError
+from limamono.core import format as fmt
+from limamono.core.conversation import Character, Conversation, Message, Swipe, User
+from limamono.core.policy import ContextOverflowError, PromptTooLongError
+from limamono.engine.protocol import Completion, TextChunk
 
 
 class ScriptedEngine:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from limamono import format as fmt
 from limamono.cli import app, chat_cmd
-from limamono.generation import TextChunk
+from limamono.core import format as fmt
+from limamono.engine.protocol import TextChunk
 from limamono.samplers import get_preset
 from limamono.store import ChatStore, Saved
 from test_chat import ScriptedEngine
@@ -268,8 +268,8 @@ SHEET_REPLY = ("Age: 41\nNessa has piloted the Wendle ferry since she was ninete
 
 
 def test_sheet_prompt_and_draft() -> None:
-    from limamono.format import TRIGGERS
-    from limamono.generate_data import draft_report, draft_sheet, sheet_prompt
+    from limamono.core.format import TRIGGERS
+    from limamono.dataset.draft import draft_report, draft_sheet, sheet_prompt
 
     assert sheet_prompt("Nessa Crane", "Occupation: ferry pilot") == (
         TRIGGERS["card"] + "\n\n### Instruction:\nNessa Crane\nOccupation: ferry pilot\n")

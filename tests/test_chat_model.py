@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limamono import conversation as conv_mod
-from limamono import format as fmt
-from limamono.conversation import (
+from limamono.core import conversation as conv_mod
+from limamono.core import format as fmt
+from limamono.core.conversation import (
     Character,
     Conversation,
     ConversationError,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from limamono import format as fmt
-from limamono.conversation import Character, Conversation, Message, User
-from limamono.kvreuse import MIN_SHIFT_MATCH, Reuse, plan_reuse
+from limamono.core import format as fmt
+from limamono.core.conversation import Character, Conversation, Message, User
+from limamono.engine.kvreuse import MIN_SHIFT_MATCH, Reuse, plan_reuse
 
 # -- the plan (pure) ----------------------------------------------------------------------
 
@@ -79,8 +79,8 @@ def _chat(turns: int) -> Conversation:
 @pytest.fixture(scope="module")
 def shifting():
     """Two llama.cpp engines on the embedded model: one shifts, one always starts fresh."""
-    from limamono.llamacpp_engine import LlamaCppEngine
-    from limamono.models import embedded_gguf
+    from limamono.engine.llamacpp import LlamaCppEngine
+    from limamono.models.resolve import embedded_gguf
 
     engines = (LlamaCppEngine(embedded_gguf(), context_length=320, threads=1),
                LlamaCppEngine(embedded_gguf(), context_length=320, threads=1, cache_entries=0))
@@ -166,7 +166,8 @@ def test_no_shift_engine_re_reads_the_kept_turns(shifting):
 
 @pytest.fixture(scope="module")
 def torch_pair(tiny_model_dir):
-    from limamono.engine import Engine, load_engine
+    from limamono.engine import load_engine
+    from limamono.engine.torch_engine import Engine
 
     engine = load_engine(str(tiny_model_dir), dtype="fp32", threads=1, backend="torch")
     return engine, Engine(engine.model, engine.tokenizer, cache_entries=0)
@@ -197,7 +198,7 @@ def test_torch_shift_re_rotates_the_kept_keys_exactly(torch_pair):
 
 
 def test_torch_chat_shifts_instead_of_re_reading(torch_pair):
-    from limamono.engine import Engine
+    from limamono.engine.torch_engine import Engine
 
     model, tokenizer = torch_pair[0].model, torch_pair[0].tokenizer
     engine = Engine(model, tokenizer, context_length=320)

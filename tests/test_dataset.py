@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from limamono import dataset as ds
-from limamono import format as fmt
-from limamono.conversation import Character, Conversation, Message, User, dump_yaml
+from limamono.core import format as fmt
+from limamono.core.conversation import Character, Conversation, Message, User, dump_yaml
 
 MIRA = Character("Mira", "Age: 30\nA lighthouse keeper.")
 

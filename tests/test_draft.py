@@ -9,9 +9,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from limamono import format as fmt
-from limamono.conversation import Character, Conversation, Message, User, dump_yaml, loads_yaml
-from limamono.generate_data import (
+from limamono.core import format as fmt
+from limamono.core.conversation import Character, Conversation, Message, User, dump_yaml, loads_yaml
+from limamono.core.policy import get_policy
+from limamono.dataset.draft import (
     DraftPlan,
     draft_conversation,
     is_draft,
@@ -19,7 +20,6 @@ from limamono.generate_data import (
     turn_budget,
     turn_prompt,
 )
-from limamono.policy import get_policy
 from limamono.samplers import get_preset
 from test_chat import ScriptedEngine
 

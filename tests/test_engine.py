@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from limamono.generation import ContextOverflowError
+from limamono.core.policy import ContextOverflowError
+from limamono.engine.textstream import IncrementalDecoder, StopMatcher
 from limamono.samplers import get_preset
-from limamono.textstream import IncrementalDecoder, StopMatcher
 
 # -- StopMatcher (pure) -------------------------------------------------------------------
 
@@ -109,7 +109,7 @@ PROMPT = "Mira looked out over the harbour. The boats were"
 
 
 def test_context_overflow_error_mode_and_no_room(tiny_model_dir, sharp_engine):
-    from limamono.engine import Engine
+    from limamono.engine.torch_engine import Engine
 
     small = Engine(sharp_engine.model, sharp_engine.tokenizer, context_length=16)
     with pytest.raises(ContextOverflowError, match="context length 16"):
@@ -119,7 +119,7 @@ def test_context_overflow_error_mode_and_no_room(tiny_model_dir, sharp_engine):
 
 
 def test_left_truncation_of_plain_text_keeps_the_end(sharp_engine):
-    from limamono.engine import Engine
+    from limamono.engine.torch_engine import Engine
 
     small = Engine(sharp_engine.model, sharp_engine.tokenizer, context_length=16)
     ids = small.tokenize(PROMPT * 3)
@@ -130,9 +130,9 @@ def test_left_truncation_of_plain_text_keeps_the_end(sharp_engine):
 
 def test_left_truncation_of_a_limamono_prompt_keeps_instruction_and_drops_old_turns(
         sharp_engine):
-    from limamono import format as fmt
-    from limamono.conversation import Character, Conversation, Message, User
-    from limamono.engine import Engine
+    from limamono.core import format as fmt
+    from limamono.core.conversation import Character, Conversation, Message, User
+    from limamono.engine.torch_engine import Engine
 
     turns = [Message("char" if i % 2 == 0 else "user", f"Turn number {i} says hello.")
              for i in range(12)]
@@ -151,7 +151,7 @@ def test_left_truncation_of_a_limamono_prompt_keeps_instruction_and_drops_old_tu
 
 
 def _engine_pair(sharp_engine, entries: int = 4):
-    from limamono.engine import Engine
+    from limamono.engine.torch_engine import Engine
 
     return (Engine(sharp_engine.model, sharp_engine.tokenizer, cache_entries=entries),
             Engine(sharp_engine.model, sharp_engine.tokenizer, cache_entries=0))
@@ -305,7 +305,7 @@ class _ScriptedEngine:
         import os
         import signal
 
-        from limamono.generation import TextChunk
+        from limamono.engine.protocol import TextChunk
 
         yield TextChunk(f"<{prompt}>", prompt_tokens=3, completion_tokens=1)
         os.kill(os.getpid(), signal.SIGINT)
@@ -328,10 +328,10 @@ def test_cli_ctrl_c_cancels_cleanly_and_reads_the_prompt_file(tmp_path, monkeypa
 
 
 def test_a_limamono_prompt_whose_newest_user_turn_cannot_fit_is_refused(sharp_engine):
-    from limamono import format as fmt
-    from limamono.conversation import Character, Conversation, Message, User
-    from limamono.engine import Engine
-    from limamono.policy import PromptTooLongError
+    from limamono.core import format as fmt
+    from limamono.core.conversation import Character, Conversation, Message, User
+    from limamono.core.policy import PromptTooLongError
+    from limamono.engine.torch_engine import Engine
 
     conv = Conversation(Character("Mira"), User("Sam"), "The docks.",
                         [Message("char", "Hello."), Message("user", "word " * 60)])

@@ -34,8 +34,8 @@ def torch_engine(tiny_model_dir):
 @pytest.fixture(scope="module")
 def llamacpp_engine():
     """The embedded model's Q4_1 GGUF in llama.cpp, one thread (the machine is shared)."""
-    from limamono.llamacpp_engine import LlamaCppEngine
-    from limamono.models import embedded_gguf
+    from limamono.engine.llamacpp import LlamaCppEngine
+    from limamono.models.resolve import embedded_gguf
 
     engine = LlamaCppEngine(embedded_gguf(), context_length=2048, threads=1)
     yield engine
@@ -221,7 +221,7 @@ def test_both_engines_draw_the_same_tokens_from_the_same_logits(torch_engine, ll
                                                                 monkeypatch, dialect):
     import torch
 
-    from limamono.engine_base import SlotStart
+    from limamono.engine.loop import SlotStart
 
     logits = 3 * torch.randn(49152, generator=torch.Generator().manual_seed(0))
     logits[[0, 2, 4]] = float("-inf")  # no end-of-sequence token in either engine
@@ -248,8 +248,8 @@ def test_several_conversations_keep_their_caches(engine):
 
 
 def test_llamacpp_keeps_at_most_cache_entries_and_forks_a_shared_prefix():
-    from limamono.llamacpp_engine import LlamaCppEngine
-    from limamono.models import embedded_gguf
+    from limamono.engine.llamacpp import LlamaCppEngine
+    from limamono.models.resolve import embedded_gguf
 
     engine = LlamaCppEngine(embedded_gguf(), context_length=256, threads=1, cache_entries=2)
     prompts = ["Alpha went to the market", "Bravo sailed the cold sea",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from limamono.engine.protocol import Completion
 from limamono.evaluate.report import write_report
 from limamono.evaluate.run import EvalConfig, held_out, make_prompts, run, token_budget
-from limamono.generation import Completion
 
 DATA = Path(__file__).parent / "assets" / "eval_data"
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from limamono import format as fmt
 from limamono.cli import app
-from limamono.export_gguf import ExportError, export_gguf, quantize
-from limamono.models import ModelError
+from limamono.core import format as fmt
+from limamono.models.gguf_export import ExportError, export_gguf, quantize
+from limamono.models.resolve import ModelError
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = 'Mira looked up from the lamp. "Who\'s there?"\n\n### Response: (length = long)\nMira:'
@@ -61,7 +61,7 @@ def tiny_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 def torch_logits(model_dir: Path, adapter: Path | None, ids: list[int]) -> np.ndarray:
     import torch
 
-    from limamono.models import load_model, resolve_model
+    from limamono.models.resolve import load_model, resolve_model
 
     model, _ = load_model(resolve_model(str(model_dir)), adapter=adapter, dtype="fp32")
     with torch.no_grad():
@@ -252,8 +252,8 @@ def held_out_prompts(n: int) -> list[str]:
     llama.cpp reads f16 at a few dozen tokens a second on a busy CPU)."""
     from dataclasses import replace
 
-    from limamono import conversation
-    from limamono.policy import get_policy
+    from limamono.core import conversation
+    from limamono.core.policy import get_policy
 
     prompts = []
     for path in sorted((REPO / "examples" / "conversations").glob("*.yaml")):
@@ -272,7 +272,7 @@ def held_out_prompts(n: int) -> list[str]:
 def test_demo_adapter_f16_gives_the_torch_greedy_tokens(tmp_path: Path) -> None:
     import torch
 
-    from limamono.models import load_model, resolve_model
+    from limamono.models.resolve import load_model, resolve_model
 
     out = tmp_path / "demo-f16.gguf"
     export_gguf("smollm2-135m", "demo", out)

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limamono import conversation as conv_mod
-from limamono import format as fmt
-from limamono.conversation import LENGTHS, Character, Conversation, Message, User
+from limamono.core import conversation as conv_mod
+from limamono.core import format as fmt
+from limamono.core.conversation import LENGTHS, Character, Conversation, Message, User
 
 ASSETS = Path(__file__).parent / "assets"
 CARD_TRIGGER = fmt.TRIGGERS["card"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from limamono.engine import choose_backend
-from limamono.models import ModelError
+from limamono.models.resolve import ModelError
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "adapters" / "demo"
 
@@ -46,8 +46,8 @@ def test_auto_falls_back_to_torch_and_llamacpp_refuses_what_it_cannot_run(tmp_pa
 
 
 def test_conversion_is_cached_by_content(tmp_path, monkeypatch):
-    from limamono.gguf_lora import gguf_lora_for
-    from limamono.models import embedded_gguf
+    from limamono.models.gguf_lora import gguf_lora_for
+    from limamono.models.resolve import embedded_gguf
 
     monkeypatch.setenv("LIMAMONO_HOME", str(tmp_path))
     first = gguf_lora_for(DEMO, embedded_gguf())
@@ -62,8 +62,8 @@ def _deltas(adapter: Path, lora_file: Path) -> tuple[object, object]:
     """(llama.cpp change, torch change) of the next-token logits the adapter makes."""
     import torch
 
-    from limamono.llamacpp_engine import LlamaCppEngine
-    from limamono.models import embedded_gguf, load_model, resolve_model
+    from limamono.engine.llamacpp import LlamaCppEngine
+    from limamono.models.resolve import embedded_gguf, load_model, resolve_model
 
     base = LlamaCppEngine(embedded_gguf(), context_length=512, threads=1)
     adapted = LlamaCppEngine(embedded_gguf(), context_length=512, threads=1, lora=lora_file)
@@ -88,8 +88,8 @@ def _corr(a, b) -> float:
 
 @pytest.mark.slow
 def test_the_demo_adapter_changes_llamacpp_logits_as_it_changes_torch(tmp_path):
-    from limamono.gguf_lora import convert
-    from limamono.models import embedded_gguf
+    from limamono.models.gguf_lora import convert
+    from limamono.models.resolve import embedded_gguf
 
     convert(DEMO, embedded_gguf(), tmp_path / "demo.gguf")
     llama, torch_delta = _deltas(DEMO, tmp_path / "demo.gguf")
@@ -100,8 +100,8 @@ def test_the_demo_adapter_changes_llamacpp_logits_as_it_changes_torch(tmp_path):
 def test_q_and_k_loras_need_the_row_permutation(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from limamono.gguf_lora import convert
-    from limamono.models import embedded_gguf
+    from limamono.models.gguf_lora import convert
+    from limamono.models.resolve import embedded_gguf
 
     qk = _adapter(tmp_path / "qk", target_modules=["q_proj", "k_proj"])
     tensors = {k: v.float() * (8 if "lora_B" in k else 1)  # strong enough to see past Q4
@@ -117,7 +117,7 @@ def test_a_gguf_path_runs_on_llamacpp_from_the_cli():
     from typer.testing import CliRunner
 
     from limamono.cli import app
-    from limamono.models import embedded_gguf
+    from limamono.models.resolve import embedded_gguf
 
     path = str(embedded_gguf())
     assert choose_backend(path, None) == "llamacpp"

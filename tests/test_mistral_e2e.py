@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from limamono import dataset as ds
-from limamono.conversation import Character, Conversation, Message, User, dump_yaml
+from limamono.core.conversation import Character, Conversation, Message, User, dump_yaml
 from limamono.train import make_config
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from limamono import models
-from limamono.models import ModelError, resolve_adapter, resolve_model
+from limamono.models import resolve as models
+from limamono.models.resolve import ModelError, resolve_adapter, resolve_model
 
 
 @pytest.fixture
@@ -255,7 +255,7 @@ def test_embedded_model_converts_once_then_generates(home):
 
 
 def test_embedded_model_accepts_adapters_recorded_under_its_hub_id(tmp_path):
-    from limamono.models import EMBEDDED_HUB_ID, ModelSpec, _same_base
+    from limamono.models.resolve import EMBEDDED_HUB_ID, ModelSpec, _same_base
 
     spec = ModelSpec("smollm2-135m", tmp_path / "smollm2-135m", "embedded")
     assert _same_base(EMBEDDED_HUB_ID, spec)

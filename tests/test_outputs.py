@@ -53,10 +53,10 @@ def test_chats_with_an_unusable_db_path_is_a_clean_error(tmp_path: Path, db: str
 
 
 def test_a_nul_byte_in_an_output_path_is_an_os_error_for_library_callers(tmp_path):
-    from limamono import atomic
     from limamono.cards import CardError, new_card, write_card
     from limamono.store import StoreError
     from limamono.store.sillytavern import write_file_safely
+    from limamono.util import atomic
 
     with pytest.raises(OSError, match="the path holds a NUL byte"):
         atomic.write_text(tmp_path / "a\0b.txt", "x")

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from limamono.engine_base import EngineBase, SlotStart
-from limamono.phrasebans import PhraseFilter, fold
+from limamono.engine.loop import EngineBase, SlotStart
+from limamono.engine.phrasebans import PhraseFilter, fold
 from limamono.samplers import SamplerSettings, get_preset
 
 # ------------------------------------------------------------------- the pure filter
@@ -62,7 +62,7 @@ def test_held_text_is_released_when_it_cannot_become_a_phrase() -> None:
 
 def test_bounded_retries_then_the_phrase_is_allowed_with_a_note(caplog) -> None:
     bans = PhraseFilter(["whisper"], decode, max_retries=2)
-    with caplog.at_level(logging.WARNING, logger="limamono.engine"):
+    with caplog.at_level(logging.WARNING, logger="limamono.engine.torch_engine"):
         assert feed(bans, [1, 6])[1].rollback == 1
         assert bans.add(6).rollback == 1  # the second retry at reply token 1
         allowed = bans.add(6)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from limamono import conversation as conv_mod
-from limamono import format as fmt
-from limamono import policy as pol
-from limamono.conversation import Character, Conversation, Message, User
-from limamono.generation import ContextOverflowError
+from limamono.core import conversation as conv_mod
+from limamono.core import format as fmt
+from limamono.core import policy as pol
+from limamono.core.conversation import Character, Conversation, Message, User
+from limamono.core.policy import ContextOverflowError
 
 ASSETS = Path(__file__).parent / "assets"
 TRIGGER = fmt.TRIGGERS["card"]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from limamono import conversation as conv_mod
-from limamono import format as fmt
-from limamono import presets
-from limamono.conversation import Conversation
+from limamono.cards import presets
+from limamono.core import conversation as conv_mod
+from limamono.core import format as fmt
+from limamono.core.conversation import Conversation
 
 ASSETS = Path(__file__).parent / "assets"
 VERIFIED = "testdata/sillytavern/limamono-presets"

@@ -17,14 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from limamono import adapter_card
-from limamono import conversation as conv_mod
-from limamono import format as fmt
 from limamono.chat import ChatConfig, ChatSession
 from limamono.cli import app
-from limamono.conversation import LENGTHS, Character, Conversation, Message, User
+from limamono.core import conversation as conv_mod
+from limamono.core import format as fmt
+from limamono.core.conversation import LENGTHS, Character, Conversation, Message, User
+from limamono.core.policy import POLICIES, get_policy
 from limamono.evaluate.run import EvalConfig, Prompt, generate_samples
-from limamono.policy import POLICIES, get_policy
+from limamono.models import adapter_card
 from limamono.server import ServerConfig, create_app
 from test_server_fakes import FakeEngine
 

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from limamono import quality as q
-from limamono.conversation import Character, Conversation, Message, User, dump_yaml
-from limamono.dataset import Record, lint_dir
+from limamono.core.conversation import Character, Conversation, Message, User, dump_yaml
+from limamono.dataset import Record, lint_dir, quality_problems
 
 MIRA = Character("Mira", "A lighthouse keeper.")
 LONG_A = ("The storm had kept the ferry in harbour for three days and the lamp room smelled "
@@ -145,7 +145,7 @@ def test_quality_problems_over_records():
     records = [Record(conv(LONG_A, "Tom waved.", "Tom sat down. _Late._"), "a.yaml"),
                Record(conv(LONG_B, "Hi.", "As an AI, I can't help with that."), "b.jsonl", 1)]
     found = [(p.file, p.record, p.message_index, p.rule, p.severity, p.message)
-             for p in q.quality_problems(records, phrases=[], root="data")]
+             for p in quality_problems(records, phrases=[], root="data")]
     assert found == [
         ("a.yaml", 0, 2, "DQ040", "warning", "1 line(s) start with 'Tom': the character "
                                              "acts for the user; cut or rewrite them"),
@@ -155,7 +155,7 @@ def test_quality_problems_over_records():
                                               "word 3-grams)"),
     ]  # thought rate 1 of 4 character turns = 25 %: inside the band, no DQ060
     low = [Record(conv("Plain.", "Hi.", "Plain again."), "c.yaml")]
-    assert [(p.file, p.rule, p.message) for p in q.quality_problems(low, phrases=[],
+    assert [(p.file, p.rule, p.message) for p in quality_problems(low, phrases=[],
                                                                      root="data")] == [
         ("data", "DQ060", "0% of 2 character turns have a _thought_ (target 20%-80%)")]
 

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from limamono import conversation
 from limamono.cli import app, quiet
-from limamono.policy import get_policy
+from limamono.core import conversation
+from limamono.core.policy import get_policy
 
 REPO = Path(__file__).resolve().parents[1]
 MIRA = Path(__file__).parent / "assets" / "chat_mira.yaml"
@@ -62,7 +62,7 @@ def test_library_warnings_are_dropped_and_ours_are_one_line(clean_env: None,
         warnings.resetwarnings()
         quiet.setup(verbose=False)
         _warn_from("peft.peft_model", "`is_gradient_checkpointing` is deprecated")
-        _warn_from("limamono.models", "adapter trained on X\nsecond line")
+        _warn_from("limamono.models.resolve", "adapter trained on X\nsecond line")
     assert capsys.readouterr().err == "warning: adapter trained on X\n"
     assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
 

@@ -509,7 +509,7 @@ def test_cli_lists_every_sampler_with_its_dialect_names() -> None:
 def test_exported_presets_keep_the_card_and_offer_limamono_dry() -> None:
     import json as json_module
 
-    from limamono import presets
+    from limamono.cards import presets
 
     card = presets.textgen_preset("limamono")
     assert (card["dry_multiplier"], card["xtc_probability"], card["mirostat_mode"]) == (0, 0, 0)

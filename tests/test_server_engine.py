@@ -1,4 +1,4 @@
-"""The server on the real engine (``limamono.engine.Engine``) with the tiny random model.
+"""The server on the real torch engine (``engine.torch_engine.Engine``) with the tiny random model.
 
 The text is noise, but everything around it is real: tokenizer, KV cache, stop strings,
 the generation lock, truncation and cancellation.
@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from limamono.engine import Engine
+from limamono.engine.torch_engine import Engine
 from limamono.server import ServerConfig, create_app
 from test_server_fakes import live_server, sse_events
 

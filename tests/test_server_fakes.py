@@ -1,6 +1,6 @@
 """A scripted engine and server helpers for the server tests (and a test of the fake itself).
 
-``FakeEngine`` implements ``limamono.generation.Engine`` deterministically: one character is
+``FakeEngine`` implements ``limamono.engine.protocol.Engine`` deterministically: one character is
 one token, the reply is streamed word by word, stop strings cut it like the real engine's,
 and in slow mode every chunk after the first waits for ``release`` (or the cancel event),
 so queue and cancellation tests control exactly when a generation runs and ends.
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from limamono.generation import Completion, TextChunk
+from limamono.engine.protocol import Completion, TextChunk
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from limamono import format as fmt
+from limamono.core import format as fmt
 from limamono.server import ServerConfig, create_app
 from test_server_fakes import FakeEngine
 
@@ -201,7 +201,7 @@ def test_chat_route_drops_oldest_turns_and_logs_the_cut(shared_dir, caplog):
 
 
 def test_sillytavern_personality_markers_and_names():
-    from limamono.conversation import Character
+    from limamono.core.conversation import Character
     from limamono.server import stchat
 
     messages = [

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from limamono import format as fmt
-from limamono.conversation import Character, Conversation, Message, User
-from limamono.policy import get_policy
+from limamono.core import format as fmt
+from limamono.core.conversation import Character, Conversation, Message, User
+from limamono.core.policy import get_policy
 from limamono.samplers import KOBOLDCPP_DEFAULT_ORDER
 from limamono.server import ServerConfig, create_app
 from test_server_fakes import FakeEngine, sse_events

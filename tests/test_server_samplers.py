@@ -122,7 +122,7 @@ def test_the_servers_own_bans_hold_for_every_request(fake: FakeEngine) -> None:
 def tiny_client(tiny_model_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from limamono.engine import Engine
+    from limamono.engine.torch_engine import Engine
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

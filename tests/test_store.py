@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from limamono.chat import ChatSession
-from limamono.conversation import Character, Conversation, Message, Swipe, User
+from limamono.core.conversation import Character, Conversation, Message, Swipe, User
 from limamono.store import (
     MIGRATIONS,
     SCHEMA_VERSION,

@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from limamono import conversation as _conv_io
 from limamono.cli import style_cmd
-from limamono.conversation import Character, Conversation, Message, User
+from limamono.cli.style_files import iter_files, lint_file
+from limamono.core import conversation as _conv_io
+from limamono.core.conversation import Character, Conversation, Message, User
 from limamono.style import (
     RULES,
     SEVERITIES,
@@ -37,7 +38,6 @@ from limamono.style import (
     select_rules,
     split_spans,
 )
-from limamono.style.files import iter_files, lint_file
 
 # --------------------------------------------------------------------------- spans
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from limamono import dataset as ds
-from limamono.conversation import Character, Conversation, Message, User
-from limamono.policy import get_policy
+from limamono.core.conversation import Character, Conversation, Message, User
+from limamono.core.policy import get_policy
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "conversations"
 #: Large enough that no conversation is windowed: one sample per conversation.
@@ -29,7 +29,7 @@ def pair(request):
     """(tokenizer, torch engine) on a tiny random model with that tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from limamono.engine import Engine
+    from limamono.engine.torch_engine import Engine
 
     folder = request.getfixturevalue(
         {"smollm2": "tiny_model_dir", "mistral": "tiny_mistral_dir"}[request.param])
@@ -92,7 +92,7 @@ def test_windowed_samples_are_still_whole_text_tokenisations(pair):
 
 
 def test_start_ids_are_what_the_convention_puts_first_never_a_trailing_eos():
-    from limamono import tokens
+    from limamono.models import tokens
 
     class BosAndEos:  # a post-processor that wraps text in <s> ... </s>
         def __call__(self, text, add_special_tokens=True):

@@ -13,8 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from limamono import dataset as ds
-from limamono import format as fmt
-from limamono.conversation import Character, Conversation, Message, User, dump_yaml
+from limamono.core import format as fmt
+from limamono.core.conversation import Character, Conversation, Message, User, dump_yaml
 from limamono.train import ConfigError, TrainConfig, load_config, make_config, parse_overrides
 from limamono.train.data import RUN_DATA_DIR
 
@@ -90,7 +90,7 @@ def test_warmup_follows_axolotls_default_rule():
 def test_bf16_auto_follows_the_dtype_rule(flags, bf16, why, tmp_path, monkeypatch):
     """Training takes the inference rule, except that AVX512-BF16 without AMX trains in
     fp32 (a step measured 1.5x slower in bf16 there)."""
-    from limamono import models
+    from limamono.models import resolve as models
     from limamono.train.run import precision
 
     if models.detect_hardware().cuda:
@@ -349,7 +349,7 @@ def test_accelerate_launch_single_process(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_embedded_model_trains_and_loads_as_adapter(tmp_path):
-    from limamono.models import load_model, resolve_model
+    from limamono.models.resolve import load_model, resolve_model
     from limamono.train import train
 
     data = write_data(tmp_path / "data", 2, eval_n=1)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from limamono import untrusted
-from limamono.conversation import ConversationError, loads_yaml
-from limamono.untrusted import UntrustedError
+from limamono.core.conversation import ConversationError, loads_yaml
+from limamono.util import untrusted
+from limamono.util.untrusted import UntrustedError
 
 BOMB = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9 if p else ['lol'] * 9)}]\n"
                for p, k in zip(["", *"abcdefgh"], "abcdefghi", strict=True))

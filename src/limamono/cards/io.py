@@ -13,7 +13,6 @@ import json
 import re
 from pathlib import Path
 
-from limamono import atomic
 from limamono.cards import png
 from limamono.cards.limits import DEFAULT_LIMITS, CardError, CardLimits
 from limamono.cards.model import SPEC_V2, SPEC_V3, Card, card_from_json, parse_json, to_json_obj
@@ -25,6 +24,7 @@ from limamono.cards.sheet import (
     sheet_to_card,
     to_house_style,
 )
+from limamono.util import atomic
 
 #: File types ``read_card`` accepts and ``export_card`` writes, by extension.
 CARD_SUFFIXES = (".png", ".json")
@@ -121,7 +121,7 @@ def decode_base64(payload: bytes, name: str, where: str) -> bytes:
 
 
 def _read_text_card(data: bytes, name: str, suffix: str) -> Card:
-    from limamono.conversation import ConversationError, loads_yaml
+    from limamono.core.conversation import ConversationError, loads_yaml
 
     try:
         text = data.decode("utf-8")
@@ -193,7 +193,7 @@ def export_card(card: Card, path: str | Path, user_name: str = DEFAULT_USER,
     Raises:
         CardError: unknown extension, or the file cannot be written.
     """
-    from limamono.conversation import dump_yaml
+    from limamono.core.conversation import dump_yaml
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -212,7 +212,7 @@ def export_card(card: Card, path: str | Path, user_name: str = DEFAULT_USER,
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically (``limamono.atomic``), as a CardError on failure.
+    """Write ``data`` atomically (``limamono.util.atomic``), as a CardError on failure.
 
     Raises:
         CardError: the folder does not exist or cannot be written.

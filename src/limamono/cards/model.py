@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from limamono import untrusted
 from limamono.cards.limits import DEFAULT_LIMITS, CardError, CardLimits, NotACard
-from limamono.untrusted import quote
+from limamono.util import untrusted
+from limamono.util.untrusted import quote
 
 SPEC_V1 = "chara_card_v1"
 SPEC_V2 = "chara_card_v2"

@@ -16,8 +16,8 @@ from typing import Any
 
 from limamono.cards.limits import CardError
 from limamono.cards.model import Card, new_card
-from limamono.conversation import Character, Conversation, Message, User
-from limamono.format import SCENARIO_PREFIX, render_sheet
+from limamono.core.conversation import Character, Conversation, Message, User
+from limamono.core.format import SCENARIO_PREFIX, render_sheet
 
 PERSONALITY_PREFIX = "Personality: "
 DEFAULT_USER = "User"

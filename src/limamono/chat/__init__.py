@@ -1,6 +1,6 @@
 """Roleplay chat sessions: history with swipes, length control, context budget, guard.
 
-The chat itself is a ``limamono.conversation.Conversation`` (messages with their swipes).
+The chat itself is a ``limamono.core.conversation.Conversation`` (messages with their swipes).
 ``messages`` holds the session's settings and results (``ChatConfig``, ``PromptPlan``,
 ``ReplyResult``), ``guard`` the impersonation guard and thought extraction, ``session`` the
 ``ChatSession`` that turns the chat into prompts and streams replies. Import from here.

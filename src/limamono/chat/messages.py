@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from limamono import format as fmt
-from limamono.conversation import LENGTHS, Cut
-from limamono.policy import PromptPolicy
+from limamono.core import format as fmt
+from limamono.core.conversation import LENGTHS, Cut
+from limamono.core.policy import PromptPolicy
 
 
 class ChatError(ValueError):
@@ -24,7 +24,7 @@ class ChatConfig:
             (``training``: its word count, like every other turn).
         drop_fraction: share of the history left out at once when it does not fit.
         policy: the prompt policy: labels, trigger, length bounds, stop strings, fitting
-            (the adapter's card gives it; see ``limamono.adapter_card``).
+            (the adapter's card gives it; see ``limamono.models.adapter_card``).
     """
 
     max_new_tokens: int = 200

@@ -8,7 +8,7 @@ it; ``limamono.store`` persists it. Nothing here prints.
 Decisions (the spec leaves them open):
 
 - Length labels and fitting are the prompt policy's (``config.policy``, see
-  ``limamono.policy``): by default every turn is labelled from its word count, as in
+  ``limamono.core.policy``): by default every turn is labelled from its word count, as in
   training; ``response_length`` (default ``long``) labels the open reply and
   ``input_length``, when set, the latest user message.
 - Context budget: ``engine.context_length - max_new_tokens`` prompt tokens. When the history
@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING
 
 from limamono.chat.guard import ImpersonationGuard
 from limamono.chat.messages import ChatConfig, ChatError, PromptPlan, ReplyResult
-from limamono.conversation import Character, Conversation, Message, Swipe, User
-from limamono.generation import Engine, TextChunk
-from limamono.policy import token_counter
+from limamono.core.conversation import Character, Conversation, Message, Swipe, User
+from limamono.core.policy import token_counter
+from limamono.engine.protocol import Engine, TextChunk
 
 if TYPE_CHECKING:
     from limamono.samplers import SamplerSettings
@@ -140,7 +140,7 @@ class ChatSession:
         """Render the prompt for the next reply; the policy leaves out old messages to fit.
 
         Raises:
-            limamono.policy.PromptTooLongError: even the Instruction block, the latest user
+            limamono.core.policy.PromptTooLongError: even the Instruction block, the latest user
                 message and the open header do not fit (the message says how to fix it).
         """
         visible = [m for m in (self.history if messages is None else messages) if not m.hidden]

@@ -1,7 +1,7 @@
 """`limamono card generate`: a model drafts a character sheet, saved as a card for editing.
 
 Registered on the cards group (``limamono.cli.card_cmd.card_app``); the logic is in
-``limamono.generate_data``. The engine comes from ``chat_cmd.make_engine`` so the tests'
+``limamono.dataset.draft``. The engine comes from ``chat_cmd.make_engine`` so the tests'
 scripted engine covers this command too.
 """
 
@@ -41,7 +41,7 @@ def generate_cmd(
 ) -> None:
     """Draft a character sheet with the model and save it as a card (check it before use)."""
     from limamono.cards import CardError, export_card
-    from limamono.generate_data import draft_report, draft_sheet
+    from limamono.dataset.draft import draft_report, draft_sheet
 
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         fail(f"{output}: unknown card type {output.suffix or '(none)'!r} "

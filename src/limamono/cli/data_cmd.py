@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from limamono.cli.common import EXIT_BAD_INPUT, EXIT_PROBLEMS, err, fail, out
-from limamono.untrusted import quote
+from limamono.util.untrusted import quote
 
 data_app = typer.Typer(help="Check, build and measure a training dataset (a folder of "
                             "conversation YAML, JSONL and LimaRP YAML files).",
@@ -26,7 +26,7 @@ def _bounds(text: str) -> tuple[int, ...]:
 
 
 def _tokenizer(model: str) -> Any:
-    from limamono.models import ModelError, load_tokenizer
+    from limamono.models.resolve import ModelError, load_tokenizer
 
     folder = Path(model)
     if (folder / "tokenizer_config.json").is_file() and not (folder / "config.json").exists():

@@ -1,7 +1,7 @@
 """`limamono data draft`: a base model drafts whole conversations for a person to edit.
 
 Registered on the data group (``limamono.cli.data_cmd.data_app``); the logic is in
-``limamono.generate_data``. The engine comes from ``chat_cmd.make_engine`` so the tests'
+``limamono.dataset.draft``. The engine comes from ``chat_cmd.make_engine`` so the tests'
 scripted engine covers this command too, as it does ``card generate``.
 """
 
@@ -18,7 +18,7 @@ from rich.text import Text
 
 from limamono.cli import chat_cmd
 from limamono.cli.common import BACKEND_HELP, err, fail, out
-from limamono.conversation import Conversation
+from limamono.core.conversation import Conversation
 
 
 def draft_cmd(
@@ -62,7 +62,7 @@ def draft_cmd(
     asked for with its length label and generated up to the next header. Every draft is
     normalised, linted and saved with `meta: {draft: true, ...}`; Ctrl-C keeps the finished
     turns. `data build` refuses drafts unless --include-drafts."""
-    from limamono.generate_data import DraftPlan, parse_lengths
+    from limamono.dataset.draft import DraftPlan, parse_lengths
 
     if (card is None) == (continue_from is None):
         fail("give --card (a new conversation) or --continue FILE (extend one), not both")
@@ -97,7 +97,7 @@ def _start(card: Path | None, continue_from: Path | None, user: str, persona: st
            card_greeting: bool = False) -> tuple[Conversation, str]:
     """The conversation to extend and the stem of the draft file names."""
     from limamono.cards import CardError, card_to_conversation, read_card
-    from limamono.conversation import ConversationError, User, load_yaml
+    from limamono.core.conversation import ConversationError, User, load_yaml
 
     if continue_from is not None:
         try:
@@ -133,10 +133,10 @@ def _one_draft(engine: Any, settings: Any, policy: Any, start: Conversation, pla
         TimeElapsedColumn,
     )
 
-    from limamono import atomic
     from limamono.cli.engine_cmd import ctrl_c_sets
-    from limamono.conversation import dump_yaml
-    from limamono.generate_data import draft_conversation, mark_draft
+    from limamono.core.conversation import dump_yaml
+    from limamono.dataset.draft import draft_conversation, mark_draft
+    from limamono.util import atomic
 
     cancel = threading.Event()
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(),

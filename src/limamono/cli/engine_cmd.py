@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from limamono.cli.common import BACKEND_HELP, dim, err, fail, out, visible
-from limamono.models import DTYPE_HELP
+from limamono.models.resolve import DTYPE_HELP
 
 
 class ConversionProgress:
@@ -55,7 +55,7 @@ def load_engine_for_cli(model: str, adapter: str | None, dtype: str = "auto",
     from transformers.utils import logging as hf_logging
 
     from limamono.engine import load_engine
-    from limamono.models import ModelError
+    from limamono.models.resolve import ModelError
 
     hf_logging.disable_progress_bar()  # our own bar, not one tqdm bar per weight file
     progress = ConversionProgress()
@@ -76,7 +76,7 @@ def prepare_model_for_cli(model: str) -> None:
     """
     from transformers.utils import logging as hf_logging
 
-    from limamono.models import ModelError, resolve_model
+    from limamono.models.resolve import ModelError, resolve_model
 
     hf_logging.disable_progress_bar()  # our own bar, not transformers' per-step bars
     progress = ConversionProgress()
@@ -117,7 +117,7 @@ def models_cmd(
     dtype that --dtype auto picks on this machine, with the reason."""
     from rich.table import Table
 
-    from limamono.models import DEFAULT_MODEL, choose_dtype, limamono_home, list_models
+    from limamono.models.resolve import DEFAULT_MODEL, choose_dtype, limamono_home, list_models
 
     if prepare:
         prepare_model_for_cli(DEFAULT_MODEL)
@@ -194,7 +194,7 @@ def generate_cmd(
 
 def _stream_to_stdout(engine: Any, prompt: str, settings: Any, max_tokens: int,
                       stops: list[str]) -> None:
-    from limamono.generation import ContextOverflowError
+    from limamono.core.policy import ContextOverflowError
 
     cancel = threading.Event()
     start = time.perf_counter()

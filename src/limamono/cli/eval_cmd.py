@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from limamono.cli.common import err, fail, out
-from limamono.models import DTYPE_HELP
+from limamono.models.resolve import DTYPE_HELP
 
 
 def eval_cmd(
@@ -105,7 +105,7 @@ def _generate(config: Any, model: str, dtype: str, threads: int | None) -> list[
 
     from limamono.cli.engine_cmd import load_engine_for_cli, prepare_model_for_cli
     from limamono.evaluate.run import run
-    from limamono.models import resolve_adapter
+    from limamono.models.resolve import resolve_adapter
 
     prepare_model_for_cli(model)  # a conversion bar first: one live display at a time
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(),

@@ -33,8 +33,8 @@ def export_gguf_cmd(
     the adapter alone (general.type adapter) for users who keep the base file. See
     docs/TRAINING.md, "Export".
     """
-    from limamono.export_gguf import ExportError, export_gguf
-    from limamono.models import ModelError
+    from limamono.models.gguf_export import ExportError, export_gguf
+    from limamono.models.resolve import ModelError
 
     refuse_overwrite(output, force)
     try:

@@ -31,8 +31,8 @@ def render_cmd(
     text sent to the model (pipe it to `limamono generate --file -`). On a terminal,
     control characters are shown as visible stand-ins and the shell prompt starts on a new line.
     """
-    from limamono import conversation, format
-    from limamono.policy import get_policy
+    from limamono.core import conversation, format
+    from limamono.core.policy import get_policy
 
     try:
         conv = conversation.load(file)[0]
@@ -79,7 +79,7 @@ def presets_export_cmd(
     the three separate files. With them SillyTavern sends exactly the Limamono prompt. The
     HF chat template (`chat_template.jinja`) is written beside them.
     """
-    from limamono import presets
+    from limamono.cards import presets
 
     try:
         written = presets.export(directory, trigger=trigger, preset=preset)

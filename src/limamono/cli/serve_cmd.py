@@ -11,7 +11,7 @@ import typer
 from rich.text import Text
 
 from limamono.cli.common import BACKEND_HELP, err, fail, out, warn
-from limamono.models import DTYPE_HELP
+from limamono.models.resolve import DTYPE_HELP
 
 _HELP = (
     "Serve a model over the APIs SillyTavern already speaks.\n\n"
@@ -43,8 +43,8 @@ def server_config(preset: str | None, queue: int, api_key: str | None,
     The adapter's card (``limamono.json``) gives the prompt policy and the samplers unless
     an option is given explicitly. Raises ValueError for a bad option or card.
     """
-    from limamono import adapter_card
-    from limamono.models import resolve_adapter
+    from limamono.models import adapter_card
+    from limamono.models.resolve import resolve_adapter
     from limamono.server import ServerConfig
 
     if not math.isfinite(max_body_mb) or max_body_mb <= 0:

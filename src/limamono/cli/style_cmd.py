@@ -13,7 +13,7 @@ from limamono.cli.common import EXIT_BAD_INPUT, EXIT_OK, EXIT_PROBLEMS, err, fai
 from limamono.style.convert import DEFAULT_MAX_SOUND_WORDS
 
 if TYPE_CHECKING:
-    from limamono.style.files import FileReport
+    from limamono.cli.style_files import FileReport
 
 # One paragraph per string: the help formatter rewraps lines, so no hard line breaks inside.
 _LINT_HELP = "\n\n".join([
@@ -53,8 +53,8 @@ def lint_cmd(
     list_rules: bool = typer.Option(False, "--list-rules", help="List the rules and exit."),
 ) -> None:
     """Check files against the house style (full text: ``_LINT_HELP``)."""
+    from limamono.cli.style_files import iter_files, lint_file
     from limamono.style import RULES, StyleConfig, select_rules
-    from limamono.style.files import iter_files, lint_file
 
     if list_rules:
         for rule in RULES.values():

@@ -58,7 +58,7 @@ def train_cmd(
     OUT/manifest.json and atomic checkpoints. Works under `accelerate launch -m limamono
     train CONFIG`."""
     from limamono.dataset import DatasetError
-    from limamono.models import ModelError
+    from limamono.models.resolve import ModelError
     from limamono.train import ConfigError
 
     config = _config(config_file, list(ctx.args))
@@ -98,7 +98,7 @@ def export_axolotl_cmd(
     """Write an Axolotl config (datasets of type input_output, the same hyperparameters,
     val_set_size 0 with test_datasets = eval.jsonl) and the built dataset to a folder."""
     from limamono.dataset import DatasetError
-    from limamono.models import ModelError
+    from limamono.models.resolve import ModelError
     from limamono.train import export_axolotl
 
     config = _config(config_file, list(ctx.args))

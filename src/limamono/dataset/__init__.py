@@ -23,6 +23,7 @@ from limamono.dataset.build import (
     plan_samples,
     split_records,
 )
+from limamono.dataset.lint import lint_dir, quality_problems
 from limamono.dataset.output import (
     STATS_FILE,
     BuiltFolderError,
@@ -59,7 +60,6 @@ from limamono.dataset.sources import (
     find_files,
     from_limarp,
     is_limarp,
-    lint_dir,
     load_dir,
     load_file,
 )
@@ -101,6 +101,7 @@ __all__ = [
     "load_dir",
     "load_file",
     "plan_samples",
+    "quality_problems",
     "read_stats",
     "read_tokenized",
     "segment_row",

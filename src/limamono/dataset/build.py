@@ -3,7 +3,7 @@
 Pipeline: load every file (collecting all problems), stop on blocking errors, drop
 duplicate conversations (reported), apply the style module's safe fixes (reported), label
 lengths by word count, split train/eval by conversation, render and tokenise each
-conversation (each sample whole, ``limamono.tokens``), handle over-long ones by the
+conversation (each sample whole, ``limamono.models.tokens``), handle over-long ones by the
 chosen policy (reported), and write ``tokenized/{train,eval}.jsonl`` (input ids and
 labels), ``segments/`` (the samples as labelled text) and ``stats.json``.
 
@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from limamono import format as fmt
+from limamono.core import format as fmt
+from limamono.core.policy import get_policy
 from limamono.dataset.samples import (
     END_OF_TURN,
     IGNORE_INDEX,
@@ -39,7 +40,6 @@ from limamono.dataset.samples import (
     truncate,
 )
 from limamono.dataset.sources import Problem, Record, check_record, content_hash, load_dir
-from limamono.policy import get_policy
 
 Overflow = Literal["window", "truncate", "drop", "error"]
 OVERFLOW: tuple[str, ...] = ("window", "truncate", "drop", "error")

@@ -6,7 +6,7 @@ Layout of a built dataset folder::
     segments/train.jsonl, eval.jsonl   {"source", "window", "segments": [{text, label}]}
     stats.json                         figures, the build config and everything reported
 
-The token ids are the truth: each sample's text tokenised whole (``limamono.tokens``). The
+The token ids are the truth: each sample's text tokenised whole (``limamono.models.tokens``). The
 segments show the same sample as labelled text, for reading; they are not Axolotl
 ``input_output`` data, since Axolotl tokenises each segment alone, which on SentencePiece
 tokenizers gives other ids. ``axolotl_rows`` gives Axolotl's pre-tokenized rows instead.
@@ -30,21 +30,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from limamono import atomic, untrusted
-from limamono import format as fmt
-from limamono.conversation import LENGTHS
+from limamono.core import format as fmt
+from limamono.core.conversation import LENGTHS
 from limamono.dataset.build import SPLITS, BuildResult, Sample
+from limamono.dataset.folders import (
+    BUILD_ENTRIES,
+    BUILD_VERSION,
+    SEGMENTS_DIR,
+    STATS_FILE,
+    TOKENIZED_DIR,
+    is_built,
+)
 from limamono.dataset.samples import IGNORE_INDEX, Tokenizer
-from limamono.tokens import encode
-
-STATS_FILE = "stats.json"
-TOKENIZED_DIR = "tokenized"
-SEGMENTS_DIR = "segments"
-#: Version of the built-folder layout, stored in stats.json (2: whole-text token ids).
-BUILD_VERSION = 2
-#: What a build writes at the top of its folder, now or in layout 1 (train/eval.jsonl);
-#: everything else there is left alone.
-BUILD_ENTRIES = (SEGMENTS_DIR, TOKENIZED_DIR, STATS_FILE, "train.jsonl", "eval.jsonl")
+from limamono.models.tokens import encode
+from limamono.util import atomic, untrusted
 
 
 class OutputError(ValueError):
@@ -151,7 +150,7 @@ def _split_stats(result: BuildResult, split: str) -> dict[str, int]:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (``limamono.atomic``), creating its folder."""
+    """Write ``text`` to ``path`` atomically (``limamono.util.atomic``), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, text)
 
@@ -237,12 +236,6 @@ def _swap_in(staging: Path, out: Path) -> None:
         if entry.name not in BUILD_ENTRIES:
             os.rename(entry, out / entry.name)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def is_built(path: str | Path) -> bool:
-    """Whether ``path`` is a built dataset folder (has stats.json and tokenized files)."""
-    path = Path(path)
-    return (path / STATS_FILE).is_file() and (path / TOKENIZED_DIR / "train.jsonl").is_file()
 
 
 class BuiltFolderError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from limamono.conversation import LENGTHS
+from limamono.core.conversation import LENGTHS
 
 #: Files written by ``plot_stats``, by figure.
 LABELS_PNG = "length_labels.png"

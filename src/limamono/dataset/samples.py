@@ -15,7 +15,7 @@ The mask policy (SPEC §6, ``train_on_inputs: false``) lives here and only here:
   - ``eos``: the tokenizer's EOS token follows each character text and is trained; the
     EOS then also sits in the input ids in front of the next header.
 
-Token identity (``limamono.tokens``): a sample's pieces are joined and tokenised whole, in
+Token identity (``limamono.models.tokens``): a sample's pieces are joined and tokenised whole, in
 one call, with BOS first where the tokenizer's convention puts one, exactly as the engine
 tokenises a prompt; a token's label comes from the pieces its characters belong to (the
 tokenizer's offsets). Tokenising piece by piece would not do: SentencePiece tokenizers
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Literal, Protocol
 
-from limamono import format as fmt
-from limamono import tokens
-from limamono.conversation import Conversation
+from limamono.core import format as fmt
+from limamono.core.conversation import Conversation
+from limamono.models import tokens
 
 #: Label of tokens that do not count in the loss (PyTorch's cross-entropy ignore index).
 IGNORE_INDEX = -100

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from limamono import conversation as conv_mod
-from limamono import format as fmt
-from limamono import untrusted
-from limamono.conversation import Character, Conversation, ConversationError, Message, User
+from limamono.core import conversation as conv_mod
+from limamono.core import format as fmt
+from limamono.core.conversation import Character, Conversation, ConversationError, Message, User
+from limamono.dataset.folders import STATS_FILE, is_built
+from limamono.util import untrusted
 
 Severity = Literal["error", "warning", "note"]
 #: Top-level keys of which a conversation file has at least one.
@@ -101,8 +102,6 @@ def find_files(root: str | Path) -> list[Path]:
 def built_folders(root: Path) -> list[Path]:
     """The folders under ``root`` that hold a ``limamono data build`` output: their samples
     are not conversations, so the dataset tools skip them (with a note)."""
-    from limamono.dataset.output import STATS_FILE, is_built
-
     return sorted(p.parent for p in root.rglob(STATS_FILE) if is_built(p.parent))
 
 
@@ -188,7 +187,7 @@ def load_file(path: str | Path) -> list[Conversation]:
 
 
 def yaml_document(path: Path) -> Any:
-    """The parsed YAML of a file (bounded, ``limamono.untrusted``), None if empty.
+    """The parsed YAML of a file (bounded, ``limamono.util.untrusted``), None if empty.
 
     Raises:
         ConversationError: unreadable, not UTF-8 or not acceptable YAML, with its line.
@@ -320,30 +319,3 @@ def duplicate_problems(records: Iterable[Record]) -> list[Problem]:
         else:
             seen[digest] = record
     return out
-
-
-def lint_dir(root: str | Path, quality: bool = True, phrases: Sequence[Any] | None = None,
-             near_threshold: float | None = None) -> list[Problem]:
-    """Every problem in every file under ``root``: schema, rules, style, duplicates and
-    (with ``quality``) the quality rules of ``limamono.quality`` (``DQ...`` warnings).
-
-    Args:
-        root: a dataset folder or file.
-        quality: also run the quality checks.
-        phrases: the stock-phrase list for DQ020 (default: the shipped one).
-        near_threshold: Jaccard threshold of near-duplicate turns (default: the module's).
-
-    Raises:
-        FileNotFoundError: ``root`` does not exist.
-        ValueError: a bad ``near_threshold``.
-    """
-    records, problems = load_dir(root)
-    for record in records:
-        problems.extend(check_record(record))
-    problems.extend(duplicate_problems(records))
-    if quality:
-        from limamono.quality import dataset as qd
-
-        threshold = qd.NEAR_DUPLICATE_THRESHOLD if near_threshold is None else near_threshold
-        problems.extend(qd.quality_problems(records, phrases, threshold, str(root)))
-    return sorted(problems, key=lambda p: (p.file, p.record, p.message_index or -1, p.rule))

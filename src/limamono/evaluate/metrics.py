@@ -15,8 +15,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from limamono.conversation import LENGTHS
+from limamono.core.conversation import LENGTHS
 from limamono.evaluate.intervals import RESAMPLES, Verdict, bootstrap_interval, verdict, wilson
+from limamono.quality.targets import TARGETS
 
 #: The prose rules of SPEC §3 that count for style compliance: typography, balanced markers
 #: and chat-RP asterisk actions. The narration-person/tense rules are heuristics (they stay
@@ -238,14 +239,6 @@ def summarize(samples: Sequence[Sample], seed: int = 0,
         **{name: k / n for name, k in counts.items()})
 
 
-#: The targets of issue 7 (name -> (low, high)), used to mark the report.
-TARGETS: dict[str, tuple[float | None, float | None]] = {
-    "style_compliance": (0.90, None),
-    "format_integrity": (0.98, None),
-    "impersonation_rate": (None, 0.05),
-    "length_spearman": (0.5, None),
-    "thought_rate": (0.20, 0.80),
-}
 
 
 def meets(name: str, value: float | None) -> bool | None:

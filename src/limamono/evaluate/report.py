@@ -12,10 +12,10 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from limamono import atomic
-from limamono.conversation import LENGTHS
+from limamono.core.conversation import LENGTHS
 from limamono.evaluate.metrics import TARGETS, ReplyCheck, Sample, judge, summarize
 from limamono.evaluate.run import EvalConfig, VariantResult, prompts_digest
+from limamono.util import atomic
 
 #: Rows of the behaviour table: (field, title, shown as a percentage).
 _ROWS = [
@@ -74,7 +74,7 @@ def read_variants(folder: str | Path, config: EvalConfig) -> list[VariantResult]
         ReportError: the file is missing or malformed, or it was run on other prompts or
             settings (the message names the field and both values).
     """
-    from limamono.untrusted import UntrustedError, load_json
+    from limamono.util.untrusted import UntrustedError, load_json
 
     path = Path(folder) / "report.json"
     try:

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from limamono import adapter_card
-from limamono.adapter_card import Defaults
-from limamono.conversation import LENGTHS, Conversation
+from limamono.core.conversation import LENGTHS, Conversation
+from limamono.core.policy import POLICIES, PromptPolicy, reply_token_budget
 from limamono.evaluate.intervals import trials_for_half_width
 from limamono.evaluate.metrics import TARGETS, BehaviourSummary, Sample, check_reply, summarize
-from limamono.policy import POLICIES, PromptPolicy, reply_token_budget
+from limamono.models import adapter_card
+from limamono.models.adapter_card import Defaults
 
 log = logging.getLogger("limamono.eval")
 
@@ -128,7 +128,7 @@ class VariantResult:
 
 def held_out(data: Path) -> list[Conversation]:
     """The conversations marked ``meta.split: eval`` under ``data`` (all when none is)."""
-    from limamono import conversation as conv_mod
+    from limamono.core import conversation as conv_mod
 
     files = sorted(p for p in Path(data).rglob("*") if p.suffix in (".yaml", ".yml", ".jsonl"))
     if not files:
@@ -171,7 +171,7 @@ token_budget = reply_token_budget  # the policy decides what a length label may 
 def prompts_digest(config: EvalConfig) -> str:
     """SHA-256 of every prompt this config generates at (history, turn, length, seed):
     two reports with the same digest asked their variants the same questions."""
-    from limamono import format as fmt
+    from limamono.core import format as fmt
 
     digest = hashlib.sha256()
     for prompt in make_prompts(held_out(config.data), config):
@@ -185,7 +185,7 @@ def variant_defaults(config: EvalConfig, adapter: str) -> Defaults:
 
     An option that overrides the card is logged (``limamono.eval``).
     """
-    from limamono.models import resolve_adapter
+    from limamono.models.resolve import resolve_adapter
 
     chosen = adapter_card.defaults(resolve_adapter(adapter, config.model),
                                    preset=config.preset, policy=config.policy)
@@ -275,7 +275,7 @@ def run(config: EvalConfig, progress: Callable[[str, int, int], None] | None = N
     """
     if load is None:
         from limamono.engine import load_engine
-        from limamono.models import resolve_adapter
+        from limamono.models.resolve import resolve_adapter
 
         def load(model: str, adapter: str) -> Any:
             return load_engine(model=model, adapter=resolve_adapter(adapter),

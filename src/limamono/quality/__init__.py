@@ -4,10 +4,10 @@ Public API:
 
 - ``QUALITY_RULES``: the registry (id -> ``QualityRule(id, name, description)``).
 - ``check_turn(text, role, user_name=, length=)``: the one-turn checks.
-- ``quality_problems(records)``: every finding of a dataset as ``dataset.Problem`` warnings;
-  ``quality_figures(conversations)``: slop index and thought/sound/title rates.
+- ``quality_figures(conversations)``: slop index and thought/sound/title rates.
 - ``load_phrases``, ``find_phrases``, ``slop_index``: the stock-phrase list and index.
-- ``speaks_for_user``, ``assistant_speak``, ``refusals``, ``repeated_ngrams``, ``label_range``.
+- ``TARGETS``: the targets replies and datasets are judged against.
+- ``speaks_for_user, ``assistant_speak``, ``refusals``, ``repeated_ngrams``, ``label_range``.
 """
 
 from limamono.quality.checks import (
@@ -21,14 +21,13 @@ from limamono.quality.checks import (
     repeated_ngrams,
     speaks_for_user,
 )
-from limamono.quality.dataset import (
+from limamono.quality.corpus import (
     DuplicatePair,
     Rates,
     TurnRef,
     duplicate_turns,
     jaccard,
     quality_figures,
-    quality_problems,
     shingles,
     span_rates,
 )
@@ -41,9 +40,11 @@ from limamono.quality.slop import (
     slop_index,
     slop_score,
 )
+from limamono.quality.targets import TARGETS
 
 __all__ = [
     "QUALITY_RULES",
+    "TARGETS",
     "DuplicatePair",
     "Phrase",
     "PhraseHit",
@@ -60,7 +61,6 @@ __all__ = [
     "load_phrases",
     "parse_phrases",
     "quality_figures",
-    "quality_problems",
     "refusals",
     "repeated_ngrams",
     "shingles",

@@ -4,7 +4,7 @@ Drafted text (a base model writing both sides, SPEC §8) has failure modes the s
 do not see: a phrase repeated inside a turn, stock phrases, an assistant's voice or a
 refusal, the character narrating the user's actions, and a turn whose length does not match
 its label. Each check here takes one turn and returns ``TurnFinding`` values; the checks that
-compare turns across a dataset live in ``limamono.quality.dataset``. Every rule has a stable
+compare turns across a dataset live in ``limamono.dataset.quality``. Every rule has a stable
 id (``DQ...``) like the style rules (``LM...``); all are warnings, since a person decides.
 """
 
@@ -15,8 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from limamono import format as fmt
-from limamono.conversation import LENGTHS
+from limamono.core import format as fmt
+from limamono.core.conversation import LENGTHS
 from limamono.quality.slop import Phrase, find_phrases
 
 

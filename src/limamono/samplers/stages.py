@@ -8,17 +8,14 @@ Each factory returns a stage ``(candidates, context_ids) -> None`` for
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from limamono.samplers import shaping
+from limamono.samplers.candidates import Candidates, Stage
 from limamono.samplers.dry import apply_dry_
 from limamono.samplers.settings import MIN_TEMPERATURE, SamplerError, SamplerSettings
 from limamono.samplers.vocab import BreakerTable, Vocabulary
-
-if TYPE_CHECKING:
-    from limamono.samplers.chain import Stage, _Candidates
 
 
 def bias_stage(s: SamplerSettings, vocab: Vocabulary | None) -> Stage | None:
@@ -38,7 +35,7 @@ def bias_stage(s: SamplerSettings, vocab: Vocabulary | None) -> Stage | None:
     amounts = torch.tensor([b for _, b in s.logit_bias], dtype=torch.float32)
     bans = torch.tensor(sorted({*s.custom_token_bans, *eos}), dtype=torch.long)
 
-    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+    def stage(cands: Candidates, context_ids: torch.Tensor) -> None:
         shaping.check_in_vocab("logit_bias", bias_ids.tolist(), cands.vocab)
         shaping.check_in_vocab("custom_token_bans", bans.tolist(), cands.vocab)
         cands.changed_logits()
@@ -73,7 +70,7 @@ def dry_stage(s: SamplerSettings, vocab: Vocabulary | None) -> Stage | None:
     breakers = dry_breakers(s, vocab)
     last_n = s.dry_penalty_last_n if s.dialect == "koboldcpp" else s.rep_pen_range
 
-    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+    def stage(cands: Candidates, context_ids: torch.Tensor) -> None:
         cands.changed_logits()
         apply_dry_(cands.logits, context_ids, breakers, s.dry_multiplier, s.dry_base,
                    s.dry_allowed_length, last_n, s.dialect)
@@ -95,7 +92,7 @@ def xtc_stage(s: SamplerSettings, vocab: Vocabulary | None) -> Stage | None:
         newline = vocab.newline_id()
         protected = sorted({*vocab.eos_ids, *([newline] if newline is not None else [])})
 
-    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+    def stage(cands: Candidates, context_ids: torch.Tensor) -> None:
         if float(torch.rand(1, generator=cands.generator)) >= s.xtc_probability:
             return
         ids = cands.survivor_ids()
@@ -110,14 +107,14 @@ def top_n_sigma_stage(s: SamplerSettings) -> Stage | None:
     if s.top_n_sigma <= 0.0:
         return None
 
-    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+    def stage(cands: Candidates, context_ids: torch.Tensor) -> None:
         vals = cands.sorted_survivor_vals()
         threshold = shaping.top_n_sigma_threshold(vals, s.top_n_sigma, s.dialect, cands.vocab)
         cands.keep_prefix(int((vals >= threshold).sum()))
     return stage
 
 
-def _transform_survivors(cands: _Candidates, transform: object) -> None:
+def _transform_survivors(cands: Candidates, transform: object) -> None:
     """Replace the survivors' logits by ``transform(values)`` (order may change)."""
     ids = cands.survivor_ids()
     cands.changed_logits()
@@ -129,13 +126,13 @@ def quadratic_stage(s: SamplerSettings) -> Stage | None:
     if s.smoothing_factor <= 0.0:
         return None
 
-    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+    def stage(cands: Candidates, context_ids: torch.Tensor) -> None:
         _transform_survivors(cands, lambda v: shaping.quadratic(v, s.smoothing_factor,
                                                                 s.smoothing_curve))
     return stage
 
 
-def _divide_or_greedy(cands: _Candidates, temperature: float) -> None:
+def _divide_or_greedy(cands: Candidates, temperature: float) -> None:
     if temperature < MIN_TEMPERATURE:  # a (near-)zero dynamic temperature: the top token
         cands.keep_prefix(1, floor=False)
     else:
@@ -147,7 +144,7 @@ def dynatemp_stage(s: SamplerSettings) -> Stage | None:
     if not s.dynamic_temperature:
         return None
 
-    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+    def stage(cands: Candidates, context_ids: torch.Tensor) -> None:
         vals = cands.logits[cands.survivor_ids()]
         _divide_or_greedy(cands, shaping.entropy_temperature(
             vals, s.dynatemp_low, s.dynatemp_high, s.dynatemp_exponent, "textgen"))
@@ -166,7 +163,7 @@ def koboldcpp_temperature_stage(s: SamplerSettings, mirostat: bool = False) -> S
     low = max(0.0, s.temperature - s.dynatemp_range)
     high = s.temperature + s.dynatemp_range
 
-    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+    def stage(cands: Candidates, context_ids: torch.Tensor) -> None:
         ids = cands.survivor_ids()
         if dynamic and ids.numel() > 1:
             _divide_or_greedy(cands, shaping.entropy_temperature(
@@ -183,7 +180,7 @@ def koboldcpp_temperature_stage(s: SamplerSettings, mirostat: bool = False) -> S
 
 def mirostat_stage(s: SamplerSettings, state: shaping.Mirostat) -> Stage:
     """Mirostat: draw one token with the generation's state; it is the only survivor."""
-    def stage(cands: _Candidates, context_ids: torch.Tensor) -> None:
+    def stage(cands: Candidates, context_ids: torch.Tensor) -> None:
         ids = cands.survivor_ids()
         order = torch.sort(cands.logits[ids], descending=True, stable=True).indices
         ids = ids[order]

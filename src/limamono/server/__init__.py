@@ -1,6 +1,6 @@
 """The HTTP server: KoboldAI/KoboldCpp, text-generation-webui and OpenAI-compatible APIs.
 
-Build the app with :func:`create_app` around any ``limamono.generation.Engine``; the
+Build the app with :func:`create_app` around any ``limamono.engine.protocol.Engine``; the
 ``limamono serve`` command runs it with uvicorn. See ``docs/SILLYTAVERN.md``.
 """
 

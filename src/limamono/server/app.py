@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from limamono import __version__
-from limamono.generation import Engine
+from limamono.engine.protocol import Engine
 from limamono.server import kobold, openai
 from limamono.server.config import ServerConfig
 from limamono.server.errors import (
@@ -41,7 +41,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     """The HTTP app serving ``engine``.
 
     Args:
-        engine: Anything implementing ``limamono.generation.Engine``.
+        engine: Anything implementing ``limamono.engine.protocol.Engine``.
         config: Limits, queue size, auth and CORS; default ``ServerConfig()``.
 
     Returns:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from limamono.policy import PromptPolicy
+from limamono.core.policy import PromptPolicy
 from limamono.samplers import SamplerError, SamplerSettings, get_preset
 
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from limamono import __version__
-from limamono.generation import TextChunk
+from limamono.engine.protocol import TextChunk
 from limamono.server.errors import BAD_REQUEST, ApiError, stream_error
 from limamono.server.logprobs import chat_logprobs
 from limamono.server.params import GenerationRequest, text_request

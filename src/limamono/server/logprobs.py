@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from limamono.generation import TokenLogprob
+from limamono.engine.protocol import TokenLogprob
 
 
 def completion_logprobs(entries: Sequence[TokenLogprob], offset: int = 0,

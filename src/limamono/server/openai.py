@@ -18,9 +18,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from limamono import format as fmt
-from limamono import policy as pol
-from limamono.generation import TextChunk
+from limamono.core import format as fmt
+from limamono.core import policy as pol
+from limamono.engine.protocol import TextChunk
 from limamono.server import stchat
 from limamono.server.errors import BAD_REQUEST, ApiError, stream_error
 from limamono.server.logprobs import chat_logprobs, completion_logprobs
@@ -34,7 +34,7 @@ from limamono.server.params import (
 from limamono.server.schemas import ChatCompletionRequest, CompletionRequest, EncodeRequest
 from limamono.server.state import ServerState, body_fields
 from limamono.server.streaming import EventStream, job_stream, sse, wire_finish_reason
-from limamono.untrusted import quote
+from limamono.util.untrusted import quote
 
 DONE = "data: [DONE]\n\n"
 

@@ -6,7 +6,7 @@ Everything here runs before a request enters the queue, so a bad request is refu
 - Reply length: Kobold routes clamp ``max_length`` so that some prompt still fits, as
   KoboldCpp does; OpenAI routes refuse a ``max_tokens`` that leaves no room for a prompt
   (400), as vLLM does. Both refuse values below 1 or above ``MAX_TOKENS_CAP``.
-- Context overflow: the prompt policy (``limamono.policy``) fits a Limamono prompt by
+- Context overflow: the prompt policy (``limamono.core.policy``) fits a Limamono prompt by
   leaving out its oldest whole turns, never the newest user turn or the open header, and
   refuses (400 naming the token counts) when even those do not fit; every cut is logged
   in one line. Any other text is cut from the left by tokens, which is what KoboldCpp and
@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from limamono import policy as pol
-from limamono.conversation import Conversation
-from limamono.generation import Engine
+from limamono.core import policy as pol
+from limamono.core.conversation import Conversation
+from limamono.engine.protocol import Engine
 from limamono.samplers import (
     MAX_LOGPROBS,
     SamplerError,
@@ -37,7 +37,7 @@ from limamono.samplers.settings import check_int
 from limamono.samplers.shaping import check_in_vocab
 from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, ApiError
-from limamono.untrusted import quote
+from limamono.util.untrusted import quote
 
 log = logging.getLogger("limamono.server")
 

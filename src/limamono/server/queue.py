@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from limamono.generation import Engine, TextChunk
+from limamono.engine.protocol import Engine, TextChunk
 from limamono.server.params import GenerationRequest
 
 #: What a job hands to its reader: a chunk, or the exception that ended the generation.

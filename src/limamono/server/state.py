@@ -9,7 +9,8 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
-from limamono.generation import ContextOverflowError, Engine
+from limamono.core.policy import ContextOverflowError
+from limamono.engine.protocol import Engine
 from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, BUSY, ApiError
 from limamono.server.params import GenerationRequest, fit_to_context

@@ -23,9 +23,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from limamono import format as fmt
 from limamono.cards.sheet import PERSONALITY_PREFIX
-from limamono.conversation import Conversation
+from limamono.core import format as fmt
+from limamono.core.conversation import Conversation
 
 _MAIN_PROMPT = re.compile(
     r"Write (?P<char>[^\n]+?)'s next reply in a fictional chat between (?P=char) and "
@@ -48,7 +48,7 @@ def conversation(messages: Sequence[dict[str, Any]], char_name: str | None = Non
         user_name: the user's name when no message names it.
 
     Raises:
-        limamono.format.FormatError: naming the message at fault.
+        limamono.core.format.FormatError: naming the message at fault.
     """
     sheet_parts: list[str] = []
     scenario = personality = ""

@@ -18,7 +18,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from limamono.generation import FinishReason, TextChunk, TokenLogprob
+from limamono.engine.protocol import FinishReason, TextChunk, TokenLogprob
 from limamono.server.queue import Job
 
 #: Headers of every event stream (KoboldCpp sends the same: no caching, no proxy buffering).

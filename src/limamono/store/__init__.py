@@ -1,6 +1,6 @@
 """Chat persistence: the SQLite chat store and SillyTavern chat JSONL import and export.
 
-A chat is a ``limamono.conversation.Conversation``; ``db`` converts it to and from SQLite
+A chat is a ``limamono.core.conversation.Conversation``; ``db`` converts it to and from SQLite
 rows (durability and concurrency rules in its docstring), ``sillytavern`` to and from
 SillyTavern chat JSONL. Import everything from here.
 """

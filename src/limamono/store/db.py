@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from limamono.conversation import Character, Conversation, Message, Swipe, User
+from limamono.core.conversation import Character, Conversation, Message, Swipe, User
 
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = 2
@@ -127,7 +127,7 @@ class ChatSummary:
 
 def default_db_path() -> Path:
     """``limamono_home()/chats.db`` (``$LIMAMONO_HOME`` or the user cache folder)."""
-    from limamono.models import limamono_home
+    from limamono.models.resolve import limamono_home
 
     return limamono_home() / "chats.db"
 

@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from limamono import atomic, untrusted
-from limamono.conversation import LENGTHS, Character, Conversation, Message, Swipe, User
+from limamono.core.conversation import LENGTHS, Character, Conversation, Message, Swipe, User
 from limamono.store.db import ChatStore, StoreError
+from limamono.util import atomic, untrusted
 
 #: Where the imported record and what limamono read from it are kept (``meta`` of the
 #: chat and of each message).

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from limamono.conversation import Conversation, Message
+from limamono.core.conversation import Conversation, Message
 from limamono.style.rules import CHECKS, RULES, Context, Issue, StyleConfig
 
 #: Rules whose fix only swaps quote/ellipsis characters or removes spaces.

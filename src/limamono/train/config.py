@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from limamono import format as fmt
-from limamono import untrusted
-from limamono.untrusted import quote
+from limamono.core import format as fmt
+from limamono.util import untrusted
+from limamono.util.untrusted import quote
 
 #: The card's targets: every linear projection of a Llama/Mistral block.
 ALL_LINEAR: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",

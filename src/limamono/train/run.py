@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from limamono import format as fmt
+from limamono.core import format as fmt
 from limamono.train.checkpoints import (
     CHECKPOINTS_DIR,
     STAGING_DIR,
@@ -61,7 +61,7 @@ def training_on_cpu_in_bf16() -> bool:
     (27.5 against 18.5 s per 2048-token step). AMX made bf16 prefill 3x faster than fp32,
     so there the matrix products win.
     """
-    from limamono.models import detect_hardware
+    from limamono.models.resolve import detect_hardware
 
     return "amx_bf16" in detect_hardware().cpu_flags
 
@@ -70,7 +70,7 @@ def precision(config: TrainConfig, notify: Notify) -> tuple[bool, bool]:
     """``(bf16, load_in_8bit)`` for this machine; says aloud what the recipe cannot have."""
     import torch
 
-    from limamono.models import choose_dtype
+    from limamono.models.resolve import choose_dtype
 
     cuda = torch.cuda.is_available()
     if config.bf16 == "auto":
@@ -224,7 +224,7 @@ def adapter_metadata(config: TrainConfig) -> dict[str, Any]:
             "trigger_text": fmt.TRIGGERS.get(config.trigger, config.trigger),
             "end_of_turn": config.end_of_turn, "stop_strings": [fmt.HEADER_STOP],
             "sampler_preset": _sampler_preset(), "length_bounds": list(config.length_bounds),
-            "prompt_policy": "training",  # how its samples were labelled (limamono.policy)
+            "prompt_policy": "training",  # how its samples were labelled (limamono.core.policy)
             "base_model": config.model, "training": config.to_dict()}
 
 
@@ -249,7 +249,7 @@ def save_adapter(model: Any, tokenizer: Any, config: TrainConfig, target: Path) 
 
 def _record_base(path: Path, model: str) -> None:
     """Record the embedded model's hub id as the base, not this machine's cache folder."""
-    from limamono.models import DEFAULT_MODEL, EMBEDDED_HUB_ID
+    from limamono.models.resolve import DEFAULT_MODEL, EMBEDDED_HUB_ID
 
     if model != DEFAULT_MODEL:
         return
@@ -314,7 +314,7 @@ def prepare(config: TrainConfig, notify: Notify) -> tuple[Any, Any, TrainData]:
     """Resolve the model, load its tokenizer and the run's data (nothing heavy yet)."""
     from transformers import AutoTokenizer
 
-    from limamono.models import resolve_model
+    from limamono.models.resolve import resolve_model
 
     spec = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)

@@ -209,7 +209,7 @@ def export_axolotl(config: TrainConfig, target: str | Path,
     from transformers import AutoTokenizer
 
     from limamono import dataset as ds
-    from limamono.models import resolve_model
+    from limamono.models.resolve import resolve_model
 
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)

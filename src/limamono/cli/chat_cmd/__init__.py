@@ -26,7 +26,7 @@ from limamono.cli.chat_cmd.terminal import ChatLoop, print_message
 from limamono.cli.common import BACKEND_HELP, dim, err, fail, out
 
 if TYPE_CHECKING:
-    from limamono.generation import Engine
+    from limamono.engine.protocol import Engine
     from limamono.store import ChatStore
 
 #: The demo's scripted user turns: generic enough for any bundled character.
@@ -62,8 +62,8 @@ def adapter_defaults(adapter: str | None, model: str, preset: str | None,
 
     A note is printed for every option that overrides the card.
     """
-    from limamono import adapter_card
-    from limamono.models import resolve_adapter
+    from limamono.models import adapter_card
+    from limamono.models.resolve import resolve_adapter
 
     try:
         chosen = adapter_card.defaults(resolve_adapter(adapter, model), preset=preset,
@@ -108,7 +108,7 @@ def chat_cmd(
                                   "case-insensitive): the engine rewinds and resamples."),
 ) -> None:
     """Chat with a character in the terminal (one line a message; /help for commands)."""
-    from limamono.conversation import User
+    from limamono.core.conversation import User
 
     if (card is None) == (chat_id is None):
         fail("give either --card FILE (a new chat) or --chat ID (resume a saved one)")
@@ -154,7 +154,7 @@ def demo_cmd(
                                    "$LIMAMONO_HOME/chats.db)."),
 ) -> None:
     """Run a short scripted roleplay on the embedded model and save it (the main job)."""
-    from limamono.conversation import User
+    from limamono.core.conversation import User
 
     path = character or _first_example()
     store = open_store(db)

@@ -64,7 +64,7 @@ def chats_import_cmd(
     db: Path | None = typer.Option(None, "--db", help="Chat database."),
 ) -> None:
     """Import a SillyTavern chat file as a new chat."""
-    from limamono.conversation import User
+    from limamono.core.conversation import User
     from limamono.store import StoreError, import_sillytavern
 
     store = open_store(db)

@@ -11,8 +11,8 @@ from limamono.cli.common import err, fail
 
 if TYPE_CHECKING:
     from limamono.chat import ChatSession
-    from limamono.conversation import Conversation, User
-    from limamono.generation import Engine
+    from limamono.core.conversation import Conversation, User
+    from limamono.engine.protocol import Engine
     from limamono.store import ChatStore
 
 
@@ -33,7 +33,7 @@ def load_character(path: Path, user: User, house_style: bool = False) -> Convers
     the card has no greeting); its title is the card's file name.
     """
     from limamono.cards import CardError, card_to_conversation, greetings, read_card
-    from limamono.conversation import Message, Swipe
+    from limamono.core.conversation import Message, Swipe
 
     try:
         card = read_card(path)
@@ -85,7 +85,7 @@ def start_session(store: ChatStore, chat_id: int, engine: Engine, settings: Any,
     ``policy`` is the prompt policy (the adapter's; None: the default one).
     """
     from limamono.chat import ChatConfig, ChatError, ChatSession
-    from limamono.policy import PromptPolicy
+    from limamono.core.policy import PromptPolicy
     from limamono.store import StoreError
 
     try:

@@ -15,7 +15,7 @@ from limamono.cli.common import err, out
 
 if TYPE_CHECKING:
     from limamono.chat import ChatSession
-    from limamono.conversation import Message
+    from limamono.core.conversation import Message
     from limamono.store import ChatStore
 
 #: How each span kind of the house style is shown (``limamono.style.split_spans`` kinds).
@@ -172,8 +172,8 @@ class ChatLoop:
     def handle(self, line: str) -> bool:
         """Handle one line; False ends the chat."""
         from limamono.chat import ChatError
-        from limamono.format import FormatError
-        from limamono.generation import ContextOverflowError
+        from limamono.core.format import FormatError
+        from limamono.core.policy import ContextOverflowError
         from limamono.store import StaleChatError, StoreError
 
         if not line:
@@ -289,7 +289,7 @@ def export_chat(store: ChatStore, chat_id: int, path: Path, force: bool) -> None
     Raises:
         StoreError: unknown type, no such chat, or the file cannot or must not be written.
     """
-    from limamono.conversation import dump_yaml
+    from limamono.core.conversation import dump_yaml
     from limamono.store import StoreError, export_sillytavern, write_file_safely
 
     chat = store.load_chat(chat_id)

@@ -1,7 +1,8 @@
 """What every consumer of generation shares: the Engine protocol and the text-chunk types.
 
-The real engine (``limamono.engine.Engine``) implements this protocol; the server, the chat
-and the evaluation take any object that does, so their tests inject a scripted fake.
+The engines (``torch_engine.Engine``, ``llamacpp.LlamaCppEngine``) implement this protocol;
+the server, the chat and the evaluation take any object that does, so their tests inject a
+scripted fake.
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ if TYPE_CHECKING:
 
 FinishReason = Literal["stop", "length", "cancelled"]
 Truncation = Literal["left", "error"]
-
-
-class ContextOverflowError(ValueError):
-    """The prompt does not fit the context and truncation was not allowed."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The torch engine (any transformers causal LM) and ``load_engine``, the one loader.
 
-Layers 2-3 and the decode loop live in :mod:`limamono.engine_base` and are shared with the
+Layers 2-3 and the decode loop live in :mod:`limamono.engine.loop` and are shared with the
 llama.cpp engine; this module supplies the torch KV cache: a small LRU of ``DynamicCache``
 objects (:class:`PromptCache`), one per recent conversation, so turn N+1 of a chat costs
 only the new message, not the whole history again.
@@ -10,40 +10,22 @@ from __future__ import annotations
 
 import copy
 import inspect
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from limamono import tokens
-from limamono.engine_base import (
-    PREFILL_CHUNK,
-    CacheStats,
+from limamono.engine.kvreuse import Reuse, plan_reuse
+from limamono.engine.loop import (
     EngineBase,
     KVSlot,
     SlotStart,
-    TokenStream,
 )
-from limamono.kvreuse import Reuse, common_prefix, plan_reuse
-from limamono.models import (
-    DEFAULT_MODEL,
-    ModelError,
-    ProgressFn,
-    embedded_gguf,
-    load_model,
-    resolve_adapter,
-    resolve_model,
-)
+from limamono.models import tokens
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = [
-    "BACKENDS", "DEFAULT_CACHE_ENTRIES", "PREFILL_CHUNK", "CacheStats", "Engine", "EngineBase",
-    "KVSlot", "PromptCache", "TokenStream", "choose_backend", "common_prefix", "gguf_file",
-    "load_engine",
-]
+__all__ = ["DEFAULT_CACHE_ENTRIES", "Engine", "PromptCache", "RopeShift", "rope_shifter"]
 
 #: Conversations whose KV caches are kept (SmolLM2: ~22.5 KiB a token in bf16).
 DEFAULT_CACHE_ENTRIES = 4
@@ -59,7 +41,7 @@ class PromptCache:
     """A small LRU of (token ids, KV cache) pairs, one per recent conversation.
 
     :meth:`take` picks the entry that lets a new prompt skip the most tokens: a common
-    prefix or, with ``shift``, a ContextShift (:mod:`limamono.kvreuse`). When the reused
+    prefix or, with ``shift``, a ContextShift (:mod:`limamono.engine.kvreuse`). When the reused
     tokens cover at least half of the entry (the same conversation, one turn later, or a
     regenerated reply), the entry is taken over and cut; when they cover less (another
     conversation sharing only the trigger and perhaps the sheet), the entry is copied and
@@ -138,7 +120,7 @@ class _TorchSlot:
 
 
 class Engine(EngineBase):
-    """A transformers model, ready to stream replies (implements ``limamono.generation.Engine``).
+    """A transformers model, ready to stream replies (implements ``engine.protocol.Engine``).
 
     Args:
         model: A transformers causal LM in eval mode.
@@ -282,91 +264,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
         elif isinstance(value, list | tuple):
             found.update(int(v) for v in value)
     return frozenset(found)
-
-
-#: ``--backend`` values: ``auto`` takes llama.cpp for GGUF files when it is installed.
-BACKENDS: tuple[str, ...] = ("auto", "llamacpp", "torch")
-
-
-def gguf_file(model: str) -> Path | None:
-    """The GGUF file behind ``--model``: the embedded default's, a ``.gguf`` path, or None."""
-    if model == DEFAULT_MODEL:
-        return embedded_gguf()
-    path = Path(model).expanduser()
-    return path if path.suffix.lower() == ".gguf" else None
-
-
-def choose_backend(model: str, adapter: str | os.PathLike[str] | None,
-                   backend: str = "auto") -> str:
-    """``torch`` or ``llamacpp`` for a ``--model``/``--adapter``/``--backend`` choice.
-
-    ``auto`` is llama.cpp for a GGUF model (with no adapter, or a plain LoRA one, which
-    is converted to a GGUF LoRA once) when llama-cpp-python is installed, torch otherwise.
-    Training and loss evaluation always load torch.
-
-    Raises:
-        limamono.models.ModelError: ``llamacpp`` asked for what it cannot run.
-    """
-    from limamono.gguf_lora import check_adapter
-    from limamono.llamacpp_engine import llamacpp_available
-
-    if backend not in BACKENDS:
-        raise ModelError(f"--backend {backend!r}: must be one of {', '.join(BACKENDS)}")
-    if backend == "torch":
-        return "torch"
-    gguf = gguf_file(model)
-    if backend == "auto":
-        if gguf is None or not llamacpp_available():
-            return "torch"
-        try:
-            if adapter is not None:
-                check_adapter(Path(adapter))
-        except ModelError:
-            return "torch"
-        return "llamacpp"
-    if gguf is None:
-        raise ModelError(f"{model}: --backend llamacpp needs a .gguf file (or the embedded "
-                         f"{DEFAULT_MODEL}); fix: pass a GGUF file or use --backend torch")
-    if adapter is not None:
-        check_adapter(Path(adapter))
-    return "llamacpp"
-
-
-def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | None = None,
-                dtype: str = "auto", threads: int | None = None,
-                context_length: int | None = None, progress: ProgressFn | None = None,
-                cache_entries: int = DEFAULT_CACHE_ENTRIES, backend: str = "auto",
-                ) -> EngineBase:
-    """Resolve and load a model (and adapter) as an engine: torch or llama.cpp.
-
-    Args:
-        model: ``smollm2-135m`` (default), a ``.gguf`` file, a model folder or a cached
-            hub id.
-        adapter: None/"none", "demo" or a PEFT adapter folder (merged into the weights on
-            torch; applied as a GGUF LoRA on llama.cpp).
-        dtype: torch only: ``auto`` (:func:`limamono.models.choose_dtype`), ``bf16``,
-            ``fp16`` or ``fp32``.
-        threads: CPU threads.
-        context_length: Override the model's context length.
-        progress: Progress of the one-time conversion of the embedded model (torch).
-        cache_entries: Conversations whose KV caches are kept.
-        backend: ``auto``, ``llamacpp`` or ``torch`` (see :func:`choose_backend`).
-
-    Raises:
-        limamono.models.ModelError: The model or adapter cannot be loaded (names the fix).
-    """
-    adapter = resolve_adapter(adapter, model)
-    if choose_backend(model, adapter, backend) == "llamacpp":
-        from limamono.gguf_lora import gguf_lora_for
-        from limamono.llamacpp_engine import LlamaCppEngine
-
-        path = gguf_file(model)
-        assert path is not None
-        return LlamaCppEngine(path, name=model if model == DEFAULT_MODEL else path.name,
-                              context_length=context_length, cache_entries=cache_entries,
-                              threads=threads,
-                              lora=None if adapter is None else gguf_lora_for(adapter, path))
-    spec = resolve_model(model, progress=progress)
-    loaded, tokenizer = load_model(spec, adapter=adapter, dtype=dtype, threads=threads)
-    return Engine(loaded, tokenizer, name=spec.name, context_length=context_length,
-                  cache_entries=cache_entries)

@@ -10,8 +10,8 @@ Three layers (DESIGN.md "Layers of generation"), each built on the one below:
    last tokens from the cache and sample that position again, with some tokens banned.
 2. :meth:`EngineBase.stream_text`: fits the prompt to the context, detokenises incrementally
    (never half a UTF-8 character), applies stop strings, and ends with a
-   :class:`~limamono.generation.TextChunk` that carries the finish reason and token counts.
-3. :meth:`EngineBase.generate`: the joined text as a :class:`~limamono.generation.Completion`.
+   :class:`~limamono.engine.protocol.TextChunk` that carries the finish reason and token counts.
+3. :meth:`EngineBase.generate`: the joined text as a :class:`~limamono.engine.protocol.Completion`.
 
 One generation runs at a time (a lock): a server queues requests behind it (one worker
 thread that runs each stream to its end). A thread that starts a stream while its own
@@ -27,17 +27,17 @@ from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from limamono import policy
-from limamono.generation import (
+from limamono.core import policy
+from limamono.core.policy import ContextOverflowError
+from limamono.engine.phrasebans import PhraseFilter
+from limamono.engine.protocol import (
     Completion,
-    ContextOverflowError,
     FinishReason,
     TextChunk,
     TokenLogprob,
     Truncation,
 )
-from limamono.phrasebans import PhraseFilter
-from limamono.textstream import IncrementalDecoder, StopMatcher
+from limamono.engine.textstream import IncrementalDecoder, StopMatcher
 
 if TYPE_CHECKING:
     import torch
@@ -171,7 +171,7 @@ class EngineBase:
     A subclass sets ``model_name``, ``context_length``, ``eos_ids`` and implements
     :meth:`tokenize`, :meth:`detokenize`, :meth:`_reply_text`, :meth:`_open_slot`,
     :meth:`_close_slot` and :meth:`_clear_slots`; then it implements
-    ``limamono.generation.Engine``.
+    ``limamono.engine.protocol.Engine``.
     """
 
     model_name: str
@@ -199,7 +199,7 @@ class EngineBase:
     def prompt_ids(self, text: str) -> list[int]:
         """The ids fed for a prompt: :attr:`start_ids`, then ``tokenize(text)``.
 
-        The same ids a training sample of that text holds (``limamono.tokens``), on every
+        The same ids a training sample of that text holds (``limamono.models.tokens``), on every
         route: chat, the server's chat and text-completion routes, evaluation.
         """
         return [*self.start_ids, *self.tokenize(text)]
@@ -381,7 +381,7 @@ class EngineBase:
         """The prompt's token ids, cut so that they and ``max_new_tokens`` fit the context.
 
         The engine decides nothing about turns: a Limamono prompt is fitted by the prompt
-        policy (``limamono.policy.fit_text``: the oldest whole turns go, never the newest
+        policy (``limamono.core.policy.fit_text``: the oldest whole turns go, never the newest
         user turn or the open header, else it refuses); any other text keeps its last
         tokens (``left``), as KoboldCpp does.
 

@@ -1,17 +1,17 @@
 """Export a trained model as GGUF: the base with the LoRA merged in, or the LoRA alone.
 
-``export_gguf`` merges a PEFT LoRA adapter into its base (:func:`limamono.models.load_model`,
+``export_gguf`` merges a PEFT LoRA adapter into its base (:func:`.resolve.load_model`,
 in fp32), writes the weights as an f16 GGUF with the ``gguf`` package's writer and tensor
 names, and quantizes it with llama.cpp (``llama_model_quantize``) to ``q8_0`` or ``q4_k_m``.
-The file carries the Limamono chat template (``limamono.format.chat_template`` with the
+The file carries the Limamono chat template (``limamono.core.format.chat_template`` with the
 adapter's trigger) and the adapter card's stop strings, so it runs in llama.cpp and
 KoboldCpp as it is. ``lora_only`` writes a GGUF LoRA adapter instead, for users who keep
-the base file (the llama.cpp engine's converter, :mod:`limamono.gguf_lora`, plus the card's
+the base file (the llama.cpp engine's converter, :mod:`limamono.models.gguf_lora`, plus the card's
 metadata).
 
 Facts taken from llama.cpp's converter (``convert_hf_to_gguf.py``; no code copied):
 Llama/Mistral ``q_proj``/``k_proj`` rows are permuted from Hugging Face's rotate-half order
-to llama.cpp's RoPE order (:func:`limamono.gguf_lora.permute_rope_rows`); norms stay F32;
+to llama.cpp's RoPE order (:func:`limamono.models.gguf_lora.permute_rope_rows`); norms stay F32;
 a tied output matrix is not written (llama.cpp reuses ``token_embd``).
 
 Tokenizers: SmolLM2's byte-level BPE (the embedded model's, or any model with exactly its
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from limamono import format as fmt
-from limamono.gguf_lora import permute_rope_rows
+from limamono.core import format as fmt
+from limamono.models.gguf_lora import permute_rope_rows
 
 if TYPE_CHECKING:
     import gguf
@@ -94,7 +94,7 @@ def export_gguf(model: str, adapter: str | os.PathLike[str] | None, output: Path
         ExportError: unknown quant, unsupported architecture or tokenizer, bad adapter.
         ModelError: the base model or the adapter cannot be loaded.
     """
-    from limamono.models import resolve_adapter, resolve_model
+    from limamono.models.resolve import resolve_adapter, resolve_model
 
     say = progress or (lambda line: None)
     if quant not in QUANTS:
@@ -150,7 +150,7 @@ def _llama_config(folder: Path) -> dict[str, Any]:
 
 def _merged_state(spec: Any, adapter_dir: Path | None) -> tuple[dict[str, torch.Tensor], Path]:
     """The merged fp32 weights and the folder holding the tokenizer files."""
-    from limamono.models import load_model
+    from limamono.models.resolve import load_model
 
     model, _ = load_model(spec, adapter=adapter_dir, dtype="fp32")
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
@@ -238,7 +238,7 @@ def _add_model_metadata(writer: gguf.GGUFWriter, config: dict[str, Any], name: s
 def _add_limamono_metadata(writer: gguf.GGUFWriter, adapter_dir: Path | None,
                            with_template: bool) -> None:
     """The chat template and the adapter card's stop strings, trigger and samplers."""
-    from limamono.adapter_card import read_card
+    from limamono.models.adapter_card import read_card
 
     card = read_card(adapter_dir)
     trigger = card.trigger if card else fmt.DEFAULT_TRIGGER
@@ -297,7 +297,7 @@ def _embedded_tokenizer_fields() -> dict[str, tuple[Any, Any, Any]]:
     """``tokenizer.*`` keys of the embedded GGUF: ``key -> (value, type, array type)``."""
     import gguf
 
-    from limamono.models import embedded_gguf
+    from limamono.models.resolve import embedded_gguf
 
     reader = gguf.GGUFReader(str(embedded_gguf()))
     fields = {}
@@ -336,9 +336,9 @@ def _add_sentencepiece(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -
 # --------------------------------------------------------------------------- LoRA only
 
 def write_lora_gguf(adapter_dir: Path, config: dict[str, Any], path: Path) -> int:
-    """Write a PEFT LoRA adapter as a llama.cpp GGUF LoRA (:mod:`limamono.gguf_lora`, the
+    """Write a PEFT LoRA adapter as a llama.cpp GGUF LoRA (:mod:`limamono.models.gguf_lora`, the
     llama.cpp engine's converter) with the card's metadata; returns the tensor count."""
-    from limamono.gguf_lora import write_lora
+    from limamono.models.gguf_lora import write_lora
 
     heads = int(config["num_attention_heads"])
     return write_lora(adapter_dir, path, "llama", heads,
@@ -353,9 +353,9 @@ def quantize(source: Path, target: Path, quant: str, threads: int | None = None)
     """Quantize an f16 GGUF with llama.cpp (its log goes to the engine's log buffer)."""
     import ctypes
 
-    from limamono.llamacpp_engine import _lib
+    from limamono.models import llama_lib
 
-    lib = _lib()
+    lib = llama_lib.load()
     params = lib.llama_model_quantize_default_params()
     params.ftype = QUANTS[quant]
     params.nthread = threads or 0

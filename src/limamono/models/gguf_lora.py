@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from limamono.models import ModelError, limamono_home
+from limamono.models.resolve import ModelError, limamono_home
 
 #: PEFT module path (after ``layers.N.``) -> llama.cpp tensor name.
 _NAMES = {
@@ -39,7 +39,7 @@ def gguf_lora_for(adapter_dir: Path, base_gguf: Path) -> Path:
     """The GGUF LoRA file of a PEFT adapter for ``base_gguf`` (converted once, cached).
 
     Raises:
-        limamono.models.ModelError: Not a plain LoRA adapter of supported modules.
+        limamono.models.resolve.ModelError: Not a plain LoRA adapter of supported modules.
     """
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
@@ -106,7 +106,7 @@ def write_lora(adapter_dir: Path, out: Path, arch: str, heads: int, kv_heads: in
 
 
 def check_adapter(adapter_dir: Path) -> None:
-    """Raise :class:`~limamono.models.ModelError` unless llama.cpp can run this adapter."""
+    """Raise :class:`~limamono.models.resolve.ModelError` unless llama.cpp can run this adapter."""
     _lora_config(adapter_dir)
 
 

@@ -2,7 +2,7 @@
 
 SillyTavern builds a prompt from an instruct template (turn prefixes and suffixes), a
 context template (the Handlebars "story string" holding the trigger and the sheet) and a
-text-completion preset (samplers). The values here are derived from ``limamono.format``, so
+text-completion preset (samplers). The values here are derived from ``limamono.core.format``, so
 the prompt SillyTavern sends equals ``format.render(..., open_response=True)`` apart from the
 history-turn length modifiers SillyTavern cannot know. Facts about SillyTavern (field names,
 the Handlebars newline trap, why ``wrap`` must be off) come from the presets verified in a
@@ -16,8 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from limamono import atomic, policy
-from limamono import format as fmt
+from limamono.core import format as fmt
+from limamono.core import policy
+from limamono.util import atomic
 
 PRESET_NAME = "Limamono"
 
@@ -49,9 +50,9 @@ _NEUTRAL_TEXTGEN: dict[str, Any] = {
 
 
 def instruct_preset() -> dict[str, Any]:
-    """The instruct template: turn headers and separators from ``limamono.format``.
+    """The instruct template: turn headers and separators from ``limamono.core.format``.
 
-    The labels are the ``sillytavern`` prompt policy's (``limamono.policy``): history
+    The labels are the ``sillytavern`` prompt policy's (``limamono.core.policy``): history
     character turns get the plain header and only the open turn the response length
     (SillyTavern has one ``last_output_sequence``); user turns always ``tiny``.
     ``wrap`` is off: it is the only way SillyTavern sends a bare ``###`` stop string, and the

@@ -10,7 +10,7 @@ must be checked by a person).
 
 Conversations (``draft_conversation``): the way the card's dataset was made, a base model
 writes both sides turn by turn. Each turn's prompt is the conversation so far rendered by
-the prompt policy (``limamono.policy``) with an open header of the requested length and the
+the prompt policy (``limamono.core.policy``) with an open header of the requested length and the
 speaker's name prefilled; the model writes until it starts the next header. Drafts are
 marked ``meta.draft`` and ``data build`` refuses them until a person has edited them.
 """
@@ -23,14 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from limamono import format as fmt
-from limamono.conversation import LENGTHS, Conversation, Message
-from limamono.generation import Engine
-from limamono.policy import reply_token_budget
+from limamono.core import format as fmt
+from limamono.core.conversation import LENGTHS, Conversation, Message
+from limamono.core.policy import reply_token_budget
+from limamono.engine.protocol import Engine
 
 if TYPE_CHECKING:
     from limamono.cards import SheetParts
-    from limamono.policy import PromptPolicy
+    from limamono.core.policy import PromptPolicy
 
 #: Default budget of a generated sheet, in tokens (the bundled sheets are 300-450).
 DEFAULT_SHEET_TOKENS = 400
@@ -253,11 +253,11 @@ def draft_conversation(engine: Engine, settings: Any, start: Conversation, plan:
         start: the conversation to extend (sheet and scenario; maybe turns already).
         plan: turns and labels.
         seed: the draft's seed (labels are picked with it too).
-        policy: the prompt policy (default: ``limamono.policy.get_policy()``).
+        policy: the prompt policy (default: ``limamono.core.policy.get_policy()``).
         cancel: when set, the turn being written is dropped and drafting stops.
         on_turn: called as ``on_turn(done, total, message)`` after each finished turn.
     """
-    from limamono.policy import get_policy, token_counter
+    from limamono.core.policy import get_policy, token_counter
     from limamono.style import normalize
 
     policy = policy or get_policy()
@@ -331,7 +331,7 @@ def _write_turn(engine: Engine, settings: Any, prompt: str, budget: int, stops: 
 
 def _fit(prompt: str, count: Callable[[str], int], context: int, budget: int) -> Any:
     """The prompt fitted to the context by whole turns (``policy.fit_text``)."""
-    from limamono.policy import Fitted, fit_text
+    from limamono.core.policy import Fitted, fit_text
 
     fitted = fit_text(prompt, count, context, budget)
     if fitted is None:  # not reachable for a rendered prompt; kept total for the type

@@ -2,30 +2,30 @@
 
 Through ``llama-cpp-python``'s C API (``llama_cpp``): the model and one context with one
 live sequence (seq 0). Layers 2-3 and the decode loop are the shared ones
-(:mod:`limamono.engine_base`); each token's logits (``llama_get_logits_ith``) go through
+(:mod:`limamono.engine.loop`); each token's logits (``llama_get_logits_ith``) go through
 limamono's sampler chain, since upstream llama.cpp removed tail-free sampling.
 
 KV reuse keeps several recent conversations: the live one in seq 0, the others as saved
 sequence states (``llama_state_seq_get_data``; bytes proportional to their tokens, so the
 memory follows what is cached, not a fixed number of full contexts). A new prompt takes the
 entry with the most reusable tokens: a common prefix, or a ContextShift
-(:mod:`limamono.kvreuse`) that removes the dropped turns with ``llama_memory_seq_rm`` and
+(:mod:`limamono.engine.kvreuse`) that removes the dropped turns with ``llama_memory_seq_rm`` and
 moves the kept ones down with ``llama_memory_seq_add`` (llama.cpp re-rotates their keys).
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from limamono.engine_base import PREFILL_CHUNK, EngineBase, KVSlot, SlotStart
-from limamono.kvreuse import Reuse, plan_reuse
-from limamono.models import ModelError
+from limamono.engine.kvreuse import Reuse, plan_reuse
+from limamono.engine.loop import PREFILL_CHUNK, EngineBase, KVSlot, SlotStart
+from limamono.models import llama_lib
+from limamono.models.resolve import ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -39,34 +39,6 @@ MAX_DEFAULT_CONTEXT = 8192
 DEFAULT_THREADS = 4
 _LIVE = 0  # the sequence id every generation runs in
 
-_log_lines: list[str] = []  # llama.cpp's recent error lines, for load errors
-_log_callback: Any = None  # kept referenced: llama.cpp calls it from C
-
-
-def llamacpp_available() -> bool:
-    """Whether ``llama-cpp-python`` is installed (without importing it)."""
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
-def _lib() -> Any:
-    """The ``llama_cpp`` module, initialised once with its log routed into ``_log_lines``."""
-    global _log_callback
-    try:
-        import llama_cpp
-    except ImportError as exc:  # a missing or broken build
-        raise ModelError(f"llama-cpp-python cannot be imported ({exc}); fix: run make setup "
-                         "(it builds llama.cpp) or use --backend torch") from exc
-    if _log_callback is None:
-        @llama_cpp.llama_log_callback
-        def keep_errors(level: int, text: bytes, _data: Any) -> None:
-            if level >= 4:  # GGML_LOG_LEVEL_ERROR
-                _log_lines.append(text.decode("utf-8", "replace").strip())
-                del _log_lines[:-5]
-
-        _log_callback = keep_errors
-        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
-        llama_cpp.llama_backend_init()
-    return llama_cpp
 
 
 @dataclass(eq=False)  # entries are compared by identity, not by their (large) states
@@ -76,7 +48,7 @@ class _Entry:
 
 
 class _Seq:
-    """The live sequence of a context (a :class:`~limamono.engine_base.KVSlot`)."""
+    """The live sequence of a context (a :class:`~limamono.engine.loop.KVSlot`)."""
 
     def __init__(self, engine: LlamaCppEngine, held: int) -> None:
         self.engine = engine
@@ -93,7 +65,7 @@ class _Seq:
 
 
 class LlamaCppEngine(EngineBase):
-    """A GGUF model in llama.cpp, ready to stream replies (``limamono.generation.Engine``).
+    """A GGUF model in llama.cpp, ready to stream replies (``limamono.engine.protocol.Engine``).
 
     Args:
         path: The ``.gguf`` file.
@@ -103,10 +75,10 @@ class LlamaCppEngine(EngineBase):
         cache_entries: Conversations whose KV caches are kept for reuse (0: none).
         threads: CPU threads (default :data:`DEFAULT_THREADS`, at most the CPU count).
         shift: Allow ContextShift (when the model's cache can shift positions).
-        lora: A GGUF LoRA adapter file to apply (``limamono.gguf_lora`` converts PEFT ones).
+        lora: A GGUF LoRA adapter file to apply (``limamono.models.gguf_lora`` converts PEFT ones).
 
     Raises:
-        limamono.models.ModelError: The file is missing or llama.cpp cannot load it.
+        limamono.models.resolve.ModelError: The file is missing or llama.cpp cannot load it.
     """
 
     backend = "llamacpp"
@@ -126,7 +98,7 @@ class LlamaCppEngine(EngineBase):
             raise ModelError(f"{self.path}: no such GGUF file; fix: pass an existing .gguf")
         self.model_name = name or self.path.name
         self.cache_entries = cache_entries
-        self._ll = _lib()
+        self._ll = llama_lib.load()
         self._model = self._ctx = self._batch = self._lora = None
         self._load(context_length, threads or min(DEFAULT_THREADS, os.cpu_count() or 1))
         if lora is not None:
@@ -136,12 +108,12 @@ class LlamaCppEngine(EngineBase):
 
     def _load(self, context_length: int | None, threads: int) -> None:
         ll = self._ll
-        _log_lines.clear()
+        llama_lib.log_lines.clear()
         self._model = ll.llama_model_load_from_file(str(self.path).encode(),
                                                     ll.llama_model_default_params())
         if not self._model:
             raise ModelError(f"{self.path}: llama.cpp cannot load this file ("
-                             f"{'; '.join(_log_lines) or 'no reason given'}); fix: pass a "
+                             f"{'; '.join(llama_lib.log_lines) or 'no reason given'}); fix: pass a "
                              "GGUF model file (not an adapter) of an architecture llama.cpp "
                              "supports")
         trained = int(ll.llama_model_n_ctx_train(self._model))
@@ -156,7 +128,8 @@ class LlamaCppEngine(EngineBase):
         self._ctx = ll.llama_init_from_model(self._model, params)
         if not self._ctx:
             raise ModelError(f"{self.path}: llama.cpp cannot make a context of "
-                             f"{self.context_length} tokens ({'; '.join(_log_lines)}); fix: "
+                             f"{self.context_length} tokens "
+                             f"({'; '.join(llama_lib.log_lines)}); fix: "
                              "lower the context length")
         self._mem = ll.llama_get_memory(self._ctx)
         self._vocab = ll.llama_model_get_vocab(self._model)
@@ -164,17 +137,17 @@ class LlamaCppEngine(EngineBase):
         self._batch = ll.llama_batch_init(PREFILL_CHUNK, 0, 1)
         self.eos_ids = frozenset(t for t in range(self.n_vocab)
                                  if ll.llama_vocab_is_eog(self._vocab, t))
-        # BOS first where the GGUF's tokenizer convention adds it (limamono.tokens).
+        # BOS first where the GGUF's tokenizer convention adds it (limamono.models.tokens).
         if ll.llama_vocab_get_add_bos(self._vocab):
             self.start_ids = (int(ll.llama_vocab_bos(self._vocab)),)
 
     def _apply_lora(self, path: Path) -> None:
         ll = self._ll
-        _log_lines.clear()
+        llama_lib.log_lines.clear()
         self._lora = ll.llama_adapter_lora_init(self._model, str(path).encode())
         if not self._lora:
             raise ModelError(f"{path}: llama.cpp cannot load this LoRA adapter ("
-                             f"{'; '.join(_log_lines) or 'no reason given'}); fix: use "
+                             f"{'; '.join(llama_lib.log_lines) or 'no reason given'}); fix: use "
                              "--backend torch")
         adapters = (ll.llama_adapter_lora_p_ctypes * 1)(self._lora)
         if ll.llama_set_adapters_lora(self._ctx, adapters, 1, (ctypes.c_float * 1)(1.0)):
@@ -249,7 +222,7 @@ class LlamaCppEngine(EngineBase):
         code = self._ll.llama_decode(self._ctx, batch)
         if code != 0:
             raise RuntimeError(f"llama_decode failed with code {code} at position {pos} "
-                               f"({'; '.join(_log_lines) or 'the KV cache may be full'})")
+                               f"({'; '.join(llama_lib.log_lines) or 'the KV cache may be full'})")
 
     def _last_logits(self) -> torch.Tensor:
         import numpy as np
@@ -348,10 +321,10 @@ def self_check() -> str:
     """Load the embedded model in llama.cpp and decode a few tokens (``make setup`` runs it).
 
     Raises:
-        limamono.models.ModelError: llama-cpp-python is missing or cannot load the model.
+        limamono.models.resolve.ModelError: llama-cpp-python is missing or cannot load the model.
         RuntimeError: Decoding failed.
     """
-    from limamono.models import embedded_gguf
+    from limamono.models.resolve import embedded_gguf
     from limamono.samplers import get_preset
 
     engine = LlamaCppEngine(embedded_gguf(), context_length=256, threads=1)

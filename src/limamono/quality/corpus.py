@@ -1,4 +1,4 @@
-"""Quality checks over a whole dataset: duplicate turns, rates, and every finding as a Problem.
+"""Quality figures over a corpus of conversations: duplicate turns and span rates.
 
 Near duplicates are found with MinHash signatures in an LSH index (``datasketch``, a kept
 library, rather than a hand-written one); each candidate pair the index returns is then
@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from limamono.quality.checks import check_turn, words
-from limamono.quality.slop import Phrase, slop_index
+from limamono.quality.checks import words
+from limamono.quality.slop import slop_index
 
 if TYPE_CHECKING:
-    from limamono.conversation import Conversation
-    from limamono.dataset.sources import Problem, Record
+    from limamono.core.conversation import Conversation
 
 #: Turns shorter than this (in words) are not compared: "Yes." repeats honestly.
 MIN_DUPLICATE_WORDS = 8
@@ -139,51 +138,3 @@ def quality_figures(conversations: Sequence[Conversation]) -> dict[str, Any]:
             "slop_index": None if index is None else round(index, 2),
             "thought_rate": rates.thought, "sound_rate": rates.sound,
             "title_rate": rates.title}
-
-
-def quality_problems(records: Sequence[Record], phrases: Sequence[Phrase] | None = None,
-                     threshold: float = NEAR_DUPLICATE_THRESHOLD,
-                     root: str = "<dataset>") -> list[Problem]:
-    """Every quality finding of a set of dataset records, as ``dataset.Problem`` warnings.
-
-    Args:
-        records: ``limamono.dataset.Record`` values.
-        phrases: the stock-phrase list (default: the shipped one).
-        threshold: Jaccard threshold of near-duplicate turns.
-        root: the name dataset-wide findings (DQ060) are filed under.
-    """
-    from limamono.dataset.sources import Problem
-    from limamono.evaluate.metrics import TARGETS
-
-    out: list[Problem] = []
-    turns: list[tuple[TurnRef, str]] = []
-    where: dict[TurnRef, tuple[str, int]] = {}
-    for record in records:
-        conv = record.conversation
-        for i, m in enumerate(conv.messages):
-            ref = TurnRef(record.name, i)
-            turns.append((ref, m.text))
-            where[ref] = (record.file, record.index)
-            for f in check_turn(m.text, m.role, user_name=conv.user.name, length=m.length,
-                                phrases=phrases):
-                out.append(Problem(record.file, f.rule, f.message, "warning", i,
-                                   record=record.index))
-    exact, near = duplicate_turns(turns, threshold)
-    for pair in exact:
-        file, index = where[pair.later]
-        out.append(Problem(file, "DQ001", f"same words as {pair.first}", "warning",
-                           pair.later.index, record=index))
-    for pair in near:
-        file, index = where[pair.later]
-        out.append(Problem(file, "DQ002", f"{pair.similarity:.2f} similar to {pair.first} "
-                           f"(Jaccard of word {SHINGLE_SIZE}-grams)", "warning",
-                           pair.later.index, record=index))
-    char_texts = [m.text for r in records for m in r.conversation.messages if m.role == "char"]
-    rates = span_rates(char_texts)
-    low, high = TARGETS["thought_rate"]
-    if rates.thought is not None and not (low or 0) <= rates.thought <= (high or 1):
-        out.append(Problem(root, "DQ060", f"{rates.thought:.0%} of {rates.char_turns} "
-                           f"character turns have a _thought_ (target {low:.0%}-{high:.0%})",
-                           "warning"))
-    return out
-

@@ -32,15 +32,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from limamono import format as fmt
-from limamono.conversation import LENGTHS, Conversation, Message
-from limamono.generation import ContextOverflowError
+from limamono.core import format as fmt
+from limamono.core.conversation import LENGTHS, Conversation, Message
 
 PolicyName = Literal["training", "sillytavern"]
 POLICIES: tuple[str, ...] = ("training", "sillytavern")
 DEFAULT_POLICY: PolicyName = "training"
 
-#: The labels the exported SillyTavern presets hard-code (``limamono.presets`` uses these):
+#: The labels the exported SillyTavern presets hard-code (``limamono.cards.presets`` uses these):
 #: every Input turn ``tiny``, history Response turns none, the open reply ``long``.
 SILLYTAVERN_INPUT_LENGTH = fmt.DEFAULT_INPUT_LENGTH
 SILLYTAVERN_HISTORY_RESPONSE_LENGTH: str | None = None
@@ -52,6 +51,10 @@ CountTokens = Callable[[str], int]
 #: Where a turn of a Limamono prompt starts (a left cut may fall only there).
 _TURN_START = re.compile(
     re.escape(fmt.BLOCK_SEP) + f"(?:{re.escape(fmt.INPUT)}|{re.escape(fmt.RESPONSE)})")
+
+
+class ContextOverflowError(ValueError):
+    """The prompt does not fit the context and truncation was not allowed."""
 
 
 class PromptTooLongError(ContextOverflowError):
@@ -181,7 +184,7 @@ class PromptPolicy:
             continuing: the last message is a reply being continued (no open header).
 
         Raises:
-            limamono.format.FormatError: a turn holds a header line, or a label is unknown.
+            limamono.core.format.FormatError: a turn holds a header line, or a label is unknown.
         """
         return "".join(s.text for s in self.segments(
             conversation, open_response, response_length, input_length, continuing))

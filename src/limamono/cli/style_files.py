@@ -30,9 +30,8 @@ from typing import Any, Literal
 
 import yaml
 
-from limamono import atomic, untrusted
-from limamono import conversation as conv_io
-from limamono.conversation import Conversation, ConversationError
+from limamono.core import conversation as conv_io
+from limamono.core.conversation import Conversation, ConversationError
 from limamono.style.lint import (
     SHEET_RULES,
     apply_fixes,
@@ -44,6 +43,7 @@ from limamono.style.lint import (
     select_rules,
 )
 from limamono.style.rules import Issue, StyleConfig
+from limamono.util import atomic, untrusted
 
 FileKind = Literal["conversation", "text", "card"]
 
@@ -162,7 +162,7 @@ def lint_file(path: str | Path, *, fix: bool = False, rules: Iterable[str] | Non
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8, newlines as given) atomically (``limamono.atomic``).
+    """Write ``text`` (UTF-8, newlines as given) atomically (``limamono.util.atomic``).
 
     Raises:
         FixWriteError: the write failed; ``path`` is unchanged and no temp file is left.

@@ -19,9 +19,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from limamono.textstream import IncrementalDecoder, partial_tail
+from limamono.engine.textstream import IncrementalDecoder, partial_tail
 
-log = logging.getLogger("limamono.engine")
+log = logging.getLogger("limamono.engine.torch_engine")
 
 #: Rewinds to one reply position before a phrase is allowed there.
 MAX_RETRIES = 8

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from limamono import format as fmt
-from limamono.policy import DEFAULT_POLICY, POLICIES, PromptPolicy
+from limamono.core import format as fmt
+from limamono.core.policy import DEFAULT_POLICY, POLICIES, PromptPolicy
 
 __all__ = ["AdapterCard", "AdapterCardError", "Defaults", "PromptPolicy", "defaults", "read_card",
            "resolve"]

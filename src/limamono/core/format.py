@@ -2,7 +2,7 @@
 
 This module is the only place that writes ``### Instruction:``, ``### Input:`` and
 ``### Response:``. Training (through ``render_segments``), inference (``render``), the
-chat template and the SillyTavern presets (``limamono.presets``) are all built from the
+chat template and the SillyTavern presets (``limamono.cards.presets``) are all built from the
 constants below, so every path produces the same bytes (SPEC §2).
 
 Layout (blocks joined by one blank line, no trailing newline)::
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from limamono.conversation import LENGTHS, Character, Conversation, Message, User
-from limamono.untrusted import quote
+from limamono.core.conversation import LENGTHS, Character, Conversation, Message, User
+from limamono.util.untrusted import quote
 
 #: Bumped when the rendered bytes change; stored in adapters and datasets.
 FORMAT_VERSION = "limamono-1"

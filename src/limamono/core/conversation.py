@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
-from limamono import untrusted
-from limamono.untrusted import quote
+from limamono.util import untrusted
+from limamono.util.untrusted import quote
 
 #: Length labels, shortest to longest (the card's list; SPEC §2).
 LENGTHS: tuple[str, ...] = ("micro", "tiny", "short", "medium", "long", "massive", "huge")
