@@ -1,9 +1,15 @@
 """HTTP errors of the server and their JSON bodies, shaped as each emulated API shapes them.
 
-Kobold routes (``/api/...``) answer like KoboldCpp, ``{"detail": {"msg", "type"}}``, which
-is what SillyTavern's KoboldAI route shows (``detail.msg``); every other route answers like
-OpenAI, ``{"error": {"message", "type", "param", "code"}}``. Both name the offending field
-(``field`` / ``param``) when there is one.
+Every route answers like OpenAI, ``{"error": {"message", "type", "param", "code"}}``; the
+Kobold routes (``/api/...``) add KoboldCpp's ``{"detail": {"msg", "type", "field"}}`` with
+the same text. Both keys are needed because SillyTavern 1.12.6 reads a Kobold error in two
+places: without streaming its server maps ``detail.msg`` to its own ``error.message``
+(``src/endpoints/backends/kobold.js`` lines 109-113), but with streaming it pipes the body
+through unchanged and the page shows a toast only for ``error.message``
+(``public/scripts/kai-settings.js`` lines 148-164, ``tryParseStreamingError``). The Text
+Completion and Chat Completion pages read ``error.message`` too
+(``public/scripts/textgen-settings.js`` 980-995, ``public/scripts/openai.js`` 1379-1403).
+Both shapes name the offending field (``param`` / ``field``) when there is one.
 """
 
 from __future__ import annotations
@@ -43,10 +49,12 @@ def is_kobold_path(path: str) -> bool:
 
 def error_body(path: str, message: str, field: str | None = None,
                kind: str = "invalid_request_error") -> dict[str, Any]:
-    """The JSON error body for a request to ``path``."""
+    """The JSON error body for a request to ``path`` (see the module docstring)."""
+    body: dict[str, Any] = {
+        "error": {"message": message, "type": kind, "param": field, "code": None}}
     if is_kobold_path(path):
-        return {"detail": {"msg": message, "type": kind, "field": field}}
-    return {"error": {"message": message, "type": kind, "param": field, "code": None}}
+        body["detail"] = {"msg": message, "type": kind, "field": field}
+    return body
 
 
 def stream_error(message: str, kind: str = "server_error") -> dict[str, Any]:
