@@ -30,6 +30,9 @@ class ServerConfig:
             adapter's trigger and length bounds).
         samplers: The base sampler settings when they are not a named preset's (the
             adapter card's saved values); None: ``preset``'s.
+        cpu_threads: Request steps (building and fitting prompts, tokenizing) run in at
+            most this many threads at once, off the event loop.
+        cpu_waiting: Requests allowed to wait for such a thread; more get 503.
     """
 
     preset: str = "limamono"
@@ -44,6 +47,8 @@ class ServerConfig:
     adapter_name: str | None = None
     prompt_policy: PromptPolicy = field(default_factory=PromptPolicy)
     samplers: SamplerSettings | None = None
+    cpu_threads: int = 2
+    cpu_waiting: int = 64
 
     def __post_init__(self) -> None:
         """Check the limits; raise ValueError naming the option and its allowed range."""
@@ -51,7 +56,8 @@ class ServerConfig:
                   "default_max_tokens": (self.default_max_tokens, 1),
                   "max_stop_strings": (self.max_stop_strings, 1),
                   "max_stop_chars": (self.max_stop_chars, 1),
-                  "retry_after_s": (self.retry_after_s, 0)}
+                  "retry_after_s": (self.retry_after_s, 0),
+                  "cpu_threads": (self.cpu_threads, 1), "cpu_waiting": (self.cpu_waiting, 0)}
         for name, (value, low) in checks.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r}: must be a whole number >= {low}")

@@ -95,7 +95,7 @@ def router(state: ServerState) -> APIRouter:
 
     @api.post("/api/v1/generate", summary="Generate a whole reply (KoboldCpp samplers)")
     async def generate(body: KoboldGenerateRequest, request: Request) -> dict[str, Any]:
-        job = await state.submit(kobold_request(body, state))
+        job = await state.submit(lambda: kobold_request(body, state))
         reply = await state.reply(job, request.receive)
         result = {"text": reply.text, "finish_reason": wire_finish_reason(reply.finish_reason),
                   "prompt_tokens": reply.prompt_tokens,
@@ -107,7 +107,7 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/api/extra/generate/stream", summary="Stream a reply as Kobold SSE",
               response_class=EventStream)
     async def generate_stream(body: KoboldGenerateRequest) -> EventStream:
-        job = await state.submit(kobold_request(body, state))
+        job = await state.submit(lambda: kobold_request(body, state))
         return job_stream(job, kobold_events, kobold_error_event)
 
     @api.get("/api/extra/generate/check", summary="The text generated so far")

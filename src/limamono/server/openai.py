@@ -217,7 +217,7 @@ def router(state: ServerState) -> APIRouter:
               response_model=None)
     async def completions(body: CompletionRequest, request: Request,
                           ) -> dict[str, Any] | EventStream:
-        job = await state.submit(completion_request(body, state))
+        job = await state.submit(lambda: completion_request(body, state))
         meta = ReplyMeta.new("cmpl", state.model_name, _wants_usage(body))
         if body.stream:
             return job_stream(job, completion_events(meta), openai_error_event, DONE)
@@ -233,7 +233,7 @@ def router(state: ServerState) -> APIRouter:
               response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request,
                                ) -> dict[str, Any] | EventStream:
-        job = await state.submit(chat_request(body, state))
+        job = await state.submit(lambda: chat_request(body, state))
         meta = ReplyMeta.new("chatcmpl", state.model_name, _wants_usage(body))
         if body.stream:
             return job_stream(job, chat_events(meta), openai_error_event, DONE)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
 from limamono.core.policy import ContextOverflowError
@@ -16,6 +18,8 @@ from limamono.server.errors import BAD_REQUEST, BUSY, ApiError
 from limamono.server.params import GenerationRequest, fit_to_context
 from limamono.server.queue import GenerationQueue, Job, QueueFullError
 from limamono.server.streaming import Reply, collect
+
+T = TypeVar("T")
 
 #: Status of the (unread) answer to a client that disconnected before its reply was done.
 CLIENT_CLOSED = 499
@@ -33,24 +37,51 @@ class ServerState:
     engine: Engine
     config: ServerConfig
     queue: GenerationQueue
+    _limiter: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
+    _cpu_pending: int = field(default=0, init=False, repr=False)
 
     @property
     def model_name(self) -> str:
         """The name every model route reports (SillyTavern shows it and matches presets)."""
         return self.engine.model_name
 
+    async def cpu(self, step: Callable[..., T], *args: Any) -> T:
+        """Run a CPU-heavy request step (building or fitting a prompt, tokenizing) off the
+        event loop, so that one big request never stalls the others or ``/health``.
+
+        At most ``config.cpu_threads`` steps run at once; when ``config.cpu_waiting`` more
+        already wait for a thread, the request is refused with 503 and ``Retry-After``.
+        """
+        if self._limiter is None:  # made on the event loop, at the first request
+            self._limiter = anyio.CapacityLimiter(self.config.cpu_threads)
+        if self._cpu_pending >= self.config.cpu_threads + self.config.cpu_waiting:
+            raise ApiError(BUSY, f"Server is busy ({self._cpu_pending} requests are being "
+                           "prepared); please try again later.", kind="service_unavailable",
+                           headers={"Retry-After": str(self.config.retry_after_s)})
+        self._cpu_pending += 1
+        try:
+            return await anyio.to_thread.run_sync(step, *args, limiter=self._limiter)
+        finally:
+            self._cpu_pending -= 1
+
     async def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text``, off the event loop and without the generation lock."""
-        return await run_in_threadpool(self.engine.tokenize, text)
+        return await self.cpu(self.engine.tokenize, text)
 
-    async def submit(self, request: GenerationRequest) -> Job:
-        """Fit the prompt to the request's context and queue the generation.
+    async def submit(self, build: Callable[[], GenerationRequest]) -> Job:
+        """Build the request (``build`` checks the body), fit its prompt to the request's
+        context, both off the event loop (:meth:`cpu`), and queue the generation.
 
         Raises:
-            ApiError: 400 when the prompt cannot fit; 503 with ``Retry-After`` when the
-                queue is full.
+            ApiError: 400 for a bad body or when the prompt cannot fit; 503 with
+                ``Retry-After`` when the queue is full.
         """
-        prompt = await run_in_threadpool(fit_to_context, self.engine, request)
+
+        def prepare() -> tuple[GenerationRequest, str]:
+            request = build()
+            return request, fit_to_context(self.engine, request)
+
+        request, prompt = await self.cpu(prepare)
         try:
             return self.queue.submit(request, prompt)
         except QueueFullError as error:

@@ -27,11 +27,15 @@ from limamono.cards.sheet import PERSONALITY_PREFIX
 from limamono.core import format as fmt
 from limamono.core.conversation import Conversation
 
-_MAIN_PROMPT = re.compile(
-    r"Write (?P<char>[^\n]+?)'s next reply in a fictional chat between (?P=char) and "
-    r"(?P<user>[^\n]+?)\.")
-_SCENARIO = re.compile(r"\[Circumstances and context of the dialogue: (?P<text>.*)\]", re.S)
-_PERSONALITY = re.compile(r"\[(?P<char>[^\]\n]+?)'s personality: (?P<text>.*)\]", re.S)
+# The sheet is parsed with plain string searches, not regular expressions: a lazy group
+# followed by ``.*`` backtracks quadratically on text such as "[" + "x's personality: " * N
+# (issue 24), and this runs on every chat request. Each function below is linear in its text.
+_MAIN_HEAD = "Write "
+_MAIN_SEP = "'s next reply in a fictional chat between "
+#: A main prompt naming a longer character is not SillyTavern's: its text is kept as sheet.
+MAX_NAME_CHARS = 256
+_SCENARIO_HEAD = "[Circumstances and context of the dialogue: "
+_PERSONALITY_SEP = "'s personality: "
 _MARKER = re.compile(
     r"\[(?:Start a new Chat|Start a new group chat\. Group members: [^\]]*|Example Chat"
     r"|Continue the following message\. [^\]]*|Write the next reply only as [^\]]*"
@@ -52,25 +56,25 @@ def conversation(messages: Sequence[dict[str, Any]], char_name: str | None = Non
     """
     sheet_parts: list[str] = []
     scenario = personality = ""
-    main: re.Match[str] | None = None
+    main: tuple[str, str] | None = None
     for i, m in enumerate(messages):
         if m.get("role") != "system":
             continue
         text = _text(m, i).strip()
-        if (found := _MAIN_PROMPT.match(text)) and main is None:
-            main = found  # SillyTavern's main prompt: names, not sheet text
-        elif found := _SCENARIO.fullmatch(text):
-            scenario = found["text"].strip()
-        elif found := _PERSONALITY.fullmatch(text):
-            personality = found["text"].strip()
+        if (names := main_prompt_names(text)) and main is None:
+            main = names  # SillyTavern's main prompt: names, not sheet text
+        elif (found := scenario_text(text)) is not None:
+            scenario = found.strip()
+        elif (found := personality_text(text)) is not None:
+            personality = found.strip()
         elif text and not _MARKER.fullmatch(text):
             sheet_parts.append(text)
     system_text = "\n".join(_text(m, i) for i, m in enumerate(messages)
                             if m.get("role") == "system")
     char = (char_name or _spoken_name(messages, "assistant", system_text)
-            or (main["char"] if main else None))
+            or (main[0] if main else None))
     user = (_spoken_name(messages, "user", system_text) or user_name
-            or (main["user"] if main else None) or "User")
+            or (main[1] if main else None) or "User")
     lines = [PERSONALITY_PREFIX + personality] if personality else []
     lines += sheet_parts
     if scenario:
@@ -84,6 +88,55 @@ def conversation(messages: Sequence[dict[str, Any]], char_name: str | None = Non
         else:
             cleaned.append({k: v for k, v in m.items() if k != "name"})
     return fmt.from_chat_messages(cleaned, user_name=user, char_name=char)
+
+
+def main_prompt_names(text: str) -> tuple[str, str] | None:
+    """(char, user) when ``text`` starts with SillyTavern's main prompt, else None.
+
+    The prompt is ``Write {{char}}'s next reply in a fictional chat between {{char}} and
+    {{user}}.`` on its first line; the shortest names that fit are taken. Linear time: only
+    names up to ``MAX_NAME_CHARS`` are tried, so each candidate costs a bounded comparison.
+    """
+    if not text.startswith(_MAIN_HEAD):
+        return None
+    line = text.split("\n", 1)[0]
+    at = line.find(_MAIN_SEP, len(_MAIN_HEAD) + 1)
+    while 0 <= at <= len(_MAIN_HEAD) + MAX_NAME_CHARS:
+        char = line[len(_MAIN_HEAD):at]
+        rest = at + len(_MAIN_SEP)
+        if line.startswith(char + " and ", rest):
+            user_start = rest + len(char) + len(" and ")
+            end = line.find(".", user_start + 1)
+            if end > 0:
+                return char, line[user_start:end]
+        at = line.find(_MAIN_SEP, at + 1)
+    return None
+
+
+def scenario_text(text: str) -> str | None:
+    """The scenario of ``[Circumstances and context of the dialogue: TEXT]``, else None."""
+    if text.startswith(_SCENARIO_HEAD) and text.endswith("]") and \
+            len(text) > len(_SCENARIO_HEAD):
+        return text[len(_SCENARIO_HEAD):-1]
+    return None
+
+
+def personality_text(text: str) -> str | None:
+    """The personality of ``[{{char}}'s personality: TEXT]``, else None.
+
+    The name is one line without ``]`` and ends at the first ``'s personality: ``, as the
+    shortest match of SillyTavern's format would; the text is everything up to the final
+    ``]``. Linear time.
+    """
+    if not text.startswith("[") or not text.endswith("]"):
+        return None
+    at = text.find(_PERSONALITY_SEP, 2)  # the name has at least one character
+    if at < 0 or at + len(_PERSONALITY_SEP) > len(text) - 1:
+        return None
+    name = text[1:at]
+    if "]" in name or "\n" in name:
+        return None
+    return text[at + len(_PERSONALITY_SEP):-1]
 
 
 def _spoken_name(messages: Sequence[dict[str, Any]], role: str, system_text: str,
