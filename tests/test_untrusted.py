@@ -177,3 +177,94 @@ def test_numbers_python_cannot_read_or_print_are_refused():
                                              "('month must be in 1..12')")
     assert untrusted.load_yaml("a: [0x1f, 0b101, 1_000]") == {"a": [31, 5, 1000]}
     assert untrusted.quote(10**5000) == "an integer of about 5000 digits"
+
+
+# --------------------------------------------------------------- issue 24: 3 and 5
+
+REPROS = Path("/work/shared/testdata/repros/audit-3")
+HOSTILE = Path(__file__).parent / "assets" / "hostile"
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x08", "\x1b", "\x7f", "\x9b", "\ufffe"])
+def test_a_raw_control_character_in_yaml_names_its_line_and_column(char: str) -> None:
+    exc = refused(f"a: 1\nbb: x{char}y\n")
+    assert exc.line == 2
+    assert exc.reason.startswith(f"not valid YAML: the character U+{ord(char):04X} at column 6 ")
+
+
+def test_tab_newline_and_escaped_controls_are_still_fine() -> None:
+    assert untrusted.load_yaml('a: "x\\x1by\\x01"\nb: "c\td"\n') == {"a": "x\x1by\x01", "b": "c\td"}
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ('a: "\\ud800"', "the value '\\ud800' holds a lone surrogate \\ud800 at character 1"),
+    ('a: ["ok", "x\\udfff"]', "the value 'x\\udfff' holds a lone surrogate \\udfff at character 2"),
+    ('"k\\udc00": 1', "the value 'k\\udc00' holds a lone surrogate \\udc00 at character 2"),
+    ('a: "\\U0000d800"', "the value '\\ud800' holds a lone surrogate \\ud800 at character 1"),
+    ('a: "\\ude00\\ud83d"', "the value '\\ude00\\ud83d' holds a lone surrogate \\ude00"),
+])
+def test_a_lone_surrogate_in_yaml_is_refused_with_its_line(text: str, reason: str) -> None:
+    exc = refused("x: 1\n" + text + "\n")
+    assert exc.line == 2 and exc.reason.startswith(reason)
+
+
+def test_an_escaped_surrogate_pair_in_yaml_is_its_character() -> None:
+    assert untrusted.load_yaml('a: "\\ud83d\\ude00!"') == {"a": "\U0001F600!"}
+
+
+@pytest.mark.parametrize(("text", "reason", "line"), [
+    ('{"a": "\\ud800"}', "field 'a': the value '\\ud800' holds a lone surrogate \\ud800 at "
+     "character 1 (not a character: UTF-8 cannot hold it)", 1),
+    ('{"a": [1,\n "ok",\n {"b": "xy\\uDC12"}]}', "field 'a[2].b': the value 'xy\\udc12' holds "
+     "a lone surrogate \\udc12 at character 3", 3),
+    ('{"k\\ud800": 1}', "the key 'k\\ud800' holds a lone surrogate \\ud800 at character 2", 1),
+    ('"\\udbff"', "the value '\\udbff' holds a lone surrogate \\udbff at character 1", 1),
+    ('["\\ud83d\\ude00",\n "\\ude00\\ud83d"]', "field '[1]': the value '\\ude00\\ud83d' holds "
+     "a lone surrogate \\ude00 at character 1", 2),
+])
+def test_a_lone_surrogate_in_json_names_the_field_and_line(text: str, reason: str,
+                                                           line: int) -> None:
+    with pytest.raises(UntrustedError) as info:
+        untrusted.load_json(text)
+    assert info.value.reason.startswith(reason) and info.value.line == line
+
+
+def test_json_pairs_and_an_escaped_backslash_before_u_are_fine() -> None:
+    assert untrusted.load_json('{"a": "\\ud83d\\ude00", "b": "\\\\ud800"}') == {
+        "a": "\U0001F600", "b": "\\ud800"}
+
+
+def test_the_audit_reproductions_are_in_the_hostile_corpus() -> None:
+    """The audit's files are kept byte for byte (the corpus test runs every reader on them)."""
+    pairs = {"03_surrogate_card.json": "cards/lone_surrogate.json",
+             "03_surrogate_chat.jsonl": "chats/lone_surrogate.jsonl",
+             "03_surrogate_text.yaml": "conversations/lone_surrogate.yaml",
+             "05_yaml_control_char.yaml": "conversations/control_char.yaml",
+             "05_yaml_esc_char.yaml": "conversations/escape_char.yaml"}
+    for repro, kept in pairs.items():
+        if (REPROS / repro).exists():
+            assert (REPROS / repro).read_bytes() == (HOSTILE / kept).read_bytes(), repro
+        assert (HOSTILE / kept).exists()
+
+
+def test_data_lint_of_a_folder_goes_on_past_a_control_character(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from limamono.cli import app
+
+    (tmp_path / "a_bad.yaml").write_bytes((HOSTILE / "conversations/control_char.yaml")
+                                          .read_bytes())
+    (tmp_path / "b_surrogate.jsonl").write_bytes(
+        (HOSTILE / "conversations/lone_surrogate.jsonl").read_bytes())
+    (tmp_path / "c_good.yaml").write_text(
+        'character: {name: Mira}\nuser: Tom\nscenario: A cafe.\nmessages:\n'
+        '  - {role: char, text: "Mira smiles. \\"Hi there, how are you today?\\""}\n',
+        encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "lint", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert [line.split(": error schema ")[0] for line in lines if "error schema" in line] == [
+        f"{tmp_path / 'a_bad.yaml'}:1", f"{tmp_path / 'b_surrogate.jsonl'}:1"]
+    assert "Traceback" not in result.output
+    assert lines[-1].startswith("2 error(s)")
+    assert any(line.startswith(f"{tmp_path / 'c_good.yaml'}") for line in lines)  # linted

@@ -108,7 +108,8 @@ def parse_json(payload: bytes, source: str, limits: CardLimits = DEFAULT_LIMITS)
         where = "" if exc.line is None else f" (line {exc.line})"
         reason = exc.reason.replace("not valid JSON", "card JSON is not valid", 1)
         if reason == exc.reason:
-            reason = f"card JSON is {reason}"
+            joint = ":" if reason.startswith(("field ", "the ")) else " is"
+            reason = f"card JSON{joint} {reason}"
         raise CardError(source, reason + where) from None
 
 

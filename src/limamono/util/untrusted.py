@@ -9,7 +9,12 @@ comes through here, so one place decides what is too big or too deep:
   may expand to at most ``MAX_VALUES`` values, or to no more than it holds without its
   aliases (a 342-byte file used to expand to gigabytes); a recursive alias is refused;
 - a key given twice in one mapping is refused (which one is meant is ambiguous);
-- JSON's ``NaN``/``Infinity`` are refused (they are not JSON, and no other tool reads them).
+- JSON's ``NaN``/``Infinity`` are refused (they are not JSON, and no other tool reads them);
+- a lone surrogate (``"\\ud800"`` escaped in JSON or YAML) is refused: it is not a character,
+  no UTF-8 file, database or terminal can hold it, so it would only fail later (a JSON-style
+  escaped pair such as ``"\\ud83d\\ude00"`` in YAML is read as the one character it means);
+- a raw control character in a YAML file (``\\x01``, ESC, NUL: YAML allows them only
+  escaped) is refused with its line and column.
 
 Errors are ``UntrustedError`` with the 1-based line where known; callers add the file name
 in their own error type. ``quote`` caps what an error message repeats of a value.
@@ -18,6 +23,7 @@ in their own error type. ``quote`` caps what an error message repeats of a value
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import yaml
@@ -30,6 +36,12 @@ MAX_VALUES = 100_000
 QUOTE_CHARS = 60
 
 
+#: A UTF-16 surrogate code point: never a character on its own.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: A high surrogate followed by a low one: a character escaped JSON's way, in YAML.
+_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
 class UntrustedError(ValueError):
     """A file's text is refused; ``line`` is 1-based, or None when unknown."""
 
@@ -37,6 +49,16 @@ class UntrustedError(ValueError):
         self.reason = reason
         self.line = line
         super().__init__(reason if line is None else f"line {line}: {reason}")
+
+
+def surrogate_reason(text: str) -> str | None:
+    """Why ``text`` cannot be kept, when it holds a lone surrogate (else None): the one
+    wording of that refusal, with the code point and its character offset."""
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    return (f"holds a lone surrogate \\u{ord(found.group()):04x} at character "
+            f"{found.start() + 1} (not a character: UTF-8 cannot hold it)")
 
 
 def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
@@ -115,9 +137,14 @@ def compose_yaml(text: str) -> yaml.Node | None:
     Raises:
         UntrustedError: invalid YAML, too deep, duplicate keys, or an alias bomb.
     """
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # PyYAML checks the characters here
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(exc, text) from None
     try:
         node = loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(exc, text) from None
     except yaml.YAMLError as exc:
         raise _yaml_error(exc) from None
     finally:
@@ -165,6 +192,33 @@ def _yaml_error(exc: yaml.YAMLError) -> UntrustedError:
                           mark.line + 1 if mark is not None else None)
 
 
+def _reader_error(exc: yaml.reader.ReaderError, text: str) -> UntrustedError:
+    """A character YAML does not allow raw (a control character, U+FFFE...), with its line
+    and column; PyYAML's own error says only the offset into the whole text."""
+    position = exc.position if isinstance(exc.position, int) else 0
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else 0
+    return UntrustedError(f"not valid YAML: the character U+{code:04X} at column {column} "
+                          "is not allowed raw in YAML (a control character? write it "
+                          f"escaped in a double-quoted string, \"\\x{code:02x}\", or remove "
+                          "it)" if code < 0x100 else
+                          f"not valid YAML: the character U+{code:04X} at column {column} "
+                          "is not allowed in YAML", line)
+
+
+def _check_scalar(node: yaml.ScalarNode) -> None:
+    """Read an escaped surrogate pair as its character; refuse a lone surrogate."""
+    if _SURROGATE.search(node.value) is None:
+        return
+    value = _PAIR.sub(lambda m: m.group().encode("utf-16-le", "surrogatepass")
+                      .decode("utf-16-le"), node.value)
+    reason = surrogate_reason(value)
+    if reason is not None:
+        raise UntrustedError(f"the value {quote(value)} {reason}", node.start_mark.line + 1)
+    node.value = value
+
+
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [part for pair in node.value for part in pair]
@@ -197,6 +251,8 @@ def _check_expansion(root: yaml.Node) -> None:
             continue
         if key in measured:
             continue
+        if isinstance(node, yaml.ScalarNode):
+            _check_scalar(node)
         if key in open_nodes:
             raise UntrustedError("an alias refers to a value that contains it",
                                  node.start_mark.line + 1)
@@ -231,7 +287,45 @@ def load_json(text: str, max_depth: int = MAX_DEPTH, *, allow_nan: bool = False)
         raise UntrustedError(f"not valid JSON: {exc}") from None
     if depth_of(value) > max_depth:
         raise UntrustedError(f"nested more than {max_depth} levels deep")
+    if _SURROGATE_ESCAPE.search(text):  # only an escape can put a surrogate in the value
+        _refuse_lone_surrogates(value, text)
     return value
+
+
+#: ``\uD800``..``\uDFFF`` escaped in JSON text (preceded by an even run of backslashes).
+_SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _refuse_lone_surrogates(value: Any, text: str) -> None:
+    """Refuse a decoded JSON value holding a lone surrogate, naming the field (and the line
+    of the first such escape); ``json`` joins escaped pairs, so what is left is lone."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                where = f"{path}.{key}" if path else str(key)
+                if (reason := surrogate_reason(key)) is not None:
+                    raise UntrustedError(f"the key {quote(key)} {reason}", _escape_line(text))
+                stack.append((child, where))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in reversed(list(enumerate(item))))
+        elif isinstance(item, str) and (reason := surrogate_reason(item)) is not None:
+            field = f"field {quote(path)}: " if path else ""
+            raise UntrustedError(f"{field}the value {quote(item)} {reason}", _escape_line(text))
+
+
+def _escape_line(text: str) -> int | None:
+    """The line of the first lone surrogate escape in JSON text, when one can be told."""
+    for found in _SURROGATE_ESCAPE.finditer(text):
+        code, start = int(found.group()[-4:], 16), found.end() - 6
+        after, before = text[found.end():found.end() + 6], text[max(0, start - 6):start]
+        if code < 0xDC00 and re.fullmatch(r"\\u[dD][c-fC-F][0-9a-fA-F]{2}", after):
+            continue  # a high surrogate with its low one: a pair
+        if code >= 0xDC00 and re.fullmatch(r"\\u[dD][89abAB][0-9a-fA-F]{2}", before):
+            continue
+        return text.count("\n", 0, found.start()) + 1
+    return None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
