@@ -7,9 +7,11 @@ Each test replays a request body captured between SillyTavern and ``limamono ser
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from limamono.server import ServerConfig, create_app
@@ -61,3 +63,40 @@ def test_d1_every_error_path_carries_error_message():
     assert [a.status_code for a in answers] == [422, 422, 404, 401, 413]
     for answer in answers:
         assert answer.json()["error"]["message"], answer.text
+
+
+# --------------------------------------------------------------------------- D2
+
+MARA_SHEET = ("Mara Quell\nPersonality: gruff, kind, superstitious\n"
+              "WI-MARKER-CONSTANT: The Greywater ferry is a flat-bottomed boat painted green.\n"
+              "Occupation: ferrywoman\nMara has run the Greywater ferry for eleven years.\n"
+              "- She hums when she rows.\nScenario: User needs a crossing after dark.")
+
+
+# In-chat system messages (Author's Note, World Info at a depth) join the sheet before
+# its Scenario line.
+IN_CHAT = ("AN-MARKER: it is raining hard.\n"
+           "WI-MARKER-DEPTH: The lantern burns whale oil.\n")
+
+
+@pytest.mark.parametrize(("name", "sheet"), [
+    ("D2_chat_examples_minimal_body.json", MARA_SHEET),
+    ("D2_chat_examples_full_st_body.json", MARA_SHEET.replace("Scenario:", IN_CHAT + "Scenario:")),
+])
+def test_d2_example_dialogue_is_left_out_with_a_note(shared_dir, caplog, name, sheet):
+    """SillyTavern sends a card's mes_example as system messages named example_user /
+    example_assistant (public/scripts/openai.js 664-698); they are not sheet lines."""
+    body = {**repro(shared_dir, name), "stream": False}
+    engine = FakeEngine(context_length=16384)
+    caplog.set_level(logging.INFO, "limamono.server")
+    with serve(engine) as client:
+        response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    prompt = engine.calls[0].prompt
+    instruction = prompt.split("### Instruction:\n")[1].split("\n\n###")[0]
+    assert instruction == sheet
+    assert "How much for the crossing?\n" not in prompt
+    assert "Two coins, and you keep" not in prompt
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("example")]
+    assert notes == ["example dialogue left out: 2 message(s) named example_user/"
+                     "example_assistant (the Limamono format has no examples)"]

@@ -10,6 +10,7 @@ fields) and generic OpenAI (standard fields only; the rest comes from the server
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from limamono.server.streaming import EventStream, job_stream, sse, wire_finish_
 from limamono.util.untrusted import quote
 
 DONE = "data: [DONE]\n\n"
+log = logging.getLogger("limamono.server")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,9 @@ def chat_prompt(body: ChatCompletionRequest, policy: pol.PromptPolicy) -> ChatPr
                                     "response_length")
     input_length = _length_label(body.input_length, None, "input_length")
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    if examples := stchat.example_messages(messages):
+        log.info("example dialogue left out: %d message(s) named example_user/"
+                 "example_assistant (the Limamono format has no examples)", examples)
     try:
         conversation = stchat.conversation(messages, char_name=body.char_name,
                                            user_name=body.user_name)

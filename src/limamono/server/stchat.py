@@ -15,6 +15,15 @@ With "Character Names Behavior: Completion Object" each turn carries ``name``, w
 replaced by underscores (``Edda_Varn``). The default formats and markers are SillyTavern's
 ``default_settings`` in ``public/scripts/openai.js``. Everything else a system message
 holds is kept as sheet text.
+
+The card's example dialogue arrives as system messages named ``example_user`` and
+``example_assistant`` (``public/scripts/openai.js`` 664-698, ``setOpenAIMessageExamples``).
+The Limamono format has no place for examples (the model is trained on sheets and real
+turns only; as sheet lines they would be unlabelled dialogue in the Instruction block, as
+turns they would pass for history), so they are left out, and ``example_messages`` counts
+them for the server's note. The exported Text Completion presets need SillyTavern's
+"Example Messages Behavior: Never include examples" for the same prompt
+(``docs/SILLYTAVERN.md``).
 """
 
 from __future__ import annotations
@@ -40,6 +49,17 @@ _MARKER = re.compile(
     r"\[(?:Start a new Chat|Start a new group chat\. Group members: [^\]]*|Example Chat"
     r"|Continue the following message\. [^\]]*|Write the next reply only as [^\]]*"
     r"|Write your next reply from the point of view of [^\]]*)\]", re.S)
+#: The ``name`` SillyTavern gives the system messages of a card's example dialogue.
+EXAMPLE_NAMES = frozenset({"example_user", "example_assistant"})
+
+
+def example_messages(messages: Sequence[dict[str, Any]]) -> int:
+    """How many of ``messages`` are example dialogue (left out of the prompt)."""
+    return sum(1 for m in messages if _is_example(m))
+
+
+def _is_example(message: dict[str, Any]) -> bool:
+    return message.get("role") == "system" and message.get("name") in EXAMPLE_NAMES
 
 
 def conversation(messages: Sequence[dict[str, Any]], char_name: str | None = None,
@@ -58,7 +78,7 @@ def conversation(messages: Sequence[dict[str, Any]], char_name: str | None = Non
     scenario = personality = ""
     main: tuple[str, str] | None = None
     for i, m in enumerate(messages):
-        if m.get("role") != "system":
+        if m.get("role") != "system" or _is_example(m):
             continue
         text = _text(m, i).strip()
         if (names := main_prompt_names(text)) and main is None:
@@ -70,7 +90,7 @@ def conversation(messages: Sequence[dict[str, Any]], char_name: str | None = Non
         elif text and not _MARKER.fullmatch(text):
             sheet_parts.append(text)
     system_text = "\n".join(_text(m, i) for i, m in enumerate(messages)
-                            if m.get("role") == "system")
+                            if m.get("role") == "system" and not _is_example(m))
     char = (char_name or _spoken_name(messages, "assistant", system_text)
             or (main[0] if main else None))
     user = (_spoken_name(messages, "user", system_text) or user_name
