@@ -31,7 +31,23 @@ def verified(shared_dir) -> Path:
     ("Limamono.master.json", presets.master_preset),
 ])
 def test_generated_presets_equal_the_verified_ones(verified, name, build):
-    assert build() == json.loads((verified / name).read_text())
+    """Equal but for the story string, which since issue 21 (D3) also holds the personality,
+    persona and World Info; for a card without them it renders the verified bytes (below)."""
+    assert _without_story(build()) == _without_story(json.loads((verified / name).read_text()))
+
+
+def _without_story(preset: dict) -> dict:
+    out = {k: _without_story(v) if isinstance(v, dict) else v for k, v in preset.items()}
+    out.pop("story_string", None)
+    return out
+
+
+def test_story_string_renders_the_verified_prompt_for_a_plain_card(edda, verified):
+    old = json.loads((verified / "Limamono.context.json").read_text())
+    assert old["story_string"] != presets.story_string()
+    instruct = presets.instruct_preset()
+    assert (sillytavern_prompt(edda, instruct, presets.context_preset())
+            == sillytavern_prompt(edda, instruct, old))
 
 
 def test_export_writes_every_file_atomically(tmp_path, verified):
@@ -40,7 +56,8 @@ def test_export_writes_every_file_atomically(tmp_path, verified):
         "Limamono.instruct.json", "Limamono.context.json", "Limamono.textgen.json",
         "Limamono.master.json", "chat_template.jinja"])
     for path in written[:4]:
-        assert json.loads(path.read_text()) == json.loads((verified / path.name).read_text())
+        assert _without_story(json.loads(path.read_text())) == _without_story(
+            json.loads((verified / path.name).read_text()))
     assert not [p for p in (tmp_path / "st").iterdir() if p.name.startswith(".")]
 
 
@@ -56,9 +73,12 @@ def _handlebars(template: str, params: dict[str, str]) -> str:
     return re.sub(r"\{\{(\w+)\}\}", lambda m: params.get(m.group(1), ""), out)
 
 
-def sillytavern_prompt(conv: Conversation, instruct: dict, context: dict) -> str:
+def sillytavern_prompt(conv: Conversation, instruct: dict, context: dict,
+                       **card: str) -> str:
+    """``card``: the story string's other parameters (personality, persona, wiBefore, ...)
+    as SillyTavern sets them (``storyStringParams`` in public/script.js 3785-3799)."""
     params = {"char": conv.character.name, "user": conv.user.name,
-              "description": conv.character.description, "scenario": conv.scenario}
+              "description": conv.character.description, "scenario": conv.scenario, **card}
     story = _handlebars(context["story_string"], params).lstrip("\n")
     if instruct["wrap"] is not False:
         story += "\n"

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from limamono.cards import presets
+from limamono.core.conversation import Character, load_yaml
 from limamono.server import ServerConfig, create_app
+from test_presets import sillytavern_prompt
+from test_prompt_identity import render_prompt
 from test_server_fakes import FakeEngine
 
 
@@ -100,3 +105,71 @@ def test_d2_example_dialogue_is_left_out_with_a_note(shared_dir, caplog, name, s
     notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("example")]
     assert notes == ["example dialogue left out: 2 message(s) named example_user/"
                      "example_assistant (the Limamono format has no examples)"]
+
+
+# --------------------------------------------------------------------------- D3, D5, D4
+
+def _mara_st_prompt(shared_dir: Path, **extra: str) -> str:
+    """SillyTavern's Text Completion assembly with the exported presets for the mara card
+    and D3_D5_mara_chat.yaml, "Example Messages Behavior: Never include examples" set
+    (power_user.strip_examples empties mesExamplesArray, public/script.js 3803-3806)."""
+    card = repro(shared_dir, "mara.json")["data"]
+    chat = load_yaml(shared_dir / "testdata/repros/sillytavern-2/D3_D5_mara_chat.yaml")
+    chat = replace(chat, character=Character(card["name"], card["description"]))
+    return sillytavern_prompt(chat, presets.instruct_preset(), presets.context_preset(),
+                              personality=card["personality"], **extra)
+
+
+def _mara_chat_body(shared_dir: Path, persona: str = "", wi_after: str = "") -> dict[str, Any]:
+    """The Chat Completion body SillyTavern builds for the same chat, in its default
+    prompt order (public/scripts/PromptManager.js 1895-1960: main, worldInfoBefore,
+    personaDescription, charDescription, charPersonality, scenario, ..., worldInfoAfter,
+    dialogueExamples, chatHistory)."""
+    minimal = repro(shared_dir, "D2_chat_examples_minimal_body.json")["messages"]
+    main, wi_before, description, personality, scenario, *rest = minimal
+    extra = [{"role": "system", "content": persona}] if persona else []
+    after = [{"role": "system", "content": wi_after}] if wi_after else []
+    examples = rest[:4]  # [Example Chat], example_user, example_assistant, [Start a new Chat]
+    greeting = rest[4]
+    return {"policy": "sillytavern", "max_tokens": 40, "messages": [
+        main, wi_before, *extra, description, personality, scenario, *after, *examples,
+        greeting,
+        {"role": "user", "name": "User",
+         "content": '"How much for the crossing?" I asked, holding up a coin.'}]}
+
+
+def _chat_route_prompt(body: dict[str, Any]) -> str:
+    engine = FakeEngine(context_length=8192)
+    with serve(engine) as client:
+        response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    return engine.calls[0].prompt
+
+
+def test_d3_d5_presets_render_and_chat_route_agree_on_personality(shared_dir):
+    expected = (shared_dir / "testdata/repros/sillytavern-2/D3_D5_expected_render.txt").read_text()
+    assert _mara_st_prompt(shared_dir) == expected
+    assert render_prompt(shared_dir / "testdata/repros/sillytavern-2/D3_D5_mara_chat.yaml",
+                         "sillytavern") == expected
+    # The chat route with the constant World Info left out (D3_D5_mara_chat.yaml has none).
+    body = _mara_chat_body(shared_dir)
+    del body["messages"][1]
+    assert _chat_route_prompt(body) == expected
+
+
+def test_d3_d5_presets_and_chat_route_agree_on_persona_and_world_info(shared_dir):
+    wi_before = "WI-MARKER-CONSTANT: The Greywater ferry is a flat-bottomed boat painted green."
+    persona, wi_after = "User is a travelling cartographer.", "WI-MARKER-AFTER: Fog at night."
+    st = _mara_st_prompt(shared_dir, wiBefore=wi_before, persona=persona, wiAfter=wi_after)
+    assert st.split("### Instruction:\n")[1].split("\n\n")[0] == (
+        "Mara Quell\nPersonality: gruff, kind, superstitious\n" + wi_before + "\n" + persona
+        + "\nOccupation: ferrywoman\nMara has run the Greywater ferry for eleven years.\n"
+        "- She hums when she rows.\n" + wi_after + "\nScenario: User needs a crossing after dark.")
+    assert _chat_route_prompt(_mara_chat_body(shared_dir, persona, wi_after)) == st
+
+
+def test_d4_render_equals_what_sillytavern_sends_with_the_sillytavern_policy(shared_dir):
+    folder = shared_dir / "testdata/repros/sillytavern-2"
+    sent = (folder / "D4_st_sent_prompt.txt").read_text()
+    assert render_prompt(folder / "D4_edda_chat_4msgs.yaml", "sillytavern") == sent
+    assert render_prompt(folder / "D4_edda_chat_4msgs.yaml", "training") != sent

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from limamono.cards.sheet import PERSONALITY_PREFIX
 from limamono.core import format as fmt
 from limamono.core import policy
 from limamono.util import atomic
@@ -88,15 +89,23 @@ def instruct_preset() -> dict[str, Any]:
 def story_string(trigger: str = fmt.DEFAULT_TRIGGER) -> str:
     """The context template's Handlebars story string: trigger, Instruction block, sheet.
 
+    The sheet is laid out as the chat route builds it from SillyTavern's Chat Completion
+    messages (``limamono.server.stchat``) and as ``cards.sheet`` converts a card: the name,
+    a ``Personality:`` line, then World Info (before), the persona, the description, World
+    Info (after), in SillyTavern's prompt-manager order, and the ``Scenario:`` line last.
+    Every field SillyTavern 1.12.6 checks is present (``validateStoryString`` in
+    ``public/scripts/power-user.js`` warns about a missing ``{{personality}}``,
+    ``{{persona}}``, ``{{wiBefore}}``, ``{{wiAfter}}``).
+
     Each optional part begins with its own newline *inside* the ``{{#if}}``: SillyTavern's
     Handlebars drops a newline that follows a ``{{/if}}`` standing alone on its line, which
     would lose the blank line before the first ``### Response:``.
     """
     phrase = fmt.TRIGGERS.get(trigger, trigger)
-    return (f"{phrase}{fmt.BLOCK_SEP}{fmt.INSTRUCTION}\n{{{{char}}}}"
-            "{{#if description}}\n{{description}}{{/if}}"
-            f"{{{{#if scenario}}}}\n{fmt.SCENARIO_PREFIX}{{{{scenario}}}}{{{{/if}}}}"
-            f"{fmt.BLOCK_SEP}")
+    parts = "".join(f"{{{{#if {key}}}}}\n{prefix}{{{{{key}}}}}{{{{/if}}}}" for key, prefix in (
+        ("personality", PERSONALITY_PREFIX), ("wiBefore", ""), ("persona", ""),
+        ("description", ""), ("wiAfter", ""), ("scenario", fmt.SCENARIO_PREFIX)))
+    return f"{phrase}{fmt.BLOCK_SEP}{fmt.INSTRUCTION}\n{{{{char}}}}{parts}{fmt.BLOCK_SEP}"
 
 
 def context_preset(trigger: str = fmt.DEFAULT_TRIGGER) -> dict[str, Any]:
