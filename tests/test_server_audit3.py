@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -104,3 +105,68 @@ def test_heavy_steps_are_bounded_and_the_excess_gets_503() -> None:
     assert refused.status_code == 503
     assert refused.headers["Retry-After"] == "2"
     assert sorted(results) == [200, 200]
+
+
+# --------------------------------------------------------------------------- 3: surrogates
+
+REPROS = "/work/shared/testdata/repros/audit-3/"  # the bodies below are copied from there
+SURROGATE_BODIES = [  # (route, body, field)
+    ("/v1/completions", b'{"prompt":"\\ud800","max_tokens":1}', "prompt"),
+    ("/v1/completions", b'{"prompt":"\\ud800 hello","max_tokens":3,"stream":true}', "prompt"),
+    ("/v1/completions", b'{"prompt":["ok \\udfff"],"max_tokens":3}', "prompt[0]"),
+    ("/api/extra/tokencount", b'{"prompt":"\\ud800"}', "prompt"),
+    ("/api/v1/generate", b'{"prompt":"ok","memory":"\\ud83d"}', "memory"),
+    ("/api/extra/generate/stream", b'{"prompt":"a\\udbffb"}', "prompt"),
+    ("/v1/internal/encode", b'{"text":"abc\\udc00"}', "text"),
+    ("/v1/internal/token-count", b'{"text":"\\ud800"}', "text"),
+    ("/v1/chat/completions", b'{"messages":[{"role":"system","content":"x"},'
+     b'{"role":"user","name":"\\ud800","content":"x"}],"max_tokens":1}', "messages[1].name"),
+    ("/v1/chat/completions", b'{"messages":[{"role":"user","content":"hi \\ud800"}]}',
+     "messages[0].content"),
+    ("/v1/chat/completions", b'{"messages":[{"role":"user","content":[{"type":"text",'
+     b'"text":"\\ud83d\\ude00 ok \\ude00"}]}]}', "messages[0].content[0].text"),
+    ("/v1/chat/completions", b'{"messages":[{"role":"user","content":"hi"}],'
+     b'"stop":["\\ud800"]}', "stop[0]"),
+    ("/api/v1/generate", b'{"prompt":"ok","\\ud800":1}', "a key of the body"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "field"), SURROGATE_BODIES)
+def test_a_lone_surrogate_is_a_400_naming_the_field(route: str, body: bytes,
+                                                    field: str) -> None:
+    engine = FakeEngine()
+    client = make_client(engine)
+    response = client.post(route, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()
+    if route.startswith("/api/"):
+        assert error["detail"]["field"] == field
+        message = error["detail"]["msg"]
+    else:
+        assert error["error"]["param"] == field
+        message = error["error"]["message"]
+    assert message.startswith(f"{field}: holds a lone surrogate (\\u")
+    assert engine.calls == [] and engine.tokenized == 0
+
+
+def test_the_reproductions_get_400() -> None:
+    client = make_client(FakeEngine())
+    for route, name in [("/v1/completions", "03_surrogate_prompt.json"),
+                        ("/v1/completions", "03_surrogate_prompt_stream.json"),
+                        ("/api/extra/tokencount", "03_surrogate_tokencount.json"),
+                        ("/v1/chat/completions", "03_surrogate_chat_name.json")]:
+        path = Path(REPROS) / name
+        if not path.exists():
+            pytest.skip("the shared reproductions are not on this machine")
+        response = client.post(route, content=path.read_bytes(),
+                               headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, (name, response.text)
+
+
+def test_paired_surrogates_are_text() -> None:
+    engine = FakeEngine()
+    response = make_client(engine).post(
+        "/v1/completions", content=b'{"prompt":"a\\ud83d\\ude00b","max_tokens":2}',
+        headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert engine.calls[0].prompt == "a\U0001f600b"

@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from limamono.samplers import SamplerSettings
 from limamono.samplers.wire import KOBOLDCPP_ALIASES, TEXTGEN_ALIASES
+from limamono.server.errors import BAD_REQUEST, ApiError
 
 #: Python type of each SamplerSettings field -> the JSON type its wire names accept.
 _WIRE_TYPES: dict[str, Any] = {
@@ -36,9 +37,53 @@ _WIRE_TYPES: dict[str, Any] = {
 
 
 class Body(BaseModel):
-    """Base of every request body: strict types, finite numbers, unknown keys kept."""
+    """Base of every request body: strict types, finite numbers, unknown keys kept, and
+    text that is valid Unicode (see :func:`check_unicode`)."""
 
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        check_unicode(data)
+        return data
+
+
+def check_unicode(data: Any) -> None:
+    """Refuse a body holding a lone UTF-16 surrogate (JSON's ``"\\ud800"``) anywhere.
+
+    Python's JSON parser accepts one, but it cannot be encoded, so it would fail deep in the
+    tokenizer (a 500, or an error event after a 200 when streaming). Raised as
+    :class:`ApiError` (400 naming the field), which pydantic does not wrap, so the route's
+    error handler answers it as it is.
+
+    Raises:
+        ApiError: 400 naming the first field (dotted path) that holds one.
+    """
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            _check_text(path or "body", value)
+        elif isinstance(value, dict):
+            items = list(value.items())
+            for key, _ in items:
+                _check_text(f"a key of {path or 'the body'}", str(key))
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(items))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+
+
+def _check_text(field: str, text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ApiError(BAD_REQUEST, f"{field}: holds a lone surrogate "
+                       f"(\\u{ord(text[error.start]):04x} at character {error.start}), which "
+                       "is not text; fix: send valid UTF-8 (JSON \\u escapes must be pairs)",
+                       field=field) from None
 
 
 def _sampler_fields() -> dict[str, Any]:
