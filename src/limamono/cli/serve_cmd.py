@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -18,8 +19,10 @@ _HELP = (
     "KoboldAI/KoboldCpp (URL http://HOST:PORT/api), text-generation-webui and "
     "OpenAI-compatible text completion (URL http://HOST:PORT), and /v1/chat/completions "
     "in the Limamono format.\n\n"
+    "A chat page for the browser is at http://HOST:PORT/ (--open opens it), sharing its "
+    "chats with `limamono chat` (--db).\n\n"
     "One generation runs at a time; up to --queue requests wait, more get 503. Binds "
-    "127.0.0.1 unless told otherwise. See docs/SILLYTAVERN.md."
+    "127.0.0.1 unless told otherwise. See docs/SILLYTAVERN.md and docs/WEBCHAT.md."
 )
 
 
@@ -114,6 +117,11 @@ def register(app: typer.Typer) -> None:
         ban: list[str] = typer.Option(
             [], "--ban", help="A phrase never to generate (repeatable; case-insensitive; "
             "added to each request's banned_strings). The engine rewinds and resamples."),
+        db: Path | None = typer.Option(None, "--db", help="Chat database of the web chat "
+                                       "page (default: $LIMAMONO_HOME/chats.db, the one "
+                                       "`limamono chat` uses)."),
+        open_browser: bool = typer.Option(False, "--open", help="Open the web chat page in "
+                                          "the browser once the server listens."),
     ) -> None:
         if context is not None and context < 1:
             fail(f"--context must be a positive number of tokens, got {context}")
@@ -128,8 +136,9 @@ def register(app: typer.Typer) -> None:
         if not is_loopback(host) and config.api_key is None:
             warn(f"binding {host} without --api-key: anyone who can reach this port can use "
                  "the model")
+        web = web_config(db)
         engine = _load(model, adapter, dtype, threads, context, backend)
-        _run(engine, config, host, port, log_level)
+        _run(engine, config, host, port, log_level, web, open_browser)
 
 
 def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
@@ -139,11 +148,41 @@ def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
     return load_engine_for_cli(model, adapter, dtype, threads, backend, context)
 
 
-def _run(engine: Any, config: Any, host: str, port: int, log_level: str) -> None:
+def web_config(db: Path | None) -> Any:
+    """The web chat's settings: the chat database (checked now, before the model loads)
+    and the bundled characters next to the package (present in a clone)."""
+    import limamono
+    from limamono.server import WebChatConfig
+    from limamono.store import ChatStore, StoreError, default_db_path
+
+    path = db or default_db_path()
+    try:
+        ChatStore(path).close()
+    except StoreError as error:
+        fail(str(error))
+    characters = Path(limamono.__file__).resolve().parents[2] / "examples" / "characters"
+    return WebChatConfig(path, characters if characters.is_dir() else None)
+
+
+def _run(engine: Any, config: Any, host: str, port: int, log_level: str, web: Any = None,
+         open_browser: bool = False) -> None:
     from limamono.server import create_app
 
-    serve_app(create_app(engine, config), host, port, log_level,
-              on_ready=lambda bound: _announce(engine, host, bound))
+    def ready(bound: int) -> None:
+        _announce(engine, host, bound)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(page_url(host, bound))
+
+    serve_app(create_app(engine, config, web), host, port, log_level, on_ready=ready)
+
+
+def page_url(host: str, port: int) -> str:
+    """The web chat's address: a wildcard bind is opened on the loopback address."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def serve_app(app: Any, host: str, port: int, log_level: str,
@@ -174,6 +213,7 @@ def _announce(engine: Any, host: str, port: int) -> None:
     where = f"http://{host}:{port}"
     out.print(Text.assemble("Serving ", (engine.model_name, "bold"),
                             f" (context {engine.context_length}) at {where}\n"
+                            f"  Web chat: {page_url(host, port)}\n"
                             f"  SillyTavern Text Completion (KoboldCpp or TextGen WebUI): "
                             f"{where}\n  SillyTavern KoboldAI Classic: {where}/api\n"
                             "  Ctrl-C stops it."), soft_wrap=True)

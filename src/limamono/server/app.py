@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from limamono import __version__
 from limamono.engine.protocol import Engine
-from limamono.server import kobold, openai
+from limamono.server import kobold, openai, webchat
 from limamono.server.config import ServerConfig
 from limamono.server.errors import (
     TOO_LARGE,
@@ -32,17 +32,20 @@ from limamono.server.errors import (
 )
 from limamono.server.queue import GenerationQueue
 from limamono.server.state import ServerState
+from limamono.server.webchat import WebChatConfig
 
 #: Routes that need no API key: liveness and the version checks clients make first.
 PUBLIC_PATHS = frozenset({"/health", *kobold.PUBLIC_PATHS})
 
 
-def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
+def create_app(engine: Engine, config: ServerConfig | None = None,
+               web: WebChatConfig | None = None) -> FastAPI:
     """The HTTP app serving ``engine``.
 
     Args:
         engine: Anything implementing ``limamono.engine.protocol.Engine``.
         config: Limits, queue size, auth and CORS; default ``ServerConfig()``.
+        web: Where the web chat at ``/`` keeps its chats; None: no page (``/`` is a 404).
 
     Returns:
         A FastAPI app; its generation worker thread starts now (and at each startup)
@@ -64,11 +67,14 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     app.state.limamono = state
     app.include_router(kobold.router(state))
     app.include_router(openai.router(state))
+    if web is not None:
+        app.include_router(webchat.router(state, web))
     _add_health(app, state)
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     if config.api_key is not None:
-        app.add_middleware(BearerAuth, key=config.api_key, public=PUBLIC_PATHS)
+        public = PUBLIC_PATHS | (webchat.PUBLIC_PATHS if web is not None else frozenset())
+        app.add_middleware(BearerAuth, key=config.api_key, public=public)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -32,20 +32,13 @@ def load_character(path: Path, user: User, house_style: bool = False) -> Convers
     The chat opens with the card's greetings as the swipes of its first message (none when
     the card has no greeting); its title is the card's file name.
     """
-    from limamono.cards import CardError, card_to_conversation, greetings, read_card
-    from limamono.core.conversation import Message, Swipe
+    from limamono.cards import CardError, read_card
+    from limamono.chat import chat_from_card
 
     try:
-        card = read_card(path)
-        chat = card_to_conversation(card, user.name, house_style=house_style)
-        texts = greetings(card, user.name, house_style=house_style)
+        return chat_from_card(read_card(path), user, path.stem, house_style=house_style)
     except CardError as exc:
         fail(str(exc))
-    chat.user = user
-    chat.messages = [Message("char", swipes=[Swipe(g) for g in texts])] if texts else []
-    chat.title = path.stem
-    chat.meta = {}  # the card's file is kept with the character (``create_chat``'s source)
-    return chat
 
 
 class ChatSaver:
