@@ -145,7 +145,7 @@ def test_a_lone_surrogate_is_a_400_naming_the_field(route: str, body: bytes,
     else:
         assert error["error"]["param"] == field
         message = error["error"]["message"]
-    assert message.startswith(f"{field}: holds a lone surrogate (\\u")
+    assert message.startswith(f"{field}: holds a lone surrogate \\u")
     assert engine.calls == [] and engine.tokenized == 0
 
 

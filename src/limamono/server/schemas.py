@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from limamono.samplers import SamplerSettings
 from limamono.samplers.wire import KOBOLDCPP_ALIASES, TEXTGEN_ALIASES
 from limamono.server.errors import BAD_REQUEST, ApiError
+from limamono.util.untrusted import surrogate_reason
 
 #: Python type of each SamplerSettings field -> the JSON type its wire names accept.
 _WIRE_TYPES: dict[str, Any] = {
@@ -77,13 +78,10 @@ def check_unicode(data: Any) -> None:
 def _check_text(field: str, text: str) -> None:
     if text.isascii():
         return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ApiError(BAD_REQUEST, f"{field}: holds a lone surrogate "
-                       f"(\\u{ord(text[error.start]):04x} at character {error.start}), which "
-                       "is not text; fix: send valid UTF-8 (JSON \\u escapes must be pairs)",
-                       field=field) from None
+    reason = surrogate_reason(text)
+    if reason is not None:
+        raise ApiError(BAD_REQUEST, f"{field}: {reason}; fix: send valid UTF-8 text (JSON "
+                       "\\u escapes of surrogates must come in pairs)", field=field)
 
 
 def _sampler_fields() -> dict[str, Any]:
