@@ -30,6 +30,8 @@ OVERFLOW = ("window", "truncate", "drop", "error")
 END_OF_TURN = ("header", "eos")
 BF16 = ("auto", "true", "false")
 ADAPTER_DTYPES = ("fp32", "bf16")
+#: Where the Trainer sends its logs (transformers' integrations of the same names).
+REPORT_TO = ("tensorboard", "wandb", "none")
 #: Largest integer any setting takes (a C int; nothing real comes near it).
 MAX_INT = 2**31 - 1
 #: transformers 5.24's ``OptimizerNames`` and ``SchedulerType`` values, copied so that
@@ -97,6 +99,13 @@ class TrainConfig:
         train_on_inputs: train every token, not only the character's text.
         bf16: ``auto`` (bf16 where the device supports it), ``true`` or ``false`` (fp32).
         load_in_8bit: 8-bit base weights where CUDA and bitsandbytes exist.
+        load_in_4bit: QLoRA: the base weights in 4-bit NF4 with double quantization
+            (bitsandbytes, CPU or CUDA), prepared with PEFT's k-bit preparation; the
+            compute dtype follows ``bf16``. Setting it turns the default
+            ``load_in_8bit`` off; both set true is refused.
+        report_to: where the training logs go besides loss.png and the manifest:
+            ``tensorboard`` (event files in ``output_dir/tensorboard``), ``wandb``
+            (offline unless ``WANDB_MODE`` or ``WANDB_API_KEY`` is set) or ``none``.
         gradient_checkpointing: trade compute for memory.
         seed: seed of data order, dropout and initialisation.
         eval_steps: also evaluate every N steps (0: only at the end of each epoch).
@@ -136,6 +145,8 @@ class TrainConfig:
     train_on_inputs: bool = False
     bf16: str = "auto"
     load_in_8bit: bool = True
+    load_in_4bit: bool = False
+    report_to: str = "tensorboard"
     gradient_checkpointing: bool = False
     seed: int = 42
     eval_steps: int = 0
@@ -244,6 +255,9 @@ def _range_problems(c: TrainConfig) -> list[str]:
         (c.save_steps >= 0, f"save_steps: must be >= 0, got {c.save_steps}"),
         (c.save_total_limit >= 0, f"save_total_limit: must be >= 0, got {c.save_total_limit}"),
         (c.logging_steps >= 1, f"logging_steps: must be >= 1, got {c.logging_steps}"),
+        (not (c.load_in_4bit and c.load_in_8bit), "load_in_4bit and load_in_8bit: both "
+         "are true, but the base model loads in one precision; fix: set load_in_8bit: false "
+         "for QLoRA (4-bit), or load_in_4bit: false"),
     ]
     problems = [message for ok, message in checks if not ok]
     if c.data and not Path(c.data).exists():
@@ -252,6 +266,7 @@ def _range_problems(c: TrainConfig) -> list[str]:
     for name, value, allowed in (
             ("overflow", c.overflow, OVERFLOW), ("end_of_turn", c.end_of_turn, END_OF_TURN),
             ("bf16", c.bf16, BF16), ("adapter_dtype", c.adapter_dtype, ADAPTER_DTYPES),
+            ("report_to", c.report_to, REPORT_TO),
             ("optimizer", c.optimizer, OPTIMIZERS), ("lr_scheduler", c.lr_scheduler, SCHEDULERS)):
         if value not in allowed:
             close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -284,6 +299,8 @@ def make_config(values: Mapping[str, Any], source: str = "config") -> TrainConfi
             kwargs[key] = _coerce(value, _HINTS[key])
         except TypeError as exc:
             problems.append(f"{key}: {exc}")
+    if kwargs.get("load_in_4bit") is True and "load_in_8bit" not in kwargs:
+        kwargs["load_in_8bit"] = False  # QLoRA replaces the recipe's 8-bit default
     if problems:
         # Report type problems together with range problems of the values that did parse.
         config = TrainConfig(**kwargs)

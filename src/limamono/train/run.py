@@ -17,7 +17,7 @@ import platform
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,13 @@ from limamono.train.checkpoints import (
     AtomicCheckpoints,
     latest_checkpoint,
 )
-from limamono.train.config import TrainConfig
+from limamono.train.config import ConfigError, TrainConfig
 from limamono.train.data import RUN_DATA_DIR, PadCollator, TrainData, ensure_built, load_built
 
 ADAPTER_DIR = "adapter"
 MANIFEST = "manifest.json"
 LOSS_PLOT = "loss.png"
+TENSORBOARD_DIR = "tensorboard"
 ADAPTER_META = "limamono.json"
 
 Notify = Callable[[str], None]
@@ -101,6 +102,45 @@ def precision(config: TrainConfig, notify: Notify) -> tuple[bool, bool]:
     return bf16, eight_bit
 
 
+def require_4bit_backend() -> str:
+    """Check that bitsandbytes can quantize to 4-bit NF4 here; return the device it will use.
+
+    The check quantizes and restores one small block, because an importable bitsandbytes
+    can still lack a library for this machine's device.
+
+    Raises:
+        ConfigError: naming ``load_in_4bit`` and the fix.
+    """
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        import bitsandbytes
+        import bitsandbytes.functional as bnb_functional
+    except Exception as exc:  # ImportError, or a RuntimeError from a broken native library
+        raise ConfigError([
+            f"load_in_4bit: needs the bitsandbytes package, which does not load here "
+            f"({type(exc).__name__}: {exc}); fix: pip install 'bitsandbytes>=0.49' (one wheel "
+            "carries the CPU and CUDA libraries), or set load_in_4bit: false"]) from None
+    try:
+        block = torch.linspace(-1, 1, 64 * 64, device=device).reshape(64, 64)
+        packed, state = bnb_functional.quantize_4bit(block, quant_type="nf4",
+                                                     compress_statistics=True)
+        error = (bnb_functional.dequantize_4bit(packed, state).float() - block).abs().max()
+    except Exception as exc:
+        raise ConfigError([
+            f"load_in_4bit: bitsandbytes {bitsandbytes.__version__} cannot quantize on this "
+            f"machine's {device} ({type(exc).__name__}: {exc}); fix: install a bitsandbytes "
+            "build for this device (pip install -U 'bitsandbytes>=0.49'), or set "
+            "load_in_4bit: false"]) from None
+    if not error < 0.2:  # NF4 steps near +-1 are about 0.28 apart: half of one, and margin
+        raise ConfigError([
+            f"load_in_4bit: bitsandbytes {bitsandbytes.__version__} on this machine's {device} "
+            f"returns wrong values (error {float(error):.3g} on a test block); fix: reinstall "
+            "bitsandbytes, or set load_in_4bit: false"])
+    return device
+
+
 def total_steps(config: TrainConfig, n_train: int, world_size: int = 1) -> int:
     """Optimizer steps of the run (Axolotl's count without packing)."""
     if config.max_steps:
@@ -137,12 +177,64 @@ def training_arguments(config: TrainConfig, staging: Path, has_eval: bool, bf16:
         learning_rate=config.learning_rate, weight_decay=config.weight_decay,
         lr_scheduler_type=config.lr_scheduler, warmup_steps=warmup, optim=config.optimizer,
         logging_steps=config.logging_steps, seed=config.seed, bf16=bf16,
-        activation_checkpointing=config.gradient_checkpointing, report_to="none",
+        activation_checkpointing=config.gradient_checkpointing,
+        # TensorBoard gets its callback from report_callbacks (its folder must not be the
+        # staging folder); wandb is transformers' own integration.
+        report_to="wandb" if config.report_to == "wandb" else "none",
+        run_name=Path(config.output_dir).name or None,
+        include_num_input_tokens_seen="non_padding",  # logs train_tokens_per_second
         use_cpu=not _has_cuda(),
         disable_tqdm=not (config.progress if bars is None else bars),
         remove_unused_columns=False,
         dataloader_num_workers=0, dataloader_pin_memory=_has_cuda(), **evaluation,
         **saving)
+
+
+def wandb_environment(environ: Mapping[str, str], out: Path) -> dict[str, str]:
+    """The variables a wandb run needs set: offline unless the user configured otherwise.
+
+    ``WANDB_MODE`` or ``WANDB_API_KEY`` in the environment is the user's choice and is kept;
+    without either, the run is ``offline`` (no network call; ``wandb sync`` uploads it
+    later). Files go to ``out`` unless ``WANDB_DIR`` says otherwise.
+    """
+    values = {"WANDB_DIR": str(out), "WANDB_PROJECT": "limamono"}
+    if "WANDB_MODE" not in environ and "WANDB_API_KEY" not in environ:
+        values["WANDB_MODE"] = "offline"
+    return {k: v for k, v in values.items() if k not in environ}
+
+
+def report_callbacks(config: TrainConfig, out: Path, notify: Notify) -> list[Any]:
+    """Callbacks for ``report_to`` (TensorBoard events in ``out/tensorboard``); for wandb,
+    sets its environment (see ``wandb_environment``).
+
+    Raises:
+        ConfigError: the chosen logger is not installed, naming the fix.
+    """
+    if config.report_to == "tensorboard":
+        try:
+            from transformers.integrations import TensorBoardCallback
+
+            callback = TensorBoardCallback()
+        except (ImportError, RuntimeError):
+            raise ConfigError(["report_to: tensorboard is not installed; fix: pip install "
+                               "tensorboard (limamono depends on it), or set report_to: "
+                               "none"]) from None
+        callback.logging_dir = str(out / TENSORBOARD_DIR)
+        return [callback]
+    if config.report_to == "wandb":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(["report_to: wandb is not installed; fix: pip install wandb "
+                               "(or pip install 'limamono[wandb]'), or set report_to: "
+                               "tensorboard"])
+        values = wandb_environment(os.environ, out)
+        os.environ.update(values)
+        if values.get("WANDB_MODE") == "offline":
+            notify(f"report_to: wandb logs offline into {os.environ['WANDB_DIR']}; set "
+                   "WANDB_MODE=online (after `wandb login`) to send runs, or upload this one "
+                   "later with `wandb sync`")
+    return []
 
 
 def _line_progress(say: Notify) -> Any:
@@ -157,21 +249,35 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def load_base(path: Path, eight_bit: bool, bf16: bool) -> Any:
-    """The base model for training: fp32 master weights, or 8-bit with kbit preparation."""
+def load_base(path: Path, eight_bit: bool, bf16: bool, four_bit: bool = False,
+              checkpointing: bool = False) -> Any:
+    """The base model for training: fp32 master weights, 8-bit, or 4-bit NF4 (QLoRA).
+
+    Quantized bases go through PEFT's k-bit preparation (norms and embeddings in fp32,
+    input gradients on), with gradient checkpointing as the config says (as Axolotl does).
+    4-bit is QLoRA's layout: NF4, double quantization of the block scales, and matrix
+    products in bf16 where the run is bf16, else fp32.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    if not eight_bit:
+    if not (eight_bit or four_bit):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                     local_files_only=True)
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
+    if four_bit:
+        compute = torch.bfloat16 if bf16 else torch.float32
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute)
+    else:
+        compute = torch.bfloat16 if bf16 else torch.float16
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
     model = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
-        dtype=torch.bfloat16 if bf16 else torch.float16, local_files_only=True)
-    return prepare_model_for_kbit_training(model)
+        path, quantization_config=quantization, dtype=compute, local_files_only=True)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
 
 
 def add_lora(model: Any, config: TrainConfig) -> Any:
@@ -344,7 +450,10 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     from transformers import Trainer
 
     say = notify or _warn
+    if config.load_in_4bit:
+        require_4bit_backend()  # before anything is built or loaded: the error names the fix
     out = Path(config.output_dir)
+    logging = report_callbacks(config, out, say)
     out.mkdir(parents=True, exist_ok=True)
     from accelerate import PartialState
 
@@ -358,7 +467,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     from transformers import set_seed
 
     set_seed(config.seed)  # the LoRA A matrices are initialised randomly: same seed, same run
-    model = add_lora(load_base(spec.path, eight_bit, bf16), config)
+    model = add_lora(load_base(spec.path, eight_bit, bf16, config.load_in_4bit,
+                               config.gradient_checkpointing), config)
     staging = out / STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)  # an unfinished checkpoint of a killed run
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
@@ -373,7 +483,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
                                 bars=config.progress and lines is None),
         train_dataset=data.train, eval_dataset=data.eval or None,
         callbacks=[AtomicCheckpoints(staging, out / CHECKPOINTS_DIR, config.save_total_limit),
-                   *extra])
+                   *logging, *extra])
     if lines is not None:  # our lines replace the raw log dicts printed without bars
         from transformers.trainer_callback import PrinterCallback
 
@@ -395,7 +505,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         "data": {"dir": str(data.built_dir), "sha256": data.data_hash,
                  "train_samples": len(data.train), "eval_samples": len(data.eval),
                  "supervised_tokens": data.stats.get("supervised_tokens")},
-        "precision": {"bf16": bf16, "load_in_8bit": eight_bit},
+        "precision": {"bf16": bf16, "load_in_8bit": eight_bit,
+                      "load_in_4bit": config.load_in_4bit},
         "resumed_from": str(checkpoint) if checkpoint else None,
         "versions": _versions(),
         "figures": _figures(history, trainer.state, seconds, model),

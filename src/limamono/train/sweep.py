@@ -24,7 +24,7 @@ import yaml
 
 from limamono.train.config import ConfigError, TrainConfig
 from limamono.train.data import RUN_DATA_DIR, ensure_built
-from limamono.train.run import MANIFEST, Notify, _warn, train
+from limamono.train.run import MANIFEST, TENSORBOARD_DIR, Notify, _warn, train
 
 SWEEP_DIR = "lr-sweep"
 SWEEP_JSON = "lr_sweep.json"
@@ -117,7 +117,23 @@ def lr_sweep(config: TrainConfig, rates: Sequence[float], notify: Notify | None 
                "note": edge_note(rates, best["learning_rate"])}
     (out / SWEEP_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     plot_sweep(runs, best["learning_rate"], out / SWEEP_PLOT)
+    if config.report_to == "tensorboard":
+        log_sweep(runs, out / TENSORBOARD_DIR / SWEEP_DIR)
     return summary
+
+
+def log_sweep(runs: Sequence[dict[str, Any]], folder: Path) -> None:
+    """The sweep in TensorBoard's HParams view: one run per rate (``lr-0.0002``) holding the
+    rate and its final eval and train loss (each rate's curves are in its own run folder)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        for run in runs:
+            metrics = {"hparam/eval_loss": run["eval_loss"]}
+            if run["train_loss"] is not None:
+                metrics["hparam/train_loss"] = run["train_loss"]
+            writer.add_hparams({"learning_rate": run["learning_rate"]}, metrics,
+                               run_name=f"lr-{run['learning_rate']:g}")
 
 
 def edge_note(rates: Sequence[float], best: float) -> str | None:
@@ -159,7 +175,9 @@ def axolotl_config(config: TrainConfig, base_model: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "base_model": base_model,
         "load_in_8bit": config.load_in_8bit,
-        "adapter": config.adapter,
+        # Axolotl names a LoRA on a 4-bit base `adapter: qlora` (NF4 + double quant there too).
+        "load_in_4bit": config.load_in_4bit,
+        "adapter": "qlora" if config.load_in_4bit else config.adapter,
         "lora_r": config.lora_r,
         "lora_alpha": config.lora_alpha,
         "lora_dropout": config.lora_dropout,
