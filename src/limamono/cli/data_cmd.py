@@ -278,6 +278,129 @@ def _quality_table(stats: dict[str, Any]) -> None:
     out.print(table)
 
 
+@data_app.command("prefs")
+def prefs_cmd(
+    paths: list[Path] | None = typer.Argument(None, help="SillyTavern chat .jsonl files, or "
+                                              "folders searched for them."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write pairs.jsonl "
+                                "and prefs.json to (an earlier prefs folder is replaced)."),
+    db: Path | None = typer.Option(None, "--db", help="Chat database for --chat/--all-chats "
+                                   "(default: the chat command's)."),
+    chat_ids: list[int] | None = typer.Option(None, "--chat", help="A stored chat's id "
+                                              "(repeat it for more chats)."),
+    all_chats: bool = typer.Option(False, "--all-chats", help="Every stored chat."),
+    card: Path | None = typer.Option(None, "--card", help="The character's card, so the "
+                                     "chats read from files have its sheet (a file holds "
+                                     "only the names)."),
+    lint_rejects: bool = typer.Option(False, "--lint-rejects", help="Also reject a reply "
+                                      "that fails a lint: house style, impersonation, "
+                                      "speaking for the user, stock phrases, more words "
+                                      "than its length label allows; a kept swipe that "
+                                      "fails one skips its turn."),
+    policy: str = typer.Option("training", "--policy", help="Prompt policy that labels the "
+                               "prompt: training (as data build labels samples) or "
+                               "sillytavern (as the exported presets make SillyTavern "
+                               "send)."),
+    phrases: Path | None = typer.Option(None, "--phrases", help="Stock-phrase list for "
+                                        "--lint-rejects (default: the shipped one)."),
+    model: str = _MODEL, seq_len: int = _SEQ, end_of_turn: str = _EOT,
+    length_bounds: str = _BOUNDS, trigger: str = _TRIGGER, normalize: bool = _NORMALIZE,
+    val: float = typer.Option(0.0, "--val", help="Fraction of chats held out for eval."),
+    seed: int = _SEED,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Preference pairs (for `train` with method dpo or orpo) from chats with swipes: at
+    each character turn with several swipes the kept swipe is chosen and each other one
+    rejected. Prompts are the prompt policy's; samples are masked and tokenised as `data
+    build` does. Reports the counts and every skipped turn with its reason."""
+    from limamono.dataset.prefs import PrefsConfig, PrefsError, build_prefs, write_prefs
+    from limamono.quality import load_phrases
+
+    if not paths and not chat_ids and not all_chats:
+        fail("nothing to read: give SillyTavern chat files or folders, --chat ID or "
+             "--all-chats")
+    try:
+        config = PrefsConfig(seq_len=seq_len, end_of_turn=end_of_turn,  # type: ignore[arg-type]
+                             length_bounds=_bounds(length_bounds), trigger=trigger,
+                             policy=policy, normalize=normalize, lint_rejects=lint_rejects,
+                             val=val, seed=seed)
+        listed = load_phrases(phrases) if phrases is not None else None
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    chats = _prefs_chats(paths or [], card) + _stored_chats(db, chat_ids or [], all_chats)
+    tokenizer = _tokenizer(model)
+    try:
+        result = build_prefs(chats, tokenizer, config, listed)
+        report = write_prefs(result, output, tokenizer, model)
+    except PrefsError as exc:
+        fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    for skip in report["skipped_turns"]:
+        swipe = "" if skip["swipe"] is None else f" swipe {skip['swipe']}"
+        err.print(Text(f"skipped: {skip['source']} message {skip['message_index']}{swipe}: "
+                       f"{skip['reason']}"))
+    out.print(Text(f"{report['pairs']} pair(s) from {report['turns_used']} of "
+                   f"{report['turns_with_swipes']} turn(s) with swipes ({report['char_turns']} "
+                   f"character turn(s), {report['chats']} chat(s)); "
+                   f"train {report['splits']['train']}, eval {report['splits']['eval']}"))
+    for reason, count in report["rejected_because"].items():
+        out.print(Text(f"rejected because {reason}: {count}"))
+    for reason, count in report["skipped_because"].items():
+        out.print(Text(f"skipped because {reason}: {count}"))
+    out.print(Text(f"wrote {output}/pairs.jsonl, prefs.json"))
+
+
+def _prefs_chats(paths: list[Path], card: Path | None) -> list[tuple[str, Any]]:
+    """(name, chat) of every SillyTavern file under ``paths``; a bad file stops with its
+    line named. Names are file names, or paths below a folder given."""
+    from limamono.store import StoreError, parse_sillytavern
+
+    start = None
+    if card is not None:
+        from limamono.cli.chat_cmd.session import load_character
+        from limamono.core.conversation import User
+
+        start = load_character(card, User("User"))
+    chats = []
+    for path in paths:
+        if path.is_dir():
+            found = [(f.relative_to(path).as_posix(), f) for f in sorted(path.rglob("*.jsonl"))]
+        elif path.is_file():
+            found = [(path.name, path)]
+        else:
+            fail(f"{path}: no such file or folder")
+        for name, file in found:
+            try:
+                chat = parse_sillytavern(file.read_text(encoding="utf-8"), str(file))
+            except UnicodeDecodeError as exc:
+                fail(f"{file}: not UTF-8 text (byte {exc.start})")
+            except (OSError, StoreError) as exc:
+                fail(str(exc))
+            if start is not None:
+                chat.character, chat.scenario = start.character, start.scenario
+            chats.append((name, chat))
+    return chats
+
+
+def _stored_chats(db: Path | None, ids: list[int], every: bool) -> list[tuple[str, Any]]:
+    """(``chat ID``, chat) of the chats asked for from the store."""
+    if not ids and not every:
+        return []
+    from limamono.cli.chat_cmd.session import open_store
+    from limamono.store import StoreError
+
+    store = open_store(db)
+    try:
+        wanted = [s.id for s in store.list_chats()] if every else ids
+        return [(f"chat {i}", store.load_chat(i)) for i in wanted]
+    except StoreError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``data`` command group to the CLI."""
     app.add_typer(data_app, name="data")

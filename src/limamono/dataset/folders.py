@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["BUILD_ENTRIES", "BUILD_VERSION", "SEGMENTS_DIR", "STATS_FILE", "TOKENIZED_DIR",
-           "is_built"]
+__all__ = ["BUILD_ENTRIES", "BUILD_VERSION", "PAIRS_FILE", "PREFS_FILE", "PREFS_VERSION",
+           "SEGMENTS_DIR", "STATS_FILE", "TOKENIZED_DIR", "is_built", "is_prefs"]
 
 STATS_FILE = "stats.json"
 TOKENIZED_DIR = "tokenized"
@@ -25,3 +25,16 @@ def is_built(path: str | Path) -> bool:
     """Whether ``path`` is a built dataset folder (has stats.json and tokenized files)."""
     path = Path(path)
     return (path / STATS_FILE).is_file() and (path / TOKENIZED_DIR / "train.jsonl").is_file()
+
+
+#: A preference set (``limamono data prefs``): its report and config, and its pairs.
+PREFS_FILE = "prefs.json"
+PAIRS_FILE = "pairs.jsonl"
+#: Version of the prefs folder layout, stored in prefs.json.
+PREFS_VERSION = 1
+
+
+def is_prefs(path: str | Path) -> bool:
+    """Whether ``path`` is a preference set written by ``limamono data prefs``."""
+    path = Path(path)
+    return (path / PREFS_FILE).is_file() and (path / PAIRS_FILE).is_file()

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from limamono.core import conversation as conv_mod
 from limamono.core import format as fmt
 from limamono.core.conversation import Character, Conversation, ConversationError, Message, User
-from limamono.dataset.folders import STATS_FILE, is_built
+from limamono.dataset.folders import PREFS_FILE, STATS_FILE, is_built, is_prefs
 from limamono.util import untrusted
 
 Severity = Literal["error", "warning", "note"]
@@ -100,9 +100,10 @@ def find_files(root: str | Path) -> list[Path]:
 
 
 def built_folders(root: Path) -> list[Path]:
-    """The folders under ``root`` that hold a ``limamono data build`` output: their samples
-    are not conversations, so the dataset tools skip them (with a note)."""
-    return sorted(p.parent for p in root.rglob(STATS_FILE) if is_built(p.parent))
+    """The folders under ``root`` that hold a ``limamono data build`` or ``data prefs``
+    output: their rows are not conversations, so the dataset tools skip them (with a note)."""
+    return sorted({p.parent for p in root.rglob(STATS_FILE) if is_built(p.parent)}
+                  | {p.parent for p in root.rglob(PREFS_FILE) if is_prefs(p.parent)})
 
 
 # --------------------------------------------------------------------------- LimaRP

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from limamono.core.conversation import LENGTHS
 from limamono.evaluate.intervals import RESAMPLES, Verdict, bootstrap_interval, verdict, wilson
 from limamono.quality.targets import TARGETS
+from limamono.style.lint import COMPLIANCE_RULES
 
-#: The prose rules of SPEC §3 that count for style compliance: typography, balanced markers
-#: and chat-RP asterisk actions. The narration-person/tense rules are heuristics (they stay
-#: in the lint output) and the format rules are measured by format integrity instead.
-STYLE_RULES = frozenset({"LM001", "LM002", "LM003", "LM004", "LM005", "LM010", "LM011",
-                         "LM012", "LM013", "LM030"})
+#: The prose rules that count for style compliance (``limamono.style.COMPLIANCE_RULES``);
+#: the format rules are measured by format integrity instead.
+STYLE_RULES = COMPLIANCE_RULES
 
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]+")
 _SENTENCE_END = re.compile(r"[.!?][\"_*']*(?=\s|$)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from limamono.style.convert import DEFAULT_MAX_SOUND_WORDS, from_asterisk_style, is_action
 from limamono.style.lint import (
+    COMPLIANCE_RULES,
     MARKER_RULES,
     SHEET_RULES,
     TYPOGRAPHY_RULES,
@@ -31,6 +32,7 @@ from limamono.style.rules import RULES, SEVERITIES, Issue, Rule, Severity, Style
 from limamono.style.spans import DELIMITERS, Span, SpanKind, paragraphs, split_spans
 
 __all__ = [
+    "COMPLIANCE_RULES",
     "DEFAULT_MAX_SOUND_WORDS",
     "DELIMITERS",
     "MARKER_RULES",

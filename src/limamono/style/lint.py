@@ -15,6 +15,12 @@ TYPOGRAPHY_RULES: tuple[str, ...] = ("LM001", "LM002", "LM003", "LM004", "LM005"
 MARKER_RULES: tuple[str, ...] = ("LM010", "LM011", "LM012", "LM013")
 #: Rules that make sense on sheet text (descriptions, scenarios), which is not a turn.
 SHEET_RULES: tuple[str, ...] = TYPOGRAPHY_RULES + MARKER_RULES
+#: The prose rules of SPEC §3 a reply must pass to count as in house style: typography,
+#: balanced markers and chat-RP asterisk actions. The narration-person/tense rules are
+#: heuristics (they stay in the lint output) and the format rules (LM020-LM022) are judged
+#: on their own. The evaluation's style compliance and the preference builder's
+#: ``--lint-rejects`` both read this set.
+COMPLIANCE_RULES: frozenset[str] = frozenset((*TYPOGRAPHY_RULES, *MARKER_RULES, "LM030"))
 
 #: Card fields linted as turns of the character (all rules) and as sheet text.
 CARD_TURN_FIELDS: tuple[str, ...] = ("first_mes", "alternate_greetings")
