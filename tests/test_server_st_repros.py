@@ -173,3 +173,43 @@ def test_d4_render_equals_what_sillytavern_sends_with_the_sillytavern_policy(sha
     sent = (folder / "D4_st_sent_prompt.txt").read_text()
     assert render_prompt(folder / "D4_edda_chat_4msgs.yaml", "sillytavern") == sent
     assert render_prompt(folder / "D4_edda_chat_4msgs.yaml", "training") != sent
+
+
+# --------------------------------------------------------------------------- D6 (issue item 5)
+
+def test_d6_sheet_only_prompt_is_a_clear_400_and_a_logged_warning(shared_dir, caplog):
+    """SillyTavern sends the sheet alone when it fills the budget (the story string and
+    nothing else; public/script.js 4087-4116: checkPromptSize drops every chat message)."""
+    body = repro(shared_dir, "D6_sheet_only_prompt_body.json")
+    assert body["prompt"].endswith("still at work among the trees.\n\n")
+    engine = FakeEngine(context_length=16384)
+    caplog.set_level(logging.INFO, "limamono.server")
+    with serve(engine) as client:
+        for route in ("/v1/completions", "/api/extra/generate/stream"):
+            response = client.post(route, json=body)
+            assert response.status_code == 400, route
+            error = response.json()["error"]
+            assert error["param"] == "prompt"
+            assert error["message"].startswith("the prompt is a character sheet with no turn "
+                                               "and no open '### Response:' header")
+            assert "raise Context (tokens)" in error["message"]
+    assert engine.calls == []
+    refused = [r for r in caplog.records if r.getMessage().startswith("refused: the prompt")]
+    assert len(refused) == 2 and refused[0].levelname == "WARNING"
+
+
+@pytest.mark.parametrize(("tail", "closed"), [
+    ("Edda Varn\nScenario: A storm.\n\n", True),
+    ("", False),                       # a card-generation prompt: the model writes the sheet
+    ("Edda", False),                   # ... from the start of a sheet
+    ("Edda Varn\nScenario: A storm.", False),
+    ("Edda Varn\nScenario: A storm.\n\n### Response:\nEdda Varn:", False),
+    ("Edda Varn\nScenario: A storm.\n\n### Input: (length = tiny)\nUser:", False),
+])
+def test_closed_sheet_without_turn(tail, closed):
+    from limamono.core import format as fmt
+    from limamono.core.policy import closed_sheet_without_turn
+
+    prompt = f"{fmt.TRIGGERS['card']}\n\n### Instruction:\n{tail}"
+    assert closed_sheet_without_turn(prompt) is closed
+    assert closed_sheet_without_turn("Once upon a time.\n\n") is False

@@ -304,6 +304,22 @@ def split_turns(prompt: str) -> tuple[str, list[str]] | None:
     return prompt[:starts[0]], [prompt[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
+def closed_sheet_without_turn(prompt: str) -> bool:
+    """Whether ``prompt`` is a Limamono sheet closed by a blank line, with no turn after it.
+
+    SillyTavern sends this when the sheet alone fills its prompt budget (context minus
+    response length minus padding): the story string, ending in its blank line, and no
+    history, no user turn and no ``### Response:`` header. A model given it writes
+    whatever follows a sheet, so it is refused rather than generated. A sheet that is not
+    closed (a card-generation prompt: ``### Instruction:`` and the start of a sheet) and
+    every prompt with a turn are not this.
+    """
+    if not prompt.endswith(fmt.BLOCK_SEP) or _TURN_START.search(prompt):
+        return False
+    head, found, sheet = prompt.partition(f"{fmt.INSTRUCTION}\n")
+    return bool(found) and "\n" not in head.strip("\n") and bool(sheet.strip())
+
+
 def fit_text(prompt: str, count_tokens: CountTokens, context: int,
              max_new_tokens: int) -> Fitted | None:
     """Fit a rendered Limamono prompt (a text-completion request) by whole turns.

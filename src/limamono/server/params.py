@@ -297,6 +297,14 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
     )
 
 
+#: The answer to a Limamono prompt that is a closed sheet and nothing else.
+SHEET_ONLY = (
+    "the prompt is a character sheet with no turn and no open '### Response:' header, so "
+    "there is no reply to write; SillyTavern sends this when the sheet alone fills its "
+    "prompt budget (Context minus Response minus padding); fix: raise Context (tokens), "
+    "lower Response (tokens), or shorten the sheet")
+
+
 def fit_to_context(engine: Engine, request: GenerationRequest) -> str:
     """The prompt to queue: fitted by the prompt policy to the request's context.
 
@@ -308,7 +316,8 @@ def fit_to_context(engine: Engine, request: GenerationRequest) -> str:
 
     Raises:
         ApiError: 400 when even the sheet, the newest user turn and the open header do not
-            fit (the message names the token counts and the fix).
+            fit (the message names the token counts and the fix), and when a text prompt
+            is a closed sheet with no turn (``policy.closed_sheet_without_turn``).
     """
     count = pol.token_counter(engine)
     chat = request.chat
@@ -318,6 +327,11 @@ def fit_to_context(engine: Engine, request: GenerationRequest) -> str:
                 chat.conversation, count, request.context, request.max_new_tokens,
                 response_length=chat.response_length, input_length=chat.input_length)
         else:
+            if pol.closed_sheet_without_turn(request.prompt):
+                log.warning("refused: the prompt is a character sheet with no turn and no "
+                            "open '### Response:' header")
+                raise ApiError(BAD_REQUEST, SHEET_ONLY, field="prompt",
+                               kind="context_length_exceeded")
             fitted = pol.fit_text(request.prompt, count, request.context,
                                   request.max_new_tokens)
     except pol.PromptTooLongError as error:
