@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
      "--output", "ignored"],
 ])
 def test_every_command_loads_through_the_one_loader(args, monkeypatch, tmp_path):
+    import limamono.engine as engine
     from limamono.cli import app
     from limamono.cli.engine_cmd import ConversionProgress
-    import limamono.engine as engine
     from limamono.models.resolve import ModelError
 
     monkeypatch.setenv("LIMAMONO_HOME", str(tmp_path))

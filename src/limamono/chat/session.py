@@ -26,19 +26,16 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from limamono.chat.guard import ImpersonationGuard
 from limamono.chat.messages import ChatConfig, ChatError, PromptPlan, ReplyResult
 from limamono.core.conversation import Character, Conversation, Message, Swipe, User
 from limamono.core.policy import token_counter
 from limamono.engine.protocol import Engine, TextChunk
-
-if TYPE_CHECKING:
-    from limamono.samplers import SamplerSettings
+from limamono.samplers.settings import SamplerSettings, get_preset
 
 
 def drop_chunk(history_size: int, fraction: float) -> int:
@@ -56,7 +53,8 @@ class ChatSession:
             the session changes it in place.
         engine: any ``Engine``; the session only calls ``tokenize``, ``context_length`` and
             ``stream_text``.
-        settings: sampler settings passed to the engine as they are.
+        settings: sampler settings passed to the engine as they are (default: the
+            ``limamono`` preset, the chain's own default).
         config: prompt and generation settings.
         on_change: called with the session after every change of the history (persistence).
     """
@@ -66,7 +64,7 @@ class ChatSession:
                  on_change: Callable[[ChatSession], None] | None = None) -> None:
         self.chat = chat
         self.engine = engine
-        self.settings = settings
+        self.settings = settings if settings is not None else get_preset("limamono")
         self.config = config or ChatConfig()
         self.on_change = on_change
         self.dropped = 0
@@ -217,7 +215,7 @@ class ChatSession:
         self._changed()
 
     def _run(self, plan: PromptPlan, guard: ImpersonationGuard,
-             cancel: threading.Event | None) -> Iterator[str]:
+             cancel: threading.Event | None) -> Generator[str, None, ReplyResult]:
         """Stream through the guard; return the (unguarded) result when the stream ends."""
         stop = self.config.policy.stop_strings(self.user.name)
         stream = self.engine.stream_text(plan.text, self.settings, self.config.max_new_tokens,

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
-from rich.console import Console, ConsoleOptions, RenderableType, RenderHook, RenderResult
+from rich.console import (
+    Console,
+    ConsoleOptions,
+    ConsoleRenderable,
+    RenderableType,
+    RenderHook,
+    RenderResult,
+)
 from rich.measure import Measurement
 from rich.segment import Segment
 from rich.text import Text
@@ -69,12 +76,14 @@ class _Visible:
 
 
 class _NeutraliseControls(RenderHook):
-    def process_renderables(self, renderables: list[RenderableType]) -> list[RenderableType]:
+    def process_renderables(self, renderables: list[ConsoleRenderable],
+                            ) -> list[ConsoleRenderable]:
         return [_Visible(r) for r in renderables]
 
 
 def _console(**kwargs: object) -> Console:
-    console = Console(highlight=False, markup=False, soft_wrap=True, **kwargs)  # type: ignore[arg-type]
+    console = Console(highlight=False, markup=False, soft_wrap=True,
+                      **kwargs)  # type: ignore[arg-type]  # Console's keywords differ in type
     console.push_render_hook(_NeutraliseControls())
     return console
 

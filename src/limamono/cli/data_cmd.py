@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from rich.text import Text
@@ -15,6 +15,10 @@ from limamono.util.untrusted import quote
 data_app = typer.Typer(help="Check, build and measure a training dataset (a folder of "
                             "conversation YAML, JSONL and LimaRP YAML files).",
                        no_args_is_help=True)
+
+if TYPE_CHECKING:
+    from limamono.dataset.build import Overflow
+    from limamono.dataset.samples import EndOfTurn
 
 
 def _bounds(text: str) -> tuple[int, ...]:
@@ -91,8 +95,11 @@ def _build_config(seq_len: int, val: float, seed: int, overflow: str, end_of_tur
     from limamono.dataset import BuildConfig
 
     try:
-        return BuildConfig(seq_len=seq_len, val=val, seed=seed, overflow=overflow,  # type: ignore[arg-type]
-                           end_of_turn=end_of_turn, train_on_inputs=train_on_inputs,  # type: ignore[arg-type]
+        # BuildConfig checks both values against its own lists when it is built.
+        return BuildConfig(seq_len=seq_len, val=val, seed=seed,
+                           overflow=cast("Overflow", overflow),
+                           end_of_turn=cast("EndOfTurn", end_of_turn),
+                           train_on_inputs=train_on_inputs,
                            length_bounds=_bounds(length_bounds),
                            window_overlap=window_overlap, trigger=trigger, normalize=normalize,
                            include_drafts=include_drafts)

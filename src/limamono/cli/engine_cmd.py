@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ class ConversionProgress:
             self._progress = None
 
 
-def load_engine_for_cli(model: str, adapter: str | None, dtype: str = "auto",
+def load_engine_for_cli(model: str, adapter: str | os.PathLike[str] | None, dtype: str = "auto",
                         threads: int | None = None, backend: str = "auto",
                         context: int | None = None) -> Any:
     """The one engine loader of the CLI (generate, chat, demo, serve, eval).
@@ -89,7 +91,7 @@ def prepare_model_for_cli(model: str) -> None:
 
 
 @contextmanager
-def ctrl_c_sets(event: threading.Event):
+def ctrl_c_sets(event: threading.Event) -> Iterator[None]:
     """While inside, the first Ctrl-C sets ``event`` (a clean cancel); a second one aborts."""
     def handler(signum: int, frame: Any) -> None:
         if event.is_set():

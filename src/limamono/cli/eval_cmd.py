@@ -99,6 +99,7 @@ def _generate(config: Any, model: str, dtype: str, threads: int | None) -> list[
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeElapsedColumn,
     )
@@ -110,14 +111,14 @@ def _generate(config: Any, model: str, dtype: str, threads: int | None) -> list[
     prepare_model_for_cli(model)  # a conversion bar first: one live display at a time
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(variant: str, done: int, total: int) -> None:
             if variant not in tasks:
                 tasks[variant] = bar.add_task(f"generating ({variant})", total=total)
             bar.update(tasks[variant], completed=done)
 
-        def load(model_name: str, adapter_name: str):
+        def load(model_name: str, adapter_name: str) -> Any:
             # Loss evaluation needs the torch model, and both variants the same engine.
             return load_engine_for_cli(model_name, resolve_adapter(adapter_name), dtype, threads,
                                        backend="torch")

@@ -106,8 +106,9 @@ class Message:
     ``Message(role, text, length)`` is a turn with one swipe (what dataset files hold); a chat
     message keeps every alternative reply in ``swipes`` and shows ``swipes[swipe_id]``.
     ``text`` is the shown swipe's text. Given together with ``swipes``, ``text`` wins for the
-    shown swipe (SillyTavern's rule for ``mes``, and what ``dataclasses.replace(m, text=...)``
-    means), so a file edited by hand never disagrees with itself.
+    shown swipe (SillyTavern's rule for ``mes``, and what :meth:`with_text` and
+    ``dataclasses.replace(m, text=...)`` mean), so a file edited by hand never disagrees with
+    itself.
 
     Attributes:
         role: ``char`` or ``user``.
@@ -149,6 +150,12 @@ class Message:
         self.hidden = hidden
         self.send_date = send_date
         self.meta = {} if meta is None else meta
+
+    def with_text(self, text: str) -> Message:
+        """A copy whose shown swipe has ``text`` (the other swipes and fields unchanged)."""
+        return Message(self.role, text, self.length, swipes=self.swipes,
+                       swipe_id=self.swipe_id, hidden=self.hidden, send_date=self.send_date,
+                       meta=self.meta)
 
     @property
     def current(self) -> Swipe:

@@ -30,7 +30,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 from limamono.core import format as fmt
 from limamono.core.conversation import LENGTHS, Conversation, Message
@@ -354,7 +354,14 @@ def _newest_user(messages: Sequence[Message]) -> int | None:
     return max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
 
 
-def token_counter(engine: object) -> CountTokens:
+class Tokenizes(Protocol):
+    """What :func:`token_counter` needs of an engine: its ``tokenize`` (``prompt_ids`` too,
+    when the engine adds start tokens to every prompt)."""
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+
+def token_counter(engine: Tokenizes) -> CountTokens:
     """The token count of a prompt as ``engine`` will feed it (the one place that says how).
 
     An engine that adds start tokens (BOS) to every prompt says so with ``prompt_ids``;

@@ -176,7 +176,7 @@ def normalize_record(record: Record) -> tuple[Record, list[dict[str, Any]]]:
         if text != message.text:
             rules = sorted({str(getattr(issue, "rule", "")) for issue in issues} - {""})
             fixes.append({"file": record.name, "message_index": i, "rules": rules})
-            message = replace(message, text=text)
+            message = message.with_text(text)
         messages.append(message)
     return replace(record, conversation=replace(conv, messages=messages)), fixes
 
@@ -276,7 +276,9 @@ def build_samples(records: Sequence[Record], tokenizer: Tokenizer,
                 or (p.rule == "draft" and not config.include_drafts)]
     if blocking:
         raise DatasetError(blocking)
-    unique, duplicates, seen = [], [], set()
+    unique: list[Record] = []
+    duplicates: list[Record] = []
+    seen: set[str] = set()
     for record in records:
         digest = content_hash(record.conversation)
         (duplicates if digest in seen else unique).append(record)

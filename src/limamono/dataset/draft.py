@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from limamono.core import format as fmt
-from limamono.core.conversation import LENGTHS, Conversation, Message
+from limamono.core.conversation import LENGTHS, Conversation, Message, Role
 from limamono.core.policy import reply_token_budget
 from limamono.engine.protocol import Engine
 
@@ -201,13 +201,13 @@ class ConversationDraft:
     prompts: list[str] = field(default_factory=list)
 
 
-def next_role(conversation: Conversation) -> str:
+def next_role(conversation: Conversation) -> Role:
     """Who speaks next: the character opens, then the two sides alternate."""
     messages = conversation.messages
     return "user" if messages and messages[-1].role == "char" else "char"
 
 
-def turn_prompt(policy: PromptPolicy, conversation: Conversation, role: str,
+def turn_prompt(policy: PromptPolicy, conversation: Conversation, role: Role,
                 length: str) -> str:
     """The prompt of the next turn: the conversation so far, then the open header of
     ``role`` with ``length`` and the speaker's name (``...\n\n### Input: (length = tiny)\nTom:``).
@@ -216,7 +216,7 @@ def turn_prompt(policy: PromptPolicy, conversation: Conversation, role: str,
     policy and ``format`` write it exactly as they write every other turn.
     """
     opened = replace(conversation, messages=[*conversation.messages,
-                                             Message(role, "", length)])  # type: ignore[arg-type]
+                                             Message(role, "", length)])
     segments = policy.segments(opened, open_response=False)
     if segments[-1].kind != "text" or segments[-1].text != " ":  # pragma: no cover
         raise RuntimeError("format.render_segments no longer ends a turn with its text piece")
@@ -291,7 +291,7 @@ def draft_conversation(engine: Engine, settings: Any, start: Conversation, plan:
         if done.stop_string == f"\n{other}:":
             draft.notes.append(f"turn {index}: the model began {other}'s turn without a "
                                "header; cut there")
-        message = Message(role, text, length)  # type: ignore[arg-type]
+        message = Message(role, text, length)
         draft.conversation = replace(conv, messages=[*conv.messages, message])
         draft.prompts.append(fitted.text)
         draft.new_turns += 1
@@ -300,7 +300,7 @@ def draft_conversation(engine: Engine, settings: Any, start: Conversation, plan:
     return draft
 
 
-def _pick_length(plan: DraftPlan, conv: Conversation, role: str, rng: random.Random) -> str:
+def _pick_length(plan: DraftPlan, conv: Conversation, role: Role, rng: random.Random) -> str:
     """The label of the next turn: the greeting's, else one of the role's (seeded)."""
     if role == "user":
         return rng.choice(plan.user_lengths)
@@ -364,7 +364,8 @@ def mark_draft(draft: ConversationDraft, model: str, adapter: str | None, seed: 
 
     sampler = ({k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(settings).items()}
-               if dataclasses.is_dataclass(settings) else None)
+               if dataclasses.is_dataclass(settings) and not isinstance(settings, type)
+               else None)
     conv = draft.conversation
     meta = {**conv.meta, "draft": True, "model": model, "adapter": adapter or "none",
             "seed": seed, "sampler": sampler, "finish": draft.finish,

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> dict[str, Any]:
     probe = "### Response: (length = long)\nÉlodie: \"Hello…\" _thinking_ *thud* 12345"
     ids = encode(tokenizer, probe)
     return {"name": str(getattr(tokenizer, "name_or_path", "") or ""),
-            "vocab_size": len(tokenizer) if hasattr(tokenizer, "__len__") else None,
+            "vocab_size": len(tokenizer) if isinstance(tokenizer, Sized) else None,
             "probe_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
 
 

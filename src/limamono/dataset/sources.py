@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 from limamono.core import conversation as conv_mod
 from limamono.core import format as fmt
-from limamono.core.conversation import Character, Conversation, ConversationError, Message, User
+from limamono.core.conversation import (
+    Character,
+    Conversation,
+    ConversationError,
+    Message,
+    Role,
+    User,
+)
 from limamono.dataset.folders import PREFS_FILE, STATS_FILE, is_built, is_prefs
 from limamono.util import untrusted
 
@@ -140,7 +147,7 @@ def from_limarp(data: dict[str, Any], source: str = "<limarp>") -> Conversation:
             raise ConversationError("expected a mapping with name and text", source,
                                     field=f"conversation[{i}]")
         text = _limarp_text(turn.get("text"), f"conversation[{i}].text", source)
-        role = "char" if turn.get("name") == LIMARP_FIRST else "user"
+        role: Role = "char" if turn.get("name") == LIMARP_FIRST else "user"
         messages.append(Message(role, fill(text).strip("\n")))
     description = fill(_limarp_text(personas.get(LIMARP_FIRST, ""), "persona", source))
     user_persona = fill(_limarp_text(personas.get(LIMARP_SECOND, ""), "persona", source))
@@ -301,7 +308,8 @@ def _style_problems(record: Record) -> list[Problem]:
         return []
     problems = []
     for issue in lint(record.conversation):
-        severity = "error" if getattr(issue, "severity", "warning") == "error" else "warning"
+        is_error = getattr(issue, "severity", "warning") == "error"
+        severity: Severity = "error" if is_error else "warning"
         problems.append(Problem(record.file, str(issue.rule), str(issue.message), severity,
                                 getattr(issue, "message_index", None), record=record.index))
     return problems

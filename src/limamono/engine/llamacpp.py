@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from limamono.engine.kvreuse import Reuse, plan_reuse
 from limamono.engine.loop import PREFILL_CHUNK, EngineBase, KVSlot, SlotStart
@@ -99,7 +99,11 @@ class LlamaCppEngine(EngineBase):
         self.model_name = name or self.path.name
         self.cache_entries = cache_entries
         self._ll = llama_lib.load()
-        self._model = self._ctx = self._batch = self._lora = None
+        # ctypes handles from llama.cpp (None until loaded, and again after close)
+        self._model: Any = None
+        self._ctx: Any = None
+        self._batch: Any = None
+        self._lora: Any = None
         self._load(context_length, threads or min(DEFAULT_THREADS, os.cpu_count() or 1))
         if lora is not None:
             self._apply_lora(Path(lora))

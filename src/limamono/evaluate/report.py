@@ -170,7 +170,9 @@ def _target(low: float | None, high: float | None, percent: bool) -> str:
 
     if low is not None and high is not None:
         return f"{show(low)}-{show(high)}"
-    return f"≥ {show(low)}" if low is not None else f"≤ {show(high)}"  # type: ignore[arg-type]
+    if low is not None:
+        return f"≥ {show(low)}"
+    return f"≤ {show(high)}" if high is not None else "none"
 
 
 def _sources(results: Sequence[VariantResult]) -> list[str]:
@@ -212,8 +214,8 @@ def to_markdown(config: EvalConfig, results: Sequence[VariantResult]) -> str:
                      if r.behaviour and label in r.behaviour.median_words else "n/a"
                      for r in results]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    percent = {key: p for key, _, p in _ROWS}
-    lines += ["", "Targets: " + "; ".join(f"{k} {_target(lo, hi, percent[k])}"
+    as_percent = {key: p for key, _, p in _ROWS}
+    lines += ["", "Targets: " + "; ".join(f"{k} {_target(lo, hi, as_percent[k])}"
                                           for k, (lo, hi) in TARGETS.items()),
               "", "Plots: `lengths.png`, `metrics.png` (bars with their 95 % intervals). "
               "Every reply is in `report.json`.", ""]
@@ -228,8 +230,10 @@ def plot(results: Sequence[VariantResult], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
+    results = [r for r in results if r.behaviour is not None]  # loss-only variants: no bars
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
+        assert r.behaviour is not None
         labels = [s.requested_length for s in r.samples]
         order = [x for x in LENGTHS if x in labels]
         ax.plot(order, [r.behaviour.median_words[x] for x in order], marker="o", label=r.adapter)
@@ -246,6 +250,7 @@ def plot(results: Sequence[VariantResult], out: Path) -> list[Path]:
     keys = [k for k, _, percent in _ROWS if percent]
     width = 0.8 / max(len(results), 1)
     for n, r in enumerate(results):
+        assert r.behaviour is not None
         values = [getattr(r.behaviour, k) or 0.0 for k in keys]
         spans = [r.behaviour.intervals.get(k) or (v, v) for k, v in zip(keys, values,
                                                                          strict=True)]

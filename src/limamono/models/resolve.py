@@ -40,6 +40,8 @@ DEMO_ADAPTER = Path("examples") / "adapters" / "demo"
 
 DType = Literal["auto", "bf16", "fp16", "fp32"]
 DTYPES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+_FIXED_DTYPES: dict[str, Literal["bf16", "fp16", "fp32"]] = {
+    "bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 #: The ``--dtype`` help of every command that loads a model.
 DTYPE_HELP = ("auto, bf16, fp16 or fp32; auto is bf16 on CUDA and on CPUs with native bf16 "
               "(AMX, AVX512-BF16), else fp32 (`limamono models` shows the choice).")
@@ -151,7 +153,7 @@ def convert_gguf(gguf: Path, target: Path, progress: ProgressFn | None = None) -
         report("de-quantising the GGUF weights", 1, 4)
         # fp32 is the fast path for GGUF de-quantisation; the cast to bf16 comes after.
         with _no_gguf_bar():
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+            model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                          dtype=torch.float32)
         report("writing bf16 safetensors", 2, 4)
         # save_pretrained refuses a model that still says it is GGUF-quantised.
@@ -393,8 +395,9 @@ def choose_dtype(dtype: str = "auto", hardware: Hardware | None = None) -> Dtype
     """
     if dtype not in DTYPES:
         raise ModelError(f"dtype {dtype!r}: unknown; fix: use one of {', '.join(DTYPES)}")
-    if dtype != "auto":
-        return DtypeChoice(dtype, f"asked for (--dtype {dtype})")  # type: ignore[arg-type]
+    fixed = _FIXED_DTYPES.get(dtype)
+    if fixed is not None:
+        return DtypeChoice(fixed, f"asked for (--dtype {dtype})")
     hw = hardware or detect_hardware()
     if hw.cuda:
         if hw.cuda_bf16:
@@ -473,7 +476,7 @@ def load_model(spec: ModelSpec, adapter: str | os.PathLike[str] | None = None,
     wanted = torch_dtype(dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=wanted,
+        model: Any = AutoModelForCausalLM.from_pretrained(spec.path, dtype=wanted,
                                                      local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{spec.path}: cannot load the model ({exc}); fix: check that the "

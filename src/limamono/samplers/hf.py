@@ -30,7 +30,7 @@ class SamplerLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """input_ids [batch, seq], scores [batch, vocab] -> new scores [batch, vocab]."""
         rows = [self.sampler.process(ids, row) for ids, row in zip(input_ids, scores, strict=True)]
-        return torch.stack(rows)
+        return torch.stack(rows)  # type: ignore[return-value]  # transformers' annotation
 
 
 def generate_kwargs(settings: SamplerSettings, vocab: Vocabulary | None = None,

@@ -8,6 +8,7 @@ Each factory returns a stage ``(candidates, context_ids) -> None`` for
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -114,11 +115,12 @@ def top_n_sigma_stage(s: SamplerSettings) -> Stage | None:
     return stage
 
 
-def _transform_survivors(cands: Candidates, transform: object) -> None:
+def _transform_survivors(cands: Candidates,
+                         transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Replace the survivors' logits by ``transform(values)`` (order may change)."""
     ids = cands.survivor_ids()
     cands.changed_logits()
-    cands.logits[ids] = transform(cands.logits[ids])  # type: ignore[operator]
+    cands.logits[ids] = transform(cands.logits[ids])
 
 
 def quadratic_stage(s: SamplerSettings) -> Stage | None:

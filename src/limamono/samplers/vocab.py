@@ -59,7 +59,11 @@ class Vocabulary:
 
     def newline_id(self) -> int | None:
         """The token text-generation-webui takes as "newline": the last of ``encode("\\n")``."""
-        return self.cached("newline", lambda: (self.encode("\n") or [None])[-1])
+        def last_id() -> int | None:
+            ids = self.encode("\n")
+            return ids[-1] if ids else None
+
+        return self.cached("newline", last_id)
 
     def textgen_breakers(self, breakers: tuple[str, ...]) -> BreakerTable:
         """text-generation-webui's breakers: the last token of ``encode("a" + s)`` each.

@@ -97,9 +97,9 @@ def router(state: ServerState) -> APIRouter:
     async def generate(body: KoboldGenerateRequest, request: Request) -> dict[str, Any]:
         job = await state.submit(lambda: kobold_request(body, state))
         reply = await state.reply(job, request.receive)
-        result = {"text": reply.text, "finish_reason": wire_finish_reason(reply.finish_reason),
-                  "prompt_tokens": reply.prompt_tokens,
-                  "completion_tokens": reply.completion_tokens}
+        result: dict[str, Any] = {
+            "text": reply.text, "finish_reason": wire_finish_reason(reply.finish_reason),
+            "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
         if reply.logprobs:
             result["logprobs"] = chat_logprobs(reply.logprobs)
         return {"results": [result]}

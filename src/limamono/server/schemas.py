@@ -105,7 +105,7 @@ def _sampler_fields() -> dict[str, Any]:
     return fields
 
 
-SamplerFields: type[Body] = create_model(  # type: ignore[call-overload]
+SamplerFields: type[Body] = create_model(
     "SamplerFields", __base__=Body, __doc__="Every sampler wire name SillyTavern sends.",
     **_sampler_fields())
 
@@ -113,7 +113,7 @@ _STOP_DOC = "Stop strings (a string or a list); the reply ends before the first 
 _CTX_DOC = "The client's context size; the prompt is cut from the left to fit it."
 
 
-class KoboldGenerateRequest(SamplerFields):  # type: ignore[misc, valid-type]
+class KoboldGenerateRequest(SamplerFields):  # type: ignore[misc, valid-type]  # a create_model class
     """KoboldAI/KoboldCpp ``/api/v1/generate`` and ``/api/extra/generate/stream``."""
 
     prompt: str = Field(description="The whole prompt, as text.")
@@ -130,7 +130,7 @@ class StreamOptions(Body):
     include_usage: bool | None = None
 
 
-class CompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]
+class CompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]  # a create_model class
     """``/v1/completions``: OpenAI fields plus the KoboldCpp and text-generation-webui ones."""
 
     prompt: str | list[str] = Field(description="The prompt (a list must hold one string).")
@@ -175,7 +175,7 @@ class WireMessage(Body):
     length: str | None = None
 
 
-class ChatCompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]
+class ChatCompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]  # a create_model class
     """``/v1/chat/completions``: messages rendered with the Limamono format."""
 
     messages: list[WireMessage] = Field(description=(

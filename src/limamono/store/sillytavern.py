@@ -169,7 +169,8 @@ def _st_message(obj: dict[str, Any], source: str, line: int, user_name: str,
     texts = list(texts)
     texts[swipe_id] = mes  # SillyTavern shows `mes`; it is the truth when the two differ
     ours = _limamono_extra(obj, where)
-    infos = obj.get("swipe_info") if isinstance(obj.get("swipe_info"), list) else []
+    info_field = obj.get("swipe_info")
+    infos: list[Any] = info_field if isinstance(info_field, list) else []
     cuts, reasons = ours.get("cuts", []), ours.get("finish_reasons", [])
     swipes = [Swipe(t, _at(cuts, i), _at(reasons, i),
                     infos[i] if i < len(infos) and isinstance(infos[i], dict) else {})

@@ -142,7 +142,7 @@ def normalize_conversation(conversation: Conversation, *, rules: Iterable[str] |
     fixed: list[Issue] = []
     for index, message in enumerate(conversation.messages):
         text, found = normalize(message.text, rules=rules)
-        messages.append(dataclasses.replace(message, text=text))
+        messages.append(message.with_text(text))
         fixed.extend(dataclasses.replace(i, message_index=index) for i in found)
     return dataclasses.replace(conversation, messages=messages), fixed
 

@@ -6,11 +6,15 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from limamono import dataset as ds
 from limamono.dataset.output import TOKENIZED_DIR
 from limamono.train.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    from limamono.dataset.build import Overflow
+    from limamono.dataset.samples import EndOfTurn
 
 #: Where a run builds its dataset when ``data`` is a folder of conversations.
 RUN_DATA_DIR = "data"
@@ -37,9 +41,10 @@ class TrainData:
 
 def build_config(config: TrainConfig) -> ds.BuildConfig:
     """The dataset build options a training config implies."""
+    # BuildConfig checks both values against its own lists when it is built.
     return ds.BuildConfig(seq_len=config.sequence_len, val=config.val, seed=config.seed,
-                          overflow=config.overflow,  # type: ignore[arg-type]
-                          end_of_turn=config.end_of_turn,  # type: ignore[arg-type]
+                          overflow=cast("Overflow", config.overflow),
+                          end_of_turn=cast("EndOfTurn", config.end_of_turn),
                           train_on_inputs=config.train_on_inputs,
                           length_bounds=tuple(config.length_bounds),
                           window_overlap=config.window_overlap, trigger=config.trigger)

@@ -100,12 +100,16 @@ class _BoundedLoader(yaml.SafeLoader):
                 mark = self.peek_event().start_mark
                 raise UntrustedError(f"nested more than {MAX_DEPTH} levels deep",
                                      mark.line + 1)
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
+            assert node is not None  # only compose_document's end of stream yields None
+            return node
         finally:
             self._depth -= 1
 
-    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
-        node = super().compose_mapping_node(anchor)
+    # types-PyYAML declares ``anchor`` as a dict; PyYAML passes the event's anchor string.
+    def compose_mapping_node(self, anchor: str | None,  # type: ignore[override]  # stub
+                             ) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)  # type: ignore[arg-type]  # same stub
         seen: dict[str, int] = {}
         for key, _value in node.value:
             if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":

@@ -163,9 +163,9 @@ def demo_cmd(
     err.print(dim(f"loading {model} (adapter: {adapter})..."))
     setup = time.monotonic()
     engine = make_engine(model, None if adapter == "none" else adapter, threads, backend)
-    backend = getattr(engine, "backend", None)  # the real engines say which they are
+    loaded_by = getattr(engine, "backend", None)  # the real engines say which they are
     err.print(dim(f"model ready in {time.monotonic() - setup:.1f} s"
-                  + (f" ({backend})" if backend else "")))
+                  + (f" ({loaded_by})" if loaded_by else "")))
     chat_id = store.create_chat(start, source=str(path))
     session = start_session(store, chat_id, engine, settings, max_tokens, prompt_policy)
     loop = ChatLoop(session, store, chat_id, seed)
