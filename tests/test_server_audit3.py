@@ -170,3 +170,55 @@ def test_paired_surrogates_are_text() -> None:
         headers={"Content-Type": "application/json"})
     assert response.status_code == 200
     assert engine.calls[0].prompt == "a\U0001f600b"
+
+
+# --------------------------------------------------------------------------- 4: context of 1
+
+class RealTokens(FakeEngine):
+    """The fake engine, counting tokens as a real tokenizer does (start tokens included)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def prompt_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))  # with the BOS where the family adds one
+
+
+CONTEXT_CASES = [  # (route, body without its context, context field)
+    ("/api/v1/generate", {"prompt": "hello there", "max_length": 1}, "max_context_length"),
+    ("/api/extra/generate/stream", {"prompt": "hello there", "max_length": 1},
+     "max_context_length"),
+    ("/v1/completions", {"prompt": "hello there", "max_tokens": 1}, "truncation_length"),
+    ("/v1/completions", {"prompt": "hello there", "max_tokens": 1, "stream": True}, "num_ctx"),
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Mira"},
+                                           {"role": "user", "content": "hi"}],
+                              "max_tokens": 1}, "truncation_length"),
+]
+
+
+@pytest.mark.parametrize("family", ["tokenizer", "mistral_tokenizer"])
+@pytest.mark.parametrize(("route", "body", "field"), CONTEXT_CASES)
+def test_a_context_without_room_for_a_prompt_is_a_400_before_queueing(
+        family: str, route: str, body: dict[str, Any], field: str,
+        request: pytest.FixtureRequest) -> None:
+    engine = RealTokens(request.getfixturevalue(family))
+    start = len(engine.prompt_ids(""))
+    assert start == (0 if family == "tokenizer" else 1)  # SmolLM2: no BOS; Mistral: BOS
+    client = make_client(engine)
+    for context in range(1, start + 2):
+        response = client.post(route, json={**body, field: context})
+        assert response.status_code == 400, response.text
+        error = response.json()
+        where = error["detail"]["field"] if route.startswith("/api/") else error["error"]["param"]
+        assert where == field
+        assert f"{field}={context}: no room for a prompt" in response.text
+        assert f"at least {start + 2} tokens" in response.text
+    assert engine.calls == []
+    if route != "/v1/chat/completions":  # the smallest context that holds a prompt token
+        response = client.post(route, json={**body, field: start + 2})
+        assert response.status_code == 200, response.text
+        assert len(engine.calls) == 1

@@ -89,6 +89,7 @@ class GenerationRequest:
         context: The context to fit prompt + reply into (<= the engine's).
         genkey: The client's key, for ``/api/extra/abort`` and ``/generate/check``.
         chat: The conversation behind ``prompt`` (structured routes), fitted by turns.
+        context_field: The wire field that set ``context`` (None: the engine's own).
     """
 
     prompt: str
@@ -98,6 +99,7 @@ class GenerationRequest:
     context: int
     genkey: str | None = None
     chat: ChatPrompt | None = None
+    context_field: str | None = None
 
 
 def dialect_of(body: Mapping[str, Any]) -> str:
@@ -287,6 +289,7 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
     if ignored:  # accepted, as the emulated servers accept them, but the user should know
         log.warning("ignoring fields this server does not implement: %s", ", ".join(ignored))
     context = effective_context(body, dialect, engine_context)
+    found = first_present(body, CONTEXT_FIELDS[dialect])
     return GenerationRequest(
         prompt=prompt,
         settings=sampler_settings(body, config.sampler_settings(), dialect, vocab_size),
@@ -294,6 +297,7 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
         stop=stop_strings(body, dialect, config, extra_stops),
         context=context,
         genkey=body.get("genkey"),
+        context_field=found[0] if found is not None else None,
     )
 
 
@@ -320,6 +324,7 @@ def fit_to_context(engine: Engine, request: GenerationRequest) -> str:
             is a closed sheet with no turn (``policy.closed_sheet_without_turn``).
     """
     count = pol.token_counter(engine)
+    check_room_for_prompt(request, count(""))
     chat = request.chat
     try:
         if chat is not None:
@@ -342,6 +347,23 @@ def fit_to_context(engine: Engine, request: GenerationRequest) -> str:
     if fitted.cut:
         log.warning("%s", fitted.describe())
     return fitted.text
+
+
+def check_room_for_prompt(request: GenerationRequest, start_tokens: int) -> None:
+    """Refuse a context that holds no prompt token beside the reply and the start tokens.
+
+    Raises:
+        ApiError: 400 naming the context field (``max_context_length: 1`` and the like).
+    """
+    room = request.context - request.max_new_tokens - start_tokens
+    if room >= 1:
+        return
+    field = request.context_field or "max_tokens"
+    need = request.max_new_tokens + start_tokens + 1
+    raise ApiError(BAD_REQUEST, f"{field}={request.context}: no room for a prompt in the "
+                   f"context: the reply takes {request.max_new_tokens} token(s) and the "
+                   f"model's start tokens {start_tokens}; fix: a context of at least {need} "
+                   "tokens, or a shorter reply", field=field)
 
 
 def _cut_raw(engine: Engine, request: GenerationRequest) -> str:
