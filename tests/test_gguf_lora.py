@@ -125,3 +125,19 @@ def test_a_gguf_path_runs_on_llamacpp_from_the_cli():
                                       "-n", "3", "--threads", "1", "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert result.stdout.endswith("\n") and len(result.stdout) > 1
+
+
+def test_torch_refuses_a_gguf_file_other_than_the_embedded_one_naming_the_fix(tmp_path):
+    """Issue 21 item 6: `--backend torch` with a .gguf path used to fail deep in the loader
+    while --help listed .gguf for --model; it now says which backend runs it."""
+    from limamono.models.resolve import embedded_gguf
+
+    path = str(embedded_gguf())  # a .gguf path (not the name smollm2-135m)
+    with pytest.raises(ModelError, match=r"--backend torch cannot load a \.gguf file \(only "
+                       r"the embedded smollm2-135m, which it converts\); fix: use --backend "
+                       r"auto or llamacpp"):
+        choose_backend(path, None, "torch")
+    dora = _adapter(tmp_path / "dora", use_dora=True)
+    with pytest.raises(ModelError, match=r"use_dora cannot run in llama\.cpp"):
+        choose_backend(path, dora)  # neither backend can: the adapter's reason is given
+    assert choose_backend("smollm2-135m", None, "torch") == "torch"

@@ -86,9 +86,11 @@ def test_resolve_adapter_values(tmp_path):
     assert resolve_adapter("none") is None
     assert resolve_adapter("NONE") is None
     assert resolve_adapter(str(tmp_path)) == tmp_path
-    demo = Path(models.__file__).resolve().parents[2] / models.DEMO_ADAPTER
-    expected = demo if (demo / "adapter_config.json").is_file() else None
-    assert resolve_adapter("demo") == expected
+    # The repository's demo adapter (the checkout carries it): not None, which would mean
+    # every `--adapter demo` default silently runs the bare model.
+    demo = Path(__file__).resolve().parents[1] / models.DEMO_ADAPTER
+    assert (demo / "adapter_config.json").is_file()
+    assert resolve_adapter("demo") == demo
 
 
 def cpu(capability: str, *flags: str) -> models.Hardware:

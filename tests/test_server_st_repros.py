@@ -213,3 +213,33 @@ def test_closed_sheet_without_turn(tail, closed):
     prompt = f"{fmt.TRIGGERS['card']}\n\n### Instruction:\n{tail}"
     assert closed_sheet_without_turn(prompt) is closed
     assert closed_sheet_without_turn("Once upon a time.\n\n") is False
+
+
+# --------------------------------------------------------------------------- item 6
+
+def test_serve_says_which_adapter_it_applies():
+    """`serve --model file.gguf` ran without the demo adapter and said nothing."""
+    from limamono.cli.serve_cmd import adapter_summary
+    from limamono.models.resolve import resolve_adapter
+
+    demo = resolve_adapter("demo", "smollm2-135m")
+    # The repository's demo adapter (since the move to models/ it resolved to src/examples/,
+    # so `--adapter demo` silently meant no adapter).
+    assert demo == Path(__file__).resolve().parents[1] / "examples" / "adapters" / "demo"
+    assert adapter_summary("demo", "smollm2-135m") == f"{demo} (the demo adapter)"
+    assert adapter_summary("demo", "/models/mistral.Q4_K_M.gguf") == (
+        "none: the demo adapter was trained on smollm2-135m and applies only to it; pass "
+        "--adapter FOLDER for this model")
+    assert adapter_summary("none", "smollm2-135m") == "none (--adapter none)"
+    assert adapter_summary("/a/b", "x.gguf") == "/a/b"
+
+
+def test_serve_banner_has_the_adapter_line():
+    from limamono.cli import serve_cmd
+
+    engine = FakeEngine(context_length=4096)
+    with serve_cmd.out.capture() as captured:
+        serve_cmd._announce(engine, "127.0.0.1", 5001, "none (--adapter none)")
+    lines = captured.get().splitlines()
+    assert lines[:2] == ["Serving fake-limamono (context 4096) at http://127.0.0.1:5001",
+                         "  Adapter: none (--adapter none)"]

@@ -38,7 +38,10 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 #: ``--backend`` help, the same on every command that loads a model.
 BACKEND_HELP = ("auto (llama.cpp for GGUF models, the embedded one included, with no "
-                "adapter or a plain LoRA one), llamacpp or torch.")
+                "adapter or a plain LoRA one), llamacpp (GGUF files only) or torch (HF "
+                "folders, hub ids and the embedded model; no other .gguf file).")
+MODEL_HELP = ("Model: smollm2-135m (embedded; either backend), a .gguf file (llama.cpp "
+              "backend), an HF folder or a cached hub id (torch backend).")
 
 
 def visible(text: str) -> str:

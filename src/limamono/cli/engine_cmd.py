@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from limamono.cli.common import BACKEND_HELP, dim, err, fail, out, visible
+from limamono.cli.common import BACKEND_HELP, MODEL_HELP, dim, err, fail, out, visible
 from limamono.models.resolve import DTYPE_HELP
 
 
@@ -158,8 +158,7 @@ def generate_cmd(
                                    help="Most new tokens to generate."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (same seed, same "
                                     "prompt: same text)."),
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model: 'smollm2-135m' "
-                              "(embedded), a .gguf file, an HF folder or a cached hub id."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
     adapter: str | None = typer.Option(None, "--adapter", "-a", help="PEFT LoRA adapter "
                                        "folder, 'demo' or 'none'."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from limamono.cli.common import BACKEND_HELP, err, fail, out, warn
+from limamono.cli.common import BACKEND_HELP, MODEL_HELP, err, fail, out, warn
 from limamono.models.resolve import DTYPE_HELP
 
 _HELP = (
@@ -78,12 +78,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("serve", help=_HELP)
     def serve(
-        model: str = typer.Option("smollm2-135m", "--model", "-m",
-                                  help="Embedded model name, .gguf file, HF folder or cached "
-                                  "hub id."),
+        model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         adapter: str = typer.Option("demo", "--adapter",
-                                    help="LoRA adapter folder, 'demo' (the bundled adapter "
-                                    "for the embedded model) or 'none' (the bare base)."),
+                                    help="LoRA adapter folder, 'demo' (the bundled adapter, "
+                                    "trained on the embedded model: with another --model it "
+                                    "means none) or 'none' (the bare base). The server says "
+                                    "at start which one it applies."),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind."),
         port: int = typer.Option(5001, "--port", help="TCP port (KoboldCpp's default)."),
         api_key: str | None = typer.Option(
@@ -138,7 +138,8 @@ def register(app: typer.Typer) -> None:
                  "the model")
         web = web_config(db)
         engine = _load(model, adapter, dtype, threads, context, backend)
-        _run(engine, config, host, port, log_level, web, open_browser)
+        _run(engine, config, host, port, log_level, web, open_browser,
+             adapter_summary(adapter, model))
 
 
 def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
@@ -164,12 +165,32 @@ def web_config(db: Path | None) -> Any:
     return WebChatConfig(path, characters if characters.is_dir() else None)
 
 
+def adapter_summary(option: str | None, model: str) -> str:
+    """The banner's adapter line: the folder applied, or why none is.
+
+    ``--adapter demo`` is every command's default but applies to the embedded model only
+    (``resolve_adapter``), so a GGUF file or another model runs bare; that is said here
+    instead of passing in silence.
+    """
+    from limamono.models.resolve import DEFAULT_MODEL, DEMO_ADAPTER, resolve_adapter
+
+    folder = resolve_adapter(option, model)
+    if folder is not None:
+        return f"{folder}" + (" (the demo adapter)" if option == "demo" else "")
+    if option is None or str(option).lower() == "none":
+        return "none (--adapter none)"
+    if model != DEFAULT_MODEL:
+        return (f"none: the demo adapter was trained on {DEFAULT_MODEL} and applies only to "
+                "it; pass --adapter FOLDER for this model")
+    return f"none: the demo adapter is not in this installation ({DEMO_ADAPTER})"
+
+
 def _run(engine: Any, config: Any, host: str, port: int, log_level: str, web: Any = None,
-         open_browser: bool = False) -> None:
+         open_browser: bool = False, adapter: str = "") -> None:
     from limamono.server import create_app
 
     def ready(bound: int) -> None:
-        _announce(engine, host, bound)
+        _announce(engine, host, bound, adapter)
         if open_browser:
             import webbrowser
 
@@ -209,10 +230,12 @@ def serve_app(app: Any, host: str, port: int, log_level: str,
     server.run()
 
 
-def _announce(engine: Any, host: str, port: int) -> None:
+def _announce(engine: Any, host: str, port: int, adapter: str = "") -> None:
     where = f"http://{host}:{port}"
+    adapter_line = f"  Adapter: {adapter}\n" if adapter else ""
     out.print(Text.assemble("Serving ", (engine.model_name, "bold"),
-                            f" (context {engine.context_length}) at {where}\n"
+                            f" (context {engine.context_length}) at {where}\n",
+                            adapter_line,
                             f"  Web chat: {page_url(host, port)}\n"
                             f"  SillyTavern Text Completion (KoboldCpp or TextGen WebUI): "
                             f"{where}\n  SillyTavern KoboldAI Classic: {where}/api\n"

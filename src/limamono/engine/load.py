@@ -53,16 +53,22 @@ def choose_backend(model: str, adapter: str | os.PathLike[str] | None,
 
     if backend not in BACKENDS:
         raise ModelError(f"--backend {backend!r}: must be one of {', '.join(BACKENDS)}")
-    if backend == "torch":
-        return "torch"
     gguf = gguf_file(model)
+    if backend == "torch":
+        _torch_can_load(model, gguf, "--backend torch")
+        return "torch"
     if backend == "auto":
-        if gguf is None or not llamacpp_available():
+        if gguf is None:
+            return "torch"
+        if not llamacpp_available():
+            _torch_can_load(model, gguf, "llama-cpp-python is not installed, and torch")
             return "torch"
         try:
             if adapter is not None:
                 check_adapter(Path(adapter))
         except ModelError:
+            if model != DEFAULT_MODEL:
+                raise  # torch cannot load this .gguf either; the adapter's error says why
             return "torch"
         return "llamacpp"
     if gguf is None:
@@ -71,6 +77,14 @@ def choose_backend(model: str, adapter: str | os.PathLike[str] | None,
     if adapter is not None:
         check_adapter(Path(adapter))
     return "llamacpp"
+
+
+def _torch_can_load(model: str, gguf: Path | None, who: str) -> None:
+    """Refuse a .gguf file other than the embedded model's on torch (it converts only that)."""
+    if gguf is not None and model != DEFAULT_MODEL:
+        raise ModelError(f"{model}: {who} cannot load a .gguf file (only the embedded "
+                         f"{DEFAULT_MODEL}, which it converts); fix: use --backend auto or "
+                         "llamacpp (pip install llama-cpp-python), or pass an HF model folder")
 
 
 def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | None = None,

@@ -323,7 +323,7 @@ def resolve_adapter(value: str | os.PathLike[str] | None,
     if str(value) == "demo" and model not in (None, DEFAULT_MODEL):
         return None
     if str(value) == "demo":
-        demo = Path(__file__).resolve().parents[2] / DEMO_ADAPTER
+        demo = Path(__file__).resolve().parents[3] / DEMO_ADAPTER  # the repository root
         return demo if (demo / "adapter_config.json").is_file() else None
     return Path(value).expanduser()
 

@@ -23,7 +23,7 @@ from rich.text import Text
 from limamono.cli.chat_cmd.chats import chats_app
 from limamono.cli.chat_cmd.session import load_character, open_store, start_session
 from limamono.cli.chat_cmd.terminal import ChatLoop, print_message
-from limamono.cli.common import BACKEND_HELP, dim, err, fail, out
+from limamono.cli.common import BACKEND_HELP, MODEL_HELP, dim, err, fail, out
 
 if TYPE_CHECKING:
     from limamono.engine.protocol import Engine
@@ -84,8 +84,7 @@ def chat_cmd(
     user: str = typer.Option("User", "--user", help="Your name in the chat."),
     persona: str = typer.Option("", "--persona", help="A short description of you (kept "
                                 "with the chat; the prompt format has no place for it)."),
-    model: str = typer.Option("smollm2-135m", "--model", help="Model: smollm2-135m (embedded), "
-                              "a .gguf file, an HF folder or a cached hub id."),
+    model: str = typer.Option("smollm2-135m", "--model", help=MODEL_HELP),
     adapter: str = typer.Option("demo", "--adapter", help="LoRA adapter folder, 'demo' (the "
                                 "bundled one, if present) or 'none'."),
     preset: str | None = typer.Option(None, "--preset", help="Sampler preset (default: the "
