@@ -127,8 +127,16 @@ def test_abort_ends_the_running_generation(slow_engine: FakeEngine) -> None:
                            json={"prompt": "a", "genkey": "KCPP42"}) as response:
             events = data_lines(response)
             first = next(events)
-            assert client.get("/api/extra/generate/check").json() == {
-                "results": [{"text": first["token"]}]}
+            mine = {"results": [{"text": first["token"]}]}
+            nothing = {"results": [{"text": ""}]}
+            assert client.get("/api/extra/generate/check?genkey=KCPP42").json() == mine
+            assert client.post("/api/extra/generate/check",
+                               json={"genkey": "KCPP42"}).json() == mine
+            # Another client's reply is not readable (issue 24, defect 15).
+            assert client.get("/api/extra/generate/check").json() == nothing
+            assert client.post("/api/extra/generate/check").json() == nothing
+            assert client.post("/api/extra/generate/check",
+                               json={"genkey": "KCPP4"}).json() == nothing
             assert client.post("/api/extra/abort", json={"genkey": "KCPP42"}).json() == {
                 "success": "true", "done": "true"}
             rest = list(events)

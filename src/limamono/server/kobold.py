@@ -110,9 +110,9 @@ def router(state: ServerState) -> APIRouter:
         job = await state.submit(lambda: kobold_request(body, state))
         return job_stream(job, kobold_events, kobold_error_event)
 
-    @api.get("/api/extra/generate/check", summary="The text generated so far")
-    async def check() -> dict[str, Any]:
-        return {"results": [{"text": state.queue.pending_text()}]}
+    @api.get("/api/extra/generate/check", summary="The text generated so far (by genkey)")
+    async def check(genkey: str | None = None) -> dict[str, Any]:
+        return {"results": [{"text": state.queue.pending_text(genkey)}]}
 
     @api.post("/api/extra/generate/check", summary="The text generated so far (by genkey)")
     async def check_key(body: AbortRequest | None = None) -> dict[str, Any]:

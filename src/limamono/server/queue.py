@@ -131,10 +131,14 @@ class GenerationQueue:
         return self._thread.is_alive() and not self._closed
 
     def pending_text(self, genkey: str | None = None) -> str:
-        """The text generated so far by the running job (with ``genkey``: only if it is its)."""
+        """The text generated so far by the running job, if ``genkey`` is that job's key.
+
+        Without the job's key nothing is returned: another client's reply is not readable
+        (KoboldCpp returns it to anyone; a job sent with no key is readable by no one).
+        """
         with self._cond:
             job = self._current
-        if job is None or (genkey is not None and job.request.genkey != genkey):
+        if job is None or genkey is None or job.request.genkey != genkey:
             return ""
         return "".join(job.text)
 
