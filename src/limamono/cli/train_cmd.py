@@ -52,14 +52,19 @@ def train_cmd(
     lr_sweep: str | None = typer.Option(None, "--lr-sweep", help="Comma-separated rates: one "
                                         "epoch at constant LR each, pick the lowest eval loss, "
                                         "plot lr_sweep.png (e.g. 5e-5,1e-4,2e-4,4e-4)."),
+    force: bool = typer.Option(False, "--force", help="Replace another run (another config) "
+                               "found in output_dir: its checkpoints, adapter and manifest. "
+                               "Folders limamono did not make are never replaced."),
 ) -> None:
     """Train a LoRA adapter with the card's recipe (r 8, alpha 16, dropout 0.5, all linear
     projections, seq 4096 padded, 3 epochs, cosine 2e-4). Writes OUT/adapter/, OUT/loss.png,
-    OUT/manifest.json and atomic checkpoints. Works under `accelerate launch -m limamono
+    OUT/manifest.json and atomic checkpoints. output_dir must be new, empty, or this run's
+    own (limamono-run.json records whose). Works under `accelerate launch -m limamono
     train CONFIG`."""
     from limamono.dataset import DatasetError
     from limamono.models.resolve import ModelError
     from limamono.train import ConfigError
+    from limamono.train.run import NoSpaceError
 
     config = _config(config_file, list(ctx.args))
     try:
@@ -78,9 +83,12 @@ def train_cmd(
             return
         from limamono.train import train
 
-        result = train(config, resume=resume, notify=_say, progress_lines=_plain_progress())
+        result = train(config, resume=resume, notify=_say, progress_lines=_plain_progress(),
+                       force=force)
     except (ConfigError, DatasetError, ModelError, ValueError) as exc:
         fail(str(exc), EXIT_BAD_INPUT)
+    except NoSpaceError as exc:
+        fail(exc.strerror or str(exc), 1)
     if result.manifest:
         figures = result.manifest["figures"]
         eval_loss = figures["final_eval_loss"]

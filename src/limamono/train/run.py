@@ -27,10 +27,12 @@ from limamono.train.checkpoints import (
     CHECKPOINTS_DIR,
     STAGING_DIR,
     AtomicCheckpoints,
-    latest_checkpoint,
+    complete_checkpoints,
+    resumable_checkpoint,
 )
 from limamono.train.config import ConfigError, TrainConfig
 from limamono.train.data import RUN_DATA_DIR, PadCollator, TrainData, ensure_built, load_built
+from limamono.train.outdir import claim
 
 ADAPTER_DIR = "adapter"
 MANIFEST = "manifest.json"
@@ -428,8 +430,54 @@ def prepare(config: TrainConfig, notify: Notify) -> tuple[Any, Any, TrainData]:
     return spec, tokenizer, load_built(built, config, tokenizer)
 
 
+class NoSpaceError(OSError):
+    """The disk filled up while a run wrote its files; what was complete before is kept."""
+
+
+def _folder_bytes(path: Path | None) -> int:
+    if path is None or not path.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def out_of_space(exc: BaseException, folder: Path, needed: int = 0) -> bool:
+    """Whether ``exc``, raised while writing into ``folder``, means the disk is full.
+
+    An ``OSError`` says so (ENOSPC), but ``torch.save`` reports a short write only as
+    ``RuntimeError: [enforce fail at inline_container.cc]``; then the free space decides:
+    less than ``needed`` bytes (the size of what was being written) or 1 MiB.
+    """
+    import errno
+
+    link: BaseException | None = exc
+    while link is not None:
+        if (isinstance(link, OSError) and link.errno == errno.ENOSPC) \
+                or "No space left" in str(link):
+            return True
+        link = link.__cause__ or link.__context__
+    if not isinstance(exc, RuntimeError | OSError):
+        return False
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return False
+    return free < max(needed, 1 << 20)
+
+
+def _no_space(out: Path, what: str) -> NoSpaceError:
+    import errno
+
+    kept = complete_checkpoints(out / CHECKPOINTS_DIR)
+    intact = f"the previous checkpoint {kept[-1].name} is intact" if kept else \
+        "no earlier checkpoint exists"
+    return NoSpaceError(errno.ENOSPC, f"no space left on {out} while writing {what}; "
+                        f"{intact}; fix: free space on that disk (or choose another "
+                        "output_dir), then run again with --resume")
+
+
 def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = (),
-          notify: Notify | None = None, progress_lines: Notify | None = None) -> TrainResult:
+          notify: Notify | None = None, progress_lines: Notify | None = None,
+          force: bool = False) -> TrainResult:
     """Run one LoRA training (see the module docstring for the outputs).
 
     Args:
@@ -440,9 +488,13 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
             default: ``warnings.warn``.
         progress_lines: when given (and ``config.progress``), progress is reported as
             plain lines to it instead of tqdm bars (output that is not a terminal).
+        force: replace another run found in ``output_dir`` (``outdir.claim``).
 
     Raises:
         ConfigError, DatasetError, ModelError: bad config, data or model, before training.
+        RunFolderError: ``output_dir`` is refused (another run, the dataset, foreign files).
+        CheckpointError: ``resume`` found checkpoints, none of them intact.
+        NoSpaceError: the disk filled up (earlier checkpoints are kept).
     """
     # The run reads local folders only; this stops PEFT/transformers from looking up
     # the base model on the hub while saving (see DESIGN.md).
@@ -453,11 +505,13 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     if config.load_in_4bit:
         require_4bit_backend()  # before anything is built or loaded: the error names the fix
     out = Path(config.output_dir)
-    logging = report_callbacks(config, out, say)
-    out.mkdir(parents=True, exist_ok=True)
     from accelerate import PartialState
 
     state = PartialState()
+    if state.is_main_process:
+        claim(config, resume=resume, force=force, notify=say)
+    state.wait_for_everyone()
+    logging = report_callbacks(config, out, say)
     with state.main_process_first():  # rank 0 builds the dataset, the others then read it
         spec, tokenizer, data = prepare(config, say)
     bf16, eight_bit = precision(config, say)
@@ -488,16 +542,31 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    checkpoint = latest_checkpoint(out / CHECKPOINTS_DIR) if resume else None
+    checkpoint = resumable_checkpoint(out / CHECKPOINTS_DIR, config.max_steps, say) \
+        if resume else None
     if resume and checkpoint is None:
         say(f"--resume: no complete checkpoint in {out / CHECKPOINTS_DIR}; starting afresh")
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    needed = max(_folder_bytes(checkpoint), 12 * sum(
+        p.numel() for p in model.parameters() if p.requires_grad))  # weights + 2 moments
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except Exception as exc:  # safetensors reports a full disk as a SafetensorError
+        if not out_of_space(exc, out, needed):
+            raise
+        shutil.rmtree(staging, ignore_errors=True)  # the half-written checkpoint
+        raise _no_space(out, f"a checkpoint at step {trainer.state.global_step}") from exc
     seconds = time.perf_counter() - started
     adapter_dir = out / ADAPTER_DIR
     if not trainer.is_world_process_zero():
         return TrainResult(out, adapter_dir, {})
-    save_adapter(model, tokenizer, config, adapter_dir)
+    try:
+        save_adapter(model, tokenizer, config, adapter_dir)
+    except Exception as exc:
+        if not out_of_space(exc, out, needed):
+            raise
+        shutil.rmtree(adapter_dir.with_name(f".{adapter_dir.name}.tmp"), ignore_errors=True)
+        raise _no_space(out, "the adapter") from exc
     history = trainer.state.log_history
     plot_losses(history, out / LOSS_PLOT)
     manifest = {

@@ -90,10 +90,12 @@ def lr_sweep(config: TrainConfig, rates: Sequence[float], notify: Notify | None 
     Raises:
         ConfigError: the data has no eval split (the sweep needs eval loss).
     """
+    from limamono.train.outdir import check_folder
     from limamono.train.run import prepare
 
     say = notify or _warn
     out = Path(config.output_dir)
+    check_folder(config)  # each rate's run then claims its own folder under it
     _, _, data = prepare(config, say)
     if not data.eval:
         raise ConfigError(["val: the sweep compares eval losses, but there is no eval "
@@ -105,8 +107,9 @@ def lr_sweep(config: TrainConfig, rates: Sequence[float], notify: Notify | None 
         if manifest is not None:
             say(f"lr {rate:g}: finished earlier, read from {run.output_dir}/{MANIFEST}")
         else:
-            manifest = train(run, resume=resume, notify=say,
-                             progress_lines=progress_lines).manifest
+            # force: a rate's folder belongs to the sweep; another config there is retrained
+            manifest = train(run, resume=resume, notify=say, progress_lines=progress_lines,
+                             force=True).manifest
         figures = manifest["figures"]
         runs.append({"learning_rate": rate, "eval_loss": figures["final_eval_loss"],
                      "train_loss": figures["final_train_loss"],
