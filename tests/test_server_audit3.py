@@ -222,3 +222,75 @@ def test_a_context_without_room_for_a_prompt_is_a_400_before_queueing(
         response = client.post(route, json={**body, field: start + 2})
         assert response.status_code == 200, response.text
         assert len(engine.calls) == 1
+
+
+# --------------------------------------------------------------------------- 16: rebinding
+
+def test_a_foreign_host_name_is_refused_before_anything_runs() -> None:
+    engine = FakeEngine()
+    client = make_client(engine)
+    for host in ("evil.com", "evil.com:5001", "localhost.evil.com.", "127.0.0.1.nip.io:80"):
+        for method, route in (("POST", "/v1/completions"), ("POST", "/api/v1/generate"),
+                              ("GET", "/api/extra/generate/check"), ("GET", "/health")):
+            response = client.request(method, route, json={"prompt": "hi", "max_tokens": 2},
+                                      headers={"Host": host})
+            assert response.status_code == 400, (host, route, response.text)
+            assert f"Host '{host}' is not a name of this server" in response.text
+            assert "--allow-host" in response.text
+    assert engine.calls == [] and engine.tokenized == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:5001", "localhost:5001", "[::1]:5001",
+                                  "192.168.1.20:5001", "mybox:5001", "st.localhost"])
+def test_loopback_addresses_and_local_names_are_served(host: str) -> None:
+    # SillyTavern calls from its own server (node-fetch): Host is the URL's, no Origin.
+    response = make_client(FakeEngine()).post("/v1/completions", headers={"Host": host},
+                                              json={"prompt": "hi", "max_tokens": 2})
+    assert response.status_code == 200, response.text
+
+
+def test_allow_host_adds_names() -> None:
+    client = make_client(FakeEngine(), allowed_hosts=("llm.example.org", "*.lan"))
+    for host, status in (("llm.example.org", 200), ("llm.example.org:443", 200),
+                         ("box.lan", 200), ("a.box.lan:5001", 200), ("example.org", 400)):
+        response = client.post("/v1/completions", headers={"Host": host},
+                               json={"prompt": "hi", "max_tokens": 2})
+        assert response.status_code == status, (host, response.text)
+    anyone = make_client(FakeEngine(), allowed_hosts=("*",))
+    assert anyone.get("/health", headers={"Host": "evil.com"}).status_code == 200
+
+
+def test_a_cross_site_page_cannot_abort_or_generate_without_a_key() -> None:
+    engine = FakeEngine(slow=True)
+    with live_server(create_app(engine, ServerConfig())) as url, \
+            httpx.Client(base_url=url, timeout=10) as client:
+        with client.stream("POST", "/v1/completions",
+                           json={"prompt": "a", "stream": True, "max_tokens": 50}) as running:
+            assert engine.started.wait(5)
+            evil = {"Origin": "http://evil.com"}
+            for route in ("/api/extra/abort", "/v1/internal/stop-generation",
+                          "/v1/completions", "/api/extra/tokencount"):
+                refused = client.post(route, headers=evil)  # body-less, as the audit's
+                assert refused.status_code == 403, (route, refused.text)
+                assert "origin 'http://evil.com' is refused" in refused.text
+            assert not engine.stopped.is_set()
+            assert client.get("/health", headers=evil).json()["busy"] is True  # reads pass
+            # The server's own pages (same origin) may stop it.
+            own = {"Origin": url}
+            assert client.post("/api/extra/abort", headers=own).json()["success"] == "true"
+            text = "".join(line for line in running.iter_lines())
+        assert engine.stopped.wait(5)
+    assert "[DONE]" in text
+
+
+def test_a_cors_origin_may_post() -> None:
+    client = make_client(FakeEngine(), cors_origins=("http://localhost:8000",))
+    ok = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2},
+                     headers={"Origin": "http://localhost:8000"})
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == "http://localhost:8000"
+    other = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2},
+                        headers={"Origin": "http://localhost:8001"})
+    assert other.status_code == 403
+    null = client.post("/api/extra/abort", headers={"Origin": "null"})
+    assert null.status_code == 403

@@ -40,6 +40,7 @@ def server_config(preset: str | None, queue: int, api_key: str | None,
                   cors_origins: list[str], max_body_mb: float, default_max_tokens: int,
                   adapter: str | None, model: str | None = None, policy: str | None = None,
                   trigger: str | None = None, bans: tuple[str, ...] = (),
+                  allowed_hosts: tuple[str, ...] = (),
                   ) -> tuple[Any, tuple[str, ...]]:
     """The :class:`~limamono.server.ServerConfig` for the options, and notes to show.
 
@@ -65,7 +66,7 @@ def server_config(preset: str | None, queue: int, api_key: str | None,
         except SamplerError as error:
             raise ValueError(f"--ban: {error}") from None
     config = ServerConfig(preset=chosen.preset, queue=queue, api_key=api_key or None,
-                          cors_origins=tuple(cors_origins),
+                          cors_origins=tuple(cors_origins), allowed_hosts=allowed_hosts,
                           max_body_bytes=int(max_body_mb * 1024 * 1024),
                           default_max_tokens=default_max_tokens,
                           adapter_name=adapter_dir.name if adapter_dir else None,
@@ -105,7 +106,11 @@ def register(app: typer.Typer) -> None:
                                                       "running one; more get 503."),
         cors_origin: list[str] = typer.Option(
             [], "--cors-origin", help="Browser origin allowed to call the API (repeatable); "
-                                      "none: no CORS."),
+                                      "none: no CORS, and no page of another origin may POST."),
+        allow_host: list[str] = typer.Option(
+            [], "--allow-host", help="A Host name to answer besides IP addresses, localhost, "
+            "names without a dot and --host (repeatable; '*.example.org'; '*': any). Other "
+            "names get 400 (DNS rebinding)."),
         max_body_mb: float = typer.Option(4.0, "--max-body-mb",
                                           help="Larger request bodies get 413."),
         max_tokens: int = typer.Option(256, "--max-tokens",
@@ -128,7 +133,7 @@ def register(app: typer.Typer) -> None:
         try:
             config, notes = server_config(preset, queue, api_key, cors_origin, max_body_mb,
                                           max_tokens, adapter, model, policy, trigger,
-                                          tuple(ban))
+                                          tuple(ban), (*allow_host, host))
         except ValueError as error:
             fail(str(error))
         for note in notes:

@@ -9,6 +9,7 @@ unknown routes, is a JSON body naming the field at fault (``limamono.server.erro
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,8 @@ from limamono.engine.protocol import Engine
 from limamono.server import kobold, openai, webchat
 from limamono.server.config import ServerConfig
 from limamono.server.errors import (
+    BAD_REQUEST,
+    FORBIDDEN,
     TOO_LARGE,
     UNAUTHORIZED,
     UNPROCESSABLE,
@@ -33,6 +36,7 @@ from limamono.server.errors import (
 from limamono.server.queue import GenerationQueue
 from limamono.server.state import ServerState
 from limamono.server.webchat import WebChatConfig
+from limamono.util.untrusted import quote
 
 #: Routes that need no API key: liveness and the version checks clients make first.
 PUBLIC_PATHS = frozenset({"/health", *kobold.PUBLIC_PATHS})
@@ -81,6 +85,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None,
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                            allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(HostOriginGuard, hosts=config.allowed_hosts,
+                       origins=config.cors_origins)
     return app
 
 
@@ -214,6 +220,87 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+#: Methods that change nothing; every other one is refused from a foreign ``Origin``.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def host_allowed(host: str, allowed: tuple[str, ...] = ()) -> bool:
+    """Whether a request's ``Host`` (port ignored) names this server.
+
+    A DNS-rebinding page reaches a loopback server through a public name of the
+    attacker's (``evil.com`` resolving to 127.0.0.1), and such a name has a dot. So by
+    default an IP address, ``localhost`` (and ``*.localhost``) and a name without a dot
+    (this machine's own name, resolved locally) are accepted; any other name only when it
+    is in ``allowed`` (``--allow-host``; ``*.example.org`` matches subdomains, ``*`` any).
+    """
+    name = host.strip().lower()
+    if name.startswith("["):  # [IPv6]:port
+        name = name[1:name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    name = name.rstrip(".")
+    for pattern in allowed:
+        pattern = pattern.strip().lower().rstrip(".")
+        if pattern == "*" or name == pattern or (
+                pattern.startswith("*.") and name.endswith(pattern[1:])):
+            return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    local = name == "localhost" or name.endswith(".localhost") or "." not in name
+    return local and bool(name) and all(c.isalnum() or c in "-._" for c in name)
+
+
+class HostOriginGuard:
+    """Refuse DNS rebinding and cross-site requests, with or without an API key.
+
+    A ``Host`` that :func:`host_allowed` refuses gets 400; a request that may change
+    something (not GET/HEAD/OPTIONS) from a browser page of another origin gets 403: its
+    ``Origin`` must be this server's own (same host and port as ``Host``) or one of
+    ``origins`` (``--cors-origin``). Requests without ``Origin`` (SillyTavern's server,
+    curl, scripts) pass, as do requests without ``Host`` (HTTP/1.0, no browser).
+    """
+
+    def __init__(self, app: ASGIApp, hosts: tuple[str, ...], origins: tuple[str, ...]) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.origins = frozenset(o.rstrip("/").lower() for o in origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check ``Host`` and ``Origin``, then pass the request on."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        host = headers.get(b"host", b"").decode("latin-1")
+        origin = headers.get(b"origin")
+        if host and not host_allowed(host, self.hosts):
+            await _reply(scope, receive, send, BAD_REQUEST,
+                         f"Host {quote(host)} is not a name of this server (a DNS rebinding "
+                         "page?); fix: call it by IP address or localhost, or start it with "
+                         f"--allow-host {quote(host.rsplit(':', 1)[0])}", kind="invalid_host")
+            return
+        if origin is not None and scope["method"] not in SAFE_METHODS:
+            text = origin.decode("latin-1")
+            if not self._origin_allowed(text, host):
+                await _reply(scope, receive, send, FORBIDDEN,
+                             f"a {scope['method']} from the web page of origin {quote(text)} "
+                             "is refused (a cross-site request?); fix: start the server with "
+                             f"--cors-origin {quote(text)} to allow that page",
+                             kind="forbidden_origin")
+                return
+        await self.app(scope, receive, send)
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        origin = origin.rstrip("/").lower()
+        if origin in self.origins:
+            return True
+        scheme, _, rest = origin.partition("://")
+        return bool(host) and scheme in ("http", "https") and rest == host.lower()
 
 
 class BearerAuth:

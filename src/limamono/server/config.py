@@ -19,7 +19,9 @@ class ServerConfig:
         api_key: When set, every route except health and version needs
             ``Authorization: Bearer <key>`` (``--api-key``).
         cors_origins: Browser origins allowed to call the API (``--cors-origin``); none:
-            no CORS headers at all.
+            no CORS headers at all. A page of any other origin may not POST.
+        allowed_hosts: ``Host`` names served beside IP addresses, localhost and names
+            without a dot (``--allow-host``; ``*.example.org``, or ``*`` for any).
         max_body_bytes: Larger request bodies get 413.
         default_max_tokens: Reply length when a request gives none.
         max_stop_strings: More stop strings in one request are refused (400).
@@ -39,6 +41,7 @@ class ServerConfig:
     queue: int = 16
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     default_max_tokens: int = 256
     max_stop_strings: int = 32

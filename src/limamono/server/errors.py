@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 #: Status codes the server uses for errors it raises itself.
-BAD_REQUEST, UNAUTHORIZED, TOO_LARGE, UNPROCESSABLE, BUSY = 400, 401, 413, 422, 503
+BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, TOO_LARGE, UNPROCESSABLE, BUSY = (
+    400, 401, 403, 413, 422, 503)
 
 
 class ApiError(Exception):
