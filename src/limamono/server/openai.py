@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 
 from limamono.core import format as fmt
 from limamono.core import policy as pol
+from limamono.core.conversation import Conversation
 from limamono.engine.protocol import TextChunk
 from limamono.server import stchat
 from limamono.server.errors import BAD_REQUEST, ApiError, stream_error
@@ -108,13 +109,42 @@ def chat_prompt(body: ChatCompletionRequest, policy: pol.PromptPolicy) -> ChatPr
     try:
         conversation = stchat.conversation(messages, char_name=body.char_name,
                                            user_name=body.user_name)
-        policy.render(conversation, response_length=response_length,
-                      input_length=input_length)  # a turn holding a header fails here
+        continuing = _continuing(body, conversation)
+        chat = ChatPrompt(conversation, policy, response_length, input_length, continuing)
+        render_chat(chat)  # a turn holding a header fails here
     except fmt.FormatError as error:
         index = error.message_index
         field = "messages" if index is None else f"messages[{index}]"
         raise ApiError(BAD_REQUEST, str(error), field=field) from None
-    return ChatPrompt(conversation, policy, response_length, input_length)
+    return chat
+
+
+def _continuing(body: ChatCompletionRequest, conversation: Conversation) -> bool:
+    """Whether the reply continues the last message (SillyTavern's Continue and prefill).
+
+    The last message must be the character's. SillyTavern 1.12.6 sends no flag: with
+    "Continue prefill" the partial reply is the last message; without it the last message
+    is followed by its continue nudge (``[Continue the following message. ...]``,
+    ``public/scripts/openai.js`` 797-809 and 873-876), which ``stchat`` drops. So a
+    trailing assistant message is continued unless the body says otherwise with
+    text-generation-webui's ``continue_``, vLLM's ``continue_final_message`` or
+    ``add_generation_prompt: true``.
+    """
+    visible = [m for m in conversation.messages if not m.hidden]
+    if not visible or visible[-1].role != "char":
+        return False
+    for flag in (body.continue_, body.continue_final_message):
+        if flag is not None:
+            return flag
+    return body.add_generation_prompt is not True
+
+
+def render_chat(chat: ChatPrompt) -> str:
+    """The whole prompt of a chat request (before fitting): open header, or the reply
+    being continued."""
+    return chat.policy.render(chat.conversation, open_response=not chat.continuing,
+                              response_length=chat.response_length,
+                              input_length=chat.input_length, continuing=chat.continuing)
 
 
 def chat_request(body: ChatCompletionRequest, state: ServerState) -> GenerationRequest:
@@ -123,8 +153,7 @@ def chat_request(body: ChatCompletionRequest, state: ServerState) -> GenerationR
     The prompt is fitted to the context by the policy when the request is queued.
     """
     chat = chat_prompt(body, state.config.prompt_policy)
-    prompt = chat.policy.render(chat.conversation, response_length=chat.response_length,
-                                input_length=chat.input_length)
+    prompt = render_chat(chat)
     stops = chat.policy.stop_strings(chat.conversation.user.name)
     request = text_request(body_fields(body), prompt, "textgen", clamp=False,
                            config=state.config, engine_context=state.engine.context_length,
@@ -155,18 +184,32 @@ def completion_events(meta: ReplyMeta) -> Callable[[TextChunk], list[str]]:
     return events
 
 
-def chat_events(meta: ReplyMeta) -> Callable[[TextChunk], list[str]]:
+def keeps_leading_space(body: ChatCompletionRequest) -> bool:
+    """Whether the reply keeps the space its first token starts with.
+
+    The open turn ends with ``Name:``, so a new reply starts with a space that is not part
+    of the message: it is dropped. A continued message is joined by the client: with an
+    explicit ``continue_``/``continue_final_message``/``add_generation_prompt: false`` the
+    text is appended as it is (text-generation-webui, vLLM), so the space stays; without a
+    flag (SillyTavern) it is dropped too, since SillyTavern's default Continue Postfix adds
+    a space itself (``public/script.js`` 3947-3954).
+    """
+    return (body.continue_ is True or body.continue_final_message is True
+            or body.add_generation_prompt is False)
+
+
+def chat_events(meta: ReplyMeta, keep_space: bool = False,
+                ) -> Callable[[TextChunk], list[str]]:
     """The SSE events of ``/v1/chat/completions`` chunks (the role first, then deltas).
 
-    The open turn ends with ``Name:``, so the reply starts with a space that is not part
-    of the message: it is dropped from the first text.
+    The first text loses its leading space unless ``keep_space`` (``keeps_leading_space``).
     """
     started = False
 
     def events(chunk: TextChunk) -> list[str]:
         nonlocal started
         out = []
-        text = chunk.text if started else chunk.text.lstrip(" ")
+        text = chunk.text if started or keep_space else chunk.text.lstrip(" ")
         if not started and (text or chunk.finish_reason):
             started = True
             out.append(_chat_chunk(meta, {"role": "assistant", "content": ""}, None))
@@ -241,13 +284,14 @@ def router(state: ServerState) -> APIRouter:
         job = await state.submit(lambda: chat_request(body, state))
         meta = ReplyMeta.new("chatcmpl", state.model_name, _wants_usage(body))
         if body.stream:
-            return job_stream(job, chat_events(meta), openai_error_event, DONE)
+            return job_stream(job, chat_events(meta, keeps_leading_space(body)),
+                              openai_error_event, DONE)
         reply = await state.reply(job, request.receive)
+        content = reply.text if keeps_leading_space(body) else reply.text.lstrip(" ")
         return {"id": meta.id, "object": "chat.completion", "created": meta.created,
                 "model": meta.model,
                 "choices": [{"index": 0, "finish_reason": wire_finish_reason(reply.finish_reason),
-                             "message": {"role": "assistant",
-                                         "content": reply.text.lstrip(" ")},
+                             "message": {"role": "assistant", "content": content},
                              "logprobs": chat_logprobs(reply.logprobs)}],
                 "usage": usage(reply.prompt_tokens, reply.completion_tokens)}
 

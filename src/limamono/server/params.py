@@ -69,12 +69,15 @@ class ChatPrompt:
         policy: The policy that labels and fits it.
         response_length: The open reply's label (None: no label).
         input_length: Requested label of user turns (None: the policy's rule).
+        continuing: The last message is the assistant's reply being continued: the prompt
+            ends with its text instead of a new open ``### Response:`` header.
     """
 
     conversation: Conversation
     policy: pol.PromptPolicy
     response_length: str | None
     input_length: str | None
+    continuing: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,8 @@ def fit_to_context(engine: Engine, request: GenerationRequest) -> str:
         if chat is not None:
             fitted: pol.Fitted | None = chat.policy.fit(
                 chat.conversation, count, request.context, request.max_new_tokens,
-                response_length=chat.response_length, input_length=chat.input_length)
+                open_response=not chat.continuing, response_length=chat.response_length,
+                input_length=chat.input_length, continuing=chat.continuing)
         else:
             if pol.closed_sheet_without_turn(request.prompt):
                 log.warning("refused: the prompt is a character sheet with no turn and no "

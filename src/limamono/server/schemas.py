@@ -200,6 +200,13 @@ class ChatCompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]  #
                                 "default: the server's (the adapter's).")
     policy: str | None = Field(None, description=(
         "Prompt policy: `training` or `sillytavern`; default: the server's."))
+    continue_: bool | None = Field(None, description=(
+        "text-generation-webui: continue the last assistant message instead of starting a "
+        "new reply. Default: continue when the last message is the assistant's."))
+    continue_final_message: bool | None = Field(None, description=(
+        "vLLM/transformers name of the same switch."))
+    add_generation_prompt: bool | None = Field(None, description=(
+        "vLLM: `false` continues the last assistant message, `true` opens a new reply."))
 
 
 class TokenCountRequest(Body):
