@@ -45,7 +45,10 @@ def server_prompt(conv: Conversation, policy: str) -> str:
     engine = FakeEngine(reply=" Aye.", context_length=CONTEXT)
     with TestClient(create_app(engine, ServerConfig())) as client:
         response = client.post("/v1/chat/completions", json={
-            "messages": fmt.to_chat_messages(conv), "policy": policy, "max_tokens": 8})
+            "messages": fmt.to_chat_messages(conv), "policy": policy, "max_tokens": 8,
+            # A new reply, as the others build, also after a trailing character turn
+            # (which the chat route otherwise continues: SillyTavern's Continue).
+            "add_generation_prompt": True})
     assert response.status_code == 200, response.text
     return engine.calls[0].prompt
 
