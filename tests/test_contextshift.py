@@ -139,14 +139,15 @@ def test_shifting_positions_re_rotates_the_keys(shifting):
     0.006 nats here), so KL < 0.01 nats and the same most likely token."""
     engine, _ = shifting
     ids = engine.tokenize(" ".join(LINES[:2]))
+    seq = engine._seqs[0]  # the one slot; its positions are the indexes of seq.ids
     engine.clear_cache()
-    engine._decode(ids, 100)
-    expected = engine._last_logits()
+    seq.ids = [0] * 100
+    expected = seq.eval(ids)  # read at positions 100...
     engine.clear_cache()
-    engine._decode(ids[:-1], 0)
+    seq.eval(ids[:-1])
     engine._ll.llama_memory_seq_add(engine._mem, 0, 0, -1, 100)
-    engine._decode(ids[-1:], len(ids) - 1 + 100)  # llama.cpp refuses a gap in positions
-    moved = engine._last_logits()
+    seq.ids = [0] * 100 + seq.ids
+    moved = seq.eval(ids[-1:])  # llama.cpp refuses a gap in positions: the last token
     engine.clear_cache()
     assert _kl(expected, moved) < 0.01
     assert int(moved.argmax()) == int(expected.argmax())

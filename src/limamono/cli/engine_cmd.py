@@ -47,7 +47,7 @@ class ConversionProgress:
 
 def load_engine_for_cli(model: str, adapter: str | os.PathLike[str] | None, dtype: str = "auto",
                         threads: int | None = None, backend: str = "auto",
-                        context: int | None = None) -> Any:
+                        context: int | None = None, llama: Any = None) -> Any:
     """The one engine loader of the CLI (generate, chat, demo, serve, eval).
 
     ``limamono.engine.load_engine`` with a conversion progress bar (shown only when the
@@ -63,7 +63,8 @@ def load_engine_for_cli(model: str, adapter: str | os.PathLike[str] | None, dtyp
     progress = ConversionProgress()
     try:
         return load_engine(model, adapter=adapter, dtype=dtype, threads=threads,
-                           context_length=context, progress=progress, backend=backend)
+                           context_length=context, progress=progress, backend=backend,
+                           llama=llama)
     except (ModelError, ValueError) as exc:
         fail(str(exc))
     finally:

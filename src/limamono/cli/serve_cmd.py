@@ -14,6 +14,9 @@ from rich.text import Text
 from limamono.cli.common import BACKEND_HELP, MODEL_HELP, err, fail, out, warn
 from limamono.models.resolve import DTYPE_HELP
 
+#: ``--parallel`` by default: llama.cpp's server also opens 4 slots when not told.
+DEFAULT_PARALLEL = 4
+
 _HELP = (
     "Serve a model over the APIs SillyTavern already speaks.\n\n"
     "KoboldAI/KoboldCpp (URL http://HOST:PORT/api), text-generation-webui and "
@@ -21,8 +24,10 @@ _HELP = (
     "in the Limamono format.\n\n"
     "A chat page for the browser is at http://HOST:PORT/ (--open opens it), sharing its "
     "chats with `limamono chat` (--db).\n\n"
-    "One generation runs at a time; up to --queue requests wait, more get 503. Binds "
-    "127.0.0.1 unless told otherwise. See docs/SILLYTAVERN.md and docs/WEBCHAT.md."
+    "On the llama.cpp engine (GGUF files, the default) --parallel conversations are decoded "
+    "together, one batch per step; the torch engine runs one at a time. Up to --queue more "
+    "requests wait, more get 503. Binds 127.0.0.1 unless told otherwise. See "
+    "docs/SILLYTAVERN.md and docs/WEBCHAT.md."
 )
 
 
@@ -102,8 +107,13 @@ def register(app: typer.Typer) -> None:
         trigger: str | None = typer.Option(
             None, "--trigger", help="Trigger phrase of the chat route: card or preset "
             "(default: the adapter's, else card)."),
-        queue: int = typer.Option(16, "--queue", help="Requests that may wait behind the "
-                                                      "running one; more get 503."),
+        queue: int = typer.Option(16, "--queue", help="Requests that may wait for a slot; "
+                                                      "more get 503."),
+        parallel: int = typer.Option(
+            DEFAULT_PARALLEL, "--parallel", "-np", min=1,
+            help="Slots of the llama.cpp engine: conversations generated at once, decoded "
+            "together (each slot holds its own KV cache of --context tokens). The torch "
+            "engine has one slot."),
         cors_origin: list[str] = typer.Option(
             [], "--cors-origin", help="Browser origin allowed to call the API (repeatable); "
                                       "none: no CORS, and no page of another origin may POST."),
@@ -142,16 +152,22 @@ def register(app: typer.Typer) -> None:
             warn(f"binding {host} without --api-key: anyone who can reach this port can use "
                  "the model")
         web = web_config(db)
-        engine = _load(model, adapter, dtype, threads, context, backend)
+        engine = _load(model, adapter, dtype, threads, context, backend, parallel)
+        if parallel > 1 and getattr(engine, "parallel", 1) == 1:
+            err.print(f"note: the {getattr(engine, 'backend', 'torch')} engine runs one "
+                      "generation at a time; --parallel applies to the llama.cpp engine",
+                      markup=False, highlight=False)
         _run(engine, config, host, port, log_level, web, open_browser,
              adapter_summary(adapter, model))
 
 
 def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
-          context: int | None, backend: str = "auto") -> Any:
+          context: int | None, backend: str = "auto", parallel: int = 1) -> Any:
     from limamono.cli.engine_cmd import load_engine_for_cli
+    from limamono.engine.load import LlamaOptions
 
-    return load_engine_for_cli(model, adapter, dtype, threads, backend, context)
+    return load_engine_for_cli(model, adapter, dtype, threads, backend, context,
+                               LlamaOptions(parallel=parallel))
 
 
 def web_config(db: Path | None) -> Any:
@@ -239,7 +255,8 @@ def _announce(engine: Any, host: str, port: int, adapter: str = "") -> None:
     where = f"http://{host}:{port}"
     adapter_line = f"  Adapter: {adapter}\n" if adapter else ""
     out.print(Text.assemble("Serving ", (engine.model_name, "bold"),
-                            f" (context {engine.context_length}) at {where}\n",
+                            f" (context {engine.context_length}, "
+                            f"{getattr(engine, 'parallel', 1)} slot(s)) at {where}\n",
                             adapter_line,
                             f"  Web chat: {page_url(host, port)}\n"
                             f"  SillyTavern Text Completion (KoboldCpp or TextGen WebUI): "

@@ -1,24 +1,38 @@
 """The llama.cpp engine: GGUF files (quantized) at llama.cpp speed, limamono's own samplers.
 
-Through ``llama-cpp-python``'s C API (``llama_cpp``): the model and one context with one
-live sequence (seq 0). Layers 2-3 and the decode loop are the shared ones
-(:mod:`limamono.engine.loop`); each token's logits (``llama_get_logits_ith``) go through
-limamono's sampler chain, since upstream llama.cpp removed tail-free sampling.
+Through ``llama-cpp-python``'s C API (``llama_cpp``): the model and one context with
+``parallel`` sequences (slots), each in its own KV stream of ``context_length`` cells
+(``kv_unified`` off, so a ContextShift in one slot never moves another's cells). Layers 2-3
+and the decode loop are the shared ones (:mod:`limamono.engine.loop`); each token's logits
+(``llama_get_logits_ith``) go through limamono's sampler chain, since upstream llama.cpp
+removed tail-free sampling.
 
-KV reuse keeps several recent conversations: the live one in seq 0, the others as saved
-sequence states (``llama_state_seq_get_data``; bytes proportional to their tokens, so the
-memory follows what is cached, not a fixed number of full contexts). A new prompt takes the
-entry with the most reusable tokens: a common prefix, or a ContextShift
-(:mod:`limamono.engine.kvreuse`) that removes the dropped turns with ``llama_memory_seq_rm`` and
-moves the kept ones down with ``llama_memory_seq_add`` (llama.cpp re-rotates their keys).
+**Continuous batching.** Every running stream owns one sequence. Its
+:meth:`~limamono.engine.loop.KVSlot.eval` does not decode alone: it queues its tokens (one
+row while generating, a prompt chunk while reading) and the step runs once every open slot
+has queued (or after :data:`BATCH_WAIT_S`): one ``llama_batch`` with every slot's rows, one
+``llama_decode``, and each slot gets the logits row of its last token. A stream that joins
+is in the next step; one that ends leaves at once (the step no longer waits for it).
+
+KV reuse keeps several recent conversations: the ones the idle sequences still hold, and
+saved sequence states (``llama_state_seq_get_data``; bytes proportional to their tokens, so
+the memory follows what is cached, not a fixed number of full contexts). A new prompt takes
+the entry with the most reusable tokens, even a sequence another stream is using (its KV
+stream is copied, ``llama_memory_seq_cp``; this is how ``n`` choices read a prompt once): a
+common prefix, or a ContextShift (:mod:`limamono.engine.kvreuse`) that removes the dropped
+turns with ``llama_memory_seq_rm`` and moves the kept ones down with
+``llama_memory_seq_add`` (llama.cpp re-rotates their keys).
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
+import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,31 +51,54 @@ DEFAULT_CACHE_ENTRIES = 4
 MAX_DEFAULT_CONTEXT = 8192
 #: Threads when the caller gives none (llama.cpp's own default is 4 as well).
 DEFAULT_THREADS = 4
-_LIVE = 0  # the sequence id every generation runs in
-
+#: Longest wait of a slot's tokens for the other open slots' before a step runs without
+#: them (a slot busy sampling or sending a chunk); measured: sampling one token with the
+#: limamono chain takes 1-5 ms on SmolLM2's 49k vocabulary.
+BATCH_WAIT_S = 0.02
+#: KV-cache element types (``--kv-type``); a quantized V cache needs flash attention.
+KV_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2}
+#: Flash-attention modes (``--flash-attn``), llama.cpp's ``llama_flash_attn_type``.
+FLASH_ATTN: dict[str, int] = {"auto": -1, "off": 0, "on": 1}
 
 
 @dataclass(eq=False)  # entries are compared by identity, not by their (large) states
 class _Entry:
-    ids: list[int]  # the tokens the sequence holds
-    state: bytes | None  # a saved sequence state; None for the live sequence
+    ids: list[int]  # the tokens the saved sequence held
+    state: bytes  # llama_state_seq_get_data of that sequence
 
 
 class _Seq:
-    """The live sequence of a context (a :class:`~limamono.engine.loop.KVSlot`)."""
+    """One llama.cpp sequence (a :class:`~limamono.engine.loop.KVSlot` while a stream holds it)."""
 
-    def __init__(self, engine: LlamaCppEngine, held: int) -> None:
+    def __init__(self, engine: LlamaCppEngine, seq_id: int) -> None:
         self.engine = engine
-        self.held = held  # tokens in the cache = the position of the next one
+        self.id = seq_id
+        self.ids: list[int] = []  # the tokens the sequence holds (position = index)
+        self.busy = False  # a stream holds it
+        self.used = 0  # when a stream last released it (LRU among idle sequences)
+        #: A KV-stream copy into it waits for the next decode (llama.cpp copies the
+        #: buffers then): its state cannot be saved yet.
+        self.copy_pending = False
 
     def eval(self, ids: Sequence[int]) -> torch.Tensor:
-        self.engine._decode(ids, self.held)
-        self.held += len(ids)
-        return self.engine._last_logits()
+        return self.engine._eval(self, ids)
 
     def crop(self, keep: int) -> None:
-        self.engine._seq_rm(keep, -1)
-        self.held = keep
+        with self.engine._ctx_lock:
+            self.engine._seq_rm(self.id, keep, -1)
+            del self.ids[keep:]
+
+
+@dataclass(eq=False)
+class _Request:
+    """A slot's tokens waiting for the next step, and what the step hands back."""
+
+    seq: _Seq
+    ids: list[int]
+    logits: torch.Tensor | None = None
+    error: BaseException | None = None
+    done: bool = False
+    queued: float = field(default_factory=time.monotonic)
 
 
 class LlamaCppEngine(EngineBase):
@@ -70,12 +107,20 @@ class LlamaCppEngine(EngineBase):
     Args:
         path: The ``.gguf`` file.
         name: Shown by the server and in reports (default: the file name).
-        context_length: Tokens of context; default the model's training context, at most
-            :data:`MAX_DEFAULT_CONTEXT`.
-        cache_entries: Conversations whose KV caches are kept for reuse (0: none).
+        context_length: Tokens of context of each slot; default the model's training
+            context, at most :data:`MAX_DEFAULT_CONTEXT`.
+        cache_entries: Conversations whose KV caches are kept as saved states besides the
+            ones idle slots hold (0: none, and slots forget their tokens).
         threads: CPU threads (default :data:`DEFAULT_THREADS`, at most the CPU count).
         shift: Allow ContextShift (when the model's cache can shift positions).
         lora: A GGUF LoRA adapter file to apply (``limamono.models.gguf_lora`` converts PEFT ones).
+        parallel: Slots: streams decoded together in one batch (KV memory grows with it:
+            each slot has ``context_length`` cells).
+        gpu_layers: Layers offloaded to a GPU; None or -1: all when llama.cpp was built
+            with a GPU backend (else 0).
+        kv_type: KV-cache element type (:data:`KV_TYPES`); quantized types need
+            ``flash_attn`` on or auto.
+        flash_attn: ``auto``, ``on`` or ``off`` (:data:`FLASH_ATTN`).
 
     Raises:
         limamono.models.resolve.ModelError: The file is missing or llama.cpp cannot load it.
@@ -86,35 +131,59 @@ class LlamaCppEngine(EngineBase):
     def __init__(self, path: str | os.PathLike[str], name: str | None = None,
                  context_length: int | None = None,
                  cache_entries: int = DEFAULT_CACHE_ENTRIES, threads: int | None = None,
-                 shift: bool = True, lora: str | os.PathLike[str] | None = None) -> None:
-        super().__init__()
+                 shift: bool = True, lora: str | os.PathLike[str] | None = None,
+                 parallel: int = 1, gpu_layers: int | None = None, kv_type: str = "f16",
+                 flash_attn: str = "auto") -> None:
+        super().__init__(parallel)
         if cache_entries < 0:
             raise ValueError(f"cache_entries={cache_entries}: must be >= 0 (0 disables reuse)")
         if threads is not None and threads < 1:
             raise ModelError(f"threads={threads}: must be at least 1; fix: pass --threads N "
                              "with N >= 1, or leave it out")
+        if kv_type not in KV_TYPES:
+            raise ModelError(f"kv_type={kv_type!r}: must be one of {', '.join(KV_TYPES)}")
+        if flash_attn not in FLASH_ATTN:
+            raise ModelError(f"flash_attn={flash_attn!r}: must be one of "
+                             f"{', '.join(FLASH_ATTN)}")
+        if kv_type not in ("f32", "f16", "bf16") and flash_attn == "off":
+            raise ModelError(f"kv_type={kv_type}: a quantized KV cache needs flash attention; "
+                             "fix: pass --flash-attn on (or auto), or --kv-type f16")
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such GGUF file; fix: pass an existing .gguf")
         self.model_name = name or self.path.name
         self.cache_entries = cache_entries
+        self.kv_type, self.flash_attn = kv_type, flash_attn
         self._ll = llama_lib.load()
         # ctypes handles from llama.cpp (None until loaded, and again after close)
+        self.gpu_offload = bool(self._ll.llama_supports_gpu_offload())
+        self.gpu_layers = (-1 if self.gpu_offload else 0) if gpu_layers is None else gpu_layers
         self._model: Any = None
         self._ctx: Any = None
         self._batch: Any = None
         self._lora: Any = None
+        self._ctx_lock = threading.RLock()  # every call on the context and the slots' books
+        self._step = threading.Condition(threading.Lock())  # the batching rendezvous
+        self._pending: list[_Request] = []
+        self._stepping = False  # a thread is running a step (outside the condition's lock)
+        self._open = 0  # slots held by streams (a step waits for each one's tokens)
+        self._ticks = itertools.count(1)
+        #: Steps run and the most slots one step held (for tests and the benchmark).
+        self.steps = self.widest_step = 0
         self._load(context_length, threads or min(DEFAULT_THREADS, os.cpu_count() or 1))
         if lora is not None:
             self._apply_lora(Path(lora))
+        self.lora_path = None if lora is None else Path(lora)
         self.shift = shift and bool(self._ll.llama_memory_can_shift(self._mem))
-        self._entries: list[_Entry] = []  # least recently used first; at most one live
+        self._seqs = [_Seq(self, i) for i in range(self.parallel)]
+        self._saved: list[_Entry] = []  # least recently used first
 
     def _load(self, context_length: int | None, threads: int) -> None:
         ll = self._ll
         llama_lib.log_lines.clear()
-        self._model = ll.llama_model_load_from_file(str(self.path).encode(),
-                                                    ll.llama_model_default_params())
+        model_params = ll.llama_model_default_params()
+        model_params.n_gpu_layers = self.gpu_layers
+        self._model = ll.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self._model:
             raise ModelError(f"{self.path}: llama.cpp cannot load this file ("
                              f"{'; '.join(llama_lib.log_lines) or 'no reason given'}); fix: pass a "
@@ -126,19 +195,25 @@ class LlamaCppEngine(EngineBase):
             raise ValueError(f"context_length={limit}: must be at least 2")
         self.context_length = int(limit)
         params = ll.llama_context_default_params()
-        params.n_ctx, params.n_seq_max = self.context_length, 1
-        params.n_batch = params.n_ubatch = PREFILL_CHUNK
+        # One KV stream of context_length cells per slot (llama.cpp gives each sequence
+        # n_ctx / n_seq_max cells when the cache is not unified).
+        params.n_ctx, params.n_seq_max = self.context_length * self.parallel, self.parallel
+        params.kv_unified = False
+        params.n_batch = _batch_capacity(self.parallel)
+        params.n_ubatch = PREFILL_CHUNK
         params.n_threads = params.n_threads_batch = threads
+        params.type_k = params.type_v = KV_TYPES[self.kv_type]
+        params.flash_attn_type = FLASH_ATTN[self.flash_attn]
         self._ctx = ll.llama_init_from_model(self._model, params)
         if not self._ctx:
             raise ModelError(f"{self.path}: llama.cpp cannot make a context of "
-                             f"{self.context_length} tokens "
+                             f"{self.context_length} tokens x {self.parallel} slot(s) "
                              f"({'; '.join(llama_lib.log_lines)}); fix: "
-                             "lower the context length")
+                             "lower the context length or --parallel")
         self._mem = ll.llama_get_memory(self._ctx)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
-        self._batch = ll.llama_batch_init(PREFILL_CHUNK, 0, 1)
+        self._batch = ll.llama_batch_init(_batch_capacity(self.parallel), 0, 1)
         self.eos_ids = frozenset(t for t in range(self.n_vocab)
                                  if ll.llama_vocab_is_eog(self._vocab, t))
         # BOS first where the GGUF's tokenizer convention adds it (limamono.models.tokens).
@@ -208,109 +283,204 @@ class LlamaCppEngine(EngineBase):
             size = -n
         raise RuntimeError(f"llama_detokenize kept asking for more room ({size} bytes)")
 
-    # -- the KV cache (layer 1) -----------------------------------------------------------
+    # -- the batched step (layer 1) -------------------------------------------------------
 
-    def _decode(self, ids: Sequence[int], pos: int) -> None:
-        """Evaluate ``ids`` at positions ``pos``... in the live sequence; logits of the last."""
-        batch = self._batch
-        count = len(ids)
-        if not 0 < count <= PREFILL_CHUNK:
-            raise ValueError(f"{count} tokens in one batch: must be 1..{PREFILL_CHUNK}")
-        batch.n_tokens = count
-        for i, token in enumerate(ids):
-            batch.token[i] = token
-            batch.pos[i] = pos + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = _LIVE
-            batch.logits[i] = i == count - 1
-        code = self._ll.llama_decode(self._ctx, batch)
-        if code != 0:
-            raise RuntimeError(f"llama_decode failed with code {code} at position {pos} "
-                               f"({'; '.join(llama_lib.log_lines) or 'the KV cache may be full'})")
+    def _eval(self, seq: _Seq, ids: Sequence[int]) -> torch.Tensor:
+        """Evaluate ``ids`` after ``seq``'s tokens in the next step; their last logits.
 
-    def _last_logits(self) -> torch.Tensor:
+        The calling thread waits until every open slot has queued its tokens (or the
+        oldest queued ones waited :data:`BATCH_WAIT_S`); then one of the waiting threads
+        runs the step for all of them.
+        """
+        if not 0 < len(ids) <= PREFILL_CHUNK:
+            raise ValueError(f"{len(ids)} tokens in one evaluation: must be 1..{PREFILL_CHUNK}")
+        request = _Request(seq, list(ids))
+        step = self._step
+        with step:
+            self._pending.append(request)
+            step.notify_all()
+            while not request.done:
+                if self._stepping or not self._pending:
+                    step.wait()
+                    continue
+                left = self._pending[0].queued + BATCH_WAIT_S - time.monotonic()
+                if len(self._pending) < self._open and left > 0:
+                    step.wait(left)
+                    continue
+                batch = self._take_batch()
+                self._stepping = True
+                step.release()
+                try:
+                    self._run_step(batch)
+                finally:
+                    step.acquire()
+                    self._stepping = False
+                    step.notify_all()
+        if request.error is not None:
+            raise request.error
+        assert request.logits is not None
+        return request.logits
+
+    def _take_batch(self) -> list[_Request]:
+        """The queued requests of the next step: every generating slot's row, then prompt
+        chunks (oldest first) while they fit the batch."""
+        room = _batch_capacity(self.parallel)
+        rows = sorted(self._pending, key=lambda r: len(r.ids) > 1)  # stable: FIFO within
+        batch: list[_Request] = []
+        for request in rows:
+            if len(request.ids) <= room:
+                batch.append(request)
+                room -= len(request.ids)
+        for request in batch:
+            self._pending.remove(request)
+        return batch
+
+    def _run_step(self, batch: list[_Request]) -> None:
+        """One ``llama_decode`` of every request in ``batch``; hands each its logits row."""
         import numpy as np
         import torch
 
-        pointer = self._ll.llama_get_logits_ith(self._ctx, -1)
-        # A copy: llama.cpp reuses the buffer on the next decode.
-        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy())
+        ll, llama_batch = self._ll, self._batch
+        try:
+            with self._ctx_lock:
+                n, last = 0, []
+                for request in batch:
+                    pos = len(request.seq.ids)
+                    for i, token in enumerate(request.ids):
+                        llama_batch.token[n] = token
+                        llama_batch.pos[n] = pos + i
+                        llama_batch.n_seq_id[n] = 1
+                        llama_batch.seq_id[n][0] = request.seq.id
+                        llama_batch.logits[n] = i == len(request.ids) - 1
+                        n += 1
+                    last.append(n - 1)
+                llama_batch.n_tokens = n
+                self.steps += 1
+                self.widest_step = max(self.widest_step, len(batch))
+                code = ll.llama_decode(self._ctx, llama_batch)
+                if code != 0:
+                    raise RuntimeError(
+                        f"llama_decode failed with code {code} ({n} tokens of "
+                        f"{len(batch)} slot(s); "
+                        f"{'; '.join(llama_lib.log_lines) or 'the KV cache may be full'})")
+                for request, row in zip(batch, last, strict=True):
+                    pointer = ll.llama_get_logits_ith(self._ctx, row)
+                    # A copy: llama.cpp reuses the buffer on the next decode.
+                    request.logits = torch.from_numpy(
+                        np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy())
+                    request.seq.ids.extend(request.ids)
+                    request.seq.copy_pending = False
+        except BaseException as error:  # every slot in the step learns it, in its own thread
+            for request in batch:
+                request.error = error
+        finally:
+            for request in batch:
+                request.done = True
 
-    def _seq_rm(self, start: int, end: int) -> None:
-        self._ll.llama_memory_seq_rm(self._mem, _LIVE, start, end)
+    # -- the KV cache (layer 1) -----------------------------------------------------------
+
+    def _seq_rm(self, seq_id: int, start: int, end: int) -> None:
+        self._ll.llama_memory_seq_rm(self._mem, seq_id, start, end)
 
     def _open_slot(self, ids: list[int]) -> SlotStart:
-        best, plan = None, Reuse(0)
-        for entry in self._entries:
-            candidate = plan_reuse(entry.ids, ids, shift=self.shift)
-            if candidate.reused > plan.reused:
-                best, plan = entry, candidate
-        live = next((e for e in self._entries if e.state is None), None)
-        if best is not None and best is live:
-            self._entries.remove(live)
-            if 2 * plan.reused < len(live.ids):  # another conversation: keep this one too
-                self._keep_saved(_Entry(live.ids, self._save_state()))
-        else:  # the parked conversation joins the LRU after the restore: it cannot evict it
-            parked = self._park(live)
-            if best is not None:
-                self._restore(best, take=2 * plan.reused >= len(best.ids))
-            if parked is not None:
-                self._keep_saved(parked)
-        if best is None:
-            return SlotStart(_Seq(self, 0), 0)
-        if plan.dropped:
-            start, end = plan.prefix, plan.prefix + plan.dropped
-            self._seq_rm(start, end)
-            self._ll.llama_memory_seq_add(self._mem, _LIVE, end, -1, -plan.dropped)
-        self._seq_rm(plan.reused, -1)
-        return SlotStart(_Seq(self, plan.reused), plan.reused, plan.dropped)
+        with self._ctx_lock:
+            seq, plan = self._place(ids)
+            if plan.dropped:
+                start, end = plan.prefix, plan.prefix + plan.dropped
+                self._seq_rm(seq.id, start, end)
+                self._ll.llama_memory_seq_add(self._mem, seq.id, end, -1, -plan.dropped)
+            self._seq_rm(seq.id, plan.reused, -1)
+            seq.ids = list(ids[:plan.reused])
+            seq.busy = True
+        with self._step:
+            self._open += 1
+        return SlotStart(seq, plan.reused, plan.dropped)
 
-    def _park(self, live: _Entry | None) -> _Entry | None:
-        """Empty the live sequence; its saved state (if it held tokens and more than one
-        entry is kept), for the caller to add to the LRU."""
+    def _place(self, ids: list[int]) -> tuple[_Seq, Reuse]:
+        """An idle sequence loaded with the cached tokens that ``ids`` reuses best (before
+        the shift and the cut), and the plan."""
+        best: _Seq | _Entry | None = None
+        plan = Reuse(0)
+        sources: list[_Seq | _Entry] = [*self._seqs, *self._saved]
+        for source in sources:
+            candidate = plan_reuse(source.ids, ids, shift=self.shift)
+            if candidate.reused > plan.reused:
+                best, plan = source, candidate
+        idle = [s for s in self._seqs if not s.busy]  # never empty: one permit per slot
+        if isinstance(best, _Seq) and not best.busy:
+            if 2 * plan.reused < len(best.ids):  # another conversation: keep this one too
+                self._keep_saved(_Entry(list(best.ids), self._save_state(best.id)))
+            return best, plan
+        # The idle sequence that cached least recently (an empty one first) takes it.
+        seq = min(idle, key=lambda s: (bool(s.ids), s.used))
+        parked = self._park(seq)
+        if isinstance(best, _Seq):  # a running stream's sequence: copy its KV stream
+            self._ll.llama_memory_seq_cp(self._mem, best.id, seq.id, -1, -1)
+            seq.ids, seq.copy_pending = list(best.ids), True
+        elif isinstance(best, _Entry):
+            self._restore(best, seq, take=2 * plan.reused >= len(best.ids))
+        if parked is not None:  # joins the LRU after the restore: it cannot evict it
+            self._keep_saved(parked)
+        return seq, plan
+
+    def _park(self, seq: _Seq) -> _Entry | None:
+        """Empty an idle sequence; its saved state (if it held tokens and saved states are
+        kept), for the caller to add to the LRU."""
         parked = None
-        if live is not None:
-            self._entries.remove(live)
-            if live.ids and self.cache_entries > 1:
-                parked = _Entry(live.ids, self._save_state())
-        self._seq_rm(-1, -1)
+        if seq.ids and self.cache_entries > 1:
+            parked = _Entry(list(seq.ids), self._save_state(seq.id))
+        self._seq_rm(seq.id, -1, -1)
+        seq.ids = []
         return parked
 
     def _keep_saved(self, entry: _Entry) -> None:
-        """Add a saved state as the most recent entry; the live one leaves room for itself."""
+        """Add a saved state as the most recent entry; at most ``cache_entries - 1``."""
         if self.cache_entries > 1:
-            self._entries.append(entry)
-            saved = [e for e in self._entries if e.state is not None]
-            for old in saved[:max(0, len(saved) - (self.cache_entries - 1))]:
-                self._entries.remove(old)
+            self._saved.append(entry)
+            del self._saved[:max(0, len(self._saved) - (self.cache_entries - 1))]
 
-    def _save_state(self) -> bytes:
+    def _save_state(self, seq_id: int) -> bytes:
         ll = self._ll
-        size = ll.llama_state_seq_get_size(self._ctx, _LIVE)
+        size = ll.llama_state_seq_get_size(self._ctx, seq_id)
         buf = (ctypes.c_uint8 * size)()
-        written = ll.llama_state_seq_get_data(self._ctx, buf, size, _LIVE)
+        written = ll.llama_state_seq_get_data(self._ctx, buf, size, seq_id)
         return bytes(buf)[:written]
 
-    def _restore(self, entry: _Entry, take: bool) -> None:
-        """Load ``entry``'s state into the live sequence; ``take``: it leaves the LRU, else
-        it becomes the most recently used saved entry."""
-        assert entry.state is not None
+    def _restore(self, entry: _Entry, seq: _Seq, take: bool) -> None:
+        """Load ``entry``'s state into ``seq``; ``take``: it leaves the LRU, else it becomes
+        the most recently used saved entry."""
         buf = (ctypes.c_uint8 * len(entry.state)).from_buffer_copy(entry.state)
-        if self._ll.llama_state_seq_set_data(self._ctx, buf, len(entry.state), _LIVE) == 0:
+        if self._ll.llama_state_seq_set_data(self._ctx, buf, len(entry.state), seq.id) == 0:
             raise RuntimeError("llama_state_seq_set_data could not restore a saved sequence")
-        self._entries.remove(entry)
+        seq.ids = list(entry.ids)
+        self._saved.remove(entry)
         if not take:
-            self._entries.append(entry)
+            self._saved.append(entry)
 
     def _close_slot(self, slot: KVSlot, ids: list[int] | None) -> None:
-        if ids is None or self.cache_entries == 0:
-            self._seq_rm(-1, -1)
-            ids = []
-        self._entries.append(_Entry(list(ids), None))
+        assert isinstance(slot, _Seq)
+        with self._ctx_lock:
+            if ids is None or self.cache_entries == 0 or slot.copy_pending:
+                self._seq_rm(slot.id, -1, -1)
+                slot.ids = []
+            slot.busy = False
+            slot.used = next(self._ticks)
+        with self._step:
+            self._open -= 1
+            self._step.notify_all()  # a step waiting for this slot's tokens goes now
 
     def _clear_slots(self) -> None:
-        self._entries.clear()
-        self._seq_rm(-1, -1)
+        with self._ctx_lock:
+            self._saved.clear()
+            for seq in self._seqs:
+                if not seq.busy:
+                    self._seq_rm(seq.id, -1, -1)
+                    seq.ids = []
+
+
+def _batch_capacity(parallel: int) -> int:
+    """Tokens one step may hold: a prompt chunk and a row for every other slot."""
+    return PREFILL_CHUNK + parallel - 1
 
 
 def load_llamacpp(path: str | os.PathLike[str], name: str | None = None,

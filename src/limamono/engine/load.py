@@ -8,6 +8,7 @@ one a request gets and loads it; nothing else does.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from limamono.engine.loop import EngineBase
@@ -22,7 +23,25 @@ from limamono.models.resolve import (
     resolve_model,
 )
 
-__all__ = ["BACKENDS", "choose_backend", "gguf_file", "load_engine"]
+__all__ = ["BACKENDS", "LlamaOptions", "choose_backend", "gguf_file", "load_engine"]
+
+
+@dataclass(frozen=True)
+class LlamaOptions:
+    """How the llama.cpp engine runs a GGUF (ignored by the torch engine, which keeps one
+    slot).
+
+    Attributes:
+        parallel: Slots: conversations decoded together, one batch per step.
+        gpu_layers: Layers offloaded to a GPU; None: all when llama.cpp has a GPU backend.
+        kv_type: KV-cache element type: f16, bf16, f32, q8_0 or q4_0.
+        flash_attn: ``auto``, ``on`` or ``off``.
+    """
+
+    parallel: int = 1
+    gpu_layers: int | None = None
+    kv_type: str = "f16"
+    flash_attn: str = "auto"
 
 
 #: ``--backend`` values: ``auto`` takes llama.cpp for GGUF files when it is installed.
@@ -91,7 +110,7 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
                 dtype: str = "auto", threads: int | None = None,
                 context_length: int | None = None, progress: ProgressFn | None = None,
                 cache_entries: int = DEFAULT_CACHE_ENTRIES, backend: str = "auto",
-                ) -> EngineBase:
+                llama: LlamaOptions | None = None) -> EngineBase:
     """Resolve and load a model (and adapter) as an engine: torch or llama.cpp.
 
     Args:
@@ -106,6 +125,7 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
         progress: Progress of the one-time conversion of the embedded model (torch).
         cache_entries: Conversations whose KV caches are kept.
         backend: ``auto``, ``llamacpp`` or ``torch`` (see :func:`choose_backend`).
+        llama: Slots, GPU layers, KV type and flash attention of the llama.cpp engine.
 
     Raises:
         limamono.models.resolve.ModelError: The model or adapter cannot be loaded (names the fix).
@@ -117,10 +137,13 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
 
         path = gguf_file(model)
         assert path is not None
+        options = llama or LlamaOptions()
         return LlamaCppEngine(path, name=model if model == DEFAULT_MODEL else path.name,
                               context_length=context_length, cache_entries=cache_entries,
                               threads=threads,
-                              lora=None if adapter is None else gguf_lora_for(adapter, path))
+                              lora=None if adapter is None else gguf_lora_for(adapter, path),
+                              parallel=options.parallel, gpu_layers=options.gpu_layers,
+                              kv_type=options.kv_type, flash_attn=options.flash_attn)
     spec = resolve_model(model, progress=progress)
     loaded, tokenizer = load_model(spec, adapter=adapter, dtype=dtype, threads=threads)
     return Engine(loaded, tokenizer, name=spec.name, context_length=context_length,

@@ -13,9 +13,13 @@ Three layers (DESIGN.md "Layers of generation"), each built on the one below:
    :class:`~limamono.engine.protocol.TextChunk` that carries the finish reason and token counts.
 3. :meth:`EngineBase.generate`: the joined text as a :class:`~limamono.engine.protocol.Completion`.
 
-One generation runs at a time (a lock): a server queues requests behind it (one worker
-thread that runs each stream to its end). A thread that starts a stream while its own
-earlier stream is still open gets a RuntimeError instead of a deadlock, so do not hand
+An engine runs :attr:`EngineBase.parallel` streams at once (a semaphore; 1 for torch): a
+server runs that many worker threads, each stream to its end, and queues the other
+requests. Each stream is a resumable step of the same loop: with several slots the llama.cpp
+engine's :meth:`KVSlot.eval` waits until the other open slots have their next tokens too and
+evaluates them all in one batch (continuous batching), while each stream keeps its own
+sampler chain, seed, bans and rollback. A thread that starts a stream while its own earlier
+stream is still open gets a RuntimeError instead of a deadlock, so do not hand
 half-consumed streams between pool threads that may also start new ones.
 """
 
@@ -181,10 +185,16 @@ class EngineBase:
     #: Mistral), as KoboldCpp does for Llama-family models; none for SmolLM2.
     start_ids: tuple[int, ...] = ()
 
-    def __init__(self) -> None:
+    #: Streams that may run at once (each in its own KV slot); the engine sets it.
+    parallel: int = 1
+
+    def __init__(self, parallel: int = 1) -> None:
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+            raise ValueError(f"parallel={parallel!r}: must be a whole number >= 1")
+        self.parallel = parallel
         self.stats = CacheStats()
-        self._lock = threading.Lock()
-        self._owner: int | None = None  # thread id of the running stream (deadlock guard)
+        self._slots = threading.BoundedSemaphore(parallel)  # one permit per running stream
+        self._owners: set[int] = set()  # thread ids of running streams (deadlock guard)
 
     # -- what an engine supplies ----------------------------------------------------------
 
@@ -241,11 +251,16 @@ class EngineBase:
     def clear_cache(self) -> None:
         """Drop every kept KV cache (the next call evaluates its whole prompt)."""
         self._check_no_open_stream("clearing the cache")
-        with self._lock:
+        for _ in range(self.parallel):  # every permit: no stream is running
+            self._slots.acquire()
+        try:
             self._clear_slots()
+        finally:
+            for _ in range(self.parallel):
+                self._slots.release()
 
     def _check_no_open_stream(self, doing: str) -> None:
-        if self._owner == threading.get_ident():
+        if threading.get_ident() in self._owners:
             raise RuntimeError("this thread still holds an unfinished stream of this engine; "
                                f"fix: exhaust or close() it before {doing}")
 
@@ -277,12 +292,13 @@ class EngineBase:
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 0")
         self._check_no_open_stream("starting another one")
-        with self._lock:
-            self._owner = threading.get_ident()
+        with self._slots:
+            me = threading.get_ident()
+            self._owners.add(me)
             try:
                 yield from self._decode_loop(ids, settings, max_new_tokens, cancel, control)
             finally:
-                self._owner = None
+                self._owners.discard(me)
 
     def _decode_loop(self, ids: list[int], settings: SamplerSettings, max_new_tokens: int,
                      cancel: threading.Event | None, control: _Control,
@@ -355,7 +371,7 @@ class EngineBase:
         if not ids:
             raise ValueError("prompt_ids is empty: a prompt needs at least one token")
         self._check_no_open_stream("evaluating a prompt")
-        with self._lock:
+        with self._slots:
             start = self._open_slot(ids)
             fed: list[int] | None = None
             try:

@@ -35,7 +35,13 @@ from limamono.server.params import (
 )
 from limamono.server.schemas import ChatCompletionRequest, CompletionRequest, EncodeRequest
 from limamono.server.state import ServerState, body_fields
-from limamono.server.streaming import EventStream, job_stream, sse, wire_finish_reason
+from limamono.server.streaming import (
+    EventStream,
+    Reply,
+    choices_stream,
+    sse,
+    wire_finish_reason,
+)
 from limamono.util.untrusted import quote
 
 DONE = "data: [DONE]\n\n"
@@ -68,7 +74,7 @@ def completion_request(body: CompletionRequest, state: ServerState) -> Generatio
     fields = body_fields(body)
     return text_request(fields, single_prompt(body.prompt), dialect_of(fields), clamp=False,
                         config=state.config, engine_context=state.engine.context_length,
-                        vocab_size=getattr(state.engine, "n_vocab", None))
+                        vocab_size=getattr(state.engine, "n_vocab", None), choices=True)
 
 
 def _length_label(value: str | None, default: str | None, field: str) -> str | None:
@@ -157,12 +163,13 @@ def chat_request(body: ChatCompletionRequest, state: ServerState) -> GenerationR
     stops = chat.policy.stop_strings(chat.conversation.user.name)
     request = text_request(body_fields(body), prompt, "textgen", clamp=False,
                            config=state.config, engine_context=state.engine.context_length,
-                           extra_stops=stops, vocab_size=getattr(state.engine, "n_vocab", None))
+                           extra_stops=stops, vocab_size=getattr(state.engine, "n_vocab", None),
+                           choices=True)
     return replace(request, chat=chat)
 
 
-def completion_events(meta: ReplyMeta) -> Callable[[TextChunk], list[str]]:
-    """The SSE events of ``/v1/completions`` chunks."""
+def completion_events(meta: ReplyMeta, index: int = 0) -> Callable[[TextChunk], list[str]]:
+    """The SSE events of ``/v1/completions`` chunks of choice ``index``."""
 
     offset = 0  # reply characters already sent (``text_offset`` of the log-probabilities)
 
@@ -174,7 +181,7 @@ def completion_events(meta: ReplyMeta) -> Callable[[TextChunk], list[str]]:
         data: dict[str, Any] = {
             "id": meta.id, "object": "text_completion", "created": meta.created,
             "model": meta.model, "choices": [{
-                "index": 0, "text": chunk.text, "finish_reason": reason,
+                "index": index, "text": chunk.text, "finish_reason": reason,
                 "logprobs": completion_logprobs(chunk.logprobs, offset)}]}
         offset += sum(len(e.token) for e in chunk.logprobs)
         if reason is not None and meta.usage:
@@ -198,9 +205,10 @@ def keeps_leading_space(body: ChatCompletionRequest) -> bool:
             or body.add_generation_prompt is False)
 
 
-def chat_events(meta: ReplyMeta, keep_space: bool = False,
+def chat_events(meta: ReplyMeta, keep_space: bool = False, index: int = 0,
                 ) -> Callable[[TextChunk], list[str]]:
-    """The SSE events of ``/v1/chat/completions`` chunks (the role first, then deltas).
+    """The SSE events of ``/v1/chat/completions`` chunks of choice ``index`` (the role
+    first, then deltas).
 
     The first text loses its leading space unless ``keep_space`` (``keeps_leading_space``).
     """
@@ -212,15 +220,16 @@ def chat_events(meta: ReplyMeta, keep_space: bool = False,
         text = chunk.text if started or keep_space else chunk.text.lstrip(" ")
         if not started and (text or chunk.finish_reason):
             started = True
-            out.append(_chat_chunk(meta, {"role": "assistant", "content": ""}, None))
+            out.append(sse(_chat_chunk_data(meta, {"role": "assistant", "content": ""}, None,
+                                            index)))
         if text or chunk.logprobs:
-            data = _chat_chunk_data(meta, {"content": text}, None)
+            data = _chat_chunk_data(meta, {"content": text}, None, index)
             if chunk.logprobs:
                 data["choices"][0]["logprobs"] = chat_logprobs(chunk.logprobs)
             out.append(sse(data))
         reason = wire_finish_reason(chunk.finish_reason)
         if reason is not None:
-            data = _chat_chunk_data(meta, {}, reason)
+            data = _chat_chunk_data(meta, {}, reason, index)
             if meta.usage:
                 data["usage"] = usage(chunk.prompt_tokens, chunk.completion_tokens)
             out.append(sse(data))
@@ -230,14 +239,15 @@ def chat_events(meta: ReplyMeta, keep_space: bool = False,
 
 
 def _chat_chunk_data(meta: ReplyMeta, delta: dict[str, Any], reason: str | None,
-                     ) -> dict[str, Any]:
+                     index: int = 0) -> dict[str, Any]:
     return {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
             "model": meta.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+            "choices": [{"index": index, "delta": delta, "finish_reason": reason}]}
 
 
-def _chat_chunk(meta: ReplyMeta, delta: dict[str, Any], reason: str | None) -> str:
-    return sse(_chat_chunk_data(meta, delta, reason))
+def _total_usage(replies: list[Reply]) -> dict[str, int]:
+    """``usage`` of a request's choices: the prompt once, every choice's tokens."""
+    return usage(replies[0].prompt_tokens, sum(r.completion_tokens for r in replies))
 
 
 def openai_error_event(message: str) -> str:
@@ -268,14 +278,16 @@ def router(state: ServerState) -> APIRouter:
         job = await state.submit(lambda: completion_request(body, state))
         meta = ReplyMeta.new("cmpl", state.model_name, _wants_usage(body))
         if body.stream:
-            return job_stream(job, completion_events(meta), openai_error_event, DONE)
-        reply = await state.reply(job, request.receive)
+            return choices_stream(job, lambda i: completion_events(meta, i),
+                                  openai_error_event, DONE)
+        replies = await state.replies(job, request.receive)
         return {"id": meta.id, "object": "text_completion", "created": meta.created,
                 "model": meta.model,
-                "choices": [{"index": 0, "text": reply.text,
+                "choices": [{"index": i, "text": reply.text,
                              "logprobs": completion_logprobs(reply.logprobs),
-                             "finish_reason": wire_finish_reason(reply.finish_reason)}],
-                "usage": usage(reply.prompt_tokens, reply.completion_tokens)}
+                             "finish_reason": wire_finish_reason(reply.finish_reason)}
+                            for i, reply in enumerate(replies)],
+                "usage": _total_usage(replies)}
 
     @api.post("/v1/chat/completions", summary="Chat, rendered with the Limamono format",
               response_model=None)
@@ -284,16 +296,20 @@ def router(state: ServerState) -> APIRouter:
         job = await state.submit(lambda: chat_request(body, state))
         meta = ReplyMeta.new("chatcmpl", state.model_name, _wants_usage(body))
         if body.stream:
-            return job_stream(job, chat_events(meta, keeps_leading_space(body)),
-                              openai_error_event, DONE)
-        reply = await state.reply(job, request.receive)
-        content = reply.text if keeps_leading_space(body) else reply.text.lstrip(" ")
+            keep = keeps_leading_space(body)
+            return choices_stream(job, lambda i: chat_events(meta, keep, i),
+                                  openai_error_event, DONE)
+        replies = await state.replies(job, request.receive)
+        keep = keeps_leading_space(body)
         return {"id": meta.id, "object": "chat.completion", "created": meta.created,
                 "model": meta.model,
-                "choices": [{"index": 0, "finish_reason": wire_finish_reason(reply.finish_reason),
-                             "message": {"role": "assistant", "content": content},
-                             "logprobs": chat_logprobs(reply.logprobs)}],
-                "usage": usage(reply.prompt_tokens, reply.completion_tokens)}
+                "choices": [{"index": i, "finish_reason": wire_finish_reason(reply.finish_reason),
+                             "message": {"role": "assistant",
+                                         "content": reply.text if keep
+                                         else reply.text.lstrip(" ")},
+                             "logprobs": chat_logprobs(reply.logprobs)}
+                            for i, reply in enumerate(replies)],
+                "usage": _total_usage(replies)}
 
     @api.get("/v1/internal/model/info", summary="Model and LoRA names (text-generation-webui)")
     async def model_info() -> dict[str, Any]:

@@ -93,6 +93,7 @@ class GenerationRequest:
         genkey: The client's key, for ``/api/extra/abort`` and ``/generate/check``.
         chat: The conversation behind ``prompt`` (structured routes), fitted by turns.
         context_field: The wire field that set ``context`` (None: the engine's own).
+        n: Replies (choices) to the one prompt; choice i samples with seed + i.
     """
 
     prompt: str
@@ -103,6 +104,7 @@ class GenerationRequest:
     genkey: str | None = None
     chat: ChatPrompt | None = None
     context_field: str | None = None
+    n: int = 1
 
 
 def dialect_of(body: Mapping[str, Any]) -> str:
@@ -258,8 +260,12 @@ def single_prompt(value: str | list[str], field: str = "prompt") -> str:
     return value
 
 
+#: Most replies (``n``) one OpenAI-style request may ask for.
+MAX_CHOICES = 8
+
+
 def check_single_reply(body: Mapping[str, Any]) -> None:
-    """Refuse ``n`` / ``best_of`` other than 1 (several replies would multiply the work)."""
+    """Refuse ``n`` / ``best_of`` other than 1 (routes that return one reply)."""
     for name in ("n", "best_of"):
         value = body.get(name)
         if value is not None and value != 1:
@@ -267,10 +273,28 @@ def check_single_reply(body: Mapping[str, Any]) -> None:
                            "request per reply", field=name)
 
 
+def choices_of(body: Mapping[str, Any]) -> int:
+    """The ``n`` of a request that may return several replies (1..:data:`MAX_CHOICES`).
+
+    ``best_of`` is accepted only as 1 or equal to ``n`` (no ranking of replies here).
+    """
+    n = body.get("n")
+    if n is None:
+        n = 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise ApiError(BAD_REQUEST, f"n={quote(n)}: must be a whole number from 1 to "
+                       f"{MAX_CHOICES}", field="n")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of not in (1, n):
+        raise ApiError(BAD_REQUEST, f"best_of={quote(best_of)}: only 1 or n ({n}) is "
+                       "supported; replies are not ranked", field="best_of")
+    return n
+
+
 def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool,
                  config: ServerConfig, engine_context: int,
                  extra_stops: Sequence[str] = (),
-                 vocab_size: int | None = None) -> GenerationRequest:
+                 vocab_size: int | None = None, choices: bool = False) -> GenerationRequest:
     """Check a text-completion body and build its :class:`GenerationRequest`.
 
     Args:
@@ -283,11 +307,14 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
         extra_stops: Stop strings the route adds (the chat route's ``###`` and user line).
         vocab_size: The model's vocabulary size (token ids in ``logit_bias`` and
             ``custom_token_bans`` must be below it); None: not checked here.
+        choices: The route returns ``n`` replies (OpenAI shapes); else ``n`` must be 1.
 
     Raises:
         ApiError: 400 naming the field at fault.
     """
-    check_single_reply(body)
+    n = choices_of(body) if choices else 1
+    if not choices:
+        check_single_reply(body)
     ignored = unsupported_fields(body)
     if ignored:  # accepted, as the emulated servers accept them, but the user should know
         log.warning("ignoring fields this server does not implement: %s", ", ".join(ignored))
@@ -301,6 +328,7 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
         context=context,
         genkey=body.get("genkey"),
         context_field=found[0] if found is not None else None,
+        n=n,
     )
 
 

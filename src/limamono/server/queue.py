@@ -1,10 +1,19 @@
-"""One engine behind a FIFO queue: a worker thread runs one generation at a time.
+"""One engine behind a FIFO queue: the front of its slots (continuous batching).
 
 Request handlers (on the asyncio loop) ``submit`` a :class:`Job` and read its chunks from
-an asyncio queue; the worker thread runs ``engine.stream_text`` and hands each chunk over
-with ``loop.call_soon_threadsafe``. A full queue refuses at once (the caller answers 503);
-a job whose client went away is cancelled through its event, which the engine checks
-before every token, so the engine is free again within one token's time.
+an asyncio queue. One worker thread per engine slot (``engine.parallel``: the llama.cpp
+engine's ``--parallel``, 1 for torch) takes the oldest waiting job, runs
+``engine.stream_text`` and hands each chunk over with ``loop.call_soon_threadsafe``; the
+engine decodes the running streams together, one batch per step, so a new request starts
+at the next step instead of after the others. A full queue refuses at once (the caller
+answers 503); a job whose client went away is cancelled through its event, which the engine
+checks before every token, so its slot is free again within one step.
+
+A job with ``n`` > 1 choices runs choice 0 first; once it has produced its first chunk
+(its prompt is read), choices 1..n-1 go to the front of the queue and take the prompt from
+choice 0's slot (the llama.cpp engine copies the KV, ``llama_memory_seq_cp``) instead of
+reading it again. Choice i samples with seed + i, so it equals a single request with that
+seed.
 
 Token counting never goes through here: tokenizing does not take the generation lock.
 """
@@ -14,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from limamono.engine.protocol import Engine, TextChunk
+from limamono.samplers import SamplerSettings
 from limamono.server.params import GenerationRequest
 
-#: What a job hands to its reader: a chunk, or the exception that ended the generation.
-Event = TextChunk | BaseException
+#: What a job hands to its reader: (choice index, chunk), or the exception that ended a
+#: generation.
+Event = tuple[int, TextChunk] | BaseException
 
 
 class QueueFullError(RuntimeError):
@@ -59,8 +71,26 @@ class Job:
     id: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    text: list[str] = field(default_factory=list)  # the reply so far (for /generate/check)
+    text: list[str] = field(default_factory=list)  # choice 0 so far (for /generate/check)
     cancelled_at: float | None = None
+    running: int = 0  # choices started and not yet finished (guarded by the queue)
+    finished: int = 0  # choices finished
+    #: The seed of choice 0 when n > 1 and the request gave none (drawn once per job).
+    base_seed: int = field(default_factory=lambda: secrets.randbits(62))
+
+    @property
+    def choices(self) -> int:
+        """Replies this job returns (the request's ``n``)."""
+        return self.request.n
+
+    def choice_settings(self, index: int) -> SamplerSettings:
+        """Choice ``index``'s samplers: the request's seed + ``index`` (n > 1 without a seed:
+        a random base seed, drawn once per job)."""
+        settings = self.request.settings
+        if self.choices == 1:
+            return settings
+        base = self.base_seed if settings.seed is None else settings.seed
+        return replace(settings, seed=base + index)
 
     def request_cancel(self) -> None:
         """Stop this job (waiting: skipped; running: the engine stops before its next token)."""
@@ -76,71 +106,90 @@ class Job:
             self.request_cancel()
 
     async def chunks(self) -> AsyncIterator[TextChunk]:
-        """The job's chunks until the one with a finish reason; re-raises an engine error."""
-        while True:
+        """Choice 0's chunks until the one with a finish reason (a job of one choice);
+        re-raises an engine error."""
+        async for index, chunk in self.choice_chunks():
+            if index == 0:
+                yield chunk
+
+    async def choice_chunks(self) -> AsyncIterator[tuple[int, TextChunk]]:
+        """(choice index, chunk) of every choice, as they come, until each has sent its
+        chunk with a finish reason; re-raises an engine error."""
+        left = self.choices
+        while left:
             event = await self.events.get()
             if isinstance(event, BaseException):
                 raise event
             yield event
-            if event.finish_reason is not None:
-                return
+            if event[1].finish_reason is not None:
+                left -= 1
 
 
 class GenerationQueue:
-    """A FIFO of generation jobs in front of one engine, run by one worker thread.
+    """A FIFO of generation jobs in front of one engine, run by one worker thread per slot.
 
     Args:
-        engine: The engine (only this queue's worker generates with it).
-        max_waiting: Jobs allowed to wait behind the running one.
+        engine: The engine (only this queue's workers generate with it); its
+            ``parallel`` attribute (default 1) is the number of workers.
+        max_waiting: Jobs allowed to wait behind the running ones.
     """
 
     def __init__(self, engine: Engine, max_waiting: int) -> None:
         self.engine = engine
         self.max_waiting = max_waiting
+        self.slots = max(1, int(getattr(engine, "parallel", 1)))
         self.stats = QueueStats()
-        self._jobs: collections.deque[Job] = collections.deque()
-        self._current: Job | None = None
+        self._jobs: collections.deque[tuple[Job, int]] = collections.deque()  # (job, choice)
+        self._running: list[Job] = []  # jobs with a running choice, oldest first
         self._cond = threading.Condition()
         self._closed = True
         self._ids = itertools.count(1)
-        self._thread = threading.Thread()
+        self._threads: list[threading.Thread] = []
         self.start()
 
     # -- state ---------------------------------------------------------------------------
 
     @property
     def waiting(self) -> int:
-        """Jobs waiting behind the running one (a cancelled one no longer counts)."""
+        """Jobs waiting for a slot (a cancelled one no longer counts)."""
         with self._cond:
             return self._live_waiting()
 
     def _live_waiting(self) -> int:
-        # A waiting job whose client left stays in the deque until the worker skips it, but
-        # it neither holds a queue slot nor shows in /health.
-        return sum(not job.cancel.is_set() for job in self._jobs)
+        # A waiting job whose client left stays in the deque until a worker skips it, but
+        # it neither holds a queue slot nor shows in /health. Choices of a running job
+        # waiting for their turn are not waiting jobs.
+        return sum(not job.cancel.is_set() for job, choice in self._jobs if choice == 0)
 
     @property
     def busy(self) -> bool:
         """Whether a generation is running."""
         with self._cond:
-            return self._current is not None
+            return bool(self._running)
+
+    @property
+    def running(self) -> int:
+        """Jobs with a running generation (at most one per slot)."""
+        with self._cond:
+            return len(self._running)
 
     @property
     def alive(self) -> bool:
-        """Whether the worker thread runs (health reports 503 when it does not)."""
-        return self._thread.is_alive() and not self._closed
+        """Whether the worker threads run (health reports 503 when they do not)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads) \
+            and not self._closed
 
     def pending_text(self, genkey: str | None = None) -> str:
-        """The text generated so far by the running job, if ``genkey`` is that job's key.
+        """The text generated so far by the running job carrying ``genkey``.
 
-        Without the job's key nothing is returned: another client's reply is not readable
+        Without a key nothing is returned: another client's reply is not readable
         (KoboldCpp returns it to anyone; a job sent with no key is readable by no one).
         """
-        with self._cond:
-            job = self._current
-        if job is None or genkey is None or job.request.genkey != genkey:
+        if genkey is None:
             return ""
-        return "".join(job.text)
+        with self._cond:
+            jobs = [j for j in self._running if j.request.genkey == genkey]
+        return "".join(jobs[0].text) if jobs else ""
 
     # -- control -------------------------------------------------------------------------
 
@@ -156,58 +205,64 @@ class GenerationQueue:
         with self._cond:
             if self._closed:
                 raise QueueFullError("the server is shutting down")
-            # A job not yet picked up by the worker counts as waiting only behind another.
-            in_system = self._live_waiting() + (self._current is not None)
-            if in_system > self.max_waiting:
+            # A job not yet picked up by a worker counts as waiting only when every slot
+            # is taken.
+            free = max(0, self.slots - len(self._running))
+            if self._live_waiting() + 1 > self.max_waiting + free:
                 self.stats.rejected += 1
                 raise QueueFullError(f"{self._live_waiting()} requests are already waiting")
             job.id = next(self._ids)
-            self._jobs.append(job)
+            self._jobs.append((job, 0))
             self._cond.notify()
         return job
 
     def abort(self, genkey: str | None = None) -> bool:
-        """Cancel the running job (KoboldCpp ``/api/extra/abort``); True if one was cancelled.
+        """Cancel running jobs (KoboldCpp ``/api/extra/abort``); True if one was cancelled.
 
-        Without ``genkey`` the running job is cancelled whoever started it, as KoboldCpp
-        does; with one, the jobs (running or waiting) carrying that key.
+        Without ``genkey`` every running job is cancelled whoever started it, as KoboldCpp
+        does with its one; with one, the jobs (running or waiting) carrying that key.
         """
         with self._cond:
             if genkey is None:
-                targets = [self._current] if self._current is not None else []
+                targets = list(self._running)
             else:
-                targets = [j for j in [self._current, *self._jobs]
-                           if j is not None and j.request.genkey == genkey]
+                waiting = [job for job, _ in self._jobs]
+                targets = list({id(j): j for j in [*self._running, *waiting]
+                                if j.request.genkey == genkey}.values())
         for job in targets:
             job.request_cancel()
         return bool(targets)
 
     def start(self) -> None:
-        """Start the worker thread (again, after :meth:`close`); no-op while it runs.
+        """Start the worker threads (again, after :meth:`close`); no-op while they run.
 
-        The app starts it when built, for clients that run no lifespan, and again at each
-        startup, since a test client runs startup and shutdown around every session.
+        The app starts them when built, for clients that run no lifespan, and again at
+        each startup, since a test client runs startup and shutdown around every session.
         """
         with self._cond:
             if not self._closed:
                 return
             self._closed = False
-            self._thread = threading.Thread(target=self._work, name="limamono-generation",
-                                            daemon=True)
-            self._thread.start()
+            self._threads = [threading.Thread(target=self._work, daemon=True,
+                                              name=f"limamono-generation-{i}")
+                             for i in range(self.slots)]
+            for thread in self._threads:
+                thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Cancel every job and stop the worker thread."""
+        """Cancel every job and stop the worker threads."""
         with self._cond:
             self._closed = True
-            jobs = [j for j in [self._current, *self._jobs] if j is not None]
+            jobs = [*self._running, *(job for job, _ in self._jobs)]
             self._cond.notify_all()
         for job in jobs:
             job.request_cancel()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
-    # -- worker --------------------------------------------------------------------------
+    # -- workers -------------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
@@ -216,27 +271,49 @@ class GenerationQueue:
                     self._cond.wait()
                 if not self._jobs:
                     return
-                job = self._current = self._jobs.popleft()
+                job, choice = self._jobs.popleft()
+                job.running += 1
+                if job.running == 1 and job.finished == 0:
+                    self._running.append(job)
             try:
-                self._run(job)
+                self._run(job, choice)
             finally:
                 with self._cond:
-                    self._current = None
-                self._count(job)
+                    job.running -= 1
+                    job.finished += 1
+                    done = job.finished == job.choices
+                    if done:
+                        self._running.remove(job)
+                if done:
+                    self._count(job)
 
-    def _run(self, job: Job) -> None:
+    def _fork(self, job: Job) -> None:
+        """Queue choices 1..n-1 of ``job`` first in line (choice 0 has read the prompt)."""
+        with self._cond:
+            self._jobs.extendleft((job, i) for i in range(job.choices - 1, 0, -1))
+            self._cond.notify_all()
+
+    def _run(self, job: Job, choice: int) -> None:
         request = job.request
-        if job.cancel.is_set():
-            job.put(TextChunk("", finish_reason="cancelled"))
-            return
+        forked = choice > 0 or job.choices == 1
         try:
-            for chunk in self.engine.stream_text(job.prompt, request.settings,
+            if job.cancel.is_set():
+                job.put((choice, TextChunk("", finish_reason="cancelled")))
+                return
+            for chunk in self.engine.stream_text(job.prompt, job.choice_settings(choice),
                                                  request.max_new_tokens, request.stop,
                                                  cancel=job.cancel, truncation="left"):
-                job.text.append(chunk.text)
-                job.put(chunk)
+                if choice == 0:
+                    job.text.append(chunk.text)
+                job.put((choice, chunk))
+                if not forked:
+                    forked = True
+                    self._fork(job)
         except Exception as error:  # thread boundary: the handler turns it into a reply
             job.put(error)
+        finally:
+            if not forked:  # choice 0 ended before any chunk: the others still run
+                self._fork(job)
 
     def _count(self, job: Job) -> None:
         stats = self.stats

@@ -148,8 +148,10 @@ class CompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]  # a c
     truncation_length: int | None = Field(None, description=_CTX_DOC)
     num_ctx: int | None = Field(None, description="Alias of truncation_length.")
     max_context_length: int | None = Field(None, description="Alias of truncation_length.")
-    n: int | None = Field(None, description="Replies per request: only 1 is supported.")
-    best_of: int | None = Field(None, description="Only 1 is supported.")
+    n: int | None = Field(None, description=(
+        "Replies to the one prompt (1-8; the prompt is read once); choice i samples with "
+        "seed + i."))
+    best_of: int | None = Field(None, description="1 or n (replies are not ranked).")
     api_type: str | None = Field(None, description=(
         "SillyTavern's backend type; `koboldcpp` selects KoboldCpp sampler semantics."))
     genkey: str | None = Field(None, description="Client key, for abort and check.")
@@ -187,7 +189,9 @@ class ChatCompletionRequest(SamplerFields):  # type: ignore[misc, valid-type]  #
     stop: str | list[str] | None = Field(None, description=_STOP_DOC)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(None, description="Only 1 is supported.")
+    n: int | None = Field(None, description=(
+        "Replies to the one prompt (1-8; the prompt is read once); choice i samples with "
+        "seed + i."))
     response_length: str | None = Field(None, description=(
         "Length label of the reply (`micro` ... `unlimited`, or `none`); default `long`."))
     input_length: str | None = Field(None, description=(

@@ -17,7 +17,7 @@ from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, BUSY, ApiError
 from limamono.server.params import GenerationRequest, fit_to_context
 from limamono.server.queue import GenerationQueue, Job, QueueFullError
-from limamono.server.streaming import Reply, collect
+from limamono.server.streaming import Reply, collect_choices
 
 T = TypeVar("T")
 
@@ -90,14 +90,22 @@ class ServerState:
                            headers={"Retry-After": str(self.config.retry_after_s)}) from None
 
     async def reply(self, job: Job, receive: Receive) -> Reply:
-        """The whole reply of a non-streaming request.
+        """The whole reply of a non-streaming request (choice 0).
 
         Raises:
             ApiError: 400 when the prompt cannot fit, 500 when the engine failed,
                 499 (unread) when the client disconnected and the job was cancelled.
         """
+        return (await self.replies(job, receive))[0]
+
+    async def replies(self, job: Job, receive: Receive) -> list[Reply]:
+        """Every choice's whole reply of a non-streaming request, by index.
+
+        Raises:
+            ApiError: As :meth:`reply`.
+        """
         try:
-            reply = await collect(job, receive)
+            reply = await collect_choices(job, receive)
         except ContextOverflowError as error:
             raise ApiError(BAD_REQUEST, str(error), field="prompt") from None
         except Exception as error:  # request boundary: the engine failed

@@ -96,17 +96,31 @@ async def collect(job: Job, receive: Receive) -> Reply | None:
     Raises:
         Exception: The engine's error, re-raised from the worker thread.
     """
+    replies = await collect_choices(job, receive)
+    return None if replies is None else replies[0]
 
-    async def join() -> Reply:
-        parts: list[str] = []
-        logprobs: list[TokenLogprob] = []
-        async for chunk in job.chunks():
-            parts.append(chunk.text)
-            logprobs += chunk.logprobs
+
+async def collect_choices(job: Job, receive: Receive) -> list[Reply] | None:
+    """Every choice's whole reply (by index), or None when the client disconnected first.
+
+    Raises:
+        Exception: The engine's error, re-raised from the worker thread.
+    """
+
+    async def join() -> list[Reply]:
+        parts: list[list[str]] = [[] for _ in range(job.choices)]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(job.choices)]
+        replies: dict[int, Reply] = {}
+        async for index, chunk in job.choice_chunks():
+            parts[index].append(chunk.text)
+            logprobs[index] += chunk.logprobs
             if chunk.finish_reason is not None:
-                return Reply("".join(parts), chunk.finish_reason, chunk.prompt_tokens,
-                             chunk.completion_tokens, tuple(logprobs))
-        raise RuntimeError("the generation ended without a finish reason")
+                replies[index] = Reply("".join(parts[index]), chunk.finish_reason,
+                                       chunk.prompt_tokens, chunk.completion_tokens,
+                                       tuple(logprobs[index]))
+        if len(replies) != job.choices:
+            raise RuntimeError("the generation ended without a finish reason")
+        return [replies[i] for i in range(job.choices)]
 
     async def disconnected() -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -137,7 +151,8 @@ def wire_finish_reason(reason: FinishReason | None) -> str | None:
 
 def job_stream(job: Job, events: Callable[[TextChunk], list[str]],
                error_event: Callable[[str], str], trailer: str = "") -> EventStream:
-    """An event stream of a job's chunks; the job is cancelled if the stream ends early.
+    """An event stream of a one-choice job's chunks; the job is cancelled if the stream
+    ends early.
 
     Args:
         job: The queued job.
@@ -145,13 +160,30 @@ def job_stream(job: Job, events: Callable[[TextChunk], list[str]],
         error_event: The event that reports an engine error (a real error).
         trailer: Sent after the last chunk or the error (OpenAI's ``data: [DONE]``).
     """
+    return choices_stream(job, lambda _index: events, error_event, trailer)
+
+
+def choices_stream(job: Job, choice_events: Callable[[int], Callable[[TextChunk], list[str]]],
+                   error_event: Callable[[str], str], trailer: str = "") -> EventStream:
+    """An event stream of every choice's chunks as they come (OpenAI's ``index``).
+
+    Args:
+        job: The queued job.
+        choice_events: Makes, once per choice index, the events of that choice's chunks
+            (each choice keeps its own state: its role chunk, its log-probability offset).
+        error_event: The event that reports an engine error (a real error).
+        trailer: Sent after the last chunk or the error (OpenAI's ``data: [DONE]``).
+    """
     finished = False
+    makers: dict[int, Callable[[TextChunk], list[str]]] = {}
 
     async def body() -> AsyncIterator[str]:
         nonlocal finished
         try:
-            async for chunk in job.chunks():
-                for event in events(chunk):
+            async for index, chunk in job.choice_chunks():
+                if index not in makers:
+                    makers[index] = choice_events(index)
+                for event in makers[index](chunk):
                     yield event
         except Exception as error:  # request boundary: report it in the stream
             yield error_event(str(error))

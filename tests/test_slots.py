@@ -1,0 +1,137 @@
+"""Parallel slots on the llama.cpp engine: streams decoded together in one batch.
+
+Each stream runs the shared decode loop in its own thread; the engine evaluates the open
+slots' tokens in one ``llama_decode`` per step. Tolerance: a row's logits in a batch of
+several slots can differ from a lone decode in the last float bits (llama.cpp picks other
+matrix kernels for other batch shapes), so the tests compare the sampled tokens, which are
+equal on these prompts, greedy and seeded.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import pytest
+
+from limamono.samplers import SamplerSettings, get_preset
+
+PROMPTS = ["Mira looked out over the harbour. The boats were",
+           "The lighthouse keeper climbed the stairs",
+           "Once upon a time, in a small village at the edge of a dark forest, there lived "
+           "an old woodcutter and his three daughters, who",
+           "Rain"]
+
+
+@pytest.fixture(scope="module")
+def slots_engine():
+    """The embedded model's GGUF with 4 slots, one thread (the machine is shared)."""
+    from limamono.engine.llamacpp import LlamaCppEngine
+    from limamono.models.resolve import embedded_gguf
+
+    engine = LlamaCppEngine(embedded_gguf(), context_length=512, threads=1, parallel=4)
+    yield engine
+    engine.close()
+
+
+def _settings(kind: str, seed: int) -> SamplerSettings:
+    return get_preset("greedy") if kind == "greedy" else replace(get_preset("limamono"),
+                                                                 seed=seed)
+
+
+def _alone(engine, prompts: list[str], kind: str, tokens: int) -> list[list[int]]:
+    """Each prompt's tokens from a lone stream on an empty cache."""
+    out = []
+    for i, prompt in enumerate(prompts):
+        engine.clear_cache()
+        out.append(list(engine.stream_tokens(engine.prompt_ids(prompt),
+                                             _settings(kind, 10 + i), tokens)))
+    engine.clear_cache()
+    return out
+
+
+def _together(engine, prompts: list[str], kind: str, tokens: int,
+              cancel_after: dict[int, int] | None = None) -> list[list[int]]:
+    """Each prompt's tokens from streams that run at once (one thread each)."""
+    results: list[list[int]] = [[] for _ in prompts]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(prompts))
+
+    def run(i: int) -> None:
+        try:
+            cancel = threading.Event()
+            start.wait()
+            stream = engine.stream_tokens(engine.prompt_ids(prompts[i]),
+                                          _settings(kind, 10 + i), tokens, cancel)
+            for token in stream:
+                results[i].append(token)
+                if cancel_after and len(results[i]) == cancel_after.get(i):
+                    cancel.set()
+        except BaseException as error:  # reported in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    return results
+
+
+@pytest.mark.parametrize("kind", ["greedy", "seeded"])
+def test_batched_streams_give_the_tokens_of_lone_streams(slots_engine, kind):
+    engine = slots_engine
+    expected = _alone(engine, PROMPTS, kind, 12)
+    steps, widest = engine.steps, engine.widest_step
+    got = _together(engine, PROMPTS, kind, 12)
+    assert got == expected
+    assert engine.widest_step == 4  # all four slots were in one step at least once
+    assert engine.steps - steps < 4 * 12  # fewer steps than lone decodes: they batched
+    assert widest <= 4
+
+
+def test_a_slot_cancelled_mid_batch_leaves_the_others_alone(slots_engine):
+    engine = slots_engine
+    expected = _alone(engine, PROMPTS, "seeded", 12)
+    got = _together(engine, PROMPTS, "seeded", 12, cancel_after={1: 3})
+    assert got[1] == expected[1][:3]
+    assert [got[i] for i in (0, 2, 3)] == [expected[i] for i in (0, 2, 3)]
+    assert engine._open == 0 and not any(seq.busy for seq in engine._seqs)
+
+
+def test_more_streams_than_slots_wait_for_a_free_one(slots_engine):
+    engine = slots_engine
+    prompts = PROMPTS + [p + " and" for p in PROMPTS[:2]]  # 6 streams on 4 slots
+    expected = _alone(engine, prompts, "greedy", 6)
+    assert _together(engine, prompts, "greedy", 6) == expected
+    assert engine._open == 0
+
+
+def test_a_stream_reuses_the_prompt_another_slot_is_decoding(slots_engine):
+    """A prompt that another running stream already read is copied from its slot
+    (``llama_memory_seq_cp``), not read again: how ``n`` choices read a prompt once."""
+    engine = slots_engine
+    engine.clear_cache()
+    ids = engine.prompt_ids(PROMPTS[2])
+    expected = list(engine.stream_tokens(ids, _settings("seeded", 5), 8))
+    engine.clear_cache()
+    read, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # the first stream reads the prompt and keeps its slot
+        first = engine.stream_tokens(ids, _settings("seeded", 4), 8)
+        next(first)
+        read.set()
+        release.wait(60)
+        first.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert read.wait(60)
+    second = list(engine.stream_tokens(ids, _settings("seeded", 5), 8))
+    reused = engine.stats.last_reused
+    release.set()
+    holder.join(60)
+    assert reused == len(ids) - 1
+    assert second == expected
+    assert engine._open == 0
