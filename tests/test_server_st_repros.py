@@ -241,5 +241,5 @@ def test_serve_banner_has_the_adapter_line():
     with serve_cmd.out.capture() as captured:
         serve_cmd._announce(engine, "127.0.0.1", 5001, "none (--adapter none)")
     lines = captured.get().splitlines()
-    assert lines[:2] == ["Serving fake-limamono (context 4096) at http://127.0.0.1:5001",
+    assert lines[:2] == ["Serving fake-limamono (context 4096, 1 slot(s)) at http://127.0.0.1:5001",
                          "  Adapter: none (--adapter none)"]
