@@ -60,13 +60,17 @@ def train_cmd(
     projections, seq 4096 padded, 3 epochs, cosine 2e-4). Writes OUT/adapter/, OUT/loss.png,
     OUT/manifest.json and atomic checkpoints. output_dir must be new, empty, or this run's
     own (limamono-run.json records whose). Works under `accelerate launch -m limamono
-    train CONFIG`."""
+    train CONFIG`. With `method: dpo` or `orpo` it trains on a preference set (`limamono
+    data prefs`) with TRL, from `sft_adapter` (also DPO's reference)."""
     from limamono.dataset import DatasetError
     from limamono.models.resolve import ModelError
     from limamono.train import ConfigError
     from limamono.train.run import NoSpaceError
 
     config = _config(config_file, list(ctx.args))
+    if lr_sweep is not None and config.method != "sft":
+        fail(f"--lr-sweep: the sweep trains SFT runs only, and method is {config.method}; "
+             "fix: sweep the SFT run, then train the preference run at a chosen rate")
     try:
         if lr_sweep is not None:
             from limamono.train import lr_sweep as run_sweep
@@ -95,6 +99,10 @@ def train_cmd(
         shown = "n/a" if eval_loss is None else f"{eval_loss:.4f}"
         out.print(f"adapter: {result.adapter_dir}  steps {figures['steps']}  "
                   f"eval loss {shown}  time {figures['seconds']:.0f}s")
+        margins = figures.get("preference", {}).get("rewards/margins")
+        if margins:
+            out.print(f"{config.method}: last logged reward margin {margins[-1][1]:.4f} "
+                      f"(step {margins[-1][0]})")
 
 
 def export_axolotl_cmd(
@@ -110,6 +118,9 @@ def export_axolotl_cmd(
     from limamono.train import export_axolotl
 
     config = _config(config_file, list(ctx.args))
+    if config.method != "sft":
+        fail(f"export axolotl: writes SFT runs only, and method is {config.method}; fix: "
+             "export the SFT run's config (Axolotl's `rl: dpo` takes its own datasets)")
     try:
         path = export_axolotl(config, output, notify=_say)
     except (DatasetError, ModelError) as exc:

@@ -4,7 +4,8 @@ Public API:
 
 - ``TrainConfig``, ``load_config(path, overrides)``, ``make_config(values)``,
   ``parse_overrides(argv)``, ``ConfigError``: the typed config (CLI > file > defaults).
-- ``train(config, resume=False)`` -> ``TrainResult``: one run (adapter, loss.png, manifest).
+- ``train(config, resume=False)`` -> ``TrainResult``: one run (adapter, loss.png, manifest):
+  SFT, or DPO/ORPO on a preference set (``method``; ``train_preferences``, ``pair_logratios``).
 - ``lr_sweep(config, rates)``: one constant-LR epoch per rate, the lowest eval loss wins.
 - ``export_axolotl(config, dir)``: the same run as an Axolotl config + input_output data.
 - ``PadCollator``, ``latest_checkpoint``, ``COMPLETE``: building blocks.
@@ -29,16 +30,20 @@ from limamono.train.config import (
 if TYPE_CHECKING:
     from limamono.train.checkpoints import COMPLETE, latest_checkpoint
     from limamono.train.data import PadCollator
-    from limamono.train.run import TrainResult, train
+    from limamono.train.entry import train
+    from limamono.train.preference import pair_logratios, train_preferences
+    from limamono.train.run import TrainResult
     from limamono.train.sweep import export_axolotl, lr_sweep, parse_rates
 
 _LAZY = {"COMPLETE": "checkpoints", "latest_checkpoint": "checkpoints",
-         "PadCollator": "data", "TrainResult": "run", "train": "run",
+         "PadCollator": "data", "TrainResult": "run", "train": "entry",
+         "train_preferences": "preference", "pair_logratios": "preference",
          "export_axolotl": "sweep", "lr_sweep": "sweep", "parse_rates": "sweep"}
 
 __all__ = ["ALL_LINEAR", "COMPLETE", "ConfigError", "PadCollator", "TrainConfig",
            "TrainResult", "export_axolotl", "latest_checkpoint", "load_config", "lr_sweep",
-           "make_config", "parse_overrides", "parse_rates", "train"]
+           "make_config", "pair_logratios", "parse_overrides", "parse_rates", "train",
+           "train_preferences"]
 
 
 def __getattr__(name: str) -> Any:

@@ -30,6 +30,8 @@ OVERFLOW = ("window", "truncate", "drop", "error")
 END_OF_TURN = ("header", "eos")
 BF16 = ("auto", "true", "false")
 ADAPTER_DTYPES = ("fp32", "bf16")
+#: What a run trains: supervised fine-tuning, or preference training with TRL's trainers.
+METHODS = ("sft", "dpo", "orpo")
 #: Where the Trainer sends its logs (transformers' integrations of the same names).
 REPORT_TO = ("tensorboard", "wandb", "none")
 #: Largest integer any setting takes (a C int; nothing real comes near it).
@@ -107,6 +109,15 @@ class TrainConfig:
             ``tensorboard`` (event files in ``output_dir/tensorboard``), ``wandb``
             (offline unless ``WANDB_MODE`` or ``WANDB_API_KEY`` is set) or ``none``.
         gradient_checkpointing: trade compute for memory.
+        method: ``sft`` (the card's recipe), or preference training on a preference set
+            (``data`` written by ``limamono data prefs``): ``dpo`` (TRL's DPOTrainer; the
+            reference is ``sft_adapter`` as it was before the run, or the base model
+            without one) or ``orpo`` (TRL's ORPOTrainer; no reference).
+        sft_adapter: the SFT adapter folder a preference run starts from (its LoRA shape,
+            not ``lora_r``/``lora_alpha``/``lora_target_modules``, is used); empty: a new
+            LoRA on the base model.
+        beta: DPO's beta (how far the policy may move from the reference) or ORPO's lambda
+            (the weight of the odds-ratio term), TRL's ``beta`` for both.
         seed: seed of data order, dropout and initialisation.
         eval_steps: also evaluate every N steps (0: only at the end of each epoch).
         save_steps: checkpoint every N steps (0: at the end of each epoch).
@@ -148,6 +159,9 @@ class TrainConfig:
     load_in_4bit: bool = False
     report_to: str = "tensorboard"
     gradient_checkpointing: bool = False
+    method: str = "sft"
+    sft_adapter: str = ""
+    beta: float = 0.1
     seed: int = 42
     eval_steps: int = 0
     save_steps: int = 0
@@ -263,10 +277,11 @@ def _range_problems(c: TrainConfig) -> list[str]:
     if c.data and not Path(c.data).exists():
         problems.append(f"data: {c.data}: no such folder; fix: point it at a dataset folder "
                         "or the output of `limamono data build`")
+    problems += _method_problems(c)
     for name, value, allowed in (
             ("overflow", c.overflow, OVERFLOW), ("end_of_turn", c.end_of_turn, END_OF_TURN),
             ("bf16", c.bf16, BF16), ("adapter_dtype", c.adapter_dtype, ADAPTER_DTYPES),
-            ("report_to", c.report_to, REPORT_TO),
+            ("report_to", c.report_to, REPORT_TO), ("method", c.method, METHODS),
             ("optimizer", c.optimizer, OPTIMIZERS), ("lr_scheduler", c.lr_scheduler, SCHEDULERS)):
         if value not in allowed:
             close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -277,6 +292,30 @@ def _range_problems(c: TrainConfig) -> list[str]:
         fmt.length_for_words(0, c.length_bounds)
     except ValueError as exc:
         problems.append(f"length_bounds: {exc}")
+    return problems
+
+
+def _method_problems(c: TrainConfig) -> list[str]:
+    """A preference run needs a preference set (and an SFT run must not get one)."""
+    from limamono.dataset.folders import is_prefs
+
+    problems = []
+    if not c.beta > 0:
+        problems.append(f"beta: must be > 0, got {c.beta}")
+    if c.method == "sft":
+        if c.sft_adapter:
+            problems.append("sft_adapter: only a preference run (method: dpo or orpo) starts "
+                            "from an SFT adapter; fix: remove it or set method")
+        if c.data and is_prefs(c.data):
+            problems.append(f"data: {c.data} is a preference set (limamono data prefs); fix: "
+                            "set method: dpo or orpo, or point data at conversations")
+        return problems
+    if c.data and Path(c.data).exists() and not is_prefs(c.data):
+        problems.append(f"data: method {c.method} trains on a preference set, and {c.data} is "
+                        "not one; fix: write one with `limamono data prefs ... -o DIR`")
+    if c.sft_adapter and not (Path(c.sft_adapter) / "adapter_config.json").is_file():
+        problems.append(f"sft_adapter: {c.sft_adapter}: not an adapter folder (no "
+                        "adapter_config.json); fix: point it at a run's adapter/ folder")
     return problems
 
 
@@ -350,8 +389,8 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None
                 ) -> TrainConfig:
-    """Defaults < the YAML file at ``path`` < ``overrides``; relative ``data`` and
-    ``output_dir`` in the file are resolved against the file's folder.
+    """Defaults < the YAML file at ``path`` < ``overrides``; relative ``data``,
+    ``output_dir`` and ``sft_adapter`` in the file are resolved against the file's folder.
 
     Raises:
         ConfigError: the file is unreadable or not a mapping, or any value is invalid.
@@ -373,8 +412,9 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(["expected a mapping of key: value"], source)
-        for key in ("data", "output_dir"):
-            if isinstance(loaded.get(key), str) and not Path(loaded[key]).is_absolute():
+        for key in ("data", "output_dir", "sft_adapter"):
+            if isinstance(loaded.get(key), str) and loaded[key] \
+                    and not Path(loaded[key]).is_absolute():
                 loaded[key] = str(path.parent / loaded[key])
         values.update(loaded)
     values.update({k.replace("-", "_"): v for k, v in (overrides or {}).items()})

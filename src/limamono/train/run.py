@@ -159,10 +159,12 @@ def warmup_steps(config: TrainConfig, n_train: int, world_size: int = 1) -> int:
 
 
 def training_arguments(config: TrainConfig, staging: Path, has_eval: bool, bf16: bool,
-                       warmup: int, bars: bool | None = None) -> Any:
+                       warmup: int, bars: bool | None = None, args_class: Any = None,
+                       **extra: Any) -> Any:
     """The ``TrainingArguments`` of a run (checkpoints go to ``staging`` first).
 
-    ``bars``: tqdm progress bars on (default: ``config.progress``).
+    ``bars``: tqdm progress bars on (default: ``config.progress``). ``args_class``: a
+    subclass to build instead (TRL's ``DPOConfig``, ``ORPOConfig``), with ``extra`` fields.
     """
     from transformers import TrainingArguments
 
@@ -171,7 +173,7 @@ def training_arguments(config: TrainConfig, staging: Path, has_eval: bool, bf16:
         if has_eval else {"eval_strategy": "no"}
     saving = {"save_strategy": "steps", "save_steps": config.save_steps} if config.save_steps \
         else {"save_strategy": "epoch"}
-    return TrainingArguments(
+    return (args_class or TrainingArguments)(
         output_dir=str(staging), per_device_train_batch_size=config.micro_batch_size,
         per_device_eval_batch_size=config.micro_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -189,7 +191,7 @@ def training_arguments(config: TrainConfig, staging: Path, has_eval: bool, bf16:
         disable_tqdm=not (config.progress if bars is None else bars),
         remove_unused_columns=False,
         dataloader_num_workers=0, dataloader_pin_memory=_has_cuda(), **evaluation,
-        **saving)
+        **saving, **extra)
 
 
 def wandb_environment(environ: Mapping[str, str], out: Path) -> dict[str, str]:
@@ -502,6 +504,11 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     from transformers import Trainer
 
     say = notify or _warn
+    if config.method != "sft":
+        raise ConfigError([f"method: {config.method} is preference training, and this path "
+                           "(also the learning-rate sweep's and export axolotl's) trains SFT "
+                           "only; fix: run it with `limamono train` (limamono.train.train) "
+                           "without --lr-sweep, or set method: sft"])
     if config.load_in_4bit:
         require_4bit_backend()  # before anything is built or loaded: the error names the fix
     out = Path(config.output_dir)
