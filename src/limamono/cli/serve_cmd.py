@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 from collections.abc import Callable
@@ -114,6 +115,15 @@ def register(app: typer.Typer) -> None:
             help="Slots of the llama.cpp engine: conversations generated at once, decoded "
             "together (each slot holds its own KV cache of --context tokens). The torch "
             "engine has one slot."),
+        kv_save_mb: int = typer.Option(
+            2048, "--kv-save-mb", min=0,
+            help="llama.cpp engine: save finished conversations' KV caches under "
+            "LIMAMONO_HOME/kvstate, at most this many MiB (least recently used go first), "
+            "so a restarted server continues a long chat without reading it again; 0: off."),
+        slot_save_path: str | None = typer.Option(
+            None, "--slot-save-path", help="Folder for llama.cpp server's "
+            "POST /slots/{id}?action=save|restore files (SillyTavern's llama.cpp mode); "
+            "without it those actions answer 501."),
         cors_origin: list[str] = typer.Option(
             [], "--cors-origin", help="Browser origin allowed to call the API (repeatable); "
                                       "none: no CORS, and no page of another origin may POST."),
@@ -152,7 +162,9 @@ def register(app: typer.Typer) -> None:
             warn(f"binding {host} without --api-key: anyone who can reach this port can use "
                  "the model")
         web = web_config(db)
-        engine = _load(model, adapter, dtype, threads, context, backend, parallel)
+        if slot_save_path is not None:
+            config = dataclasses.replace(config, slot_save_path=Path(slot_save_path))
+        engine = _load(model, adapter, dtype, threads, context, backend, parallel, kv_save_mb)
         if parallel > 1 and getattr(engine, "parallel", 1) == 1:
             err.print(f"note: the {getattr(engine, 'backend', 'torch')} engine runs one "
                       "generation at a time; --parallel applies to the llama.cpp engine",
@@ -162,12 +174,16 @@ def register(app: typer.Typer) -> None:
 
 
 def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
-          context: int | None, backend: str = "auto", parallel: int = 1) -> Any:
+          context: int | None, backend: str = "auto", parallel: int = 1,
+          kv_save_mb: int = 0) -> Any:
     from limamono.cli.engine_cmd import load_engine_for_cli
     from limamono.engine.load import LlamaOptions
+    from limamono.models.resolve import limamono_home
 
+    state_dir = limamono_home() / "kvstate" if kv_save_mb else None
     return load_engine_for_cli(model, adapter, dtype, threads, backend, context,
-                               LlamaOptions(parallel=parallel))
+                               LlamaOptions(parallel=parallel, state_dir=state_dir,
+                                            state_cap_mb=kv_save_mb))
 
 
 def web_config(db: Path | None) -> Any:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import logging
 import os
 import threading
 import time
@@ -37,12 +38,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from limamono.engine.kvreuse import Reuse, plan_reuse
+from limamono.engine.kvstore import DEFAULT_CAP_MB, KVStore, SavedState, file_identity
 from limamono.engine.loop import PREFILL_CHUNK, EngineBase, KVSlot, SlotStart
 from limamono.models import llama_lib
 from limamono.models.resolve import ModelError
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger("limamono.engine")
 
 #: Conversations whose KV caches are kept (the live one and saved states).
 DEFAULT_CACHE_ENTRIES = 4
@@ -121,6 +125,9 @@ class LlamaCppEngine(EngineBase):
         kv_type: KV-cache element type (:data:`KV_TYPES`); quantized types need
             ``flash_attn`` on or auto.
         flash_attn: ``auto``, ``on`` or ``off`` (:data:`FLASH_ATTN`).
+        state_dir: Where finished conversations' sequence states are saved and restored
+            across restarts (:mod:`limamono.engine.kvstore`); None: not on disk.
+        state_cap_mb: Most MiB of saved states (least recently used go first).
 
     Raises:
         limamono.models.resolve.ModelError: The file is missing or llama.cpp cannot load it.
@@ -133,7 +140,8 @@ class LlamaCppEngine(EngineBase):
                  cache_entries: int = DEFAULT_CACHE_ENTRIES, threads: int | None = None,
                  shift: bool = True, lora: str | os.PathLike[str] | None = None,
                  parallel: int = 1, gpu_layers: int | None = None, kv_type: str = "f16",
-                 flash_attn: str = "auto") -> None:
+                 flash_attn: str = "auto", state_dir: str | os.PathLike[str] | None = None,
+                 state_cap_mb: int = DEFAULT_CAP_MB) -> None:
         super().__init__(parallel)
         if cache_entries < 0:
             raise ValueError(f"cache_entries={cache_entries}: must be >= 0 (0 disables reuse)")
@@ -177,6 +185,13 @@ class LlamaCppEngine(EngineBase):
         self.shift = shift and bool(self._ll.llama_memory_can_shift(self._mem))
         self._seqs = [_Seq(self, i) for i in range(self.parallel)]
         self._saved: list[_Entry] = []  # least recently used first
+        self._store = None if state_dir is None else KVStore(
+            Path(state_dir), {"model": file_identity(self.path),
+                              "adapter": file_identity(self.lora_path),
+                              "llama_cpp": str(getattr(self._ll, "__version__", "?")),
+                              "kv_type": self.kv_type}, state_cap_mb * 1024 * 1024)
+        #: Prompt tokens restored from disk instead of read (for tests and the benchmark).
+        self.restored_tokens = 0
 
     def _load(self, context_length: int | None, threads: int) -> None:
         ll = self._ll
@@ -407,6 +422,17 @@ class LlamaCppEngine(EngineBase):
             if candidate.reused > plan.reused:
                 best, plan = source, candidate
         idle = [s for s in self._seqs if not s.busy]  # never empty: one permit per slot
+        disk = self._store.best(ids, plan.reused) if self._store is not None else None
+        if disk is not None:
+            seq = min(idle, key=lambda s: (bool(s.ids), s.used))
+            parked = self._park(seq)
+            loaded = self._load_file(disk[0], seq)
+            if parked is not None:
+                self._keep_saved(parked)
+            if loaded:
+                self.restored_tokens += disk[1]
+                return seq, Reuse(disk[1])
+            return self._place(ids)  # the bad file is forgotten: the next best
         if isinstance(best, _Seq) and not best.busy:
             if 2 * plan.reused < len(best.ids):  # another conversation: keep this one too
                 self._keep_saved(_Entry(list(best.ids), self._save_state(best.id)))
@@ -457,12 +483,103 @@ class LlamaCppEngine(EngineBase):
         if not take:
             self._saved.append(entry)
 
+    def _load_file(self, entry: SavedState, seq: _Seq) -> bool:
+        """Restore a state saved on disk into ``seq`` (emptied); False (logged, the entry
+        forgotten) when the file does not match what was saved."""
+        assert self._store is not None
+        if not self._store.check(entry):
+            return False
+        capacity = len(entry.ids) + 1
+        tokens = (self._ll.llama_token * capacity)()
+        count = ctypes.c_size_t(0)
+        read = self._ll.llama_state_seq_load_file(self._ctx, str(entry.path).encode(), seq.id,
+                                                  tokens, capacity, ctypes.byref(count))
+        if read == 0 or tuple(tokens[:count.value]) != entry.ids:
+            log.warning("kv state %s: llama.cpp refused it or gave back other tokens; "
+                        "ignored", entry.path.name)
+            self._seq_rm(seq.id, -1, -1)
+            self._store.forget(entry)
+            return False
+        seq.ids = list(entry.ids)
+        self._store.touch(entry)
+        return True
+
+    def _save_file(self, seq: _Seq, path: Path) -> bool:
+        """Write ``seq``'s state and tokens to ``path`` (``llama_state_seq_save_file``)."""
+        tokens = (self._ll.llama_token * len(seq.ids))(*seq.ids)
+        return bool(self._ll.llama_state_seq_save_file(self._ctx, str(path).encode(), seq.id,
+                                                       tokens, len(seq.ids)))
+
+    # -- llama.cpp server's /slots/{id}?action=save|restore|erase -----------------------
+
+    def _idle_seq(self, index: int) -> _Seq:
+        if not 0 <= index < self.parallel:
+            raise ValueError(f"slot {index}: there are {self.parallel} slots (0-"
+                             f"{self.parallel - 1})")
+        seq = self._seqs[index]
+        if seq.busy:
+            raise RuntimeError(f"slot {index} is generating; try again when it is idle")
+        return seq
+
+    def slot_tokens(self) -> list[tuple[bool, int]]:
+        """(busy, tokens cached) of every slot."""
+        with self._ctx_lock:
+            return [(seq.busy, len(seq.ids)) for seq in self._seqs]
+
+    def save_slot(self, index: int, path: Path) -> int:
+        """Write idle slot ``index``'s KV state and tokens to ``path``; the tokens saved.
+
+        Raises:
+            ValueError: No such slot. RuntimeError: It is generating, or the write failed.
+        """
+        with self._ctx_lock:
+            seq = self._idle_seq(index)
+            if seq.copy_pending or not self._save_file(seq, path):
+                raise RuntimeError(f"slot {index}: llama.cpp could not write {path.name}")
+            return len(seq.ids)
+
+    def restore_slot(self, index: int, path: Path) -> int:
+        """Load a state written by :meth:`save_slot` (of this model) into idle slot
+        ``index``; the tokens restored.
+
+        Raises:
+            ValueError: No such slot, or the file is not a state of this model and build.
+            RuntimeError: The slot is generating.
+        """
+        with self._ctx_lock:
+            seq = self._idle_seq(index)
+            capacity = self.context_length
+            tokens = (self._ll.llama_token * capacity)()
+            count = ctypes.c_size_t(0)
+            self._seq_rm(seq.id, -1, -1)
+            seq.ids = []
+            read = self._ll.llama_state_seq_load_file(self._ctx, str(path).encode(), seq.id,
+                                                      tokens, capacity, ctypes.byref(count))
+            if read == 0:
+                self._seq_rm(seq.id, -1, -1)
+                raise ValueError(f"{path.name}: not a slot state of this model and build "
+                                 f"({'; '.join(llama_lib.log_lines) or 'llama.cpp refused it'})")
+            seq.ids = list(tokens[:count.value])
+            return len(seq.ids)
+
+    def erase_slot(self, index: int) -> int:
+        """Forget idle slot ``index``'s cached tokens; how many there were."""
+        with self._ctx_lock:
+            seq = self._idle_seq(index)
+            erased = len(seq.ids)
+            self._seq_rm(seq.id, -1, -1)
+            seq.ids = []
+            return erased
+
     def _close_slot(self, slot: KVSlot, ids: list[int] | None) -> None:
         assert isinstance(slot, _Seq)
         with self._ctx_lock:
             if ids is None or self.cache_entries == 0 or slot.copy_pending:
                 self._seq_rm(slot.id, -1, -1)
                 slot.ids = []
+            elif self._store is not None and not any(e.ids == tuple(slot.ids)
+                                                     for e in self._store.entries):
+                self._store.save(slot.ids, lambda path: self._save_file(slot, path))
             slot.busy = False
             slot.used = next(self._ticks)
         with self._step:

@@ -36,12 +36,16 @@ class LlamaOptions:
         gpu_layers: Layers offloaded to a GPU; None: all when llama.cpp has a GPU backend.
         kv_type: KV-cache element type: f16, bf16, f32, q8_0 or q4_0.
         flash_attn: ``auto``, ``on`` or ``off``.
+        state_dir: Where conversations' KV states are saved across restarts (None: not).
+        state_cap_mb: Most MiB of saved states there.
     """
 
     parallel: int = 1
     gpu_layers: int | None = None
     kv_type: str = "f16"
     flash_attn: str = "auto"
+    state_dir: Path | None = None
+    state_cap_mb: int = 2048
 
 
 #: ``--backend`` values: ``auto`` takes llama.cpp for GGUF files when it is installed.
@@ -143,7 +147,8 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
                               threads=threads,
                               lora=None if adapter is None else gguf_lora_for(adapter, path),
                               parallel=options.parallel, gpu_layers=options.gpu_layers,
-                              kv_type=options.kv_type, flash_attn=options.flash_attn)
+                              kv_type=options.kv_type, flash_attn=options.flash_attn,
+                              state_dir=options.state_dir, state_cap_mb=options.state_cap_mb)
     spec = resolve_model(model, progress=progress)
     loaded, tokenizer = load_model(spec, adapter=adapter, dtype=dtype, threads=threads)
     return Engine(loaded, tokenizer, name=spec.name, context_length=context_length,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from limamono.core.policy import PromptPolicy
 from limamono.samplers import SamplerError, SamplerSettings, get_preset
@@ -32,6 +33,8 @@ class ServerConfig:
             adapter's trigger and length bounds).
         samplers: The base sampler settings when they are not a named preset's (the
             adapter card's saved values); None: ``preset``'s.
+        slot_save_path: Folder of ``/slots/{id}?action=save|restore`` files
+            (``--slot-save-path``); None: those actions answer 501.
         cpu_threads: Request steps (building and fitting prompts, tokenizing) run in at
             most this many threads at once, off the event loop.
         cpu_waiting: Requests allowed to wait for such a thread; more get 503.
@@ -50,6 +53,7 @@ class ServerConfig:
     adapter_name: str | None = None
     prompt_policy: PromptPolicy = field(default_factory=PromptPolicy)
     samplers: SamplerSettings | None = None
+    slot_save_path: Path | None = None
     cpu_threads: int = 2
     cpu_waiting: int = 64
 

@@ -230,3 +230,9 @@ class AbortRequest(Body):
     """KoboldCpp ``/api/extra/abort`` and ``/api/extra/generate/check``."""
 
     genkey: str | None = None
+
+
+class SlotActionRequest(Body):
+    """``POST /slots/{id}?action=save|restore`` (llama.cpp server)."""
+
+    filename: str | None = Field(None, description="A plain file name in --slot-save-path.")
