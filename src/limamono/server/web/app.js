@@ -137,7 +137,7 @@ function report(error) {
   const status = error instanceof ApiError ? error.status : -1;
   showNotice(explain(status, error.message));
   if (status === 0) goOffline();
-  if (status === 409 && state.chat) openChat(state.chat.id);
+  if (status === 409 && state.chat) openChat(state.chat.id, true);
 }
 
 // --------------------------------------------------------------------------- start-up
@@ -223,10 +223,11 @@ async function deleteChat(chat) {
   }
 }
 
-async function openChat(id) {
+// keepNotice: the chat is reloaded after an error that the notice still explains.
+async function openChat(id, keepNotice) {
   try {
     const chat = await api("GET", `/webchat/api/chats/${id}`);
-    showNotice("");
+    if (!keepNotice) showNotice("");
     setChat(chat);
     history.replaceState(null, "", `#chat=${id}`);
     renderChatList();
@@ -475,7 +476,7 @@ async function generate(action, text) {
     }
   } catch (error) {
     report(error);
-    if (state.chat && !(error instanceof ApiError && error.status === 0)) openChat(state.chat.id);
+    if (state.chat && !(error instanceof ApiError && error.status === 0)) openChat(state.chat.id, true);
   } finally {
     setStreaming(false);
     if (state.chat) renderChat();
