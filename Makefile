@@ -16,7 +16,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 	-DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup browser demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,7 @@ setup: $(STAMP)
 # project so that the `llamacpp` extra finds it installed; a failed build stops setup, and
 # the check after it decodes a token, so a broken build fails here and not in the tests.
 $(STAMP): pyproject.toml
+	$(MAKE) --no-print-directory browser
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
@@ -37,13 +38,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m limamono.engine.llamacpp
 	touch $(STAMP)
 
+# The web chat's browser tests drive Debian's Chromium. It is installed where this user may
+# install system packages (root with apt-get, as on CI); elsewhere those tests skip and say
+# why. Playwright (a dev dependency) only drives it: no browser is downloaded.
+browser:
+	@if test -x /usr/bin/chromium; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's chromium for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; \
+	else echo "note: no /usr/bin/chromium and no root apt-get: the browser tests will be skipped"; fi
+
 # The embedded model is converted once into the cache (about a minute) before the demo.
 demo: $(STAMP)
 	$(BIN)/limamono models --prepare
 	$(BIN)/limamono demo
 
 # Every test, the slow ones on the embedded model included: a test CI never runs rots.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 # The quick loop while editing: everything but the tests marked slow.

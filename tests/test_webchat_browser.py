@@ -11,7 +11,6 @@ are fast and every reply is known; one drives the embedded model (marked slow).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -379,6 +378,9 @@ def test_busy_server_and_a_restart_give_clear_messages(tmp_path, page) -> None:
         assert page.locator("#notice").is_hidden()
 
 
+CHARACTERS_LISTED = "() => document.querySelector('#character-select').options.length > 1"
+
+
 def test_api_key_is_asked_once_and_kept_for_the_tab(tmp_path, page) -> None:
     engine = PacedEngine(["Hi."])
     web = WebChatConfig(tmp_path / "chats.db", REPO / "examples" / "characters")
@@ -387,11 +389,11 @@ def test_api_key_is_asked_once_and_kept_for_the_tab(tmp_path, page) -> None:
         page.wait_for_selector("#key-dialog[open]")
         page.fill("#key-input", "sesame")
         page.press("#key-input", "Enter")
-        page.wait_for_function("() => document.querySelector('#character-select').options.length > 1")
+        page.wait_for_function(CHARACTERS_LISTED)
         assert page.evaluate("sessionStorage.getItem('limamono-api-key')") == "sesame"
         assert page.evaluate("localStorage.getItem('limamono-api-key')") is None
         page.reload()
-        page.wait_for_function("() => document.querySelector('#character-select').options.length > 1")
+        page.wait_for_function(CHARACTERS_LISTED)
         assert page.locator("#key-dialog[open]").count() == 0
 
 
@@ -429,27 +431,26 @@ def test_screenshots_at_desktop_and_phone_width(site, page, scheme, tmp_path) ->
 
 @pytest.mark.slow
 def test_two_streamed_turns_on_the_embedded_model(tmp_path, page) -> None:
+    """The page on the real engine (llama.cpp or torch, as ``load_engine`` chooses), with a
+    short card and short replies so that a busy machine finishes in minutes."""
     from limamono.engine import load_engine
 
-    engine = load_engine(threads=2, context_length=2048)
+    engine = load_engine(threads=1, context_length=1024)
     db = tmp_path / "chats.db"
-    web = WebChatConfig(db, REPO / "examples" / "characters")
-    config = ServerConfig(default_max_tokens=40)
-    with live_server(create_app(engine, config, web)) as url:
+    config = ServerConfig(default_max_tokens=16)
+    with live_server(create_app(engine, config, WebChatConfig(db))) as url:
         page.goto(url)
-        page.select_option("#character-select", "orrin")
-        page.click("#start-chat")
+        import_by_chooser(page, mira_card(tmp_path))
         page.wait_for_selector("article.message.char")
-        for turn in ("Hello. Is this the night shift?", "What do you keep down here?"):
+        for turn in ("Hello. Is the lamp lit?", "What do you keep up here?"):
             send(page, turn)
-            page.wait_for_selector(".message.streaming", timeout=60_000)
+            page.wait_for_selector(".message.streaming", timeout=300_000)
             page.wait_for_function("() => !document.querySelector('.message.streaming')",
-                                   timeout=120_000)
-            assert last_text(page).strip()
+                                   timeout=300_000)
+            assert page.locator("#notice").is_hidden(), page.inner_text("#notice")
             stats = page.inner_text("#stats")
-            assert re.fullmatch(r"\d+ tokens · [\d.]+ tok/s · context \d+/2048", stats), stats
+            assert re.fullmatch(r"\d+ tokens · [\d.]+ tok/s · context \d+/1024", stats), stats
     saved = ChatStore(db).load_chat(1)
     assert [m.role for m in saved.messages] == ["char", "user", "char", "user", "char"]
-    assert all(m.text for m in saved.messages)
-    json.dumps(page.errors)
-    time.sleep(0)
+    assert all(m.text.strip() for m in saved.messages)
+    assert [m.current.finish_reason for m in saved.messages[2::2]] != [None, None]
