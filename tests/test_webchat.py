@@ -322,6 +322,7 @@ def test_serve_open_opens_the_page_and_db_chooses_the_store(monkeypatch, tmp_pat
     assert result.exit_code == 0, result.output
     assert "Web chat: http://127.0.0.1:5999/" in result.output
     assert opened == ["http://127.0.0.1:5999/"]
+    assert not db.exists()  # created by the first chat, not by starting the server
     with TestClient(ran["app"]) as client:
         assert client.get("/").headers["content-security-policy"] == CSP
         assert client.get("/webchat/api/chats").json() == []

@@ -187,17 +187,19 @@ def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
 
 
 def web_config(db: Path | None) -> Any:
-    """The web chat's settings: the chat database (checked now, before the model loads)
-    and the bundled characters next to the package (present in a clone)."""
+    """The web chat's settings: the chat database and the bundled characters next to the
+    package (present in a clone). An existing database is checked now, before the model
+    loads; a missing one is created by the first chat."""
     import limamono
     from limamono.server import WebChatConfig
     from limamono.store import ChatStore, StoreError, default_db_path
 
     path = db or default_db_path()
-    try:
-        ChatStore(path).close()
-    except StoreError as error:
-        fail(str(error))
+    if path.exists():
+        try:
+            ChatStore(path).close()
+        except StoreError as error:
+            fail(str(error))
     characters = Path(limamono.__file__).resolve().parents[2] / "examples" / "characters"
     return WebChatConfig(path, characters if characters.is_dir() else None)
 
