@@ -249,3 +249,23 @@ def test_config_names_bad_values():
     with pytest.raises(ValueError, match="policy must be one of training, sillytavern"):
         PrefsConfig(policy="st")
 
+
+
+def test_cli_reads_conversation_yaml_with_swipes_and_its_sheet(tmp_path, tokenizer_dir):
+    from limamono.core.conversation import dump_yaml
+
+    conv = chat()
+    conv.character = Character("Edda Varn", "A smith.")
+    conv.meta = {}
+    for message in conv.messages:
+        message.meta = {}
+    (tmp_path / "chats").mkdir()
+    (tmp_path / "chats" / "edda.yaml").write_text(dump_yaml(conv))
+    (tmp_path / "chats" / "st.jsonl").write_text(ST_CHAT)
+    result = CliRunner().invoke(app, ["data", "prefs", str(tmp_path / "chats"), "-o",
+                                      str(tmp_path / "out"), "--model", str(tokenizer_dir)])
+    assert result.exit_code == 0, result.output
+    _, rows = read_prefs(tmp_path / "out")
+    assert [(r["source"], r["message_index"]) for r in rows] == [
+        ("edda.yaml", 0), ("edda.yaml", 2), ("st.jsonl", 0), ("st.jsonl", 2)]
+    assert rows[0]["prompt"] == PROMPT_1.replace("Edda Varn\n\n###", "Edda Varn\nA smith.\n\n###")

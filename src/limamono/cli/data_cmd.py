@@ -287,8 +287,9 @@ def _quality_table(stats: dict[str, Any]) -> None:
 
 @data_app.command("prefs")
 def prefs_cmd(
-    paths: list[Path] | None = typer.Argument(None, help="SillyTavern chat .jsonl files, or "
-                                              "folders searched for them."),
+    paths: list[Path] | None = typer.Argument(None, help="SillyTavern chat .jsonl files or "
+                                              "limamono conversation .yaml files with "
+                                              "swipes, or folders searched for them."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write pairs.jsonl "
                                 "and prefs.json to (an earlier prefs folder is replaced)."),
     db: Path | None = typer.Option(None, "--db", help="Chat database for --chat/--all-chats "
@@ -297,7 +298,7 @@ def prefs_cmd(
                                               "(repeat it for more chats)."),
     all_chats: bool = typer.Option(False, "--all-chats", help="Every stored chat."),
     card: Path | None = typer.Option(None, "--card", help="The character's card, so the "
-                                     "chats read from files have its sheet (a file holds "
+                                     "SillyTavern files have its sheet (such a file holds "
                                      "only the names)."),
     lint_rejects: bool = typer.Option(False, "--lint-rejects", help="Also reject a reply "
                                       "that fails a lint: house style, impersonation, "
@@ -359,9 +360,15 @@ def prefs_cmd(
     out.print(Text(f"wrote {output}/pairs.jsonl, prefs.json"))
 
 
+#: Chat files ``data prefs`` reads: SillyTavern chat JSONL, and limamono conversation YAML
+#: (which keeps swipes, and the sheet a SillyTavern file lacks).
+_CHAT_SUFFIXES = (".jsonl", ".yaml", ".yml")
+
+
 def _prefs_chats(paths: list[Path], card: Path | None) -> list[tuple[str, Any]]:
-    """(name, chat) of every SillyTavern file under ``paths``; a bad file stops with its
-    line named. Names are file names, or paths below a folder given."""
+    """(name, chat) of every chat file under ``paths``; a bad file stops with its line
+    named. Names are file names, or paths below a folder given."""
+    from limamono.core.conversation import ConversationError, load
     from limamono.store import StoreError, parse_sillytavern
 
     start = None
@@ -373,21 +380,26 @@ def _prefs_chats(paths: list[Path], card: Path | None) -> list[tuple[str, Any]]:
     chats = []
     for path in paths:
         if path.is_dir():
-            found = [(f.relative_to(path).as_posix(), f) for f in sorted(path.rglob("*.jsonl"))]
+            found = [(f.relative_to(path).as_posix(), f) for f in sorted(path.rglob("*"))
+                     if f.is_file() and f.suffix.lower() in _CHAT_SUFFIXES]
         elif path.is_file():
             found = [(path.name, path)]
         else:
             fail(f"{path}: no such file or folder")
         for name, file in found:
             try:
-                chat = parse_sillytavern(file.read_text(encoding="utf-8"), str(file))
+                if file.suffix.lower() == ".jsonl":
+                    read = [parse_sillytavern(file.read_text(encoding="utf-8"), str(file))]
+                    if start is not None:
+                        read[0].character, read[0].scenario = start.character, start.scenario
+                else:
+                    read = load(file)
             except UnicodeDecodeError as exc:
                 fail(f"{file}: not UTF-8 text (byte {exc.start})")
-            except (OSError, StoreError) as exc:
+            except (OSError, StoreError, ConversationError) as exc:
                 fail(str(exc))
-            if start is not None:
-                chat.character, chat.scenario = start.character, start.scenario
-            chats.append((name, chat))
+            chats += [(name if len(read) == 1 else f"{name}#{k}", chat)
+                      for k, chat in enumerate(read)]
     return chats
 
 
