@@ -6,8 +6,14 @@ hostile request bodies among them are in ``tests/assets/hostile/http/``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
+import re
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +22,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from limamono.server import ServerConfig, create_app, stchat
+from limamono.server.connections import (
+    ConnectionLimits,
+    EventTally,
+    quiet_accept_errors,
+    uvicorn_config,
+)
 from test_server_fakes import FakeEngine, live_server
 
 
@@ -294,3 +306,151 @@ def test_a_cors_origin_may_post() -> None:
     assert other.status_code == 403
     null = client.post("/api/extra/abort", headers={"Origin": "null"})
     assert null.status_code == 403
+
+
+# --------------------------------------------------------------------------- 2: slowloris
+
+@contextlib.contextmanager
+def guarded_server(limits: ConnectionLimits, tally: EventTally | None = None,
+                   engine: Any = None) -> Iterator[tuple[str, int]]:
+    """The app on uvicorn behind ``limits``, as ``limamono serve`` runs it: (host, port)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    config = uvicorn_config(create_app(engine or FakeEngine(), ServerConfig()), limits, tally,
+                            log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1", sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def read_until_closed(conn: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and when it closed (seconds)."""
+    start, got = time.monotonic(), b""
+    conn.settimeout(limit)
+    try:
+        while chunk := conn.recv(65536):
+            got += chunk
+    except TimeoutError:
+        return got, float("inf")
+    except ConnectionResetError:
+        pass
+    return got, time.monotonic() - start
+
+
+SLOW_STARTS = {  # what a slow client sends first (the kinds of 02_slowloris_probe.py)
+    "nothing": b"",
+    "partial_line": b"GET /he",
+    "slow_headers": b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n",
+    "slow_body": b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                 b"\r\nContent-Length: 100\r\n\r\n{\"pro",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SLOW_STARTS))
+def test_half_sent_requests_get_408_and_are_closed(kind: str) -> None:
+    limits = ConnectionLimits(header_timeout_s=0.6, body_timeout_s=0.9, log_interval_s=60)
+    tally = EventTally(60)
+    with guarded_server(limits, tally) as address, \
+            socket.create_connection(address) as conn:
+        conn.sendall(SLOW_STARTS[kind])
+        dribbled = 0.0
+        if kind in ("slow_headers", "slow_body"):  # dribbling does not extend the deadline
+            for _ in range(3):
+                time.sleep(0.15)
+                conn.sendall(b"X-a: b\r\n" if kind == "slow_headers" else b"m")
+            dribbled = 0.45
+        got, closed = read_until_closed(conn, 5)
+    assert got.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), got
+    expected = 0.9 if kind == "slow_body" else 0.6
+    assert expected - 0.1 < closed + dribbled < expected + 1.0
+    stage = "body" if kind == "slow_body" else "headers"
+    assert tally.counts == {f"timeout_{stage}": 1}
+
+
+def test_whole_requests_and_long_replies_are_not_cut() -> None:
+    engine = FakeEngine(slow=True)
+    limits = ConnectionLimits(header_timeout_s=0.3, body_timeout_s=0.3, log_interval_s=60)
+    with guarded_server(limits, engine=engine) as (host, port), \
+            httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as client:
+        with client.stream("POST", "/v1/completions",
+                           json={"prompt": "a", "stream": True, "max_tokens": 50}) as reply:
+            assert engine.started.wait(5)
+            time.sleep(0.8)  # longer than both deadlines: the reply is still being written
+            engine.release.set()
+            text = "".join(reply.iter_lines())
+        assert "[DONE]" in text and '"finish_reason":"stop"' in text
+        time.sleep(0.5)  # idle on a kept-alive connection: the next request works
+        assert client.get("/health").status_code == 200
+
+
+def test_connections_over_the_cap_get_503_at_once_and_are_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    limits = ConnectionLimits(header_timeout_s=30, max_connections=5, log_interval_s=60)
+    tally = EventTally(60)
+    with guarded_server(limits, tally) as address:
+        idle = [socket.create_connection(address) for _ in range(5)]
+        time.sleep(0.2)
+        refused = []
+        for _ in range(20):
+            with socket.create_connection(address) as extra:
+                refused.append(read_until_closed(extra, 5))
+        for conn in idle:
+            conn.close()
+        time.sleep(0.2)
+        with httpx.Client(base_url=f"http://{address[0]}:{address[1]}") as client:
+            assert client.get("/health").status_code == 200  # the cap is free again
+    assert all(got.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") for got, _ in refused)
+    assert all(closed < 1.0 for _, closed in refused)
+    assert tally.counts == {"over_cap": 20}
+    lines = [r.getMessage() for r in caplog.records if "over the cap" in r.getMessage()]
+    assert lines == ["refused connections over the cap of 5 with 503 (1 time in the last "
+                     "60 s; logged at most once per 60 s)"]
+
+
+def test_accept_failures_are_logged_once_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        tally = EventTally(60)
+        quiet_accept_errors(loop, tally)
+        for _ in range(1000):
+            loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                         "exception": OSError(errno.EMFILE,
+                                                              "Too many open files")})
+    finally:
+        loop.close()
+    assert tally.counts == {"accept_failed": 1000}
+    lines = [r for r in caplog.records if "could not accept" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info is None
+
+
+def test_content_length_with_chunked_is_refused_at_once() -> None:
+    limits = ConnectionLimits(header_timeout_s=5, body_timeout_s=5)
+    with guarded_server(limits) as address, socket.create_connection(address) as conn:
+        body = b'{"prompt": "hi"}'
+        conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\nTransfer-Encoding: chunked"
+                     b"\r\n\r\n" % len(body) + body)
+        got, closed = read_until_closed(conn, 5)
+    assert got.startswith(b"HTTP/1.1 400 "), got
+    assert b"both Content-Length and Transfer-Encoding" in got
+    assert closed < 1.0
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ({"header_timeout_s": 0}, "header_timeout_s=0: must be a positive number of seconds"),
+    ({"body_timeout_s": float("nan")}, "body_timeout_s=nan: must be a positive number"),
+    ({"max_connections": 0}, "max_connections=0: must be a whole number >= 1"),
+])
+def test_connection_limits_are_checked(value: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ConnectionLimits(**value)

@@ -147,9 +147,29 @@ def register(app: typer.Typer) -> None:
                                        "`limamono chat` uses)."),
         open_browser: bool = typer.Option(False, "--open", help="Open the web chat page in "
                                           "the browser once the server listens."),
+        header_timeout: float = typer.Option(
+            10.0, "--header-timeout", help="Seconds a request line and headers may take to "
+            "arrive; then 408 and the connection is closed."),
+        body_timeout: float = typer.Option(
+            60.0, "--body-timeout", help="Seconds a request body may take to arrive after "
+            "its headers; then 408."),
+        max_connections: int = typer.Option(
+            512, "--max-connections", help="Open connections at most; more get 503 and are "
+            "closed at once (lowered to what `ulimit -n` allows)."),
     ) -> None:
         if context is not None and context < 1:
             fail(f"--context must be a positive number of tokens, got {context}")
+        from limamono.server.connections import ConnectionLimits
+
+        try:
+            limits = ConnectionLimits(header_timeout_s=header_timeout,
+                                      body_timeout_s=body_timeout,
+                                      max_connections=max_connections)
+        except ValueError as error:
+            option = str(error).split("=", 1)[0]
+            names = {"header_timeout_s": "--header-timeout", "body_timeout_s": "--body-timeout",
+                     "max_connections": "--max-connections"}
+            fail(f"{names.get(option, option)}{str(error)[len(option):]}")
         try:
             config, notes = server_config(preset, queue, api_key, cors_origin, max_body_mb,
                                           max_tokens, adapter, model, policy, trigger,
@@ -170,7 +190,7 @@ def register(app: typer.Typer) -> None:
                       "generation at a time; --parallel applies to the llama.cpp engine",
                       markup=False, highlight=False)
         _run(engine, config, host, port, log_level, web, open_browser,
-             adapter_summary(adapter, model))
+             adapter_summary(adapter, model), limits)
 
 
 def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
@@ -225,7 +245,7 @@ def adapter_summary(option: str | None, model: str) -> str:
 
 
 def _run(engine: Any, config: Any, host: str, port: int, log_level: str, web: Any = None,
-         open_browser: bool = False, adapter: str = "") -> None:
+         open_browser: bool = False, adapter: str = "", limits: Any = None) -> None:
     from limamono.server import create_app
 
     def ready(bound: int) -> None:
@@ -235,7 +255,9 @@ def _run(engine: Any, config: Any, host: str, port: int, log_level: str, web: An
 
             webbrowser.open(page_url(host, bound))
 
-    serve_app(create_app(engine, config, web), host, port, log_level, on_ready=ready)
+    app = create_app(engine, config, web)
+    app.state.connection_limits = limits
+    serve_app(app, host, port, log_level, on_ready=ready)
 
 
 def page_url(host: str, port: int) -> str:
@@ -249,21 +271,37 @@ def serve_app(app: Any, host: str, port: int, log_level: str,
               on_ready: Callable[[int], None]) -> None:
     """Run ``app`` on uvicorn until Ctrl-C; ``on_ready(port)`` once the socket is bound.
 
+    Connections get read deadlines and a cap: ``app.state.connection_limits`` (the serve
+    options), else the defaults of ``limamono.server.connections.ConnectionLimits``.
+
     The banner waits for the bind, so the URL it prints works at once (and port 0 shows the
     port the OS chose). uvicorn's own start and stop lines are hidden at ``info``: they
     repeat the banner. Its warnings, errors and the access log (a line a request) stay.
     """
+    import asyncio
     import logging
 
     import uvicorn
 
+    from limamono.server.connections import (
+        ConnectionLimits,
+        EventTally,
+        quiet_accept_errors,
+        uvicorn_config,
+    )
+
+    limits = getattr(app.state, "connection_limits", None) or ConnectionLimits()
+    tally = EventTally(limits.log_interval_s)
+
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
+            quiet_accept_errors(asyncio.get_running_loop(), tally)
             await super().startup(sockets)
             if self.started:
                 on_ready(self.servers[0].sockets[0].getsockname()[1] if self.servers else port)
 
-    server = Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    server = Server(uvicorn_config(app, limits, tally, host=host, port=port,
+                                   log_level=log_level))
     if log_level == "info":
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     server.run()

@@ -177,6 +177,14 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        names = {name for name, _ in scope.get("headers", [])}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            # RFC 9112 §6.1: the two framings may disagree (request smuggling); refuse and
+            # close, instead of waiting for a body that one of them says never comes.
+            await _reply(scope, receive, send, BAD_REQUEST,
+                         "the request has both Content-Length and Transfer-Encoding; send "
+                         "one of them", headers={"Connection": "close"}, kind="bad_framing")
+            return
         if _content_length(scope) > self.limit:
             await self._too_large(scope, receive, send)
             return
