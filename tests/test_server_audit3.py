@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import re
 import socket
@@ -70,12 +71,15 @@ def test_sheet_parts_keep_sillytavern_meanings() -> None:
     assert stchat.scenario_text("[Circumstances and context of the dialogue: a mill") is None
 
 
+@dataclasses.dataclass
 class SlowTokenizer(FakeEngine):
     """Tokenizing blocks its thread for ``delay`` seconds (a CPU-heavy prompt)."""
 
-    delay: float = 1.5
+    delay: float = 3.0
+    tokenizing: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def tokenize(self, text: str) -> list[int]:
+        self.tokenizing.set()
         time.sleep(self.delay)
         return super().tokenize(text)
 
@@ -86,18 +90,18 @@ def test_a_heavy_request_step_runs_off_the_event_loop() -> None:
         worker = threading.Thread(target=httpx.post, args=(url + "/api/extra/tokencount",),
                                   kwargs={"json": {"prompt": "abc"}, "timeout": 30})
         worker.start()
-        time.sleep(0.3)  # the tokenizing has started
+        assert engine.tokenizing.wait(10)
         start = time.perf_counter()
         health = httpx.get(url + "/health", timeout=30)
         waited = time.perf_counter() - start
         worker.join()
     assert health.status_code == 200
-    assert waited < 0.5
+    assert waited < 1.5  # on the event loop it would wait out the 3 s
 
 
 def test_heavy_steps_are_bounded_and_the_excess_gets_503() -> None:
     engine = SlowTokenizer()
-    engine.delay = 1.0
+    engine.delay = 1.5
     app = create_app(engine, ServerConfig(cpu_threads=1, cpu_waiting=1))
     with live_server(app) as url:
         results: list[int] = []
