@@ -24,7 +24,7 @@ from limamono.cards.sheet import (
     sheet_to_card,
     to_house_style,
 )
-from limamono.util import atomic
+from limamono.util import atomic, untrusted
 
 #: File types ``read_card`` accepts and ``export_card`` writes, by extension.
 CARD_SUFFIXES = (".png", ".json")
@@ -50,6 +50,8 @@ def read_card(path: str | Path, limits: CardLimits = DEFAULT_LIMITS) -> Card:
         size = path.stat().st_size
         if not path.is_file():
             raise CardError(str(path), "not a file")
+        if path.suffix.lower() in (".yaml", ".yml") and size > untrusted.MAX_YAML_BYTES:
+            raise CardError(str(path), _yaml_too_big(size))
         if size > limits.max_file_bytes:
             raise CardError(str(path), f"the file is {size} bytes, over the limit of "
                                        f"{limits.max_file_bytes}")
@@ -120,6 +122,10 @@ def decode_base64(payload: bytes, name: str, where: str) -> bytes:
                               "padding is wrong)") from None
 
 
+def _yaml_too_big(size: int) -> str:
+    return untrusted.too_big(size, untrusted.MAX_YAML_BYTES, "YAML file")
+
+
 def _read_text_card(data: bytes, name: str, suffix: str) -> Card:
     from limamono.core.conversation import ConversationError, loads_yaml
 
@@ -127,6 +133,8 @@ def _read_text_card(data: bytes, name: str, suffix: str) -> Card:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CardError(name, f"not UTF-8 text (invalid byte at offset {exc.start})") from None
+    if suffix != ".txt" and len(data) > untrusted.MAX_YAML_BYTES:
+        raise CardError(name, _yaml_too_big(len(data)))
     if suffix == ".txt":
         return sheet_to_card(text, name).card
     try:

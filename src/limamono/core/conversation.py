@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -463,22 +463,27 @@ def loads_yaml(text: str, source: str = "<string>") -> Conversation:
 
 
 def load_yaml(path: str | Path) -> Conversation:
-    """Load one conversation from a YAML file."""
+    """Load one conversation from a YAML file (of at most ``untrusted.MAX_YAML_BYTES``)."""
     path = Path(path)
-    return loads_yaml(_read(path), str(path))
+    return loads_yaml(read_yaml_text(path), str(path))
 
 
 def load_jsonl(path: str | Path) -> list[Conversation]:
-    """Load every conversation of a JSONL file (one per line; blank lines are skipped)."""
+    """Load every conversation of a JSONL file (one per line; blank lines are skipped),
+    reading it a line at a time (each line at most ``untrusted.MAX_LINE_BYTES``)."""
     path = Path(path)
-    return list(iter_jsonl(_read(path), str(path)))
+    return list(_iter_jsonl_lines(_file_lines(path), str(path)))
 
 
 def iter_jsonl(text: str, source: str = "<string>") -> Iterator[Conversation]:
     """Yield the conversations of JSONL text, each error naming its line."""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    yield from _iter_jsonl_lines(((n, line) for n, line in
+                                  enumerate(text.split("\n"), start=1) if line.strip()), source)
+
+
+def _iter_jsonl_lines(lines: Iterable[tuple[int, str]],
+                      source: str) -> Iterator[Conversation]:
+    for number, line in lines:
         try:
             data = untrusted.load_json(line)
         except untrusted.UntrustedError as exc:
@@ -508,15 +513,31 @@ def dumps_jsonl(conversations: list[Conversation]) -> str:
     return "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in conversations)
 
 
-def _read(path: Path) -> str:
+def read_yaml_text(path: Path) -> str:
+    """The text of a YAML conversation file, bounded (``untrusted.read_text``).
+
+    Raises:
+        ConversationError: missing, unreadable, not a regular file, too big or not UTF-8.
+    """
     try:
-        return path.read_text(encoding="utf-8")
+        return untrusted.read_text(path, untrusted.MAX_YAML_BYTES, "YAML file")
     except FileNotFoundError:
         raise ConversationError("no such file", str(path)) from None
-    except UnicodeDecodeError as exc:
-        raise ConversationError(f"not UTF-8 text (byte {exc.start})", str(path)) from None
     except OSError as exc:
         raise ConversationError(f"cannot read: {exc.strerror}", str(path)) from None
+    except untrusted.UntrustedError as exc:
+        raise ConversationError(exc.reason, str(path), exc.line) from None
+
+
+def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
+    try:
+        yield from untrusted.iter_lines(path)
+    except FileNotFoundError:
+        raise ConversationError("no such file", str(path)) from None
+    except OSError as exc:
+        raise ConversationError(f"cannot read: {exc.strerror}", str(path)) from None
+    except untrusted.UntrustedError as exc:
+        raise ConversationError(exc.reason, str(path), exc.line) from None
 
 
 class _BlockDumper(yaml.SafeDumper):

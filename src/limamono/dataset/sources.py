@@ -198,12 +198,10 @@ def yaml_document(path: Path) -> Any:
     """The parsed YAML of a file (bounded, ``limamono.util.untrusted``), None if empty.
 
     Raises:
-        ConversationError: unreadable, not UTF-8 or not acceptable YAML, with its line.
+        ConversationError: unreadable, too big (``untrusted.MAX_YAML_BYTES``), not UTF-8 or
+            not acceptable YAML, with its line.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return conv_mod.load_yaml(path)  # raises the reading error, worded once
+    text = conv_mod.read_yaml_text(path)
     try:
         return untrusted.load_yaml(text)
     except untrusted.UntrustedError as exc:

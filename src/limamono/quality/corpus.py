@@ -78,10 +78,12 @@ def duplicate_turns(turns: Sequence[tuple[TurnRef, str]],
     Returns:
         (exact pairs, near pairs), each ordered by the later turn.
     """
-    from datasketch import MinHash, MinHashLSH
-
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"the near-duplicate threshold must be in (0, 1], got {threshold}")
+    if len(turns) < 2:  # nothing to pair; and datasketch (scipy) takes a second to import
+        return [], []
+    from datasketch import MinHash, MinHashLSH
+
     lsh = MinHashLSH(threshold=threshold, num_perm=_NUM_PERM, weights=_LSH_WEIGHTS)
     exact_seen: dict[str, int] = {}
     sets: list[set[str]] = []

@@ -17,6 +17,7 @@ from limamono.store.db import (
     message_digest,
 )
 from limamono.store.sillytavern import (
+    MAX_IMPORT_BYTES,
     ST_KEY,
     export_sillytavern,
     import_sillytavern,
@@ -25,6 +26,7 @@ from limamono.store.sillytavern import (
 )
 
 __all__ = [
+    "MAX_IMPORT_BYTES",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "ST_KEY",

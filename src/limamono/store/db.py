@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -237,12 +237,15 @@ class ChatStore:
 
     # ------------------------------------------------------------------ chats
 
-    def create_chat(self, chat: Conversation, source: str = "") -> int:
+    def create_chat(self, chat: Conversation, source: str = "",
+                    messages: Iterable[Message] | None = None) -> int:
         """Save a new chat (its character too) with its messages; return its id.
 
         Args:
             chat: the chat; its ``meta`` is kept as the chat's metadata.
             source: where the character came from (a card file), kept with the character.
+            messages: the messages to save instead of ``chat.messages``, saved as they are
+                iterated (an import streams them); when iterating raises, nothing is saved.
         """
         now = _now()
         with self._transaction() as db:
@@ -258,7 +261,8 @@ class ChatStore:
                  chat.created or now, now, json.dumps(chat.meta, ensure_ascii=False))
             ).lastrowid
             assert chat_id is not None
-            for position, message in enumerate(chat.messages):
+            for position, message in enumerate(chat.messages if messages is None
+                                               else messages):
                 self._insert_message(chat_id, position, message)
         return chat_id
 

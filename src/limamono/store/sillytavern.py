@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ ST_KEY = "sillytavern"
 #: The character's name when the file names none.
 UNNAMED_CHARACTER = "Character"
 
+#: The largest chat file ``chats import`` reads (``--max-mb`` raises it): the import itself
+#: streams at any size, but a chat of millions of messages would not open afterwards.
+MAX_IMPORT_BYTES = 256 * 2**20
+
 
 def parse_sillytavern(text: str, source: str = "<string>") -> Conversation:
     """Parse SillyTavern chat JSONL (a BOM is tolerated) into a chat.
@@ -37,22 +42,38 @@ def parse_sillytavern(text: str, source: str = "<string>") -> Conversation:
     Raises:
         StoreError: naming the line and field at fault; nothing is guessed or skipped.
     """
-    lines = text.lstrip("\ufeff").splitlines()
-    records = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
-    if not records:
+    lines = ((n, line.rstrip("\r")) for n, line in
+             enumerate(text.removeprefix("\ufeff").split("\n"), start=1) if line.strip())
+    chat, messages = stream_sillytavern(lines, source)
+    chat.messages = list(messages)
+    return chat
+
+
+def stream_sillytavern(lines: Iterable[tuple[int, str]],
+                       source: str) -> tuple[Conversation, Iterator[Message]]:
+    """A chat from its numbered non-blank lines: the header is read at once, the messages
+    as the returned iterator is consumed (so a file of any size is held one line at a time).
+
+    Raises:
+        StoreError: the header is missing or bad (at once), or a message is (when reached).
+    """
+    numbered = iter(lines)
+    first = next(numbered, None)
+    if first is None:
         raise StoreError(f"{source}: the file is empty (expected a header line, then messages)")
-    parsed = [(n, _json_object(line, source, n)) for n, line in records]
-    header_line, header = parsed[0]
+    header_line, header = first[0], _json_object(first[1], source, first[0])
     if "mes" in header or not ({"user_name", "character_name"} & header.keys()):
         raise StoreError(f"{source}:{header_line}: expected the chat header "
                          "({user_name, character_name, create_date, chat_metadata}) first")
     user_name = _st_text(header, "user_name", source, header_line, "User")
     char_name = _st_text(header, "character_name", source, header_line, "")
-    messages = [_st_message(obj, source, n, user_name, char_name) for n, obj in parsed[1:]]
     seen = _header_fields(user_name, char_name)
-    return Conversation(Character(char_name or UNNAMED_CHARACTER), User(user_name),
-                        messages=messages, meta={ST_KEY: {"raw": header, "seen": seen}},
+    chat = Conversation(Character(char_name or UNNAMED_CHARACTER), User(user_name),
+                        messages=[], meta={ST_KEY: {"raw": header, "seen": seen}},
                         created=str(header.get("create_date", "")))
+    messages = (_st_message(_json_object(line, source, n), source, n, user_name, char_name)
+                for n, line in numbered)
+    return chat, messages
 
 
 def export_sillytavern(chat: Conversation) -> str:
@@ -79,21 +100,30 @@ def _finite(value: Any) -> Any:
 
 
 def import_sillytavern(store: ChatStore, path: str | os.PathLike[str],
-                       character: Character | None = None, scenario: str = "") -> int:
+                       character: Character | None = None, scenario: str = "",
+                       max_bytes: int = MAX_IMPORT_BYTES) -> int:
     """Import a SillyTavern chat file as a new chat; return its id.
+
+    The file is read a line at a time and its messages saved as they are read, in one
+    transaction (a bad line anywhere leaves the database as it was), so memory stays
+    bounded at any size; a file over ``max_bytes`` is refused before it is read.
 
     Args:
         store: the database.
         path: the ``.jsonl`` file (only read).
         character: the character sheet to chat with (default: the file's character name only).
         scenario: the sheet's scenario, with ``character``.
+        max_bytes: the largest file accepted (``MAX_IMPORT_BYTES``).
+
+    Raises:
+        StoreError: naming the file, line and field at fault; nothing was saved.
     """
     path = Path(path)
-    chat = parse_sillytavern(_read_text(path), str(path))
+    chat, messages = stream_sillytavern(_file_lines(path, max_bytes), str(path))
     if character is not None:
         chat.character, chat.scenario = character, scenario
     chat.title = path.stem
-    return store.create_chat(chat, source=str(path))
+    return store.create_chat(chat, source=str(path), messages=messages)
 
 
 def write_file_safely(path: str | os.PathLike[str], text: str, force: bool = False) -> None:
@@ -122,11 +152,26 @@ def write_file_safely(path: str | os.PathLike[str], text: str, force: bool = Fal
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return untrusted.read_text(path, MAX_IMPORT_BYTES, "chat file")
     except FileNotFoundError:
         raise StoreError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise StoreError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except untrusted.UntrustedError as exc:
+        raise StoreError(f"{path}: {exc.reason}") from None
+
+
+def _file_lines(path: Path, max_bytes: int) -> Iterator[tuple[int, str]]:
+    """The file's numbered lines (``untrusted.iter_lines``), its errors as StoreError."""
+    try:
+        yield from untrusted.iter_lines(path, max_bytes=max_bytes, what="chat file")
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except untrusted.UntrustedError as exc:
+        where = str(path) if exc.line is None else f"{path}:{exc.line}"
+        raise StoreError(f"{where}: {exc.reason}") from None
 
 
 def _json_object(line: str, source: str, number: int) -> dict[str, Any]:

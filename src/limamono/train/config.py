@@ -401,11 +401,10 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
         path = Path(path)
         source = str(path)
         try:
-            loaded = untrusted.load_yaml(path.read_text(encoding="utf-8"))
+            text = untrusted.read_text(path, untrusted.MAX_YAML_BYTES, "YAML file")
+            loaded = untrusted.load_yaml(text)
         except OSError as exc:
             raise ConfigError([f"cannot read: {exc.strerror or exc}"], source) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError([f"not UTF-8 text (byte {exc.start})"], source) from None
         except untrusted.UntrustedError as exc:
             raise ConfigError([str(exc)], source) from None
         if loaded is None:

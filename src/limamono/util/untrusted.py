@@ -16,6 +16,14 @@ comes through here, so one place decides what is too big or too deep:
 - a raw control character in a YAML file (``\\x01``, ESC, NUL: YAML allows them only
   escaped) is refused with its line and column.
 
+Files are read through ``read_text`` (a regular file of at most a given size: a FIFO, a
+device or a 1 GB file is refused before anything is read) or, line by line, ``iter_lines``
+(any size, each line bounded), so memory stays bounded whatever the input:
+
+- ``MAX_YAML_BYTES``: a YAML document cannot be streamed, and PyYAML needs about 80 times its
+  size in memory and ~10 s a megabyte, so a bigger YAML file is refused by its size;
+- ``MAX_LINE_BYTES``: the longest line of a line-based (JSONL) file.
+
 Errors are ``UntrustedError`` with the 1-based line where known; callers add the file name
 in their own error type. ``quote`` caps what an error message repeats of a value.
 """
@@ -23,8 +31,11 @@ in their own error type. ``quote`` caps what an error message repeats of a value
 from __future__ import annotations
 
 import json
+import os
 import re
-from typing import Any
+import stat
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -34,6 +45,10 @@ MAX_DEPTH = 64
 MAX_VALUES = 100_000
 #: Longest quotation of a value in an error message, in characters.
 QUOTE_CHARS = 60
+#: Largest YAML file read, in bytes (see the module docstring).
+MAX_YAML_BYTES = 2 * 2**20
+#: Longest line of a JSONL file, in bytes.
+MAX_LINE_BYTES = 16 * 2**20
 
 
 #: A UTF-16 surrogate code point: never a character on its own.
@@ -74,6 +89,121 @@ def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
         return repr(value[:limit]) + f"... ({len(value)} characters)"
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+# --------------------------------------------------------------------------- files
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size} bytes"
+
+
+def _regular(handle: BinaryIO, path: str | os.PathLike[str]) -> os.stat_result:
+    info = os.fstat(handle.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        raise UntrustedError(f"not a regular file ({_kind(info.st_mode)}), so it is not read")
+    return info
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+def _open(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open for reading without blocking on a FIFO (its kind is then refused)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    return os.fdopen(fd, "rb")
+
+
+def read_text(path: str | os.PathLike[str], max_bytes: int, what: str = "file") -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` bytes.
+
+    The size is checked before reading (and the read is bounded, should the file grow), so
+    a file over the limit is refused at once, whatever its size.
+
+    Raises:
+        OSError: the file cannot be opened (missing, unreadable).
+        UntrustedError: not a regular file, over the limit, or not UTF-8.
+    """
+    with _open(path) as handle:
+        size = _regular(handle, path).st_size
+        data = handle.read(max_bytes + 1) if size <= max_bytes else b""
+    check_size(max(size, len(data)), max_bytes, what)
+    return decode_utf8(data)
+
+
+def check_size(size: int, max_bytes: int, what: str = "file") -> None:
+    """Refuse ``size`` bytes over ``max_bytes``; the one wording of that refusal.
+
+    Raises:
+        UntrustedError: ``the YAML file is 1024.0 MiB, over the limit of 2.0 MiB``.
+    """
+    if size > max_bytes:
+        raise UntrustedError(too_big(size, max_bytes, what))
+
+
+def too_big(size: int, max_bytes: int, what: str = "file") -> str:
+    """The wording of a size refusal, for callers with their own error type."""
+    return f"the {what} is {_mb(size)}, over the limit of {_mb(max_bytes)}"
+
+
+def decode_utf8(data: bytes, line: int | None = None) -> str:
+    """``data`` as UTF-8 (a leading BOM dropped).
+
+    Raises:
+        UntrustedError: not UTF-8, naming the offset of the first bad byte.
+    """
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise UntrustedError(f"not UTF-8 text (byte {exc.start})", line) from None
+
+
+def iter_lines(path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES,
+               max_bytes: int | None = None, what: str = "file") -> Iterator[tuple[int, str]]:
+    """The non-blank lines of a regular UTF-8 file as ``(1-based number, text)``, read one
+    at a time (bounded memory at any size); ``\\n`` ends a line, a final ``\\r`` is dropped.
+
+    Args:
+        path: the file.
+        max_line_bytes: the longest line allowed.
+        max_bytes: when given, a bigger file is refused before its first line is read.
+        what: the file as the size error names it.
+
+    Raises:
+        OSError: the file cannot be opened.
+        UntrustedError: not a regular file, over ``max_bytes``, a line over
+            ``max_line_bytes``, or not UTF-8 (with the line).
+    """
+    with _open(path) as handle:
+        size = _regular(handle, path).st_size
+        if max_bytes is not None:
+            check_size(size, max_bytes, what)
+        number = 0
+        while True:
+            raw = handle.readline(max_line_bytes + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                raise UntrustedError(f"the line is longer than the limit of "
+                                     f"{_mb(max_line_bytes)}", number)
+            text = _decode_line(raw, number)
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            if text.strip():
+                yield number, text.rstrip("\r\n")
+
+
+def _decode_line(raw: bytes, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UntrustedError(f"not UTF-8 text (byte {exc.start} of the line)", number) from None
 
 
 # --------------------------------------------------------------------------- YAML

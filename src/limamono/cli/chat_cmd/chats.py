@@ -62,8 +62,15 @@ def chats_import_cmd(
     card: Path | None = typer.Option(None, "--card", help="The character's card, so the chat "
                                      "has its sheet (default: the name only)."),
     db: Path | None = typer.Option(None, "--db", help="Chat database."),
+    max_mb: int = typer.Option(256, "--max-mb", min=1, help="Refuse a file bigger than this "
+                               "many MiB (the import reads a line at a time at any size, "
+                               "but a chat of millions of messages is slow to open)."),
 ) -> None:
-    """Import a SillyTavern chat file as a new chat."""
+    """Import a SillyTavern chat file as a new chat.
+
+    The file is read a line at a time and saved in one transaction: a bad line anywhere
+    (named with its number) leaves the database as it was.
+    """
     from limamono.core.conversation import User
     from limamono.store import StoreError, import_sillytavern
 
@@ -71,7 +78,7 @@ def chats_import_cmd(
     start = load_character(card, User("User")) if card else None
     try:
         chat_id = import_sillytavern(store, file, start.character if start else None,
-                                     start.scenario if start else "")
+                                     start.scenario if start else "", max_bytes=max_mb * 2**20)
     except StoreError as exc:
         fail(str(exc))
     out.print(f"imported {file} as chat {chat_id}")
