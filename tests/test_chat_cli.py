@@ -377,12 +377,50 @@ def test_chats_list_and_show_neutralise_terminal_escapes(tmp_path: Path) -> None
         assert result.exit_code == 0, result.output
         assert "\x1b" not in result.output and "\x07" not in result.output
     assert "M␛]0;title" in listed.output and "T␛[31m" in listed.output
-    assert "Hi ␛[2J␛]0;x there." in shown.output
+    assert "Hi ␛[2J␛]0;x␇ there." in shown.output  # BEL shown, not dropped (issue 24: 11)
     # Storage and exports keep the text exactly.
     assert ChatStore(db).load_chat(1).messages[0].text == "Hi \x1b[2J\x1b]0;x\x07 there."
     exported = tmp_path / "out.jsonl"
     runner.invoke(app, ["chats", "export", "1", "-o", str(exported), "--db", str(db)])
     assert "Hi \\u001b[2J\\u001b]0;x\\u0007 there." in exported.read_text(encoding="utf-8")
+
+
+BIDI_REPRO = Path("/work/shared/testdata/repros/audit-3/11_bidi_name.jsonl")
+
+
+def test_chats_list_and_show_show_bidi_and_invisible_characters(tmp_path: Path) -> None:
+    """Issue 24, defect 11: U+202E, isolates, ZWJ, the BOM and BEL reach the terminal as
+    visible stand-ins, never raw (a name must not render reversed)."""
+    db = tmp_path / "c.db"
+    bidi = tmp_path / "11_bidi_name.jsonl"
+    bidi.write_text(  # the audit's reproduction, byte for byte
+        '{"user_name": "U", "character_name": "Cabc\u202edcba.exe", "create_date": '
+        '"2024-01-01", "chat_metadata": {}}\n{"name": "U", "is_user": true, "is_system": '
+        'false, "send_date": "x", "mes": "text abc\u202edcba.exe"}\n', encoding="utf-8")
+    if BIDI_REPRO.exists():
+        assert bidi.read_bytes() == BIDI_REPRO.read_bytes()
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"user_name": "U\x07\u200d", "character_name":
+                                "Mira\ufeff\u2066x\u2069", "chat_metadata": {}}) + "\n"
+                    + json.dumps({"name": "U", "is_user": True,
+                                  "mes": "bell\x07 cr\r bs\b \u202eabc \u2067\u2068\u200b"})
+                    + "\n", encoding="utf-8")
+    for path in (bidi, more):
+        assert runner.invoke(app, ["chats", "import", str(path), "--db", str(db)]).exit_code == 0
+    listed = runner.invoke(app, ["chats", "list", "--db", str(db)])
+    shown = [runner.invoke(app, ["chats", "show", str(n), "--db", str(db)]) for n in (1, 2)]
+    for result in (listed, *shown):
+        assert result.exit_code == 0, result.output
+        for raw in "\u202e\u2066\u2067\u2068\u2069\u200d\u200b\ufeff\x07\r\b":
+            assert raw not in result.output, (raw, result.output)
+    assert shown[0].output == ("Chat 1: Cabc<U+202E>dcba.exe and U\n"
+                               "U: text abc<U+202E>dcba.exe\n")
+    assert shown[1].output == (
+        "Chat 2: Mira<U+FEFF><U+2066>x<U+2069> and U␇<U+200D>\n"
+        "U␇<U+200D>: bell␇ cr␍ bs␈ <U+202E>abc <U+2067><U+2068><U+200B>\n")
+    assert "Cabc<U+202E>" in listed.output and "U␇<U+200D>" in listed.output
+    # Stored as imported.
+    assert ChatStore(db).load_chat(1).character.name == "Cabc\u202edcba.exe"
 
 
 def test_a_stale_save_is_reported_and_the_chat_reloads_and_goes_on(

@@ -75,3 +75,19 @@ def test_messages_do_not_depend_on_the_terminal_width(monkeypatch):
     result = CliRunner().invoke(app, [])
     assert result.output == ("imported /" + "long-folder/" * 12 + "c.jsonl as chat 2\n"
                              "warning: /" + "w" * 90 + " is odd\n")
+
+
+def test_visible_covers_every_format_character_of_this_python() -> None:
+    """The hand-written class in cli/common.py is Unicode's Cf, Zl and Zp, exactly (a newer
+    Python with a newer Unicode database fails here until the list is brought up to date)."""
+    import sys
+    import unicodedata
+
+    from limamono.cli.common import _CONTROL, visible
+
+    wanted = {c for c in range(sys.maxunicode + 1)
+              if unicodedata.category(chr(c)) in ("Cf", "Zl", "Zp", "Cc", "Cs")} - {0x09, 0x0A}
+    matched = {c for c in range(sys.maxunicode + 1) if _CONTROL.fullmatch(chr(c))}
+    assert matched == wanted
+    assert visible("a\u202eb\u2066c\u2069\u200d\ufeff\x07\x1b\x85\ud800\n\t") == (
+        "a<U+202E>b<U+2066>c<U+2069><U+200D><U+FEFF>␇␛\ufffd\ufffd\n\t")

@@ -8,7 +8,10 @@ messages quoting values) verbatim and safely:
   passes ``markup=True`` with the user's part escaped);
 - control characters are neutralised on the way to the terminal (``\\x1b[31m`` in an
   imported chat is shown as ``␛[31m``, never sent as an escape sequence); storage and
-  exports keep them;
+  exports keep them. Invisible format characters (bidi overrides and isolates such as
+  U+202E, zero-width joiners and spaces, the BOM) are shown as ``<U+202E>``, so a name
+  can never render reversed or hide text; a lone surrogate (from an undecodable file name)
+  as ``�``;
 - nothing is hard-wrapped: a path or an error stays greppable on one line, whatever the
   terminal width (the terminal wraps it for display).
 """
@@ -32,8 +35,17 @@ from rich.measure import Measurement
 from rich.segment import Segment
 from rich.text import Text
 
-#: C0 controls except newline and tab, DEL, and the C1 controls (ESC, BEL, CSI, OSC, ...).
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: C0 controls except newline and tab, DEL, and the C1 controls (ESC, BEL, CSI, OSC, ...);
+#: Unicode's format characters (category Cf, Unicode 14: bidi embeddings, overrides and
+#: isolates, zero-width space/joiners, word joiner, BOM, tags, ...) and the line and paragraph
+#: separators (Zl, Zp), written out so no table of the Unicode database is built at start-up
+#: (a test compares it with ``unicodedata``); and the surrogates.
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f"
+    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
+    "\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
+    "\U000e0020-\U000e007f\ud800-\udfff]")
 
 
 #: ``--backend`` help, the same on every command that loads a model.
@@ -45,11 +57,16 @@ MODEL_HELP = ("Model: smollm2-135m (embedded; either backend), a .gguf file (lla
 
 
 def visible(text: str) -> str:
-    """``text`` with every control character replaced by a visible one-cell stand-in.
+    """``text`` with every control and invisible format character shown visibly.
 
     C0 controls become their Unicode control pictures (ESC -> ``␛``, BEL -> ``␇``), DEL
-    becomes ``␡`` and C1 controls ``�``; newline and tab are kept. The width stays the same,
-    so tables still line up.
+    becomes ``␡``, C1 controls and lone surrogates ``�`` (one cell each, so a control
+    character never shifts a table); format characters (U+202E, U+2066-U+2069, ZWJ, BOM,
+    ...) become ``<U+202E>``. Newline and tab are kept.
+
+    Rich drops BEL, BS, VT, FF and CR from any text it is given, so text that may hold them
+    goes through this before it becomes a ``Text`` (``chats list/show`` do); the consoles
+    apply it to everything else on the way out.
     """
     return _CONTROL.sub(_picture, text)
 
@@ -58,7 +75,11 @@ def _picture(match: re.Match[str]) -> str:
     code = ord(match.group())
     if code < 0x20:
         return chr(0x2400 + code)
-    return "\u2421" if code == 0x7F else "\ufffd"
+    if code == 0x7F:
+        return "\u2421"
+    if code <= 0x9F or 0xD800 <= code <= 0xDFFF:
+        return "\ufffd"
+    return f"<U+{code:04X}>"
 
 
 class _Visible:

@@ -19,6 +19,7 @@ from rich.text import Text
 from limamono.cli import chat_cmd
 from limamono.cli.common import BACKEND_HELP, err, fail, out
 from limamono.core.conversation import Conversation
+from limamono.util import atomic
 
 
 def draft_cmd(
@@ -76,6 +77,11 @@ def draft_cmd(
     base_seed = seed if seed is not None else random.SystemRandom().randrange(2**31 - 20000 * count)
     seeds = [base_seed + 10000 * j for j in range(count)]
     targets = [output / f"{stem}-draft-{s}.yaml" for s in seeds]
+    try:  # before the model is loaded: a draft must never be generated and then lost
+        for target in targets:
+            atomic.check_name(target)
+    except OSError as exc:
+        fail(f"{output}: cannot write the drafts there ({exc.strerror})")
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
         fail(f"{existing[0]} exists; pass --force to replace it or another --seed")
@@ -104,7 +110,7 @@ def _start(card: Path | None, continue_from: Path | None, user: str, persona: st
             conv = load_yaml(continue_from)
         except ConversationError as exc:
             fail(str(exc))
-        return conv, continue_from.stem
+        return conv, atomic.bounded_stem(continue_from.stem)
     assert card is not None
     try:
         header = card_to_conversation(read_card(card), user)
@@ -119,7 +125,10 @@ def _start(card: Path | None, continue_from: Path | None, user: str, persona: st
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "character"
+    """The file stem for a character's name: ASCII letters, digits and ``-``, at most
+    ``atomic.STEM_BYTES`` long (a card's name may be 100,000 characters)."""
+    return atomic.bounded_stem(re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+                               or "character")
 
 
 def _one_draft(engine: Any, settings: Any, policy: Any, start: Conversation, plan: Any,
@@ -136,7 +145,6 @@ def _one_draft(engine: Any, settings: Any, policy: Any, start: Conversation, pla
     from limamono.cli.engine_cmd import ctrl_c_sets
     from limamono.core.conversation import dump_yaml
     from limamono.dataset.draft import draft_conversation, mark_draft
-    from limamono.util import atomic
 
     cancel = threading.Event()
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
@@ -151,7 +159,10 @@ def _one_draft(engine: Any, settings: Any, policy: Any, start: Conversation, pla
                        style="yellow"))
         return draft.finish != "cancelled"
     final = mark_draft(draft, model, adapter, seed, settings.replace(seed=seed))
-    atomic.write_text(target, dump_yaml(final))
+    try:
+        atomic.write_text(target, dump_yaml(final))
+    except OSError as exc:
+        fail(f"{target}: cannot write the draft ({exc.strerror or exc})")
     for note in draft.notes:
         err.print(Text(f"note: {note}", style="yellow"))
     lint = final.meta["lint"]

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from limamono.cli.chat_cmd.session import load_character, open_store
 from limamono.cli.chat_cmd.terminal import chats_table, export_chat, show_message
-from limamono.cli.common import fail, out
+from limamono.cli.common import fail, out, visible
 
 chats_app = typer.Typer(name="chats", help="Saved chats: list, show, export, import, delete.",
                         no_args_is_help=True)
@@ -32,7 +32,7 @@ def chats_show_cmd(chat_id: int = typer.Argument(..., help="Chat id."),
         stored = store.load_chat(chat_id)
     except StoreError as exc:
         fail(str(exc))
-    out.print(Text(f"Chat {chat_id}: {stored.character.name} and {stored.user.name}",
+    out.print(Text(visible(f"Chat {chat_id}: {stored.character.name} and {stored.user.name}"),
                    style="bold"))
     for message in stored.messages:
         show_message(message, stored.character.name, stored.user.name)

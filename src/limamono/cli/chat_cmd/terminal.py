@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.text import Text
 
-from limamono.cli.common import err, out
+from limamono.cli.common import err, out, visible
 
 if TYPE_CHECKING:
     from limamono.chat import ChatSession
@@ -62,8 +62,9 @@ def print_message(session: ChatSession, index: int) -> None:
 def show_message(message: Message, char_name: str, user_name: str) -> None:
     """Print a message with its speaker, styled, and its swipe position."""
     name = char_name if message.role == "char" else user_name
-    line = Text(f"{name}: ", style="bold cyan" if message.role == "char" else "bold green")
-    line.append_text(styled(message.text))
+    line = Text(f"{visible(name)}: ",
+                style="bold cyan" if message.role == "char" else "bold green")
+    line.append_text(styled(visible(message.text)))
     out.print(line, soft_wrap=True)
     if len(message.swipes) > 1:
         out.print(Text(f"  (swipe {message.swipe_id + 1}/{len(message.swipes)})", style="dim"))
@@ -278,8 +279,9 @@ def chats_table(store: ChatStore) -> Any:
 
     table = Table("id", "character", "user", "messages", "updated", "title")
     for c in store.list_chats():
-        table.add_row(str(c.id), Text(c.character_name), Text(c.user_name), str(c.messages),
-                      c.updated, Text(c.title))
+        # visible() first: Rich would drop BEL and friends, and measure U+202E as nothing.
+        table.add_row(str(c.id), Text(visible(c.character_name)), Text(visible(c.user_name)),
+                      str(c.messages), Text(visible(c.updated)), Text(visible(c.title)))
     return table
 
 
