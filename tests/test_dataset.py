@@ -462,3 +462,80 @@ def test_a_build_left_inside_the_dataset_is_skipped_with_a_note(tokenizer, tmp_p
     notes = [p for p in ds.lint_dir(root, quality=False) if p.severity == "note"]
     assert [(p.file, p.message) for p in notes] == [
         (str(inside), "a built dataset (limamono data build output), so it is skipped")]
+
+
+def test_links_out_of_the_dataset_loops_fifos_and_devices_are_skipped_with_a_note(tmp_path):
+    """Issue 24, defect 20: a link out of the dataset is not read unless --follow-links;
+    every file skipped says why; nothing hangs on a FIFO or reads /dev/zero forever."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from limamono.cli import app
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.yaml").write_text(
+        "character: {name: Mira}\nuser: {name: Tom}\nscenario: A cafe.\nmessages:\n"
+        "  - {role: char, text: 'Mira smiled. \"Out here.\"'}\n", encoding="utf-8")
+    ds = tmp_path / "ds"
+    (ds / "sub").mkdir(parents=True)
+    (ds / "out.yaml").symlink_to(outside / "secret.yaml")
+    (ds / "outdir").symlink_to(outside)
+    (ds / "zero.yaml").symlink_to("/dev/zero")
+    (ds / "self.yaml").symlink_to("self.yaml")
+    (ds / "broken.jsonl").symlink_to("missing.jsonl")
+    (ds / "sub" / "loop").symlink_to("..")
+    os.mkfifo(ds / "fifo.yaml")
+    (ds / "notes.txt").symlink_to("/dev/zero")  # not a dataset file: passed over quietly
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "lint", str(ds)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"{ds}/broken.jsonl: note skipped a broken symbolic link (to missing.jsonl), so it is "
+        "skipped",
+        f"{ds}/fifo.yaml: note skipped not a regular file (a FIFO), so it is skipped",
+        f"{ds}/out.yaml: note skipped a link to {outside}/secret.yaml, outside the dataset "
+        "(--follow-links reads it), so it is skipped",
+        f"{ds}/outdir: note skipped a link to {outside}, outside the dataset (--follow-links "
+        "reads it), so it is skipped",
+        f"{ds}/self.yaml: note skipped a symbolic link loop, so it is skipped",
+        f"{ds}/sub/loop: note skipped a link to a folder inside the dataset ({ds}); its files "
+        "are read where they are, so it is skipped",
+        f"{ds}/zero.yaml: note skipped a link to /dev/zero, outside the dataset "
+        "(--follow-links reads it), so it is skipped",
+        "0 error(s), 0 warning(s), 7 file(s) skipped"]
+    followed = runner.invoke(app, ["data", "lint", str(ds), "--follow-links", "--no-quality"])
+    lines = followed.output.splitlines()
+    assert f"{ds}/zero.yaml: note skipped not a regular file (a character device), so it is " \
+           "skipped" in lines
+    # Both links to the one outside file are read: the second is its duplicate.
+    assert any(line.startswith(f"{ds}/outdir/secret.yaml: error duplicate same content as "
+                               f"{ds}/out.yaml") for line in lines), lines
+    assert not any("out.yaml: note" in line or "outdir: note" in line for line in lines)
+
+
+def test_data_build_notes_skipped_links_and_leaves_them_out(tmp_path, tokenizer_dir):
+    from typer.testing import CliRunner
+
+    from limamono.cli import app
+
+    conversation = ("character: {name: Mira}\nuser: {name: Tom}\nscenario: A cafe.\n"
+                    "messages:\n  - {role: char, text: 'Mira smiled. \"%s\"'}\n")
+    outside = tmp_path / "outside.yaml"
+    outside.write_text(conversation % "Out here.", encoding="utf-8")
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "in.yaml").write_text(conversation % "In here.", encoding="utf-8")
+    (ds / "out.yaml").symlink_to(outside)
+    args = ["data", "build", str(ds), "--model", str(tokenizer_dir), "--val", "0"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b1")])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"skipped: {ds}/out.yaml: a link to {outside}, outside "
+                                    "the dataset (--follow-links reads it), so it is skipped\n")
+    stats = json.loads((tmp_path / "b1" / "stats.json").read_text())
+    assert stats["conversations"] == 1
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b2"), "--follow-links"])
+    assert result.exit_code == 0, result.output
+    assert "skipped:" not in result.output
+    assert json.loads((tmp_path / "b2" / "stats.json").read_text())["conversations"] == 2

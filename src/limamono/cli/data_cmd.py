@@ -44,6 +44,11 @@ def _tokenizer(model: str) -> Any:
         fail(str(exc))
 
 
+_FOLLOW = typer.Option(False, "--follow-links", help="Also read symbolic links to files "
+                       "and folders outside the dataset folder (skipped by default, each "
+                       "with a note).")
+
+
 @data_app.command("lint")
 def lint_cmd(
     path: Path = typer.Argument(..., help="Dataset folder (searched recursively) or one file."),
@@ -59,6 +64,7 @@ def lint_cmd(
     near: float | None = typer.Option(None, "--near", help="Jaccard similarity of word "
                                       "3-grams from which two turns are near duplicates "
                                       "(default 0.6)."),
+    follow_links: bool = _FOLLOW,
 ) -> None:
     """List every problem in every dataset file: schema, style rules, alternation, empty
     turns, missing Scenario, duplicate conversations, and the quality checks (DQ...).
@@ -70,7 +76,7 @@ def lint_cmd(
 
     try:
         listed = load_phrases(phrases) if phrases is not None else None
-        problems = lint_dir(path, quality, listed, near)
+        problems = lint_dir(path, quality, listed, near, follow_links)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     if as_json:
@@ -136,21 +142,28 @@ def build_cmd(
     overflow: str = _OVERFLOW, end_of_turn: str = _EOT, train_on_inputs: bool = _TOI,
     length_bounds: str = _BOUNDS, window_overlap: int = _OVERLAP, trigger: str = _TRIGGER,
     normalize: bool = _NORMALIZE, include_drafts: bool = _DRAFTS,
+    follow_links: bool = _FOLLOW,
 ) -> None:
     """Build masked training samples: tokenized/{train,eval}.jsonl (input ids and labels,
     each sample tokenised whole), segments/ (the same samples as labelled text) and
     stats.json."""
     from limamono.dataset import DatasetError, OutputError, build, check_output, write_build
+    from limamono.dataset.sources import walk_dataset
 
     try:
         check_output(output, path)
+        skipped = walk_dataset(path, follow_links)[1]
     except OutputError as exc:
         fail(str(exc))
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    for note in skipped:  # said before the tokenizer loads, so they are seen first
+        err.print(f"skipped: {note.file}: {note.message}")
     config = _build_config(seq_len, val, seed, overflow, end_of_turn, train_on_inputs,
                            length_bounds, window_overlap, trigger, normalize, include_drafts)
     tokenizer = _tokenizer(model)
     try:
-        result = build(str(path), tokenizer, config)
+        result = build(str(path), tokenizer, config, follow_links)
     except FileNotFoundError as exc:
         fail(str(exc))
     except DatasetError as exc:

@@ -327,15 +327,17 @@ def _tokenize_all(result: BuildResult, tokenizer: Tokenizer) -> None:
             result.samples.append(sample)
 
 
-def build(root: str, tokenizer: Tokenizer, config: BuildConfig | None = None) -> BuildResult:
-    """Load a dataset folder and build its samples (see ``build_samples``).
+def build(root: str, tokenizer: Tokenizer, config: BuildConfig | None = None,
+          follow_links: bool = False) -> BuildResult:
+    """Load a dataset folder and build its samples (see ``build_samples``); with
+    ``follow_links``, symbolic links to files outside the folder are read too.
 
     Raises:
         DatasetError: every blocking problem, schema errors of all files included.
         FileNotFoundError: ``root`` does not exist.
     """
     config = config or BuildConfig()
-    records, problems = load_dir(root)
+    records, problems = load_dir(root, follow_links)
     if any(p.severity == "error" for p in problems):
         raise DatasetError([p for p in problems if p.severity == "error"])
     if not records:

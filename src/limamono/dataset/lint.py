@@ -33,7 +33,7 @@ __all__ = ["lint_dir", "quality_problems"]
 
 
 def lint_dir(root: str | Path, quality: bool = True, phrases: Sequence[Any] | None = None,
-             near_threshold: float | None = None) -> list[Problem]:
+             near_threshold: float | None = None, follow_links: bool = False) -> list[Problem]:
     """Every problem in every file under ``root``: schema, rules, style, duplicates and
     (with ``quality``) the quality rules of ``limamono.quality`` (``DQ...`` warnings).
 
@@ -42,12 +42,13 @@ def lint_dir(root: str | Path, quality: bool = True, phrases: Sequence[Any] | No
         quality: also run the quality checks.
         phrases: the stock-phrase list for DQ020 (default: the shipped one).
         near_threshold: Jaccard threshold of near-duplicate turns (default: the module's).
+        follow_links: read symbolic links to files outside the dataset too.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
         ValueError: a bad ``near_threshold``.
     """
-    records, problems = load_dir(root)
+    records, problems = load_dir(root, follow_links)
     for record in records:
         problems.extend(check_record(record))
     problems.extend(duplicate_problems(records))

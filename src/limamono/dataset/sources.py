@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -89,8 +91,25 @@ class Record:
         return self.file if self.index == 0 else f"{self.file}#{self.index}"
 
 
-def find_files(root: str | Path) -> list[Path]:
-    """Every dataset file under ``root`` (or ``root`` itself if it is a file), sorted.
+def find_files(root: str | Path, follow_links: bool = False) -> list[Path]:
+    """Every dataset file under ``root`` (or ``root`` itself if it is a file), sorted; see
+    ``walk_dataset`` for what is skipped.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+    """
+    return walk_dataset(root, follow_links)[0]
+
+
+def walk_dataset(root: str | Path,
+                 follow_links: bool = False) -> tuple[list[Path], list[Problem]]:
+    """The dataset files under ``root`` (sorted) and a ``note`` for every one skipped.
+
+    Hidden files and folders, files of other types and built datasets are passed over as
+    before. A symbolic link is read only when it stays inside the dataset, unless
+    ``follow_links``; a link to a folder inside the dataset is not entered (its files are
+    read where they are), so no link loop is walked. Broken links, link loops, FIFOs,
+    devices and sockets are skipped, each with a note saying why.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -98,12 +117,68 @@ def find_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such file or folder")
-    if root.is_file():
-        return [root]
-    builds = built_folders(root)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts)
-                  and not any(b in p.parents for b in builds))
+    if not root.is_dir():
+        return [root], []  # one file: its reader refuses what it cannot read
+    real_root = root.resolve()
+    builds = set(built_folders(root))
+    files: list[Path] = []
+    notes: list[Problem] = []
+
+    def skip(path: Path, reason: str) -> None:
+        notes.append(Problem(str(path), "skipped", f"{reason}, so it is skipped",
+                             severity="note"))
+
+    entered = {real_root}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skip(folder, f"the folder cannot be read ({exc.strerror})")
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith(".") or path in builds:
+                continue
+            wanted = path.suffix.lower() in SUFFIXES
+            target = path
+            if entry.is_symlink():
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError) as exc:
+                    loop = isinstance(exc, RuntimeError) or getattr(exc, "errno", 0) == 40
+                    skip(path, "a symbolic link loop" if loop else
+                         f"a broken symbolic link (to {os.readlink(path)})")
+                    continue
+                inside = target == real_root or real_root in target.parents
+                if target.is_dir() and inside:
+                    skip(path, f"a link to a folder inside the dataset ({target}); its "
+                         "files are read where they are")
+                    continue
+                if not inside and not follow_links and (wanted or target.is_dir()):
+                    skip(path, f"a link to {target}, outside the dataset (--follow-links "
+                         "reads it)")
+                    continue
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                skip(path, f"it cannot be read ({exc.strerror})")
+                continue
+            if stat.S_ISDIR(mode):
+                if target in entered:
+                    skip(path, f"a link to {target}, a folder already read")
+                    continue
+                entered.add(target)
+                stack.append(path)
+            elif wanted and not stat.S_ISREG(mode):
+                kind = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+                        stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(
+                            stat.S_IFMT(mode), "not a plain file")
+                skip(path, f"not a regular file ({kind})")
+            elif wanted:
+                files.append(path)
+    return sorted(files), sorted(notes, key=lambda p: p.file)
 
 
 def built_folders(root: Path) -> list[Path]:
@@ -222,9 +297,11 @@ def check_is_conversation(path: Path, data: Any) -> None:
                                f"{', '.join(_CONVERSATION_KEYS)})", str(path))
 
 
-def load_dir(root: str | Path) -> tuple[list[Record], list[Problem]]:
+def load_dir(root: str | Path,
+             follow_links: bool = False) -> tuple[list[Record], list[Problem]]:
     """Load every file under ``root``; schema errors become problems instead of stopping,
-    and a YAML file that is not a conversation (a training config) becomes a ``note``.
+    and a YAML file that is not a conversation (a training config) and every file
+    ``walk_dataset`` skips (links outside the dataset, FIFOs, ...) become a ``note``.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -234,7 +311,9 @@ def load_dir(root: str | Path) -> tuple[list[Record], list[Problem]]:
         Problem(str(folder), "skipped", "a built dataset (limamono data build output), so it "
                 "is skipped", severity="note")
         for folder in (built_folders(Path(root)) if Path(root).is_dir() else [])]
-    for path in find_files(root):
+    paths, skipped = walk_dataset(root, follow_links)
+    problems.extend(skipped)
+    for path in paths:
         try:
             found = load_file(path)
         except NotAConversation as exc:
