@@ -458,3 +458,87 @@ def test_content_length_with_chunked_is_refused_at_once() -> None:
 def test_connection_limits_are_checked(value: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         ConnectionLimits(**value)
+
+
+# --------------------------------------------------------------------------- 14: keepalive
+
+@pytest.mark.parametrize(("route", "body"), [
+    ("/v1/completions", {"prompt": "b", "stream": True, "max_tokens": 5}),
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Mira"},
+                                           {"role": "user", "content": "hi"}],
+                              "stream": True, "max_tokens": 5}),
+    ("/api/extra/generate/stream", {"prompt": "b", "max_length": 5}),
+])
+def test_a_queued_stream_gets_keepalives_with_its_position(
+        route: str, body: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from limamono.server import streaming
+
+    monkeypatch.setattr(streaming, "KEEPALIVE_S", 0.3)
+    engine = FakeEngine(slow=True)
+    with live_server(create_app(engine, ServerConfig())) as url, \
+            httpx.Client(base_url=url, timeout=httpx.Timeout(10, read=1.0)) as client:
+        with client.stream("POST", "/v1/completions",
+                           json={"prompt": "a", "stream": True, "max_tokens": 50}) as running:
+            assert engine.started.wait(5)
+            # A client that gives up after 1 s without a byte waits here for 2.5 s.
+            with client.stream("POST", route, json=body) as queued:
+                lines = queued.iter_lines()
+                assert next(lines) == ": queued, position 1"
+                start, seen = time.monotonic(), 0
+                while time.monotonic() - start < 2.5:
+                    line = next(lines)
+                    assert line in ("", ": queued, position 1"), line
+                    seen += line != ""
+                assert seen >= 4  # one every 0.3 s
+                engine.release.set()
+                rest = [line for line in lines if line]
+                for _ in running.iter_lines():
+                    pass
+        data = [line for line in rest if line.startswith("data:")]
+        assert data and all(not line.startswith(": queued") for line in rest
+                            if line.startswith(":") and line != ": generating")
+
+
+def test_the_queue_position_counts_live_jobs_ahead() -> None:
+    from limamono.server.params import GenerationRequest
+    from limamono.server.queue import GenerationQueue
+
+    async def run() -> list[int]:
+        engine = FakeEngine(slow=True)
+        queue = GenerationQueue(engine, 8)
+        try:
+            request = GenerationRequest("p", None, 50, (), 100)  # type: ignore[arg-type]
+            jobs = [queue.submit(request, "p") for _ in range(4)]
+            await asyncio.to_thread(engine.started.wait, 5)
+            jobs[1].request_cancel()
+            return [job.position() for job in jobs]
+        finally:
+            engine.release.set()
+            queue.close()
+
+    assert asyncio.run(run()) == [0, 1, 1, 2]  # running; cancelled (skipped); 2nd; 3rd
+
+
+# --------------------------------------------------------------------------- 13: perf
+
+def test_perf_reports_queue_wait_apart_from_cancel_latency() -> None:
+    engine = FakeEngine(slow=True)
+    with live_server(create_app(engine, ServerConfig())) as url, \
+            httpx.Client(base_url=url, timeout=10) as client:
+        with client.stream("POST", "/v1/completions",
+                           json={"prompt": "a", "stream": True, "max_tokens": 50}) as running:
+            assert engine.started.wait(5)
+            with client.stream("POST", "/v1/completions",
+                               json={"prompt": "b", "stream": True}) as waiting:
+                next(waiting.iter_lines())  # queued
+            time.sleep(1.0)  # the waiting client left 1 s before the running one ends
+            engine.release.set()
+            for _ in running.iter_lines():
+                pass
+        perf = client.get("/api/extra/perf").json()
+        deadline = time.monotonic() + 5
+        while perf["total_gens"] < 2 and time.monotonic() < deadline:
+            perf = client.get("/api/extra/perf").json()
+    assert (perf["total_gens"], perf["cancelled"]) == (2, 1)
+    assert perf["max_queue_wait_s"] >= 1.0  # the skipped job waited for the slot
+    assert perf["max_cancel_latency_s"] == 0.0  # ... which is no cancel latency

@@ -140,6 +140,8 @@ def router(state: ServerState) -> APIRouter:
             "rejected": stats.rejected,
             "last_cancel_latency_s": round(stats.last_cancel_latency_s, 4),
             "max_cancel_latency_s": round(stats.max_cancel_latency_s, 4),
+            "last_queue_wait_s": round(stats.last_queue_wait_s, 4),
+            "max_queue_wait_s": round(stats.max_queue_wait_s, 4),
         })
 
     return api

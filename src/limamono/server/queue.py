@@ -26,7 +26,7 @@ import itertools
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from limamono.engine.protocol import Engine, TextChunk
@@ -50,8 +50,11 @@ class QueueStats:
         total: Jobs that finished (any way).
         cancelled: Jobs that ended because they were cancelled.
         rejected: Submissions refused because the queue was full.
-        last_cancel_latency_s: Seconds from a running job's cancel to the engine being free.
+        last_cancel_latency_s: Seconds from a running job's cancel to its slot being free
+            (a job cancelled while it waited is only skipped: not counted here).
         max_cancel_latency_s: The largest of those.
+        last_queue_wait_s: Seconds the latest job waited for a slot.
+        max_queue_wait_s: The largest of those.
     """
 
     total: int = 0
@@ -59,6 +62,8 @@ class QueueStats:
     rejected: int = 0
     last_cancel_latency_s: float = 0.0
     max_cancel_latency_s: float = 0.0
+    last_queue_wait_s: float = 0.0
+    max_queue_wait_s: float = 0.0
 
 
 @dataclass
@@ -77,6 +82,14 @@ class Job:
     finished: int = 0  # choices finished
     #: The seed of choice 0 when n > 1 and the request gave none (drawn once per job).
     base_seed: int = field(default_factory=lambda: secrets.randbits(62))
+    submitted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # when its first choice got a slot
+    #: The queue's :meth:`GenerationQueue.position` (set when submitted).
+    position_of: Callable[[Job], int] | None = field(default=None, repr=False)
+
+    def position(self) -> int:
+        """1 + the live jobs waiting before this one; 0 once it runs (or has ended)."""
+        return self.position_of(self) if self.position_of is not None else 0
 
     @property
     def choices(self) -> int:
@@ -111,6 +124,27 @@ class Job:
         async for index, chunk in self.choice_chunks():
             if index == 0:
                 yield chunk
+
+    async def ticking_chunks(self, tick: float,
+                             ) -> AsyncIterator[tuple[int, TextChunk] | None]:
+        """:meth:`choice_chunks`, with None whenever ``tick`` seconds pass without a chunk
+        (a stream's cue to send a keepalive)."""
+        chunks = self.choice_chunks()
+        pending = asyncio.ensure_future(anext(chunks))
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=tick)
+                if not done:
+                    yield None
+                    continue
+                try:
+                    item = pending.result()
+                except StopAsyncIteration:
+                    return
+                yield item
+                pending = asyncio.ensure_future(anext(chunks))
+        finally:
+            pending.cancel()
 
     async def choice_chunks(self) -> AsyncIterator[tuple[int, TextChunk]]:
         """(choice index, chunk) of every choice, as they come, until each has sent its
@@ -191,6 +225,18 @@ class GenerationQueue:
             jobs = [j for j in self._running if j.request.genkey == genkey]
         return "".join(jobs[0].text) if jobs else ""
 
+    def position(self, job: Job) -> int:
+        """1 + the live jobs waiting before ``job``; 0 once it runs (or has ended)."""
+        with self._cond:
+            if job.running or job.finished:
+                return 0
+            ahead = 0
+            for other, choice in self._jobs:
+                if other is job:
+                    return ahead + 1
+                ahead += choice == 0 and not other.cancel.is_set()
+            return 0
+
     # -- control -------------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest, prompt: str) -> Job:
@@ -212,6 +258,7 @@ class GenerationQueue:
                 self.stats.rejected += 1
                 raise QueueFullError(f"{self._live_waiting()} requests are already waiting")
             job.id = next(self._ids)
+            job.position_of = self.position
             self._jobs.append((job, 0))
             self._cond.notify()
         return job
@@ -275,6 +322,7 @@ class GenerationQueue:
                 job.running += 1
                 if job.running == 1 and job.finished == 0:
                     self._running.append(job)
+                    job.started_at = time.monotonic()
             try:
                 self._run(job, choice)
             finally:
@@ -318,8 +366,12 @@ class GenerationQueue:
     def _count(self, job: Job) -> None:
         stats = self.stats
         stats.total += 1
+        started = job.started_at if job.started_at is not None else time.monotonic()
+        stats.last_queue_wait_s = started - job.submitted_at
+        stats.max_queue_wait_s = max(stats.max_queue_wait_s, stats.last_queue_wait_s)
         if job.cancelled_at is not None:
             stats.cancelled += 1
-            latency = time.monotonic() - job.cancelled_at
-            stats.last_cancel_latency_s = latency
-            stats.max_cancel_latency_s = max(stats.max_cancel_latency_s, latency)
+            if job.cancelled_at >= started:  # cancelled while running (not while waiting)
+                latency = time.monotonic() - job.cancelled_at
+                stats.last_cancel_latency_s = latency
+                stats.max_cancel_latency_s = max(stats.max_cancel_latency_s, latency)

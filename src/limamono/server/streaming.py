@@ -149,6 +149,22 @@ def wire_finish_reason(reason: FinishReason | None) -> str | None:
     return None if reason is None else ("length" if reason == "length" else "stop")
 
 
+#: Seconds without an event after which a stream sends a keepalive comment.
+KEEPALIVE_S = 5.0
+
+
+def keepalive(job: Job) -> str:
+    """An SSE comment saying where ``job`` is: queued (with its position) or running.
+
+    Comments are the keepalive of every dialect served here: the SSE specification has
+    clients ignore them, and SillyTavern's parser (``public/scripts/sse-stream.js``) skips
+    an event without data, on the OpenAI and the Kobold streams alike. KoboldCpp itself
+    sends nothing while a request waits.
+    """
+    position = job.position()
+    return f": queued, position {position}\n\n" if position else ": generating\n\n"
+
+
 def job_stream(job: Job, events: Callable[[TextChunk], list[str]],
                error_event: Callable[[str], str], trailer: str = "") -> EventStream:
     """An event stream of a one-choice job's chunks; the job is cancelled if the stream
@@ -180,7 +196,13 @@ def choices_stream(job: Job, choice_events: Callable[[int], Callable[[TextChunk]
     async def body() -> AsyncIterator[str]:
         nonlocal finished
         try:
-            async for index, chunk in job.choice_chunks():
+            if job.position() > 0:
+                yield keepalive(job)  # at once: the client knows it is queued, and where
+            async for item in job.ticking_chunks(KEEPALIVE_S):
+                if item is None:
+                    yield keepalive(job)
+                    continue
+                index, chunk = item
                 if index not in makers:
                     makers[index] = choice_events(index)
                 for event in makers[index](chunk):
