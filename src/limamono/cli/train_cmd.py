@@ -65,9 +65,12 @@ def train_cmd(
     from limamono.dataset import DatasetError
     from limamono.models.resolve import ModelError
     from limamono.train import ConfigError
-    from limamono.train.run import NoSpaceError
 
     config = _config(config_file, list(ctx.args))
+    # After the config is read: train.run imports transformers and PEFT (~30 s on a busy
+    # machine), which a bad config must not wait for.
+    from limamono.train.run import NoSpaceError
+
     if lr_sweep is not None and config.method != "sft":
         fail(f"--lr-sweep: the sweep trains SFT runs only, and method is {config.method}; "
              "fix: sweep the SFT run, then train the preference run at a chosen rate")
