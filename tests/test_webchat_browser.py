@@ -161,6 +161,19 @@ def wait_idle(page: Any) -> None:
     page.wait_for_function("() => !document.querySelector('.message.streaming')")
 
 
+#: Records every text the streaming message shows (a MutationObserver, installed by the
+#: test through the DevTools protocol, which the page's CSP does not govern).
+WATCH_STREAM = """() => {
+    window.__seen = [];
+    new MutationObserver(() => {
+        const text = document.querySelector(".message.streaming .text");
+        const now = text ? text.textContent : "";
+        if (now && window.__seen[window.__seen.length - 1] !== now) window.__seen.push(now);
+    }).observe(document.querySelector("#messages"),
+               {childList: true, subtree: true, characterData: true});
+}"""
+
+
 def send(page: Any, text: str) -> None:
     page.fill("#input", text)
     page.press("#input", "Enter")
@@ -195,10 +208,15 @@ def test_import_chat_stop_swipe_edit_reload_and_the_terminal(site, page, tmp_pat
 
     # two streamed turns
     engine.replies = ['She nodded slowly. "Sit by the stove."', "The wind rose outside."]
+    page.evaluate(WATCH_STREAM)
     send(page, "Hello there.")
-    page.wait_for_selector(".message.streaming")
     wait_idle(page)
     assert last_text(page) == 'She nodded slowly. "Sit by the stove."'
+    # it streamed: the reply grew word by word in the page, styled as it grew
+    assert page.evaluate("window.__seen") == [
+        "She", "She nodded", "She nodded slowly.", 'She nodded slowly. "Sit',
+        'She nodded slowly. "Sit by', 'She nodded slowly. "Sit by the',
+        'She nodded slowly. "Sit by the stove."']
     assert re.fullmatch(r"7 tokens · [\d.]+ tok/s · context \d+/4096",
                         page.inner_text("#stats"))
     send(page, "Is it always this wet?")
@@ -279,6 +297,28 @@ def test_a_bad_card_is_refused_inline(site, page, tmp_path) -> None:
     page.wait_for_selector("#import-error:not([hidden])")
     assert page.inner_text("#import-error").startswith("broken.png: ")
     assert page.locator("article.message").count() == 0
+
+
+def test_a_card_dropped_on_the_page_starts_a_chat(site, page, tmp_path) -> None:
+    url, _, _ = site
+    page.goto(url)
+    page.wait_for_selector("#chat-list")
+    data = list(mira_card(tmp_path).read_bytes())
+    # A drop as the browser delivers it: a DataTransfer holding the file, on the messages.
+    page.evaluate("""bytes => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], "mira-holt.png",
+                                    {type: "image/png"}));
+        const target = document.querySelector("#messages");
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            target.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true,
+                                                      dataTransfer: transfer}));
+        }
+    }""", data)
+    page.wait_for_selector("article.message.char")
+    assert last_text(page) == GREETING
+    assert page.inner_text("#chat-title") == "Mira Holt & User"
+    assert not page.evaluate("document.body.classList.contains('dragging')")
 
 
 HOSTILE = ('<script>window.__pwned = 1</script><img src=x onerror="window.__pwned=2">'
