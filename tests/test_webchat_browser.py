@@ -209,14 +209,16 @@ def test_import_chat_stop_swipe_edit_reload_and_the_terminal(site, page, tmp_pat
     # two streamed turns
     engine.replies = ['She nodded slowly. "Sit by the stove."', "The wind rose outside."]
     page.evaluate(WATCH_STREAM)
+    engine.pace = 0.08  # words far enough apart to arrive in separate reads
     send(page, "Hello there.")
     wait_idle(page)
     assert last_text(page) == 'She nodded slowly. "Sit by the stove."'
-    # it streamed: the reply grew word by word in the page, styled as it grew
-    assert page.evaluate("window.__seen") == [
-        "She", "She nodded", "She nodded slowly.", 'She nodded slowly. "Sit',
-        'She nodded slowly. "Sit by', 'She nodded slowly. "Sit by the',
-        'She nodded slowly. "Sit by the stove."']
+    # it streamed: the reply grew in the page (pieces that arrive in one network read
+    # are drawn together, so not every word is seen on its own)
+    seen = page.evaluate("window.__seen")
+    assert seen[-1] == 'She nodded slowly. "Sit by the stove."' and len(seen) >= 3, seen
+    assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:])), seen
+    engine.pace = 0.01
     assert re.fullmatch(r"7 tokens · [\d.]+ tok/s · context \d+/4096",
                         page.inner_text("#stats"))
     send(page, "Is it always this wet?")
