@@ -122,7 +122,8 @@ def sse_events(raw: str) -> list[dict[str, str]]:
     """Parse an event stream the way SillyTavern's ``sse-stream.js`` does.
 
     Events are separated by a blank line (``\\n\\n``, ``\\r\\n\\r\\n`` or ``\\r\\r``);
-    ``data:`` lines of one event are joined with newlines; ``event:`` names it.
+    ``data:`` lines of one event are joined with newlines; ``event:`` names it; an event
+    without a ``data:`` line (a ``: keepalive`` comment) is skipped.
     """
     events = []
     for block in re.split(r"\r\n\r\n|\n\n|\r\r", raw):
@@ -137,6 +138,8 @@ def sse_events(raw: str) -> list[dict[str, str]]:
                 data.append(value)
             elif name == "event":
                 event["event"] = value
+        if not data:  # a comment (keepalive) or an event without data: skipped, as there
+            continue
         event["data"] = "\n".join(data)
         events.append(event)
     return events
@@ -149,3 +152,8 @@ def test_fake_engine_cuts_at_stop_strings_and_max_tokens() -> None:
     assert (chunks[-1].finish_reason, chunks[-1].stop_string) == ("stop", "\nUser:")
     short = engine.generate("p", None, 5)
     assert (short.text, short.finish_reason) == ("One t", "length")
+
+
+def test_sse_events_skips_keepalive_comments_as_sillytavern_does() -> None:
+    raw = ": queued, position 1\n\n: generating\n\ndata: {\"a\": 1}\n\ndata: [DONE]\n\n"
+    assert sse_events(raw) == [{"data": "{\"a\": 1}"}, {"data": "[DONE]"}]
