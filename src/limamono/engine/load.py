@@ -17,6 +17,7 @@ from limamono.models.resolve import (
     DEFAULT_MODEL,
     ModelError,
     ProgressFn,
+    check_adapter_files,
     embedded_gguf,
     load_model,
     resolve_adapter,
@@ -135,12 +136,16 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
         limamono.models.resolve.ModelError: The model or adapter cannot be loaded (names the fix).
     """
     adapter = resolve_adapter(adapter, model)
+    if adapter is not None:
+        check_adapter_files(Path(adapter))  # what both backends refuse, before any loading
     if choose_backend(model, adapter, backend) == "llamacpp":
         from limamono.engine.llamacpp import LlamaCppEngine
+        from limamono.models.gguf_check import check_gguf
         from limamono.models.gguf_lora import gguf_lora_for
 
         path = gguf_file(model)
         assert path is not None
+        check_gguf(path)  # llama.cpp aborts the process on absurd metadata
         options = llama or LlamaOptions()
         return LlamaCppEngine(path, name=model if model == DEFAULT_MODEL else path.name,
                               context_length=context_length, cache_entries=cache_entries,

@@ -474,6 +474,9 @@ def load_model(spec: ModelSpec, adapter: str | os.PathLike[str] | None = None,
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     wanted = torch_dtype(dtype)
+    adapter_dir = resolve_adapter(adapter)
+    if adapter_dir is not None:
+        check_adapter_files(adapter_dir)  # before the base model's seconds of loading
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
         model: Any = AutoModelForCausalLM.from_pretrained(spec.path, dtype=wanted,
@@ -482,27 +485,86 @@ def load_model(spec: ModelSpec, adapter: str | os.PathLike[str] | None = None,
         raise ModelError(f"{spec.path}: cannot load the model ({exc}); fix: check that the "
                          "folder holds config.json, the weights (*.safetensors or *.bin) and "
                          "the tokenizer files") from exc
-    adapter_dir = resolve_adapter(adapter)
     if adapter_dir is not None:
         model = _merge_adapter(model, spec, adapter_dir)
     model.to(device).eval()
     return model, tokenizer
 
 
-def _merge_adapter(model: Any, spec: ModelSpec, adapter_dir: Path) -> Any:
-    """Apply a PEFT adapter and merge it, with errors that name the adapter and the fix."""
-    from peft import PeftModel
+#: The PEFT adapter kinds limamono applies (merged on torch, converted for llama.cpp).
+ADAPTER_TYPES = ("LORA",)
 
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
+
+def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """``adapter_config.json`` of a PEFT adapter folder, as a JSON object.
+
+    Raises:
+        ModelError: missing, unreadable or not an object (naming the file and the fix).
+    """
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
         raise ModelError(f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json); "
                          "fix: pass the folder written by `limamono train` (or save_pretrained "
                          "of a PeftModel), or --adapter none")
-    base = str(json.loads(config_file.read_text()).get("base_model_name_or_path") or "")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read the adapter config ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def check_adapter_files(adapter_dir: Path) -> dict[str, Any]:
+    """Check a PEFT adapter folder before any weights are loaded; returns its config.
+
+    The config must be a LoRA one (``peft_type`` in :data:`ADAPTER_TYPES`), and
+    ``adapter_model.safetensors`` a whole safetensors file (its header is parsed and every
+    tensor's bytes must lie inside the file: a header claiming 10^12 bytes is refused
+    without reading them). An ``adapter_model.bin`` (a pickle) is only loaded weights-only.
+
+    Raises:
+        ModelError: naming the file, what is wrong and the fix.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    config = read_adapter_config(adapter_dir)
+    kind = config.get("peft_type")
+    if kind not in ADAPTER_TYPES:
+        raise ModelError(f"{adapter_dir / 'adapter_config.json'}: peft_type "
+                         f"{str(kind)[:40]!r} is not supported (limamono applies LoRA "
+                         "adapters only); fix: train a LoRA adapter (`limamono train`)")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), "np") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise ModelError(f"{weights}: not a whole safetensors file ({reason}); fix: copy "
+                             "the adapter again, or train it again") from exc
+    elif not (adapter_dir / "adapter_model.bin").is_file():
+        raise ModelError(f"{adapter_dir}: no adapter_model.safetensors (or .bin); fix: pass "
+                         "the folder written by `limamono train`")
+    return config
+
+
+def _merge_adapter(model: Any, spec: ModelSpec, adapter_dir: Path) -> Any:
+    """Apply a PEFT adapter and merge it, with errors that name the adapter and the fix."""
+    import pickle
+
+    from peft import PeftModel
+
+    base = str(check_adapter_files(adapter_dir).get("base_model_name_or_path") or "")
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    except (RuntimeError, ValueError, KeyError) as exc:
-        detail = str(exc).splitlines()[0][:300]
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"{adapter_dir / 'adapter_model.bin'}: refused: this pickle holds "
+                         "more than tensors, and loading it could run code (torch's "
+                         "weights_only load stopped it); fix: use an adapter saved as "
+                         "adapter_model.safetensors from a source you trust") from exc
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise ModelError(f"{adapter_dir}: this adapter does not fit model {spec.name!r} (it "
                          f"was trained on {base or 'an unknown base'!r}: {detail}); fix: pass "
                          "--model with the base model it was trained on, or train an adapter "
