@@ -26,7 +26,8 @@ from limamono.samplers import get_preset
 from limamono.style import normalize
 
 HERE = Path(__file__).resolve().parent
-#: Reply cap of the drafts, as the evaluation's (docs/EVAL.md).
+#: Reply cap of the drafts: the evaluation's (docs/EVAL.md). The committed example was
+#: drafted with --max-tokens 64 (the generation loop took ~0.15 CPU-s a token here).
 MAX_TOKENS = 384
 
 
@@ -35,17 +36,22 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=1, help="drafted turns per conversation")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--backend", default="torch", help="torch (default) or llamacpp")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many "
+                        "conversations (alphabetical)")
     parser.add_argument("--out", type=Path, default=HERE / "prefs")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     args = parser.parse_args()
     records, _ = load_dir(HERE / "conversations")
-    engine = load_engine(adapter="demo", dtype="fp32", threads=args.threads)
+    engine = load_engine(adapter="demo", dtype="fp32", threads=args.threads,
+                         backend=args.backend)
     policy = get_policy("training")
     settings = get_preset("limamono")
     args.out.mkdir(exist_ok=True)
-    for record in sorted(records, key=lambda r: r.name):
+    train = [r for r in sorted(records, key=lambda r: r.name)
+             if r.conversation.meta.get("split") != "eval"]
+    for record in train[:args.limit]:
         conv = record.conversation
-        if conv.meta.get("split") == "eval":
-            continue
         labelled = policy.label(conv).messages
         turns = [i for i, m in enumerate(labelled) if m.role == "char" and i > 0
                  and labelled[i - 1].role == "user"][:args.turns]
@@ -55,7 +61,7 @@ def main() -> None:
             prompt = policy.render(replace(conv, messages=conv.messages[:i]),
                                    response_length=label)
             done = engine.generate(prompt, settings.replace(seed=args.seed + i),
-                                   reply_token_budget(label, MAX_TOKENS),
+                                   reply_token_budget(label, args.max_tokens),
                                    stop=policy.stop_strings(conv.user.name))
             draft = normalize(clean_turn(done.text))[0]
             messages[i] = Message("char", None, label, swipes=[
@@ -64,7 +70,7 @@ def main() -> None:
                   f"{done.finish_reason}", flush=True)
         meta = {"source": f"conversations/{Path(record.name).name}",
                 "swipes": "swipe 1 of each drafted turn: the demo adapter (seed "
-                          f"{args.seed} + turn), {MAX_TOKENS}-token cap"}
+                          f"{args.seed} + turn), {args.max_tokens}-token cap"}
         chat = replace(conv, messages=messages, meta=meta)
         (args.out / Path(record.name).name).write_text(dump_yaml(chat), encoding="utf-8")
 
