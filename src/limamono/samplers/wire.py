@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from limamono.samplers.settings import (
-    DIALECTS,
     TEXTGEN_DEFAULT_PRIORITY,
     TEXTGEN_TEMPERATURE_NAMES,
     SamplerError,
@@ -84,6 +83,93 @@ KOBOLDCPP_ALIASES: dict[str, tuple[str, ...]] = {
     "banned_strings": ("banned_strings", "banned_tokens"),
 }
 
+#: Field -> wire names, llama.cpp server's own name first (its ``/completion`` fields:
+#: ``repeat_penalty``, ``repeat_last_n``, ``tfs_z``, ``typical_p``, ``n_probs``...).
+LLAMACPP_ALIASES: dict[str, tuple[str, ...]] = {
+    **KOBOLDCPP_ALIASES,
+    "typical": ("typical_p", "typical"),
+    "rep_pen": ("repeat_penalty", "repetition_penalty", "rep_pen"),
+    "rep_pen_range": ("repeat_last_n", "repetition_penalty_range", "rep_pen_range",
+                      "penalty_range"),
+    "tfs": ("tfs_z", "tfs"),
+    "seed": ("seed", "sampler_seed"),
+    "top_n_sigma": ("top_n_sigma", "nsigma"),
+    "banned_strings": ("banned_strings",),
+}
+
+#: The wire dialects (alias tables) and the sampler semantics each one runs with. llama.cpp's
+#: server and KoboldCpp share their sampler code (KoboldCpp is a llama.cpp fork, and DRY,
+#: XTC and the dynatemp range went from KoboldCpp into llama.cpp), so llama.cpp bodies run
+#: with the KoboldCpp semantics: its tail-free variant, dynamic temperature as a range
+#: around ``temperature``, multi-token DRY breakers, XTC off above 0.5, mirostat replacing
+#: the order. ``llamacpp_fields`` translates what differs on the wire.
+WIRE_DIALECTS: dict[str, str] = {"textgen": "textgen", "koboldcpp": "koboldcpp",
+                                 "llamacpp": "koboldcpp"}
+
+#: llama.cpp ``samplers`` names -> KoboldCpp ``sampler_order`` ids. The others (``min_p``,
+#: ``xtc``, ``dry``, ``penalties``, ``top_n_sigma``) run where KoboldCpp runs them: penalties
+#: and DRY first, min-p after top-p, XTC after the order, top-nσ after temperature.
+LLAMACPP_SAMPLER_IDS: dict[str, int] = {
+    "top_k": 0, "top_p": 2, "tfs_z": 3, "typ_p": 4, "typical_p": 4, "temperature": 5,
+    "temp": 5}
+LLAMACPP_FIXED_PLACE = frozenset({"min_p", "xtc", "dry", "penalties", "top_n_sigma",
+                                  "infill"})
+
+
+def llamacpp_fields(fields: Mapping[str, Any], context: int) -> dict[str, Any]:
+    """A llama.cpp ``/completion`` body with its wire rules turned into KoboldCpp's.
+
+    - ``samplers`` (names, in order) becomes ``sampler_order``, the repetition penalty
+      first (llama.cpp applies its penalties before the chain);
+    - ``repeat_last_n``: 0 turns the penalties off, -1 is the whole ``context``;
+    - ``dry_penalty_last_n``: 0 turns DRY off (-1, the whole context, is KoboldCpp's 0);
+    - ``logit_bias`` entries ``[id, false]`` ban the token (``custom_token_bans``);
+    - ``n_predict`` -1 (until the end) leaves the length to the server's default.
+
+    Raises:
+        SamplerError: ``samplers`` is not a list of known names.
+    """
+    out = dict(fields)
+    names = out.pop("samplers", None)
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SamplerError("samplers", names, "must be a list of sampler names")
+        unknown = [n for n in names
+                   if n not in LLAMACPP_SAMPLER_IDS and n not in LLAMACPP_FIXED_PLACE]
+        if unknown:
+            raise SamplerError("samplers", names, f"unknown sampler {unknown[0]!r}; known: "
+                               f"{', '.join([*LLAMACPP_SAMPLER_IDS, *LLAMACPP_FIXED_PLACE])}")
+        ids = [LLAMACPP_SAMPLER_IDS[n] for n in names if n in LLAMACPP_SAMPLER_IDS]
+        out["sampler_order"] = list(dict.fromkeys([6, *ids]))
+    last_n = out.get("repeat_last_n")
+    if last_n == 0 and not isinstance(last_n, bool):
+        for name in ("repeat_penalty", "repetition_penalty", "rep_pen"):
+            out.pop(name, None)
+        out.update(repeat_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0)
+    elif last_n == -1 and not isinstance(last_n, bool):
+        out["repeat_last_n"] = context
+    if out.get("dry_penalty_last_n") == 0 and not isinstance(out["dry_penalty_last_n"], bool):
+        out["dry_multiplier"] = 0.0
+    bias = out.get("logit_bias")
+    if isinstance(bias, list):
+        banned = [item[0] for item in bias
+                  if isinstance(item, list) and len(item) == 2 and item[1] is False]
+        if banned:
+            out["logit_bias"] = [item for item in bias
+                                 if not (isinstance(item, list) and len(item) == 2
+                                         and item[1] is False)]
+            out["custom_token_bans"] = [*_as_list(out.get("custom_token_bans")), *banned]
+    if out.get("n_predict") == -1 and not isinstance(out["n_predict"], bool):
+        out.pop("n_predict")
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):  # textgen's "id,id"
+        return [int(v) for v in value.split(",") if v.strip().lstrip("-").isdigit()]
+    return list(value) if isinstance(value, list | tuple) else []
+
+
 #: Fields whose wire value -1 means "off / whole context / random" (vLLM, TabbyAPI, ST).
 _MINUS_ONE: dict[str, Any] = {"top_k": 0, "rep_pen_range": 0, "seed": None,
                               "dry_penalty_last_n": 0}
@@ -111,8 +197,10 @@ def settings_from_fields(fields: Mapping[str, Any], base: SamplerSettings,
     Args:
         fields: A request body (any mapping; unknown keys are ignored).
         base: The server's settings; fields absent from the request keep these values.
-        dialect: ``"textgen"`` (OpenAI and text-generation-webui APIs) or ``"koboldcpp"``
-            (KoboldCpp/KoboldAI APIs); picks alias precedence and sampler semantics.
+        dialect: ``"textgen"`` (OpenAI and text-generation-webui APIs), ``"koboldcpp"``
+            (KoboldCpp/KoboldAI APIs) or ``"llamacpp"`` (llama.cpp's server, after
+            ``llamacpp_fields``); picks alias precedence and sampler semantics
+            (``WIRE_DIALECTS``).
 
     Returns:
         Validated settings with ``dialect`` set.
@@ -121,10 +209,10 @@ def settings_from_fields(fields: Mapping[str, Any], base: SamplerSettings,
         SamplerError: A value has the wrong type, is NaN/inf or out of range; ``field`` is
             the wire name the request used.
     """
-    if dialect not in DIALECTS:
-        raise SamplerError("dialect", dialect, f"must be one of {', '.join(DIALECTS)}")
-    aliases = KOBOLDCPP_ALIASES if dialect == "koboldcpp" else TEXTGEN_ALIASES
-    changes: dict[str, Any] = {"dialect": dialect}
+    if dialect not in WIRE_DIALECTS:
+        raise SamplerError("dialect", dialect, f"must be one of {', '.join(WIRE_DIALECTS)}")
+    aliases = _ALIASES[dialect]
+    changes: dict[str, Any] = {"dialect": WIRE_DIALECTS[dialect]}
     used: dict[str, str] = {}  # field -> the wire name its value came from
     for field, names in aliases.items():
         found = _pick(fields, field, names, dialect)
@@ -229,5 +317,8 @@ CATALOG: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
 
 def wire_names(field: str, dialect: str) -> tuple[str, ...]:
     """The wire names a dialect reads for a settings field, its preferred one first."""
-    aliases = KOBOLDCPP_ALIASES if dialect == "koboldcpp" else TEXTGEN_ALIASES
-    return aliases.get(field, ())
+    return _ALIASES.get(dialect, TEXTGEN_ALIASES).get(field, ())
+
+
+_ALIASES = {"textgen": TEXTGEN_ALIASES, "koboldcpp": KOBOLDCPP_ALIASES,
+            "llamacpp": LLAMACPP_ALIASES}

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from limamono import __version__
 from limamono.engine.protocol import Engine
-from limamono.server import kobold, openai, slots, webchat
+from limamono.server import backends, kobold, openai, slots, webchat
 from limamono.server.config import ServerConfig
 from limamono.server.errors import (
     BAD_REQUEST,
@@ -72,6 +72,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None,
     app.include_router(kobold.router(state))
     app.include_router(openai.router(state))
     app.include_router(slots.router(state))
+    app.include_router(backends.router(state))
     if web is not None:
         app.include_router(webchat.router(state, web))
     _add_health(app, state)

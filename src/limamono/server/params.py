@@ -49,14 +49,17 @@ MAX_TOKEN_FIELDS = {
     "koboldcpp": ("max_length", "max_tokens", "max_new_tokens", "n_predict", "num_predict"),
     "textgen": ("max_tokens", "max_new_tokens", "max_completion_tokens", "max_length",
                 "n_predict", "num_predict"),
+    "llamacpp": ("n_predict", "max_tokens", "max_new_tokens", "max_length", "num_predict"),
 }
 STOP_FIELDS = {
     "koboldcpp": ("stop_sequence", "stop", "stopping_strings"),
     "textgen": ("stop", "stopping_strings", "stop_sequence"),
+    "llamacpp": ("stop", "stopping_strings", "stop_sequence"),
 }
 CONTEXT_FIELDS = {
     "koboldcpp": ("max_context_length", "truncation_length", "num_ctx"),
     "textgen": ("truncation_length", "num_ctx", "max_context_length"),
+    "llamacpp": ("truncation_length", "num_ctx", "max_context_length"),
 }
 
 
@@ -300,7 +303,8 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
     Args:
         body: The validated body as a dict (unknown keys included and ignored).
         prompt: The prompt text.
-        dialect: ``koboldcpp`` or ``textgen`` (aliases and sampler semantics).
+        dialect: ``koboldcpp``, ``textgen`` or ``llamacpp`` (aliases and sampler
+            semantics; a ``llamacpp`` body has been through ``wire.llamacpp_fields``).
         clamp: Clamp an over-long reply length (Kobold) instead of refusing it.
         config: The server config (preset, limits).
         engine_context: The engine's context length.
