@@ -157,6 +157,9 @@ def test_length_preset_regenerate_continue_edit_delete_undo(setup) -> None:
     assert engine.prompts[-1].endswith("### Response: (length = short)\nMira Holt:")
     assert engine.settings[-1].temperature == 0.0
     swiped = generate(client, chat_id, action="regenerate")
+    # no length sent: the default label, not the previous request's (a regression)
+    assert engine.prompts[-1].endswith("### Response: (length = long)\nMira Holt:")
+    assert engine.settings[-1].temperature != 0.0
     assert swiped[0]["target"] == "swipe"
     last = swiped[-1]["chat"]["messages"][-1]
     assert (last["swipes"], last["swipe_id"]) == (2, 1)

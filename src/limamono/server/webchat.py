@@ -448,8 +448,8 @@ def _generate(chats: WebChats, chat_id: int, body: Generate, loop: asyncio.Abstr
         session = live.session
         live.engine.loop = loop
         session.settings = settings
-        if body.length is not None:
-            session.response_length = body.length
+        # Every request says its length; none is the default (``long``), never the last one.
+        session.response_length = body.length or fmt.DEFAULT_RESPONSE_LENGTH
         began = time.monotonic()
         pieces, target, base = _start(session, body, live.cancel)
         emit({"type": "start", "target": target,
