@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from limamono.cards import new_card, write_card
 from limamono.cli import app as cli_app
 from limamono.cli import chat_cmd
 from limamono.server import ServerConfig, WebChatConfig, create_app
-from limamono.server.webchat import CSP, STATIC
+from limamono.server.webchat import CSP, QUEUED_AFTER_S, STATIC
 from limamono.store import ChatStore
 from test_chat import ScriptedEngine
 from test_server_fakes import FakeEngine
@@ -340,3 +341,34 @@ def test_serve_refuses_a_db_that_is_not_a_chat_database(tmp_path) -> None:
     result = CliRunner().invoke(cli_app, ["serve", "--db", str(bad)])
     assert result.exit_code == 2
     assert "cannot be used as the chat database" in " ".join(result.output.split())
+
+
+def test_a_reply_that_waits_says_its_place_in_the_queue(tmp_path: Path) -> None:
+    engine = FakeEngine(slow=True, context_length=8192)
+    characters = tmp_path / "c"
+    characters.mkdir()
+    mira_card(characters)
+    web = WebChatConfig(tmp_path / "chats.db", characters)
+    with TestClient(create_app(engine, ServerConfig(queue=4), web)) as client:
+        first = start_chat(client)["id"]
+        second = start_chat(client)["id"]
+        done: list[Any] = []
+        thread = threading.Thread(target=lambda: done.append(client.post(
+            f"/webchat/api/chats/{first}/generate", json={"action": "regenerate"})))
+        thread.start()
+        assert engine.started.wait(5)
+        waiting = threading.Thread(target=lambda: done.append(client.post(
+            f"/webchat/api/chats/{second}/generate", json={"action": "regenerate"})))
+        waiting.start()
+        deadline = time.monotonic() + 5
+        while client.get("/health").json()["waiting"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(QUEUED_AFTER_S * 2)  # long enough for the waiting reply to say so
+        engine.release.set()
+        thread.join(10)
+        waiting.join(10)
+    got = events(done[1].text)
+    assert [e["type"] for e in got][:2] == ["start", "queued"]
+    assert got[1] == {"type": "queued", "position": 1}
+    assert got[-1]["type"] == "done"

@@ -16,14 +16,17 @@ version in the store and reloads the session when another process saved it.
 Generation goes through the server's queue like every other route: the session runs on a
 worker thread with an engine whose ``stream_text`` submits a job to the queue and reads its
 chunks back from the event loop. A reply streams as newline-delimited JSON events
-(``start``, ``text`` with the house-style spans of the text so far, ``done`` with the
-chat and the figures, or ``error``); a failure before the first event (busy, prompt too
+(``start``, ``queued`` with the place in the queue when the reply has to wait, ``text``
+with the house-style spans of the text so far, ``done`` with the chat and the figures,
+or ``error``); a failure before the first event (busy, prompt too
 long, a bad request) is an ordinary HTTP error instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import threading
 import time
@@ -78,6 +81,9 @@ NOT_FOUND = 404
 #: The longest user name and message the page may send (bounds work on hostile input).
 MAX_NAME_CHARS = 100
 MAX_MESSAGE_CHARS = 100_000
+
+#: A reply whose first piece has not come after this long says its place in the queue.
+QUEUED_AFTER_S = 0.25
 
 Action = Literal["send", "reply", "regenerate", "continue"]
 
@@ -166,6 +172,8 @@ class QueuedEngine:
         self.context_length = state.engine.context_length
         self.loop: asyncio.AbstractEventLoop | None = None
         self.job: Job | None = None
+        #: Told ``{"type": "queued", "position": n}`` when a job has to wait its turn.
+        self.notify: Callable[[dict[str, Any]], None] | None = None
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` (no lock: tokenizing does not use the model)."""
@@ -208,9 +216,20 @@ class QueuedEngine:
             except StopAsyncIteration:
                 return None
 
-        finished = False
+        finished, first = False, True
         try:
-            while (chunk := asyncio.run_coroutine_threadsafe(step(), loop).result()) is not None:
+            while True:
+                future = asyncio.run_coroutine_threadsafe(step(), loop)
+                if first:  # still waiting after a moment: say where in the queue
+                    first = False
+                    with contextlib.suppress(concurrent.futures.TimeoutError):
+                        future.result(timeout=QUEUED_AFTER_S)
+                    position = job.position()
+                    if not future.done() and position > 0 and self.notify is not None:
+                        self.notify({"type": "queued", "position": position})
+                chunk = future.result()
+                if chunk is None:
+                    break
                 finished = chunk.finish_reason is not None
                 yield chunk
         finally:
@@ -447,6 +466,7 @@ def _generate(chats: WebChats, chat_id: int, body: Generate, loop: asyncio.Abstr
         live = chats.live(store, chat_id, generating=True)
         session = live.session
         live.engine.loop = loop
+        live.engine.notify = emit
         session.settings = settings
         # Every request says its length; none is the default (``long``), never the last one.
         session.response_length = body.length or fmt.DEFAULT_RESPONSE_LENGTH

@@ -490,6 +490,12 @@ function handleEvent(event, target) {
     renderChat();
     return streamTarget(event.target);
   }
+  if (event.type === "queued") {
+    $("stats").textContent = event.position > 1
+      ? `waiting for the model: ${event.position - 1} replies ahead`
+      : "waiting for the model";
+    return target;
+  }
   if (event.type === "text" && target) {
     renderSpans(target, event.spans);
     const box = $("messages");
