@@ -11,6 +11,7 @@ are fast and every reply is known; one drives the embedded model (marked slow).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import threading
@@ -217,7 +218,7 @@ def test_import_chat_stop_swipe_edit_reload_and_the_terminal(site, page, tmp_pat
     # are drawn together, so not every word is seen on its own)
     seen = page.evaluate("window.__seen")
     assert seen[-1] == 'She nodded slowly. "Sit by the stove."' and len(seen) >= 3, seen
-    assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:])), seen
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(seen)), seen
     engine.pace = 0.01
     assert re.fullmatch(r"7 tokens · [\d.]+ tok/s · context \d+/4096",
                         page.inner_text("#stats"))
