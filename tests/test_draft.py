@@ -172,7 +172,7 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedEngine:
 
     engine = ScriptedEngine(REPLIES)
     monkeypatch.setattr(chat_cmd, "make_engine",
-                        lambda model, adapter, threads=None, backend="auto": engine)
+                        lambda model, adapter, threads=None, backend="auto", llama=None: engine)
     return engine
 
 

@@ -14,7 +14,16 @@ from rich.panel import Panel
 from rich.text import Text
 
 from limamono.cli import chat_cmd
-from limamono.cli.common import err, fail, out, refuse_overwrite
+from limamono.cli.common import (
+    FLASH_ATTN_OPTION,
+    GPU_LAYERS_OPTION,
+    KV_TYPE_OPTION,
+    err,
+    fail,
+    llama_options,
+    out,
+    refuse_overwrite,
+)
 
 #: Card formats ``card generate`` writes, by extension.
 OUTPUT_SUFFIXES = (".png", ".json", ".yaml", ".yml", ".txt")
@@ -38,6 +47,9 @@ def generate_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
                                        "model (default: the engine's choice)."),
+    gpu_layers: str | None = GPU_LAYERS_OPTION,
+    kv_type: str = KV_TYPE_OPTION,
+    flash_attn: str = FLASH_ATTN_OPTION,
 ) -> None:
     """Draft a character sheet with the model and save it as a card (check it before use)."""
     from limamono.cards import CardError, export_card
@@ -49,7 +61,8 @@ def generate_cmd(
     refuse_overwrite(output, force)
     if name is not None and (not name.strip() or "\n" in name):
         fail("--name must be one non-empty line")
-    engine = chat_cmd.make_engine(model, None if adapter == "none" else adapter, threads)
+    engine = chat_cmd.make_engine(model, None if adapter == "none" else adapter, threads,
+                                  llama=llama_options(gpu_layers, kv_type, flash_attn))
     draft = draft_sheet(engine, chat_cmd.make_settings(preset, seed), name,
                         hint.replace("\\n", "\n") if hint else None, max_tokens)
     out.print(Panel(Text(draft.sheet or "(nothing)"), title="draft sheet (generated: check "

@@ -17,7 +17,16 @@ import typer
 from rich.text import Text
 
 from limamono.cli import chat_cmd
-from limamono.cli.common import BACKEND_HELP, err, fail, out
+from limamono.cli.common import (
+    BACKEND_HELP,
+    FLASH_ATTN_OPTION,
+    GPU_LAYERS_OPTION,
+    KV_TYPE_OPTION,
+    err,
+    fail,
+    llama_options,
+    out,
+)
 from limamono.core.conversation import Conversation
 from limamono.util import atomic
 
@@ -58,6 +67,9 @@ def draft_cmd(
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
                                        "model (default: the engine's choice)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    gpu_layers: str | None = GPU_LAYERS_OPTION,
+    kv_type: str = KV_TYPE_OPTION,
+    flash_attn: str = FLASH_ATTN_OPTION,
 ) -> None:
     """Draft conversations with a model in text-completion mode, turn by turn, each turn
     asked for with its length label and generated up to the next header. Every draft is
@@ -92,7 +104,7 @@ def draft_cmd(
     # The adapter's card (trigger, length bounds, stop strings, samplers) as chat uses it.
     settings, policy = chat_cmd.adapter_defaults(adapter, model, preset, None, None)
     engine = chat_cmd.make_engine(model, None if adapter == "none" else adapter, threads,
-                                  backend)
+                                  backend, llama_options(gpu_layers, kv_type, flash_attn))
     for draft_seed, target in zip(seeds, targets, strict=True):
         if not _one_draft(engine, settings, policy, start, plan, draft_seed, target, model,
                           adapter):

@@ -46,7 +46,7 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/slots/{id_slot}", summary="Save, restore or erase a slot's KV cache")
     async def slot_action(id_slot: int, action: str,
                           body: SlotActionRequest | None = None) -> dict[str, Any]:
-        engine = state.engine
+        engine: Any = state.engine  # the llama.cpp engine has the slot methods
         if not hasattr(engine, "save_slot"):
             raise ApiError(501, "this engine has no slots (use a GGUF model: the llama.cpp "
                            "engine)", kind="not_supported_error")
