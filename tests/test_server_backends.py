@@ -146,3 +146,31 @@ def test_completion_probabilities_shape_sillytavern_reads():
     assert completion_probabilities(chunk) == [
         {"content": " the", "probs": [{"tok_str": " the", "prob": 0.5},
                                       {"tok_str": " a", "prob": 0.25}]}]
+
+
+@pytest.mark.parametrize(("route", "fields", "param"), [
+    ("/completion", {"json_schema": {"type": "object"}}, "json_schema"),
+    ("/completion", {"grammar": 'root ::= "yes"'}, "grammar"),
+    ("/v1/completions", {"grammar_string": 'root ::= "yes"'}, "grammar_string"),
+    ("/api/v1/generate", {"grammar": 'root ::= "yes"'}, "grammar"),
+    ("/v1/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_constrained_decoding_is_refused_naming_the_field(route, fields, param):
+    """Free text to a client that parses JSON would fail later and silently."""
+    engine = FakeEngine()
+    with serve(engine) as client:
+        reply = client.post(route, json={"prompt": "Once", "max_tokens": 4, **fields})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == param
+    assert "constrained decoding" in reply.json()["error"]["message"] or param == \
+        "response_format"
+    assert engine.calls == []
+
+
+def test_empty_constraint_fields_pass(shared_dir):
+    """SillyTavern sends grammar "" / grammar_string "" / json_schema {} when they are off."""
+    engine = FakeEngine(context_length=8192)
+    with serve(engine) as client:
+        reply = client.post("/completion", json={**st_llamacpp_body(shared_dir),
+                                                 "json_schema": {}, "grammar": ""})
+    assert reply.status_code == 200, reply.text

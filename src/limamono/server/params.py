@@ -294,6 +294,34 @@ def choices_of(body: Mapping[str, Any]) -> int:
     return n
 
 
+#: Fields that ask for constrained decoding (a grammar or a JSON schema): KoboldCpp's and
+#: llama.cpp's ``grammar``, text-generation-webui's ``grammar_string``, llama.cpp's and
+#: TabbyAPI's ``json_schema``, vLLM's and Aphrodite's ``guided_*``.
+CONSTRAINT_FIELDS = ("grammar", "grammar_string", "json_schema", "guided_json",
+                     "guided_grammar", "guided_regex", "guided_choice")
+
+
+def check_no_constraints(body: Mapping[str, Any]) -> None:
+    """Refuse a request for constrained decoding, which this server does not run.
+
+    Ignoring it would answer free text to a client that parses JSON (SillyTavern's tracker
+    and status-block extensions send ``json_schema``), so the field is named instead.
+    SillyTavern sends the fields empty when they are off (``""``, ``{}``): those pass, as
+    does OpenAI's ``response_format: {"type": "text"}``.
+    """
+    for name in CONSTRAINT_FIELDS:
+        value = body.get(name)
+        if value not in (None, "", {}, []):
+            raise ApiError(BAD_REQUEST, f"{name}: constrained decoding (grammars, JSON "
+                           "schemas) is not supported by this server; fix: leave the "
+                           "field empty (SillyTavern: clear the grammar / JSON schema box)",
+                           field=name)
+    kind = body.get("response_format")
+    if isinstance(kind, Mapping) and kind.get("type") not in (None, "text"):
+        raise ApiError(BAD_REQUEST, f"response_format.type={quote(kind.get('type'))}: only "
+                       "'text' is supported (no JSON mode)", field="response_format")
+
+
 def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool,
                  config: ServerConfig, engine_context: int,
                  extra_stops: Sequence[str] = (),
@@ -319,6 +347,7 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
     n = choices_of(body) if choices else 1
     if not choices:
         check_single_reply(body)
+    check_no_constraints(body)
     ignored = unsupported_fields(body)
     if ignored:  # accepted, as the emulated servers accept them, but the user should know
         log.warning("ignoring fields this server does not implement: %s", ", ".join(ignored))
