@@ -22,17 +22,28 @@ stream is copied, ``llama_memory_seq_cp``; this is how ``n`` choices read a prom
 common prefix, or a ContextShift (:mod:`limamono.engine.kvreuse`) that removes the dropped
 turns with ``llama_memory_seq_rm`` and moves the kept ones down with
 ``llama_memory_seq_add`` (llama.cpp re-rotates their keys).
+
+**LoRA adapters at run time.** Several GGUF LoRA files stay loaded (one
+``llama_adapter_lora`` handle each, with a scale); every stream runs under an adapter set,
+the loaded ones at their scales unless its thread chose another
+(:meth:`LlamaCppEngine.using_adapters`). llama.cpp applies adapters per context, not per
+sequence, so one step batches only the slots of one set and the context's adapters are set
+before its decode (``llama_set_adapters_lora``). Every cached sequence carries the set it
+was computed under (:attr:`_Seq.adapters`): KV reuse only looks at caches of the same set,
+and a set names adapters by load number, so an adapter loaded again under the same name
+never meets its predecessor's caches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,10 +76,35 @@ KV_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2
 FLASH_ATTN: dict[str, int] = {"auto": -1, "off": 0, "on": 1}
 
 
+#: An adapter set: (load number, scale) of each adapter applied, by load number. The KV
+#: caches computed under one set are reused only under the same set.
+AdapterKey = tuple[tuple[int, float], ...]
+
+
+@dataclass
+class Adapter:
+    """A loaded GGUF LoRA adapter.
+
+    Attributes:
+        name: What clients call it (unique among the loaded ones).
+        path: The GGUF LoRA file.
+        scale: Its scale when a request does not choose one.
+        number: Load number (unique over the engine's life; the KV caches' key).
+        handle: llama.cpp's ``llama_adapter_lora`` pointer.
+    """
+
+    name: str
+    path: Path
+    scale: float
+    number: int
+    handle: Any = field(repr=False, default=None)
+
+
 @dataclass(eq=False)  # entries are compared by identity, not by their (large) states
 class _Entry:
     ids: list[int]  # the tokens the saved sequence held
     state: bytes  # llama_state_seq_get_data of that sequence
+    adapters: AdapterKey = ()  # the adapter set the state was computed under
 
 
 class _Seq:
@@ -78,6 +114,7 @@ class _Seq:
         self.engine = engine
         self.id = seq_id
         self.ids: list[int] = []  # the tokens the sequence holds (position = index)
+        self.adapters: AdapterKey = ()  # the adapter set its tokens were computed under
         self.busy = False  # a stream holds it
         self.used = 0  # when a stream last released it (LRU among idle sequences)
         #: A KV-stream copy into it waits for the next decode (llama.cpp copies the
@@ -117,7 +154,9 @@ class LlamaCppEngine(EngineBase):
             ones idle slots hold (0: none, and slots forget their tokens).
         threads: CPU threads (default :data:`DEFAULT_THREADS`, at most the CPU count).
         shift: Allow ContextShift (when the model's cache can shift positions).
-        lora: A GGUF LoRA adapter file to apply (``limamono.models.gguf_lora`` converts PEFT ones).
+        lora: A GGUF LoRA adapter file to apply (``limamono.models.gguf_lora`` converts PEFT
+            ones); more can be loaded later (:meth:`load_adapter`).
+        lora_name: What clients call ``lora`` (default: its file name without ``.gguf``).
         parallel: Slots: streams decoded together in one batch (KV memory grows with it:
             each slot has ``context_length`` cells).
         gpu_layers: Layers offloaded to a GPU; None or -1: all when llama.cpp was built
@@ -139,7 +178,8 @@ class LlamaCppEngine(EngineBase):
                  context_length: int | None = None,
                  cache_entries: int = DEFAULT_CACHE_ENTRIES, threads: int | None = None,
                  shift: bool = True, lora: str | os.PathLike[str] | None = None,
-                 parallel: int = 1, gpu_layers: int | None = None, kv_type: str = "f16",
+                 lora_name: str | None = None, parallel: int = 1,
+                 gpu_layers: int | None = None, kv_type: str = "f16",
                  flash_attn: str = "auto", state_dir: str | os.PathLike[str] | None = None,
                  state_cap_mb: int = DEFAULT_CAP_MB) -> None:
         super().__init__(parallel)
@@ -169,7 +209,10 @@ class LlamaCppEngine(EngineBase):
         self._model: Any = None
         self._ctx: Any = None
         self._batch: Any = None
-        self._lora: Any = None
+        self._adapters: dict[str, Adapter] = {}  # by name, in load order
+        self._numbers = itertools.count(1)
+        self._applied: AdapterKey = ()  # the set the context has now
+        self._choice = threading.local()  # a thread's adapter choice (using_adapters)
         self._ctx_lock = threading.RLock()  # every call on the context and the slots' books
         self._step = threading.Condition(threading.Lock())  # the batching rendezvous
         self._pending: list[_Request] = []
@@ -180,8 +223,10 @@ class LlamaCppEngine(EngineBase):
         self.steps = self.widest_step = 0
         self._load(context_length, threads or min(DEFAULT_THREADS, os.cpu_count() or 1))
         if lora is not None:
-            self._apply_lora(Path(lora))
+            self.load_adapter(lora_name or Path(lora).stem, Path(lora))
         self.lora_path = None if lora is None else Path(lora)
+        #: The set the server started with: the only one whose KV states go to disk.
+        self._base_key = self._default_key()
         self.shift = shift and bool(self._ll.llama_memory_can_shift(self._mem))
         self._seqs = [_Seq(self, i) for i in range(self.parallel)]
         self._saved: list[_Entry] = []  # least recently used first
@@ -235,24 +280,117 @@ class LlamaCppEngine(EngineBase):
         if ll.llama_vocab_get_add_bos(self._vocab):
             self.start_ids = (int(ll.llama_vocab_bos(self._vocab)),)
 
-    def _apply_lora(self, path: Path) -> None:
+    # -- LoRA adapters at run time ---------------------------------------------------
+
+    def load_adapter(self, name: str, path: str | os.PathLike[str], scale: float = 1.0) -> Adapter:
+        """Load the GGUF LoRA file ``path`` as ``name``; new streams apply it at ``scale``
+        unless their thread chooses another set (:meth:`using_adapters`).
+
+        Waits for the current step (the context is locked while llama.cpp reads the file).
+
+        Raises:
+            ValueError: ``name`` is loaded already. ModelError: llama.cpp cannot load it.
+        """
+        path = Path(path)
+        with self._ctx_lock:
+            if name in self._adapters:
+                raise ValueError(f"adapter {name!r} is loaded already; unload it first")
+            llama_lib.log_lines.clear()
+            handle = self._ll.llama_adapter_lora_init(self._model, str(path).encode())
+            if not handle:
+                raise ModelError(f"{path}: llama.cpp cannot load this LoRA adapter ("
+                                 f"{'; '.join(llama_lib.log_lines) or 'no reason given'}); "
+                                 "fix: use --backend torch")
+            adapter = Adapter(name, path, float(scale), next(self._numbers), handle)
+            self._adapters[name] = adapter
+            return adapter
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload adapter ``name`` and forget the KV caches computed under it.
+
+        Raises:
+            KeyError: No adapter of that name. RuntimeError: A running stream uses it.
+        """
+        with self._ctx_lock:
+            adapter = self._adapters.get(name)
+            if adapter is None:
+                raise KeyError(name)
+            if any(seq.busy and any(n == adapter.number for n, _ in seq.adapters)
+                   for seq in self._seqs):
+                raise RuntimeError(f"adapter {name!r} is in use by a running reply; try "
+                                   "again when it ends")
+            if self._applied and any(n == adapter.number for n, _ in self._applied):
+                self._set_context_adapters(())
+            for seq in self._seqs:
+                if any(n == adapter.number for n, _ in seq.adapters):
+                    self._seq_rm(seq.id, -1, -1)
+                    seq.ids, seq.adapters = [], ()
+            self._saved = [e for e in self._saved
+                           if all(n != adapter.number for n, _ in e.adapters)]
+            del self._adapters[name]
+            self._ll.llama_adapter_lora_free(adapter.handle)
+
+    def adapters(self) -> list[Adapter]:
+        """The loaded adapters, in load order."""
+        with self._ctx_lock:
+            return list(self._adapters.values())
+
+    @contextlib.contextmanager
+    def using_adapters(self, choice: Mapping[str, float] | None) -> Iterator[None]:
+        """Streams this thread starts inside the block apply ``choice`` (adapter name to
+        scale; empty: the base model) instead of every loaded adapter at its own scale.
+
+        Raises:
+            KeyError: A name that is not loaded (checked now and when a stream starts).
+        """
+        if choice is not None:
+            missing = [name for name in choice if name not in self._adapters]
+            if missing:
+                raise KeyError(missing[0])
+        before = getattr(self._choice, "value", None)
+        self._choice.value = None if choice is None else dict(choice)
+        try:
+            yield
+        finally:
+            self._choice.value = before
+
+    def _default_key(self) -> AdapterKey:
+        return tuple(sorted((a.number, a.scale) for a in self._adapters.values()))
+
+    def _chosen_key(self) -> AdapterKey:
+        """The adapter set of a stream this thread starts now (under the context lock)."""
+        choice: dict[str, float] | None = getattr(self._choice, "value", None)
+        if choice is None:
+            return self._default_key()
+        key = []
+        for name, scale in choice.items():
+            adapter = self._adapters.get(name)
+            if adapter is None:  # unloaded since the request was checked
+                raise KeyError(name)
+            if scale != 0:
+                key.append((adapter.number, float(scale)))
+        return tuple(sorted(key))
+
+    def _set_context_adapters(self, key: AdapterKey) -> None:
+        """Apply adapter set ``key`` to the context (under the context lock)."""
+        if key == self._applied:
+            return
         ll = self._ll
-        llama_lib.log_lines.clear()
-        self._lora = ll.llama_adapter_lora_init(self._model, str(path).encode())
-        if not self._lora:
-            raise ModelError(f"{path}: llama.cpp cannot load this LoRA adapter ("
-                             f"{'; '.join(llama_lib.log_lines) or 'no reason given'}); fix: use "
-                             "--backend torch")
-        adapters = (ll.llama_adapter_lora_p_ctypes * 1)(self._lora)
-        if ll.llama_set_adapters_lora(self._ctx, adapters, 1, (ctypes.c_float * 1)(1.0)):
-            raise ModelError(f"{path}: llama.cpp could not apply this LoRA adapter")
+        by_number = {a.number: a for a in self._adapters.values()}
+        handles = (ll.llama_adapter_lora_p_ctypes * max(1, len(key)))(
+            *[by_number[n].handle for n, _ in key])
+        scales = (ctypes.c_float * max(1, len(key)))(*[s for _, s in key])
+        if ll.llama_set_adapters_lora(self._ctx, handles, len(key), scales):
+            names = [a.name for a in self._adapters.values() if a.number in dict(key)]
+            raise RuntimeError(f"llama.cpp could not apply the LoRA adapters {names}")
+        self._applied = key
 
     def close(self) -> None:
         """Free the model, the context and the batch (the engine is unusable afterwards)."""
         ll = self._ll
-        if self._lora:
-            ll.llama_adapter_lora_free(self._lora)
-            self._lora = None
+        for adapter in self._adapters.values():
+            ll.llama_adapter_lora_free(adapter.handle)
+        self._adapters.clear()
         if self._batch is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None
@@ -340,10 +478,13 @@ class LlamaCppEngine(EngineBase):
         """The queued requests of the next step: every generating slot's row, then prompt
         chunks (oldest first) while they fit the batch."""
         room = _batch_capacity(self.parallel)
+        # llama.cpp applies adapters per context: a step holds one adapter set (the oldest
+        # queued request's); the others wait for the next step.
+        key = min(self._pending, key=lambda r: r.queued).seq.adapters
         rows = sorted(self._pending, key=lambda r: len(r.ids) > 1)  # stable: FIFO within
         batch: list[_Request] = []
         for request in rows:
-            if len(request.ids) <= room:
+            if request.seq.adapters == key and len(request.ids) <= room:
                 batch.append(request)
                 room -= len(request.ids)
         for request in batch:
@@ -358,6 +499,7 @@ class LlamaCppEngine(EngineBase):
         ll, llama_batch = self._ll, self._batch
         try:
             with self._ctx_lock:
+                self._set_context_adapters(batch[0].seq.adapters)
                 n, last = 0, []
                 for request in batch:
                     pos = len(request.seq.ids)
@@ -399,7 +541,9 @@ class LlamaCppEngine(EngineBase):
 
     def _open_slot(self, ids: list[int]) -> SlotStart:
         with self._ctx_lock:
-            seq, plan = self._place(ids)
+            key = self._chosen_key()
+            seq, plan = self._place(ids, key)
+            seq.adapters = key
             if plan.dropped:
                 start, end = plan.prefix, plan.prefix + plan.dropped
                 self._seq_rm(seq.id, start, end)
@@ -411,18 +555,21 @@ class LlamaCppEngine(EngineBase):
             self._open += 1
         return SlotStart(seq, plan.reused, plan.dropped)
 
-    def _place(self, ids: list[int]) -> tuple[_Seq, Reuse]:
+    def _place(self, ids: list[int], key: AdapterKey) -> tuple[_Seq, Reuse]:
         """An idle sequence loaded with the cached tokens that ``ids`` reuses best (before
-        the shift and the cut), and the plan."""
+        the shift and the cut) among the caches of adapter set ``key``, and the plan."""
         best: _Seq | _Entry | None = None
         plan = Reuse(0)
         sources: list[_Seq | _Entry] = [*self._seqs, *self._saved]
         for source in sources:
+            if source.adapters != key:  # computed under other adapters: never reused
+                continue
             candidate = plan_reuse(source.ids, ids, shift=self.shift)
             if candidate.reused > plan.reused:
                 best, plan = source, candidate
         idle = [s for s in self._seqs if not s.busy]  # never empty: one permit per slot
-        disk = self._store.best(ids, plan.reused) if self._store is not None else None
+        disk = (self._store.best(ids, plan.reused)
+                if self._store is not None and key == self._base_key else None)
         if disk is not None:
             seq = min(idle, key=lambda s: (bool(s.ids), s.used))
             parked = self._park(seq)
@@ -432,10 +579,11 @@ class LlamaCppEngine(EngineBase):
             if loaded:
                 self.restored_tokens += disk[1]
                 return seq, Reuse(disk[1])
-            return self._place(ids)  # the bad file is forgotten: the next best
+            return self._place(ids, key)  # the bad file is forgotten: the next best
         if isinstance(best, _Seq) and not best.busy:
             if 2 * plan.reused < len(best.ids):  # another conversation: keep this one too
-                self._keep_saved(_Entry(list(best.ids), self._save_state(best.id)))
+                self._keep_saved(_Entry(list(best.ids), self._save_state(best.id),
+                                        best.adapters))
             return best, plan
         # The idle sequence that cached least recently (an empty one first) takes it.
         seq = min(idle, key=lambda s: (bool(s.ids), s.used))
@@ -454,7 +602,7 @@ class LlamaCppEngine(EngineBase):
         kept), for the caller to add to the LRU."""
         parked = None
         if seq.ids and self.cache_entries > 1:
-            parked = _Entry(list(seq.ids), self._save_state(seq.id))
+            parked = _Entry(list(seq.ids), self._save_state(seq.id), seq.adapters)
         self._seq_rm(seq.id, -1, -1)
         seq.ids = []
         return parked
@@ -560,6 +708,7 @@ class LlamaCppEngine(EngineBase):
                 raise ValueError(f"{path.name}: not a slot state of this model and build "
                                  f"({'; '.join(llama_lib.log_lines) or 'llama.cpp refused it'})")
             seq.ids = list(tokens[:count.value])
+            seq.adapters = self._base_key  # a slot file does not record its adapters
             return len(seq.ids)
 
     def erase_slot(self, index: int) -> int:
@@ -577,8 +726,8 @@ class LlamaCppEngine(EngineBase):
             if ids is None or self.cache_entries == 0 or slot.copy_pending:
                 self._seq_rm(slot.id, -1, -1)
                 slot.ids = []
-            elif self._store is not None and not any(e.ids == tuple(slot.ids)
-                                                     for e in self._store.entries):
+            elif (self._store is not None and slot.adapters == self._base_key
+                  and not any(e.ids == tuple(slot.ids) for e in self._store.entries)):
                 self._store.save(slot.ids, lambda path: self._save_file(slot, path))
             slot.busy = False
             slot.used = next(self._ticks)

@@ -151,6 +151,7 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
                               context_length=context_length, cache_entries=cache_entries,
                               threads=threads,
                               lora=None if adapter is None else gguf_lora_for(adapter, path),
+                              lora_name=None if adapter is None else Path(adapter).name,
                               parallel=options.parallel, gpu_layers=options.gpu_layers,
                               kv_type=options.kv_type, flash_attn=options.flash_attn,
                               state_dir=options.state_dir, state_cap_mb=options.state_cap_mb)
