@@ -542,3 +542,52 @@ def test_perf_reports_queue_wait_apart_from_cancel_latency() -> None:
     assert (perf["total_gens"], perf["cancelled"]) == (2, 1)
     assert perf["max_queue_wait_s"] >= 1.0  # the skipped job waited for the slot
     assert perf["max_cancel_latency_s"] == 0.0  # ... which is no cancel latency
+
+
+# --------------------------------------------------------------------------- 13: prefill
+
+def test_prefill_chunks_follow_the_measured_speed() -> None:
+    from limamono.engine.loop import CANCEL_CHECK_S, MIN_PREFILL_CHUNK, PREFILL_CHUNK, prefill_chunk
+
+    assert prefill_chunk(None) == MIN_PREFILL_CHUNK  # nothing measured yet: small
+    assert prefill_chunk(0.0) == PREFILL_CHUNK
+    assert prefill_chunk(CANCEL_CHECK_S / 100) == 64  # 100 fit: the power of two below
+    assert prefill_chunk(CANCEL_CHECK_S / 128) == 128
+    assert prefill_chunk(CANCEL_CHECK_S / 10_000) == PREFILL_CHUNK
+    assert prefill_chunk(1.0) == MIN_PREFILL_CHUNK  # a very slow machine: the floor
+
+
+def test_a_cancel_during_prompt_reading_is_seen_within_a_chunk_of_the_target() -> None:
+    from limamono.engine.loop import CANCEL_CHECK_S, SlotStart
+    from limamono.samplers import get_preset
+    from test_phrasebans import ScriptedEngine, ScriptedSlot
+
+    class SlowSlot(ScriptedSlot):
+        def eval(self, ids: Any) -> Any:
+            time.sleep(0.004 * len(ids))  # 512 tokens: 2 s, as a loaded CPU reads them
+            return super().eval(ids)
+
+    class SlowEngine(ScriptedEngine):
+        def _open_slot(self, ids: list[int]) -> SlotStart:
+            return SlotStart(SlowSlot(self.evals), 0)
+
+    engine = SlowEngine()
+    cancel = threading.Event()
+    prompt = [1] * 3000
+    stopped: list[float] = []
+
+    def run() -> None:
+        for _ in engine.stream_tokens(prompt, get_preset("greedy"), 5, cancel):
+            pass
+        stopped.append(time.monotonic())
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(1.0)  # reading the prompt (3000 tokens take 12 s)
+    cancel.set()
+    cancelled = time.monotonic()
+    worker.join(10)
+    chunks = [len(b) - len(a) for a, b in zip([[], *engine.evals], engine.evals, strict=False)]
+    assert stopped and stopped[0] - cancelled < CANCEL_CHECK_S * 2 + 0.3, chunks
+    assert chunks[0] == 16 and max(chunks) <= 64, chunks  # 0.004 s a token: 62 fit
+    assert sum(chunks) < len(prompt)

@@ -216,7 +216,22 @@ def _load(model: str, adapter: str | None, dtype: str, threads: int | None,
           context: int | None, backend: str = "auto", llama: Any = None) -> Any:
     from limamono.cli.engine_cmd import load_engine_for_cli
 
-    return load_engine_for_cli(model, adapter, dtype, threads, backend, context, llama)
+    engine = load_engine_for_cli(model, adapter, dtype, threads, backend, context, llama)
+    warm_up(engine)
+    return engine
+
+
+def warm_up(engine: Any) -> None:
+    """One token of generation before the port opens.
+
+    The first generation of a process pays one-time costs that no cancel can interrupt:
+    importing torch for the samplers, and llama.cpp's first decode (weights paged in,
+    buffers allocated); 5 to 25 s each on a loaded machine. Paid here, the first client's
+    request starts at once and a drop during its prompt reading is seen in time.
+    """
+    from limamono.samplers import get_preset
+
+    engine.generate("Hello", get_preset("greedy"), 1)
 
 
 def web_config(db: Path | None) -> Any:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -51,6 +52,23 @@ if TYPE_CHECKING:
 
 #: Prompt tokens evaluated per forward pass during prefill (bounds the attention memory).
 PREFILL_CHUNK = 512
+#: The fewest prompt tokens per forward pass while a stream reads its prompt.
+MIN_PREFILL_CHUNK = 16
+#: A stream reading its prompt checks for cancellation about this often (seconds): its
+#: chunks are sized from the measured time per prompt token (issue 24: 512-token chunks
+#: took 11 s each on a loaded machine, and a dropped client held the engine that long).
+CANCEL_CHECK_S = 0.25
+
+
+def prefill_chunk(seconds_per_token: float | None) -> int:
+    """Prompt tokens for the next forward pass of a stream: a power of two between
+    ``MIN_PREFILL_CHUNK`` and ``PREFILL_CHUNK`` that takes about ``CANCEL_CHECK_S``
+    (``MIN_PREFILL_CHUNK`` before anything was measured)."""
+    if seconds_per_token is None or seconds_per_token <= 0:
+        return MIN_PREFILL_CHUNK if seconds_per_token is None else PREFILL_CHUNK
+    fits = int(CANCEL_CHECK_S / seconds_per_token)
+    size = 1 << max(fits, 1).bit_length() - 1
+    return max(MIN_PREFILL_CHUNK, min(PREFILL_CHUNK, size))
 
 @dataclass
 class CacheStats:
@@ -195,6 +213,8 @@ class EngineBase:
         self.stats = CacheStats()
         self._slots = threading.BoundedSemaphore(parallel)  # one permit per running stream
         self._owners: set[int] = set()  # thread ids of running streams (deadlock guard)
+        #: Measured seconds per prompt token (a moving average; None: not measured yet).
+        self.prefill_s_per_token: float | None = None
 
     # -- what an engine supplies ----------------------------------------------------------
 
@@ -270,10 +290,11 @@ class EngineBase:
         """Sampled token ids (layer 1); the last is EOS when the model ended the reply.
 
         Stops after EOS, after ``max_new_tokens`` or as soon as ``cancel`` is set (checked
-        before every token and between prefill chunks). With ``settings.seed`` set, the
-        same prompt gives the same tokens whether or not a cached prefix was reused (up to
-        floating-point differences between chunked and whole prefill). Errors are raised
-        on the first ``next()``.
+        before every token and between prefill chunks, which are sized to take about
+        ``CANCEL_CHECK_S``). With ``settings.seed`` set, the same prompt gives the same
+        tokens whether or not a cached prefix was reused (up to floating-point differences
+        between differently chunked prefills: the chunk sizes follow the measured speed).
+        Errors are raised on the first ``next()``.
 
         Raises:
             ValueError: Empty prompt, or ``max_new_tokens`` < 0.
@@ -319,12 +340,22 @@ class EngineBase:
         slot, fed = start.slot, ids[:start.reused]  # fed: the tokens the cache holds, always
         consistent = True  # False while an evaluation may have half-updated the cache
         try:
-            for begin in range(start.reused, len(ids), PREFILL_CHUNK):
+            begin, size = start.reused, MIN_PREFILL_CHUNK
+            while begin < len(ids):
                 if cancel is not None and cancel.is_set():
                     return
+                # Chunks follow the measured speed, so a cancel is seen within about
+                # CANCEL_CHECK_S even on a slow or loaded machine; they at most double
+                # from one to the next (a token costs more the further into the prompt).
+                size = min(2 * size, prefill_chunk(self.prefill_s_per_token)) \
+                    if begin > start.reused else prefill_chunk(self.prefill_s_per_token)
+                chunk = ids[begin:begin + size]
                 consistent = False
-                logits = slot.eval(ids[begin:begin + PREFILL_CHUNK])
-                fed = ids[:begin + PREFILL_CHUNK]
+                took = time.perf_counter()
+                logits = slot.eval(chunk)
+                self._measure_prefill(len(chunk), time.perf_counter() - took)
+                begin += len(chunk)
+                fed = ids[:begin]
                 consistent = True
             self._count(start, len(ids) - start.reused)
             reply = 0  # tokens of the reply in ``context`` after ``ids``
@@ -382,6 +413,12 @@ class EngineBase:
             finally:
                 self._close_slot(start.slot, fed)
         return logits
+
+    def _measure_prefill(self, tokens: int, seconds: float) -> None:
+        # A slowdown counts at once, a speed-up slowly: chunks shrink fast under load.
+        rate = seconds / tokens
+        old = self.prefill_s_per_token
+        self.prefill_s_per_token = rate if old is None or rate > old else 0.75 * old + 0.25 * rate
 
     def _count(self, start: SlotStart, evaluated: int) -> None:
         s = self.stats
