@@ -503,6 +503,7 @@ def test_cli_lists_every_sampler_with_its_dialect_names() -> None:
     for name in ("dry_sequence_breakers", "nsigma", "top_n_sigma", "mirostat_mode",
                  "xtc_probability", "banned_strings", "logit_bias", "dynatemp_range"):
         assert name in result.output
+    assert "llama.cpp names" in result.output and "samplers (names)" in result.output
     assert "limamono-dry" in CliRunner().invoke(app, ["samplers", "list"]).output
 
 

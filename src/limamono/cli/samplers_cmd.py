@@ -24,11 +24,13 @@ def samplers_cmd(ctx: typer.Context) -> None:
     from limamono.samplers.wire import CATALOG, wire_names
 
     table = Table("sampler", "textgen / OpenAI names", "KoboldCpp names",
-                  "sampler_priority", "sampler_order")
+                  "llama.cpp names (KoboldCpp rules)", "sampler_priority", "sampler_order")
     for label, fields, priority, order in CATALOG:
-        textgen = ", ".join(n for f in fields for n in wire_names(f, "textgen"))
-        kobold = ", ".join(n for f in fields for n in wire_names(f, "koboldcpp"))
-        table.add_row(label, escape(textgen), escape(kobold), priority, order)
+        names = [", ".join(n for f in fields for n in wire_names(f, dialect))
+                 for dialect in ("textgen", "koboldcpp", "llamacpp")]
+        if "sampler_order" in fields:  # llama.cpp's order is a list of names
+            names[2] = "samplers (names), " + names[2]
+        table.add_row(label, *(escape(n) for n in names), priority, order)
     out.print(table)
 
 
