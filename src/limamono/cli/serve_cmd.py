@@ -107,6 +107,15 @@ def register(app: typer.Typer) -> None:
         api_key: str | None = typer.Option(
             None, "--api-key", envvar="LIMAMONO_API_KEY",
             help="Require 'Authorization: Bearer KEY' on every route but health and version."),
+        admin_key: str | None = typer.Option(
+            None, "--admin-key", envvar="LIMAMONO_ADMIN_KEY",
+            help="Turn on the adapter routes (text-generation-webui's /v1/internal/lora/* and "
+            "TabbyAPI's /v1/lora*: list, load, unload LoRA adapters at run time; llama.cpp "
+            "engine only), which then need 'Authorization: Bearer KEY' or 'X-Admin-Key: "
+            "KEY'. Without it they answer 403."),
+        lora_dir: Path | None = typer.Option(
+            None, "--lora-dir", help="Folder of the adapters the adapter routes may load by "
+            "name: PEFT adapter folders (converted to GGUF LoRA once) and .gguf LoRA files."),
         context: int | None = typer.Option(None, "--context",
                                            help="Context length in tokens (default: the "
                                                 "model's)."),
@@ -198,6 +207,12 @@ def register(app: typer.Typer) -> None:
         web = web_config(db)
         if slot_save_path is not None:
             config = dataclasses.replace(config, slot_save_path=Path(slot_save_path))
+        if admin_key is not None or lora_dir is not None:
+            if admin_key is not None and not admin_key.strip():
+                fail("--admin-key is empty: pass a non-empty key or leave it out")
+            if lora_dir is not None and not lora_dir.is_dir():
+                fail(f"--lora-dir {lora_dir}: no such folder")
+            config = dataclasses.replace(config, admin_key=admin_key, lora_dir=lora_dir)
         from limamono.models.resolve import limamono_home
 
         llama = llama_options(gpu_layers, kv_type, flash_attn, parallel,

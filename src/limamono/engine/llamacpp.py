@@ -330,6 +330,16 @@ class LlamaCppEngine(EngineBase):
             del self._adapters[name]
             self._ll.llama_adapter_lora_free(adapter.handle)
 
+    def set_adapter_scale(self, name: str, scale: float) -> None:
+        """The scale new streams apply adapter ``name`` at (its caches stay apart: the
+        scale is part of their key).
+
+        Raises:
+            KeyError: No adapter of that name.
+        """
+        with self._ctx_lock:
+            self._adapters[name].scale = float(scale)
+
     def adapters(self) -> list[Adapter]:
         """The loaded adapters, in load order."""
         with self._ctx_lock:

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from limamono import __version__
 from limamono.engine.protocol import Engine
-from limamono.server import backends, kobold, openai, slots, webchat
+from limamono.server import adapters, backends, kobold, openai, slots, webchat
 from limamono.server.config import ServerConfig
 from limamono.server.errors import (
     BAD_REQUEST,
@@ -38,8 +38,9 @@ from limamono.server.state import ServerState
 from limamono.server.webchat import WebChatConfig
 from limamono.util.untrusted import quote
 
-#: Routes that need no API key: liveness and the version checks clients make first.
-PUBLIC_PATHS = frozenset({"/health", *kobold.PUBLIC_PATHS})
+#: Routes that need no API key: liveness and the version checks clients make first (and the
+#: adapter routes, which check the admin key themselves, as text-generation-webui does).
+PUBLIC_PATHS = frozenset({"/health", *kobold.PUBLIC_PATHS, *adapters.ADMIN_PATHS})
 
 
 def create_app(engine: Engine, config: ServerConfig | None = None,
@@ -73,6 +74,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None,
     app.include_router(openai.router(state))
     app.include_router(slots.router(state))
     app.include_router(backends.router(state))
+    app.include_router(adapters.router(state))
     if web is not None:
         app.include_router(webchat.router(state, web))
     _add_health(app, state)

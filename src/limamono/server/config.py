@@ -38,6 +38,8 @@ class ServerConfig:
         cpu_threads: Request steps (building and fitting prompts, tokenizing) run in at
             most this many threads at once, off the event loop.
         cpu_waiting: Requests allowed to wait for such a thread; more get 503.
+        admin_key: The key of the adapter routes (``--admin-key``); None: they are off.
+        lora_dir: Folder of the adapters those routes may load by name (``--lora-dir``).
     """
 
     preset: str = "limamono"
@@ -56,6 +58,8 @@ class ServerConfig:
     slot_save_path: Path | None = None
     cpu_threads: int = 2
     cpu_waiting: int = 64
+    admin_key: str | None = None
+    lora_dir: Path | None = None
 
     def __post_init__(self) -> None:
         """Check the limits; raise ValueError naming the option and its allowed range."""
@@ -70,6 +74,8 @@ class ServerConfig:
                 raise ValueError(f"{name}={value!r}: must be a whole number >= {low}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: pass a non-empty key or none at all")
+        if self.admin_key is not None and not self.admin_key.strip():
+            raise ValueError("admin_key is empty: pass a non-empty key or none at all")
         self.sampler_settings()  # an unknown preset fails now, not at the first request
 
     def sampler_settings(self) -> SamplerSettings:

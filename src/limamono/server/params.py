@@ -108,6 +108,52 @@ class GenerationRequest:
     chat: ChatPrompt | None = None
     context_field: str | None = None
     n: int = 1
+    #: llama.cpp's per-request ``lora`` field as sent (checked by :func:`request_adapters`).
+    lora: Any = None
+    #: The adapter set chosen (name to scale); None: every loaded adapter at its scale.
+    adapters: dict[str, float] | None = None
+
+
+#: Largest LoRA scale a client may give (llama.cpp takes any float; beyond this is a typo).
+MAX_SCALE = 10.0
+
+
+def request_adapters(value: Any, engine: Any) -> dict[str, float] | None:
+    """A request's adapter choice from llama.cpp's ``lora`` field (name to scale); None
+    when the body has none (``tools/server/README.md``: adapters not named get scale 0).
+
+    Raises:
+        ApiError: 400 naming the field: not a list of ``{"id", "scale"}``, an id that is
+            not loaded, a scale out of range, or an engine without run-time adapters.
+    """
+    if value is None:
+        return None
+    if not hasattr(engine, "using_adapters"):
+        raise ApiError(BAD_REQUEST, "lora: choosing adapters per request needs the llama.cpp "
+                       "engine (a GGUF model); torch merges --adapter into the weights",
+                       field="lora")
+    if not isinstance(value, list):
+        raise ApiError(BAD_REQUEST, 'lora: must be a list of {"id": N, "scale": X}',
+                       field="lora")
+    loaded = engine.adapters()
+    choice = {a.name: 0.0 for a in loaded}
+    for i, item in enumerate(value):
+        where = f"lora[{i}]"
+        if not isinstance(item, dict) or set(item) - {"id", "scale"} or "id" not in item:
+            raise ApiError(BAD_REQUEST, f'{where}: must be {{"id": N, "scale": X}}',
+                           field=where)
+        index, scale = item["id"], item.get("scale", 1.0)
+        if isinstance(index, bool) or not isinstance(index, int) or \
+                not 0 <= index < len(loaded):
+            raise ApiError(BAD_REQUEST, f"{where}.id={quote(index)}: no loaded adapter has "
+                           f"that id ({len(loaded)} loaded; GET /v1/lora lists them)",
+                           field=f"{where}.id")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or \
+                not -MAX_SCALE <= scale <= MAX_SCALE:
+            raise ApiError(BAD_REQUEST, f"{where}.scale={quote(scale)}: must be a number "
+                           f"from {-MAX_SCALE} to {MAX_SCALE}", field=f"{where}.scale")
+        choice[loaded[index].name] = float(scale)
+    return choice
 
 
 def dialect_of(body: Mapping[str, Any]) -> str:
@@ -362,6 +408,7 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
         genkey=body.get("genkey"),
         context_field=found[0] if found is not None else None,
         n=n,
+        lora=body.get("lora"),
     )
 
 

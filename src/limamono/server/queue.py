@@ -27,7 +27,9 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from limamono.engine.protocol import Engine, TextChunk
 from limamono.samplers import SamplerSettings
@@ -348,20 +350,30 @@ class GenerationQueue:
             if job.cancel.is_set():
                 job.put((choice, TextChunk("", finish_reason="cancelled")))
                 return
-            for chunk in self.engine.stream_text(job.prompt, job.choice_settings(choice),
-                                                 request.max_new_tokens, request.stop,
-                                                 cancel=job.cancel, truncation="left"):
-                if choice == 0:
-                    job.text.append(chunk.text)
-                job.put((choice, chunk))
-                if not forked:
-                    forked = True
-                    self._fork(job)
+            with self._adapters(request.adapters):
+                for chunk in self.engine.stream_text(job.prompt, job.choice_settings(choice),
+                                                     request.max_new_tokens, request.stop,
+                                                     cancel=job.cancel, truncation="left"):
+                    if choice == 0:
+                        job.text.append(chunk.text)
+                    job.put((choice, chunk))
+                    if not forked:
+                        forked = True
+                        self._fork(job)
         except Exception as error:  # thread boundary: the handler turns it into a reply
             job.put(error)
         finally:
             if not forked:  # choice 0 ended before any chunk: the others still run
                 self._fork(job)
+
+    def _adapters(self, choice: dict[str, float] | None) -> AbstractContextManager[None]:
+        """The request's adapter set for the streams this thread runs (the llama.cpp
+        engine's ``using_adapters``); nothing to do without a choice."""
+        if choice is None:
+            return nullcontext()
+        engine: Any = self.engine  # the llama.cpp engine (request_adapters checked it)
+        using: AbstractContextManager[None] = engine.using_adapters(choice)
+        return using
 
     def _count(self, job: Job) -> None:
         stats = self.stats

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -15,7 +15,7 @@ from limamono.core.policy import ContextOverflowError
 from limamono.engine.protocol import Engine
 from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, BUSY, ApiError
-from limamono.server.params import GenerationRequest, fit_to_context
+from limamono.server.params import GenerationRequest, fit_to_context, request_adapters
 from limamono.server.queue import GenerationQueue, Job, QueueFullError
 from limamono.server.streaming import Reply, collect_choices
 
@@ -39,6 +39,9 @@ class ServerState:
     queue: GenerationQueue
     _limiter: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
     _cpu_pending: int = field(default=0, init=False, repr=False)
+    #: An adapter load or unload is running (``limamono.server.adapters``): new
+    #: generation requests get 503.
+    adapter_loading: bool = field(default=False, init=False)
 
     @property
     def model_name(self) -> str:
@@ -79,8 +82,15 @@ class ServerState:
 
         def prepare() -> tuple[GenerationRequest, str]:
             request = build()
+            if request.lora is not None:
+                request = replace(request, adapters=request_adapters(request.lora,
+                                                                     self.engine))
             return request, fit_to_context(self.engine, request)
 
+        if self.adapter_loading:
+            raise ApiError(BUSY, "an adapter is loading; try again in a moment",
+                           kind="service_unavailable",
+                           headers={"Retry-After": str(self.config.retry_after_s)})
         request, prompt = await self.cpu(prepare)
         try:
             return self.queue.submit(request, prompt)
