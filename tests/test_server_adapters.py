@@ -245,3 +245,17 @@ def test_load_changes_the_greedy_reply_and_unload_restores_it(tmp_path, monkeypa
             assert reply() == base
     finally:
         engine.close()
+
+
+def test_with_an_api_key_the_admin_key_alone_opens_the_adapter_routes_only(tmp_path):
+    config = ServerConfig(api_key="k", admin_key=KEY, lora_dir=_lora_dir(tmp_path))
+    with TestClient(create_app(AdapterEngine(), config)) as client:
+        assert client.get("/v1/lora", headers=ADMIN).status_code == 200
+        assert client.get("/v1/lora", headers={"Authorization": "Bearer k",
+                                               "X-Admin-Key": KEY}).status_code == 200
+        response = client.get("/v1/lora", headers={"Authorization": "Bearer k"})
+        assert response.status_code == 401  # the API key is not the admin key
+        assert "admin key" in response.json()["error"]["message"]
+        assert client.get("/v1/lora").status_code == 401
+        assert client.post("/v1/completions", json={"prompt": "Hi"},
+                           headers=ADMIN).status_code == 401

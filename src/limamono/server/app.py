@@ -38,9 +38,8 @@ from limamono.server.state import ServerState
 from limamono.server.webchat import WebChatConfig
 from limamono.util.untrusted import quote
 
-#: Routes that need no API key: liveness and the version checks clients make first (and the
-#: adapter routes, which check the admin key themselves, as text-generation-webui does).
-PUBLIC_PATHS = frozenset({"/health", *kobold.PUBLIC_PATHS, *adapters.ADMIN_PATHS})
+#: Routes that need no API key: liveness and the version checks clients make first.
+PUBLIC_PATHS = frozenset({"/health", *kobold.PUBLIC_PATHS})
 
 
 def create_app(engine: Engine, config: ServerConfig | None = None,
@@ -82,7 +81,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None,
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     if config.api_key is not None:
         public = PUBLIC_PATHS | (webchat.PUBLIC_PATHS if web is not None else frozenset())
-        app.add_middleware(BearerAuth, key=config.api_key, public=public)
+        app.add_middleware(BearerAuth, key=config.api_key, public=public,
+                           admin_key=config.admin_key)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -316,21 +316,38 @@ class HostOriginGuard:
 
 
 class BearerAuth:
-    """Require ``Authorization: Bearer <key>`` on every path but ``public`` (constant time)."""
+    """Require ``Authorization: Bearer <key>`` on every path but ``public`` (constant time).
 
-    def __init__(self, app: ASGIApp, key: str, public: frozenset[str]) -> None:
+    The adapter routes (``limamono.server.adapters``) also pass with the admin key instead
+    (as text-generation-webui's admin routes need only it); they check it themselves.
+    """
+
+    def __init__(self, app: ASGIApp, key: str, public: frozenset[str],
+                 admin_key: str | None = None) -> None:
         self.app = app
         self.key = key.encode()
         self.public = public
+        self.admin_key = None if admin_key is None else admin_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass authorised requests on; answer 401 to the others."""
-        if scope["type"] != "http" or scope["path"] in self.public or self._authorised(scope):
+        if scope["type"] != "http" or scope["path"] in self.public or self._authorised(scope) \
+                or self._admin(scope):
             await self.app(scope, receive, send)
             return
         await _reply(scope, receive, send, UNAUTHORIZED,
                      "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
                      headers={"WWW-Authenticate": "Bearer"}, kind="authentication_error")
+
+    def _admin(self, scope: Scope) -> bool:
+        """An adapter route called with the admin key (Bearer or ``X-Admin-Key``)."""
+        if self.admin_key is None or scope["path"] not in adapters.ADMIN_PATHS:
+            return False
+        headers = dict(scope.get("headers", []))
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        given = headers.get(b"x-admin-key") or (token.strip() if scheme.lower() == b"bearer"
+                                                 else b"")
+        return hmac.compare_digest(given, self.admin_key)
 
     def _authorised(self, scope: Scope) -> bool:
         header = next((v for k, v in scope.get("headers", []) if k == b"authorization"), b"")

@@ -314,6 +314,9 @@ def router(state: ServerState) -> APIRouter:
     @api.get("/v1/internal/model/info", summary="Model and LoRA names (text-generation-webui)")
     async def model_info() -> dict[str, Any]:
         loras = [state.config.adapter_name] if state.config.adapter_name else []
+        adapters = getattr(state.engine, "adapters", None)
+        if adapters is not None:  # llama.cpp: the loaded ones (they change at run time)
+            loras = [a.name for a in adapters()]
         return {"model_name": state.model_name, "lora_names": loras,
                 "context_length": state.engine.context_length,
                 "prompt_policy": state.config.prompt_policy.name}
