@@ -164,9 +164,10 @@ def test_tabby_and_textgen_shapes_list_load_and_unload(tmp_path):
                            json={"lora_names": ["b"]}).json() == "OK"
         assert [(a.name, a.scale) for a in engine.loaded] == [("b", 1.0)]
         response = client.post("/v1/internal/lora/load", headers=ADMIN,
-                               json={"lora_names": ["nope"]})
+                               json={"lora_names": ["a", "nope"]})
         assert response.status_code == 400
         assert "adapter 'nope': not in --lora-dir" in response.json()["error"]["message"]
+        assert [a.name for a in engine.loaded] == ["b"]  # nothing unloaded by the refusal
         assert client.post("/v1/internal/lora/unload", headers=ADMIN).json() == "OK"
         assert engine.loaded == []
 

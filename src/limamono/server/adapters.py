@@ -183,6 +183,10 @@ def router(state: ServerState) -> APIRouter:
         engine = _check_admin(state, request)
         with _Loading(state):
             loaded = {a.name for a in engine.adapters()}
+            available = _available(state)
+            unknown = [n for n in body.lora_names if n not in loaded and n not in available]
+            if unknown:  # refused before anything is unloaded: all or nothing
+                _load(state, engine, unknown[0], 1.0)
             for adapter in engine.adapters():
                 if adapter.name not in body.lora_names:
                     await run(engine.unload_adapter, adapter.name)
