@@ -102,7 +102,9 @@ def sharp_engine(tiny_model_dir):
 
 
 def _seeded(seed: int = 3):
-    return replace(get_preset("limamono"), seed=seed)
+    # The card's samplers without the soft landing (tests/test_soft_landing.py has it):
+    # these tests count on replies running to their cap.
+    return replace(get_preset("limamono"), seed=seed, soft_landing=False)
 
 
 PROMPT = "Mira looked out over the harbour. The boats were"

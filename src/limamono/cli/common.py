@@ -89,6 +89,11 @@ def llama_options(gpu_layers: str | None, kv_type: str, flash_attn: str,
 MODEL_HELP = ("Model: smollm2-135m (embedded; either backend), a .gguf file (llama.cpp "
               "backend), an HF folder or a cached hub id (torch backend).")
 
+#: ``--soft-landing/--no-soft-landing`` help, the same on every command that generates.
+SOFT_LANDING_HELP = ("Steer a reply near its token budget to end at a sentence end with its "
+                     "quote or thought closed (on where the sampler preset has it: "
+                     "limamono); --no-soft-landing turns it off.")
+
 
 def visible(text: str) -> str:
     """``text`` with every control and invisible format character shown visibly.

@@ -20,6 +20,7 @@ from limamono.cli.common import (
     GPU_LAYERS_OPTION,
     KV_TYPE_OPTION,
     MODEL_HELP,
+    SOFT_LANDING_HELP,
     dim,
     err,
     fail,
@@ -185,6 +186,8 @@ def generate_cmd(
                                    "text never includes it. Escapes like \\n are understood."),
     ban: list[str] = typer.Option([], "--ban", help="A phrase never to generate (repeatable; "
                                   "case-insensitive): the engine rewinds and resamples."),
+    soft_landing: bool = typer.Option(True, "--soft-landing/--no-soft-landing",
+                                      help=SOFT_LANDING_HELP),
 ) -> None:
     """Continue a prompt with a model, streaming the text to stdout.
 
@@ -202,6 +205,8 @@ def generate_cmd(
             settings = replace(settings, seed=seed)
         if ban:
             settings = settings.replace(banned_strings=(*settings.banned_strings, *ban))
+        if not soft_landing:
+            settings = settings.replace(soft_landing=False)
     except (SamplerError, ValueError) as exc:
         fail(str(exc))
     stops = [s.encode("utf-8").decode("unicode_escape") if "\\" in s else s for s in stop]

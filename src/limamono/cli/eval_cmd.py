@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from limamono.cli.common import err, fail, out
+from limamono.cli.common import SOFT_LANDING_HELP, err, fail, out
 from limamono.models.resolve import DTYPE_HELP
 
 
@@ -44,6 +44,8 @@ def eval_cmd(
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (1 is best on "
                                        "a busy machine)."),
+    soft_landing: bool = typer.Option(True, "--soft-landing/--no-soft-landing",
+                                      help=SOFT_LANDING_HELP),
 ) -> None:
     """Evaluate the base model and adapters on held-out conversations.
 
@@ -66,7 +68,8 @@ def eval_cmd(
     try:
         config = EvalConfig(data=data, model=model, adapters=tuple(adapter), lengths=chosen,
                             samples=samples, seed=seed, max_new_tokens=max_tokens,
-                            preset=preset, policy=policy, dtype=dtype, threads=threads)
+                            preset=preset, policy=policy, dtype=dtype, threads=threads,
+                            soft_landing=soft_landing)
     except ValueError as exc:
         fail(str(exc))
     if not data.is_dir():

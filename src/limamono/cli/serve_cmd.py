@@ -18,6 +18,7 @@ from limamono.cli.common import (
     GPU_LAYERS_OPTION,
     KV_TYPE_OPTION,
     MODEL_HELP,
+    SOFT_LANDING_HELP,
     err,
     fail,
     llama_options,
@@ -58,11 +59,13 @@ def server_config(preset: str | None, queue: int, api_key: str | None,
                   adapter: str | None, model: str | None = None, policy: str | None = None,
                   trigger: str | None = None, bans: tuple[str, ...] = (),
                   allowed_hosts: tuple[str, ...] = (),
-                  ) -> tuple[Any, tuple[str, ...]]:
+                  soft_landing: bool = True) -> tuple[Any, tuple[str, ...]]:
     """The :class:`~limamono.server.ServerConfig` for the options, and notes to show.
 
     The adapter's card (``limamono.json``) gives the prompt policy and the samplers unless
-    an option is given explicitly. Raises ValueError for a bad option or card.
+    an option is given explicitly; ``soft_landing`` False turns it off in the base
+    settings (a request may still send ``soft_landing``). Raises ValueError for a bad
+    option or card.
     """
     from limamono.models import adapter_card
     from limamono.models.resolve import resolve_adapter
@@ -82,6 +85,11 @@ def server_config(preset: str | None, queue: int, api_key: str | None,
             samplers = base.replace(banned_strings=(*base.banned_strings, *bans))
         except SamplerError as error:
             raise ValueError(f"--ban: {error}") from None
+    if not soft_landing:
+        from limamono.samplers import get_preset
+
+        base = samplers if samplers is not None else get_preset(chosen.preset)
+        samplers = base.replace(soft_landing=False)
     config = ServerConfig(preset=chosen.preset, queue=queue, api_key=api_key or None,
                           cors_origins=tuple(cors_origins), allowed_hosts=allowed_hosts,
                           max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -179,6 +187,8 @@ def register(app: typer.Typer) -> None:
         max_connections: int = typer.Option(
             512, "--max-connections", help="Open connections at most; more get 503 and are "
             "closed at once (lowered to what `ulimit -n` allows)."),
+        soft_landing: bool = typer.Option(True, "--soft-landing/--no-soft-landing",
+                                          help=SOFT_LANDING_HELP),
     ) -> None:
         if context is not None and context < 1:
             fail(f"--context must be a positive number of tokens, got {context}")
@@ -196,7 +206,8 @@ def register(app: typer.Typer) -> None:
         try:
             config, notes = server_config(preset, queue, api_key, cors_origin, max_body_mb,
                                           max_tokens, adapter, model, policy, trigger,
-                                          tuple(ban), (*allow_host, host))
+                                          tuple(ban), (*allow_host, host),
+                                          soft_landing=soft_landing)
         except ValueError as error:
             fail(str(error))
         for note in notes:

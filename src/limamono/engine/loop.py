@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     import torch
 
     from limamono.samplers import SamplerSettings
+    from limamono.samplers.candidates import Stage
     from limamono.samplers.vocab import Vocabulary
 
 #: Prompt tokens evaluated per forward pass during prefill (bounds the attention memory).
@@ -364,8 +365,10 @@ class EngineBase:
                     return
                 n = len(ids) + reply
                 if sampler is None:
-                    sampler = make_sampler(settings, self.vocabulary(logits.numel()),
-                                           self.context_length)
+                    vocab = self.vocabulary(logits.numel())
+                    sampler = make_sampler(settings, vocab, self.context_length,
+                                           self._landing(settings, vocab, len(ids),
+                                                         max_new_tokens))
                 token = sampler.sample(context[:n], _banned(logits, control.bans.get(reply)),
                                        generator)
                 context[n] = token
@@ -394,6 +397,19 @@ class EngineBase:
                 consistent = True
         finally:
             self._close_slot(slot, fed if consistent else None)
+
+    def _landing(self, settings: SamplerSettings, vocab: Vocabulary, prompt_length: int,
+                 budget: int) -> Stage | None:
+        """The soft-landing stage of one generation (``settings.soft_landing``), or None.
+
+        Its budget is the generation's ``max_new_tokens``: the length label's token budget
+        where the caller decided one (evaluation, drafting), else the request's cap.
+        """
+        if not settings.soft_landing:
+            return None
+        from limamono.engine.landing import soft_landing_stage
+
+        return soft_landing_stage(vocab, prompt_length, budget, self._reply_text)
 
     def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
         """Next-token logits after ``ids`` [vocab], fp32 on CPU, reusing and updating the

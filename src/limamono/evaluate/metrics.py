@@ -19,13 +19,14 @@ from limamono.core.conversation import LENGTHS
 from limamono.evaluate.intervals import RESAMPLES, Verdict, bootstrap_interval, verdict, wilson
 from limamono.quality.targets import TARGETS
 from limamono.style.lint import COMPLIANCE_RULES
+from limamono.style.spans import SENTENCE_END
 
 #: The prose rules that count for style compliance (``limamono.style.COMPLIANCE_RULES``);
 #: the format rules are measured by format integrity instead.
 STYLE_RULES = COMPLIANCE_RULES
 
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]+")
-_SENTENCE_END = re.compile(r"[.!?][\"_*']*(?=\s|$)")
+_SENTENCE_END = SENTENCE_END  # one rule, in limamono.style.spans
 _MIN_REPEAT_WORDS = 4
 
 

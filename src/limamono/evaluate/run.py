@@ -65,6 +65,8 @@ class EvalConfig:
         dtype: model dtype (``auto``, ``bf16``, ``fp32``); on CPUs without native bf16,
             ``fp32`` evaluates long prompts several times faster.
         threads: torch threads (None: torch's default).
+        soft_landing: as each variant's samplers say (the ``limamono`` preset: on); False
+            turns the soft landing off for every variant (``--no-soft-landing``).
     """
 
     data: Path
@@ -79,6 +81,7 @@ class EvalConfig:
     seq_len: int = 2048
     dtype: str = "auto"
     threads: int | None = None
+    soft_landing: bool = True
 
     def __post_init__(self) -> None:
         problems = [f"length {x!r} is not one of {', '.join(LENGTHS)}"
@@ -200,13 +203,15 @@ def generate_samples(engine: Any, prompts: Sequence[Prompt], config: EvalConfig,
     """Generate and check one reply per prompt, under the variant's policy and samplers."""
     chosen = defaults or adapter_card.defaults(None, config.preset, config.policy)
     policy = chosen.policy
+    samplers = chosen.samplers if config.soft_landing \
+        else chosen.samplers.replace(soft_landing=False)
     out = []
     for prompt in prompts:
         conv = prompt.conversation
         text = policy.render(conv, response_length=prompt.requested_length)
         budget = token_budget(prompt.requested_length, config.max_new_tokens,
                               policy.length_bounds)
-        done = engine.generate(text, chosen.samplers.replace(seed=prompt.seed), budget,
+        done = engine.generate(text, samplers.replace(seed=prompt.seed), budget,
                                stop=policy.stop_strings(conv.user.name))
         check = check_reply(done.text, char_name=conv.character.name,
                             user_name=conv.user.name, history=prompt.history,

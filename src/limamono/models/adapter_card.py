@@ -9,6 +9,7 @@ defaults. A card from a newer version is read as far as it is understood, with a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,12 +59,22 @@ class AdapterCard:
                             self.stop_strings)
 
     def sampler_settings(self) -> Any:
-        """The card's sampler settings: the saved values, else the named preset."""
-        from limamono.samplers import SamplerSettings, get_preset
+        """The card's sampler settings: the saved values, else the named preset.
 
+        A setting newer than the card (``soft_landing`` on cards written before it) takes
+        the named preset's value, so ``limamono`` cards get what the preset has today.
+        """
+        from limamono.samplers import SamplerError, SamplerSettings, get_preset
+
+        try:
+            preset = get_preset(self.preset)
+        except SamplerError:
+            preset = None
         if self.sampler_values is not None:
+            newer = {k: v for k, v in dataclasses.asdict(preset).items()
+                     if k not in self.sampler_values} if preset is not None else {}
             try:
-                return SamplerSettings(**self.sampler_values)
+                return SamplerSettings(**{**newer, **self.sampler_values})
             except (TypeError, ValueError):
                 pass  # values from another version: the preset by name
         return get_preset(self.preset)

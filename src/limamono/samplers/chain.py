@@ -197,7 +197,8 @@ def _koboldcpp_stages(s: SamplerSettings, top_k: int, vocab: Vocabulary | None,
 
 
 def build_stages(s: SamplerSettings, vocab: Vocabulary | None = None,
-                 mirostat: Mirostat | None = None, n_ctx: int | None = None) -> list[Stage]:
+                 mirostat: Mirostat | None = None, n_ctx: int | None = None,
+                 landing: Stage | None = None) -> list[Stage]:
     """The enabled stages of ``s`` in dialect order. Temperature 0 runs as top-k 1.
 
     Args:
@@ -206,9 +207,13 @@ def build_stages(s: SamplerSettings, vocab: Vocabulary | None = None,
             range check of logit biases.
         mirostat: The generation's mirostat state (when ``s.mirostat`` is 1 or 2).
         n_ctx: The engine's context size (KoboldCpp caps its rep-pen window at it).
+        landing: The generation's soft-landing stage (``limamono.engine.landing``), run
+            right after logit bias and bans, in both dialects: its bias then goes through
+            the penalties and truncation samplers like any logit, and a token it forces
+            is one a ban left.
     """
     top_k = 1 if s.temperature == 0.0 else s.top_k
-    stages: list[Stage | None] = [S.bias_stage(s, vocab)]
+    stages: list[Stage | None] = [S.bias_stage(s, vocab), landing]
     if s.dialect == "textgen":
         stages += _textgen_penalties(s)
         stages += [_textgen_stage(name, s, top_k, vocab, mirostat) for name in textgen_order(s)]
@@ -228,13 +233,15 @@ class Sampler:
     settings: SamplerSettings
     vocab: Vocabulary | None = None
     context_length: int | None = None
+    landing: Stage | None = None
 
     def __post_init__(self) -> None:
         s = self.settings
         #: Mirostat's feedback state; one per sampler, so one per generation.
         self.mirostat = Mirostat(s.mirostat, s.mirostat_tau, s.mirostat_eta,
                                  self.vocab.size if self.vocab else 0) if s.mirostat else None
-        self._stages = build_stages(s, self.vocab, self.mirostat, self.context_length)
+        self._stages = build_stages(s, self.vocab, self.mirostat, self.context_length,
+                                    self.landing)
         self._generator: torch.Generator | None = None
         if s.seed is not None:
             self._generator = torch.Generator().manual_seed(s.seed)
@@ -292,17 +299,19 @@ class Sampler:
 
 
 def make_sampler(settings: SamplerSettings, vocab: Vocabulary | None = None,
-                 context_length: int | None = None) -> Sampler:
+                 context_length: int | None = None, landing: Stage | None = None) -> Sampler:
     """The sampler for ``settings``: the one factory the engine, server and tests use.
 
     Build one per generation: mirostat keeps its state in the sampler. ``vocab`` (the
     model's, see ``Vocabulary``) resolves DRY breakers and XTC's newline/EOS exclusion;
     ``context_length`` (the engine's) caps KoboldCpp's rep-pen window as KoboldCpp does.
+    ``landing``: the decode loop's soft-landing stage when ``settings.soft_landing`` is on
+    (it needs the reply's position and text, which only the loop knows).
 
     Raises:
         SamplerError: A setting that needs ``vocab`` without it, or a token id out of range.
     """
-    return Sampler(settings, vocab, context_length)
+    return Sampler(settings, vocab, context_length, landing)
 
 
 def bench_overhead(settings: SamplerSettings | None = None, vocab: int = 49152, n: int = 200,

@@ -236,6 +236,10 @@ class SamplerSettings:
             ``banned_strings``).
         logprobs: Report each generated token's log-probability and the ``logprobs`` most
             likely alternatives (at most 20); None: do not.
+        soft_landing: As a reply nears its token budget, favour ending at a sentence end
+            with its dialogue or thought closed, and force the closing characters in the
+            last tokens (``limamono.engine.landing``); no effect before that window. On in
+            the ``limamono`` presets.
     """
 
     temperature: float = 1.0
@@ -278,6 +282,7 @@ class SamplerSettings:
     ban_eos_token: bool = False
     banned_strings: tuple[str, ...] = ()
     logprobs: int | None = None
+    soft_landing: bool = False
 
     def __post_init__(self) -> None:
         """Validate every field and normalise numbers and sequences to their declared types."""
@@ -334,7 +339,7 @@ def _validated(s: SamplerSettings) -> dict[str, Any]:
 
 def _validated_extras(s: SamplerSettings) -> dict[str, Any]:
     """The checked values of the roleplay samplers (DRY, XTC, mirostat, biases, bans...)."""
-    for flag in ("dynamic_temperature", "ban_eos_token"):
+    for flag in ("dynamic_temperature", "ban_eos_token", "soft_landing"):
         if not isinstance(getattr(s, flag), bool):
             raise SamplerError(flag, getattr(s, flag), "must be true or false")
     return {
@@ -461,9 +466,10 @@ def _bias_pair(item: Any) -> tuple[Any, Any]:
 
 
 _CARD = SamplerSettings(temperature=1.0, tfs=0.85, rep_pen=1.11, rep_pen_range=2048,
-                        top_p=1.0, top_k=0)
+                        top_p=1.0, top_k=0, soft_landing=True)
 
-#: Named presets (the registry). ``limamono`` is the card's settings (SPEC §5);
+#: Named presets (the registry). ``limamono`` is the card's settings (SPEC §5) with the
+#: soft landing on (not a sampler of the card's; ``soft_landing=False`` turns it off);
 #: ``limamono-dry`` is NOT the card's: the card's settings plus DRY at the values SillyTavern
 #: users commonly start from (multiplier 0.8, base 1.75, allowed length 2, the default
 #: breakers, the whole context), for users who want less repetition than the card gives.

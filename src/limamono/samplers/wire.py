@@ -67,6 +67,8 @@ TEXTGEN_ALIASES: dict[str, tuple[str, ...]] = {
     "custom_token_bans": ("custom_token_bans",),
     "ban_eos_token": ("ban_eos_token", "ignore_eos", "use_default_badwordsids", "bypass_eos"),
     "banned_strings": ("banned_strings",),
+    # limamono's own (limamono.engine.landing); no other server reads it.
+    "soft_landing": ("soft_landing",),
 }
 
 #: Field -> wire names, KoboldCpp's native name first.
@@ -310,6 +312,8 @@ CATALOG: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("XTC", ("xtc_threshold", "xtc_probability"), "xtc", "(after the order)"),
     ("ban EOS", ("ban_eos_token",), "(first)", "(first)"),
     ("banned strings (backtracking)", ("banned_strings",), "(engine)", "(engine)"),
+    ("soft landing (limamono's own)", ("soft_landing",), "(after the bans)",
+     "(after the bans)"),
     ("seed", ("seed",), "-", "-"),
     ("order", ("sampler_priority", "sampler_order"), "sampler_priority", "sampler_order"),
 )

@@ -206,3 +206,32 @@ def _can_close(text: str, i: int) -> bool:
         return False
     after_ok = i + 1 == len(text) or not text[i + 1].isalnum()
     return after_ok and i > 0 and not text[i - 1].isspace()
+
+
+#: A sentence end: ``.``, ``!`` or ``?`` (runs included), then any closing delimiters, then
+#: white space or the end of the text. Evaluation finds the complete part of a cut reply
+#: with it, and the soft landing (``limamono.engine.landing``) steers towards it.
+SENTENCE_END = re.compile(r"[.!?][\"_*']*(?=\s|$)")
+
+
+def open_span(text: str) -> SpanKind | None:
+    """The kind of the span still open at the end of ``text`` (its last paragraph), or None.
+
+    Streamed text is judged as ``split_spans`` judges it: ``'He said "Wait'`` ends inside
+    dialogue, ``'_Maybe'`` inside a thought; ``'a_'`` (a lone closer) opens nothing.
+    """
+    spans = split_spans(text)
+    last = spans[-1] if spans else None
+    if last is None or last.closed or last.kind == "narration" or last.end != len(text):
+        return None
+    return last.kind
+
+
+def ends_sentence(text: str) -> bool:
+    """Whether ``text`` (trailing white space aside) ends at a sentence end with no span
+    left open: ``'She nodded. "Yes."'`` does; ``'"Yes.'`` and ``'She nodded'`` do not."""
+    body = text.rstrip()
+    if not body:
+        return False
+    ends = [m.end() for m in SENTENCE_END.finditer(body)]
+    return bool(ends) and ends[-1] == len(body) and open_span(body) is None

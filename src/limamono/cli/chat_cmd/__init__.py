@@ -29,6 +29,7 @@ from limamono.cli.common import (
     GPU_LAYERS_OPTION,
     KV_TYPE_OPTION,
     MODEL_HELP,
+    SOFT_LANDING_HELP,
     dim,
     err,
     fail,
@@ -119,6 +120,8 @@ def chat_cmd(
                                    "$LIMAMONO_HOME/chats.db)."),
     ban: list[str] = typer.Option([], "--ban", help="A phrase never to generate (repeatable; "
                                   "case-insensitive): the engine rewinds and resamples."),
+    soft_landing: bool = typer.Option(True, "--soft-landing/--no-soft-landing",
+                                      help=SOFT_LANDING_HELP),
 ) -> None:
     """Chat with a character in the terminal (one line a message; /help for commands)."""
     from limamono.core.conversation import User
@@ -130,6 +133,8 @@ def chat_cmd(
     if chat_id is not None:  # fail before the model loads, not after
         _check_chat(store, chat_id)
     settings, prompt_policy = adapter_defaults(adapter, model, preset, policy, seed)
+    if not soft_landing:
+        settings = settings.replace(soft_landing=False)
     if ban:
         try:
             settings = settings.replace(banned_strings=(*settings.banned_strings, *ban))
