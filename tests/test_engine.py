@@ -268,7 +268,7 @@ def test_cli_generate_streams_the_same_text_as_the_engine(tiny_model_dir):
         PROMPT, _seeded(7), 6).text
     result = CliRunner().invoke(app, ["generate", "--model", str(tiny_model_dir), "--prompt",
                                       PROMPT, "--max-tokens", "6", "--seed", "7",
-                                      "--dtype", "fp32"])
+                                      "--dtype", "fp32", "--no-soft-landing"])
     assert result.exit_code == 0, result.output
     assert result.stdout == expected + "\n"
 
