@@ -135,6 +135,9 @@ def test_slot_actions_save_erase_and_restore_a_slot(tmp_path):
         client.post("/v1/completions", json={"prompt": "The harbour at dawn", "max_tokens": 4,
                                              "temperature": 0})
         held = engine.slot_tokens()[0][1]
+        assert client.get("/slots").json() == [{"id": 0, "n_ctx": 512, "is_processing": False,
+                                                "n_past": held}]
+        assert client.get("/props").json()["total_slots"] == 1
         saved = client.post("/slots/0?action=save", json={"filename": "chat.bin"}).json()
         assert saved["id_slot"] == 0 and saved["n_saved"] == held > 4
         assert saved["n_written"] == (tmp_path / "slots" / "chat.bin").stat().st_size

@@ -196,12 +196,17 @@ def router(state: ServerState) -> APIRouter:
         return {"default_generation_settings": {
                     "n_ctx": state.engine.context_length, "model": state.model_name,
                     "n_predict": state.config.default_max_tokens},
-                "total_slots": 1, "model_path": state.model_name,
+                "total_slots": getattr(state.engine, "parallel", 1),
+                "model_path": state.model_name,
                 "chat_template": "", "build_info": "limamono"}
 
-    @api.get("/slots", summary="The one slot's state (llama.cpp)")
+    @api.get("/slots", summary="Every slot's state (llama.cpp)")
     async def slots() -> list[dict[str, Any]]:
-        return [{"id": SLOT_ID, "n_ctx": state.engine.context_length,
-                 "is_processing": state.queue.busy}]
+        tokens = getattr(state.engine, "slot_tokens", None)
+        if tokens is None:  # an engine without slots (torch): its one generation
+            return [{"id": SLOT_ID, "n_ctx": state.engine.context_length,
+                     "is_processing": state.queue.busy}]
+        return [{"id": i, "n_ctx": state.engine.context_length, "is_processing": busy,
+                 "n_past": held} for i, (busy, held) in enumerate(tokens())]
 
     return api
