@@ -141,6 +141,16 @@ def test_an_earlier_report_joins_without_generating_again(tiny, tmp_path):
 
     with pytest.raises(ReportError, match=r"samples is 2 there and 3 here"):
         read_variants(tmp_path / "base", dataclasses.replace(config, samples=3))
+    with pytest.raises(ReportError, match=r"soft_landing is True there and False here"):
+        read_variants(tmp_path / "base", dataclasses.replace(config, soft_landing=False))
+    # A report from before the soft landing existed ran without it.
+    legacy = json.loads((tmp_path / "base" / "report.json").read_text())
+    del legacy["config"]["soft_landing"]
+    (tmp_path / "legacy").mkdir()
+    (tmp_path / "legacy" / "report.json").write_text(json.dumps(legacy))
+    assert read_variants(tmp_path / "legacy", dataclasses.replace(config, soft_landing=False))
+    with pytest.raises(ReportError, match=r"soft_landing is False there and True here"):
+        read_variants(tmp_path / "legacy", config)
     changed = tmp_path / "data"
     shutil.copytree(DATA, changed)
     first = sorted(changed.glob("*.yaml"))[0]

@@ -35,7 +35,9 @@ _ROWS = [
 #: prompts (``prompts_sha256`` covers data, lengths, samples and seed), model, reply cap,
 #: samplers, policy, loss windows and dtype. Threads only change the speed.
 PAIRED_FIELDS = ("model", "lengths", "samples", "seed", "max_new_tokens", "preset", "policy",
-                 "seq_len", "dtype")
+                 "seq_len", "dtype", "soft_landing")
+#: What a report written before a field existed ran with.
+BEFORE_FIELD: dict[str, object] = {"soft_landing": False}
 
 
 class ReportError(ValueError):
@@ -90,8 +92,9 @@ def read_variants(folder: str | Path, config: EvalConfig) -> list[VariantResult]
         mine = asdict(config)
         for key in PAIRED_FIELDS:
             want = list(mine[key]) if isinstance(mine[key], tuple) else mine[key]
-            if theirs.get(key) != want:
-                raise ReportError(f"{path}: {key} is {theirs.get(key)!r} there and {want!r} "
+            have = theirs.get(key, BEFORE_FIELD.get(key))
+            if have != want:
+                raise ReportError(f"{path}: {key} is {have!r} there and {want!r} "
                                   "here; fix: run both with the same options")
         if digest != prompts_digest(config):
             raise ReportError(f"{path}: its prompts differ from this run's (held-out "
