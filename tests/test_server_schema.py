@@ -22,8 +22,17 @@ SETTINGS = {"deadline": None, "derandomize": True,
             "suppress_health_check": list(HealthCheck)}
 
 
+#: 5xx answers that are the peer's own contract, not a server error: llama.cpp's server
+#: answers 501 (its ERROR_TYPE_NOT_SUPPORTED) to a slot action when slot files are off or
+#: the engine has no slots, and so does ours (server/slots.py).
+DELIBERATE = {("/slots/{id_slot}", 501)}
+
+
 def check_response(case: Any) -> None:
     response = case.call()
+    if (case.path, response.status_code) in DELIBERATE:
+        assert response.json()["error"]["message"], response.text
+        return
     case.validate_response(response, checks=[not_a_server_error])
     assert response.status_code < 500, (case.path, response.text)
     if 400 <= response.status_code < 500:
