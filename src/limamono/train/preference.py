@@ -57,7 +57,7 @@ from limamono.train.run import (
     precision,
     report_callbacks,
     require_4bit_backend,
-    save_adapter,
+    save_adapter_or_say_no_space,
     training_arguments,
     warmup_steps,
 )
@@ -275,13 +275,7 @@ def train_preferences(config: TrainConfig, resume: bool = False,
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if REF_ADAPTER in getattr(policy, "peft_config", {}):
         policy.delete_adapter(REF_ADAPTER)
-    try:
-        save_adapter(policy, tokenizer, config, adapter_dir)
-    except Exception as exc:
-        if not out_of_space(exc, out, needed):
-            raise
-        shutil.rmtree(adapter_dir.with_name(f".{adapter_dir.name}.tmp"), ignore_errors=True)
-        raise _no_space(out, "the adapter") from exc
+    save_adapter_or_say_no_space(policy, tokenizer, config, out, needed)
     history = trainer.state.log_history
     plot_losses(history, out / LOSS_PLOT)
     pairs_file = Path(config.data) / PAIRS_FILE

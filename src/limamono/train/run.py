@@ -466,6 +466,20 @@ def out_of_space(exc: BaseException, folder: Path, needed: int = 0) -> bool:
     return free < max(needed, 1 << 20)
 
 
+def save_adapter_or_say_no_space(model: Any, tokenizer: Any, config: TrainConfig, out: Path,
+                                 needed: int) -> None:
+    """``save_adapter`` into ``out/adapter``; a full disk is a :class:`NoSpaceError` naming
+    ``out`` (the half-written adapter is removed, the checkpoints are kept)."""
+    adapter_dir = out / ADAPTER_DIR
+    try:
+        save_adapter(model, tokenizer, config, adapter_dir)
+    except Exception as exc:
+        if not out_of_space(exc, out, needed):
+            raise
+        shutil.rmtree(adapter_dir.with_name(f".{adapter_dir.name}.tmp"), ignore_errors=True)
+        raise _no_space(out, "the adapter") from exc
+
+
 def _no_space(out: Path, what: str) -> NoSpaceError:
     import errno
 
@@ -567,13 +581,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     adapter_dir = out / ADAPTER_DIR
     if not trainer.is_world_process_zero():
         return TrainResult(out, adapter_dir, {})
-    try:
-        save_adapter(model, tokenizer, config, adapter_dir)
-    except Exception as exc:
-        if not out_of_space(exc, out, needed):
-            raise
-        shutil.rmtree(adapter_dir.with_name(f".{adapter_dir.name}.tmp"), ignore_errors=True)
-        raise _no_space(out, "the adapter") from exc
+    save_adapter_or_say_no_space(model, tokenizer, config, out, needed)
     history = trainer.state.log_history
     plot_losses(history, out / LOSS_PLOT)
     manifest = {
