@@ -138,11 +138,11 @@ def register(app: typer.Typer) -> None:
             "(default: the adapter's, else card)."),
         queue: int = typer.Option(16, "--queue", help="Requests that may wait for a slot; "
                                                       "more get 503."),
-        parallel: int = typer.Option(
-            DEFAULT_PARALLEL, "--parallel", "-np", min=1,
+        parallel: int | None = typer.Option(
+            None, "--parallel", "-np", min=1, show_default=False,
             help="Slots of the llama.cpp engine: conversations generated at once, decoded "
             "together (each slot holds its own KV cache of --context tokens). The torch "
-            "engine has one slot."),
+            f"engine has one slot.  [default: {DEFAULT_PARALLEL}]"),
         kv_save_mb: int = typer.Option(
             2048, "--kv-save-mb", min=0,
             help="llama.cpp engine: save finished conversations' KV caches under "
@@ -226,11 +226,12 @@ def register(app: typer.Typer) -> None:
             config = dataclasses.replace(config, admin_key=admin_key, lora_dir=lora_dir)
         from limamono.models.resolve import limamono_home
 
-        llama = llama_options(gpu_layers, kv_type, flash_attn, parallel,
+        slots = DEFAULT_PARALLEL if parallel is None else parallel
+        llama = llama_options(gpu_layers, kv_type, flash_attn, slots,
                               state_dir=limamono_home() / "kvstate" if kv_save_mb else None,
                               state_cap_mb=kv_save_mb)
         engine = _load(model, adapter, dtype, threads, context, backend, llama)
-        if parallel > 1 and getattr(engine, "parallel", 1) == 1:
+        if parallel is not None and parallel > 1 and getattr(engine, "parallel", 1) == 1:
             err.print(f"note: the {getattr(engine, 'backend', 'torch')} engine runs one "
                       "generation at a time; --parallel applies to the llama.cpp engine",
                       markup=False, highlight=False)

@@ -539,7 +539,8 @@ def router(state: ServerState, config: WebChatConfig) -> APIRouter:
         def work() -> list[dict[str, Any]]:
             with chats.store() as store:
                 return [{"id": c.id, "character": c.character_name, "user": c.user_name,
-                         "messages": c.messages, "updated": c.updated, "title": c.title}
+                         "messages": c.messages, "updated": c.updated, "title": c.title,
+                         "version": c.version}
                         for c in store.list_chats()]
         return await run_in_threadpool(_store_call, work)
 

@@ -123,6 +123,7 @@ class ChatSummary:
     messages: int
     updated: str
     title: str
+    version: int = 0  # raised by every change: ``updated`` has only seconds
 
 
 def default_db_path() -> Path:
@@ -364,7 +365,8 @@ class ChatStore:
         """Every chat, most recently updated first."""
         rows = self._db.execute(
             "SELECT c.id, ch.name, c.user_name, "
-            "(SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id), c.updated, c.title "
+            "(SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id), c.updated, c.title, "
+            "c.version "
             "FROM chats c JOIN characters ch ON ch.id = c.character_id "
             "ORDER BY c.updated DESC, c.id DESC").fetchall()
         return [ChatSummary(*row) for row in rows]

@@ -187,7 +187,7 @@ async function refreshChats() {
   state.chats = await api("GET", "/webchat/api/chats");
   // Our own changes move the stamp too; remember it so that poll() reloads only for others'.
   const entry = state.chat && state.chats.find((c) => c.id === state.chat.id);
-  if (entry) state.updated = entry.updated;
+  if (entry) state.updated = stamp(entry);
   renderChatList();
 }
 
@@ -240,12 +240,18 @@ function setChat(chat) {
   state.chat = chat;
   state.editing = null;
   const entry = state.chats.find((c) => c.id === chat.id);
-  state.updated = entry ? entry.updated : null;
+  state.updated = entry ? stamp(entry) : null;
   renderChat();
 }
 
 // The terminal (or another tab) may change the open chat: the chat list's "updated"
 // stamp shows it; the chat is then reloaded. A lost server is retried here too.
+// A chat's change stamp: its version, raised by every change (two changes within one
+// second share an "updated" time), with the time for a chat the version does not cover.
+function stamp(entry) {
+  return `${entry.updated}#${entry.version}`;
+}
+
 async function poll() {
   if (state.streaming || state.editing !== null || document.hidden) return;
   try {
@@ -257,7 +263,7 @@ async function poll() {
     }
     state.chats = chats;
     const entry = state.chat && chats.find((c) => c.id === state.chat.id);
-    if (entry && entry.updated !== state.updated) {
+    if (entry && stamp(entry) !== state.updated) {
       await openChat(state.chat.id);
     } else {
       renderChatList();
