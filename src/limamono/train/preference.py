@@ -37,7 +37,6 @@ from limamono.train.checkpoints import (
     resumable_checkpoint,
 )
 from limamono.train.config import ConfigError, TrainConfig
-from limamono.train.outdir import claim
 from limamono.train.run import (
     ADAPTER_DIR,
     LOSS_PLOT,
@@ -55,9 +54,8 @@ from limamono.train.run import (
     out_of_space,
     plot_losses,
     precision,
-    report_callbacks,
-    require_4bit_backend,
     save_adapter_or_say_no_space,
+    start_run,
     training_arguments,
     warmup_steps,
 )
@@ -194,16 +192,7 @@ def train_preferences(config: TrainConfig, resume: bool = False,
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     say = notify or _warn
-    if config.load_in_4bit:
-        require_4bit_backend()
-    out = Path(config.output_dir)
-    from accelerate import PartialState
-
-    state = PartialState()
-    if state.is_main_process:
-        claim(config, resume=resume, force=force, notify=say)
-    state.wait_for_everyone()
-    logging = report_callbacks(config, out, say)
+    out, _state, logging = start_run(config, resume, force, say)
     from transformers import AutoTokenizer, set_seed
 
     from limamono.models.resolve import resolve_model

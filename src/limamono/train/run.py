@@ -466,6 +466,26 @@ def out_of_space(exc: BaseException, folder: Path, needed: int = 0) -> bool:
     return free < max(needed, 1 << 20)
 
 
+def start_run(config: TrainConfig, resume: bool, force: bool,
+              say: Notify) -> tuple[Path, Any, list[Any]]:
+    """What every run does first: check the 4-bit backend (its error names the fix), claim
+    ``output_dir`` on the main process, and set up the ``report_to`` callbacks.
+
+    Returns:
+        The output folder, accelerate's ``PartialState`` and the logging callbacks.
+    """
+    if config.load_in_4bit:
+        require_4bit_backend()  # before anything is built or loaded
+    out = Path(config.output_dir)
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        claim(config, resume=resume, force=force, notify=say)
+    state.wait_for_everyone()
+    return out, state, report_callbacks(config, out, say)
+
+
 def save_adapter_or_say_no_space(model: Any, tokenizer: Any, config: TrainConfig, out: Path,
                                  needed: int) -> None:
     """``save_adapter`` into ``out/adapter``; a full disk is a :class:`NoSpaceError` naming
@@ -523,16 +543,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
                            "(also the learning-rate sweep's and export axolotl's) trains SFT "
                            "only; fix: run it with `limamono train` (limamono.train.train) "
                            "without --lr-sweep, or set method: sft"])
-    if config.load_in_4bit:
-        require_4bit_backend()  # before anything is built or loaded: the error names the fix
-    out = Path(config.output_dir)
-    from accelerate import PartialState
-
-    state = PartialState()
-    if state.is_main_process:
-        claim(config, resume=resume, force=force, notify=say)
-    state.wait_for_everyone()
-    logging = report_callbacks(config, out, say)
+    out, state, logging = start_run(config, resume, force, say)
     with state.main_process_first():  # rank 0 builds the dataset, the others then read it
         spec, tokenizer, data = prepare(config, say)
     bf16, eight_bit = precision(config, say)
