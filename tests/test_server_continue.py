@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from limamono.core import format as fmt
-from limamono.server import ServerConfig, create_app
+from limamono.server import ServerConfig, create_app, stchat
 from test_server_fakes import FakeEngine
 
 FOLDER = "testdata/repros/sillytavern-2"
@@ -60,6 +60,40 @@ def test_continue_nudge_continues_the_message_before_it(shared_dir):
     prompt, _ = ask(with_partial(st_body(shared_dir), nudge))
     assert prompt.endswith("Mara Quell: " + PARTIAL)
     assert "Continue the following message" not in prompt
+
+
+def test_continue_nudge_is_dropped_when_the_message_holds_brackets(shared_dir):
+    """Regression: the nudge quotes the message (``{{lastChatMessage}}``), which may hold
+    ``]`` and newlines; the marker was then missed and its text landed in the sheet."""
+    partial = 'She read the sign: "[CLOSED]" and\nsighed [quietly] and'
+    nudge = {"role": "system", "content": "[Continue the following message. Do not include "
+             "ANY parts of the original message. Use capitalization and punctuation as if "
+             f"your reply is a part of the original message: {partial}]"}
+    body = with_partial(st_body(shared_dir), nudge)
+    body["messages"][-2]["content"] = partial
+    prompt, _ = ask(body)
+    assert prompt.endswith("Mara Quell: " + partial)
+    assert "Continue the following message" not in prompt
+    assert prompt.count("[CLOSED]") == 1  # the continued text only, not a sheet copy
+
+
+@pytest.mark.parametrize("text", [
+    "[Start a new Chat]", "[Example Chat]",
+    "[Start a new group chat. Group members: Edda [the navigator], Mara]",
+    "[Write the next reply only as Edda [2nd].]",
+    "[Write your next reply from the point of view of Ann]. Don't write as Bob.]",
+    "[Continue the following message. Do not include ANY parts: a ] b\n]",
+])
+def test_markers_with_brackets_are_markers(text):
+    assert stchat.is_marker(text)
+
+
+@pytest.mark.parametrize("text", [
+    "[Continue the following message. unclosed", "[Example Chat] Edda is tall.",
+    "Continue the following message. x]", "[Edda's notes]",
+])
+def test_sheet_text_is_not_a_marker(text):
+    assert not stchat.is_marker(text)
 
 
 @pytest.mark.parametrize("flags", [{"continue_": True}, {"continue_final_message": True},

@@ -28,7 +28,6 @@ them for the server's note. The exported Text Completion presets need SillyTaver
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,12 +44,28 @@ _MAIN_SEP = "'s next reply in a fictional chat between "
 MAX_NAME_CHARS = 256
 _SCENARIO_HEAD = "[Circumstances and context of the dialogue: "
 _PERSONALITY_SEP = "'s personality: "
-_MARKER = re.compile(
-    r"\[(?:Start a new Chat|Start a new group chat\. Group members: [^\]]*|Example Chat"
-    r"|Continue the following message\. [^\]]*|Write the next reply only as [^\]]*"
-    r"|Write your next reply from the point of view of [^\]]*)\]", re.S)
+#: SillyTavern's markers and nudges with nothing of the sheet in them (``default_*_prompt``
+#: in ``public/scripts/openai.js`` 1.12.6): the exact ones, and the heads of the ones that
+#: end with free text (``{{lastChatMessage}}``, ``{{group}}``, ``{{char}}``, ``{{user}}``),
+#: which may itself hold ``]`` or newlines: such a marker is the whole message from its
+#: head to a final ``]``.
+_MARKERS = frozenset({"[Start a new Chat]", "[Example Chat]"})
+_MARKER_HEADS = (
+    "[Continue the following message. ",
+    "[Start a new group chat. Group members: ",
+    "[Write the next reply only as ",
+    "[Write your next reply from the point of view of ",
+)
 #: The ``name`` SillyTavern gives the system messages of a card's example dialogue.
 EXAMPLE_NAMES = frozenset({"example_user", "example_assistant"})
+
+
+def is_marker(text: str) -> bool:
+    """Whether a system message's (stripped) text is one of SillyTavern's markers or
+    nudges, which mean nothing in a Limamono prompt (linear in the text)."""
+    if text in _MARKERS:
+        return True
+    return text.endswith("]") and text.startswith(_MARKER_HEADS)
 
 
 def example_messages(messages: Sequence[dict[str, Any]]) -> int:
@@ -87,7 +102,7 @@ def conversation(messages: Sequence[dict[str, Any]], char_name: str | None = Non
             scenario = found.strip()
         elif (found := personality_text(text)) is not None:
             personality = found.strip()
-        elif text and not _MARKER.fullmatch(text):
+        elif text and not is_marker(text):
             sheet_parts.append(text)
     system_text = "\n".join(_text(m, i) for i, m in enumerate(messages)
                             if m.get("role") == "system" and not _is_example(m))
