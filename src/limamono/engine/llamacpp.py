@@ -50,12 +50,16 @@ from typing import TYPE_CHECKING, Any
 
 from limamono.engine.kvreuse import Reuse, plan_reuse
 from limamono.engine.kvstore import DEFAULT_CAP_MB, KVStore, SavedState, file_identity
-from limamono.engine.loop import PREFILL_CHUNK, EngineBase, KVSlot, SlotStart
+from limamono.engine.loop import PREFILL_CHUNK, EngineBase, GrammarState, KVSlot, SlotStart
+from limamono.engine.protocol import GrammarError
 from limamono.models import llama_lib
 from limamono.models.resolve import ModelError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+    from limamono.samplers.settings import Grammar
 
 log = logging.getLogger("limamono.engine")
 
@@ -105,6 +109,82 @@ class _Entry:
     ids: list[int]  # the tokens the saved sequence held
     state: bytes  # llama_state_seq_get_data of that sequence
     adapters: AdapterKey = ()  # the adapter set the state was computed under
+
+
+class _Grammar:
+    """llama.cpp's grammar sampler (``llama_sampler_init_grammar``) as one stream's
+    :class:`~limamono.engine.loop.GrammarState`: ``mask`` runs ``llama_sampler_apply`` on
+    the whole vocabulary as a candidate array, ``accept`` is ``llama_sampler_accept``,
+    ``rewind`` is ``llama_sampler_reset`` (llama.cpp parses the grammar again) and the
+    replay of the kept tokens."""
+
+    def __init__(self, ll: Any, handle: Any, n_vocab: int, field: str) -> None:
+        import numpy as np
+
+        self._ll, self._handle, self._field = ll, handle, field
+        self._data: np.ndarray = np.zeros(n_vocab, dtype=[("id", "<i4"), ("logit", "<f4"),
+                                                           ("p", "<f4")])
+        self._data["id"] = np.arange(n_vocab, dtype=np.int32)
+        self._array = ll.llama_token_data_array(
+            self._data.ctypes.data_as(ll.llama_token_data_p), n_vocab, -1, False)
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+        import torch
+
+        self._data["logit"] = logits.numpy()
+        self._array.size, self._array.selected, self._array.sorted = len(self._data), -1, False
+        self._ll.llama_sampler_apply(self._handle, ctypes.byref(self._array))
+        masked = np.ascontiguousarray(self._data["logit"])
+        if not np.isfinite(masked).any():
+            raise GrammarError(self._field, "no token can continue the grammar here")
+        return torch.from_numpy(masked)
+
+    def accept(self, token: int) -> None:
+        self._ll.llama_sampler_accept(self._handle, token)
+
+    def rewind(self, tokens: Sequence[int]) -> None:
+        self._ll.llama_sampler_reset(self._handle)
+        for token in tokens:
+            self._ll.llama_sampler_accept(self._handle, token)
+
+    def close(self) -> None:
+        if self._handle:
+            self._ll.llama_sampler_free(self._handle)
+            self._handle = None
+
+
+#: Serialises grammar parsing: llama.cpp writes its parse errors to the process's stderr
+#: (``fprintf``), which is captured for the duration of the parse.
+_PARSE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """What is written to file descriptor 2 inside the block (llama.cpp's ``fprintf``),
+    as one string in the yielded list; text before llama.cpp's message (another thread's
+    output) is written back to stderr."""
+    import tempfile
+
+    out: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(1 << 20).decode("utf-8", "replace")
+            head, mark, tail = text.partition("error parsing grammar: ")
+            if mark:
+                other = head.rsplit("\n", 1)[0] + "\n" if "\n" in head else ""
+                out.append(tail.split("\n\n", 1)[0].strip())
+            else:
+                other = text
+            if other.strip():
+                os.write(2, other.encode())
 
 
 class _Seq:
@@ -414,6 +494,31 @@ class LlamaCppEngine(EngineBase):
     def __del__(self) -> None:
         if getattr(self, "_ll", None) is not None:
             self.close()
+
+    # -- grammars -----------------------------------------------------------------------
+
+    supports_grammar = True
+
+    def _open_grammar(self, grammar: Grammar) -> GrammarState:
+        """llama.cpp's grammar sampler for ``grammar`` (start rule ``root``).
+
+        Raises:
+            GrammarError: llama.cpp cannot parse it (its message: the parser's, from its
+                stderr, or its log line: no ``root`` rule, left recursion).
+        """
+        ll = self._ll
+        with _PARSE_LOCK:
+            llama_lib.log_lines.clear()
+            with _stderr_captured() as parse_errors:
+                handle = ll.llama_sampler_init_grammar(self._vocab, grammar.gbnf.encode(),
+                                                       b"root")
+            logged = list(llama_lib.log_lines)
+        if not handle:
+            reasons = [*parse_errors, *(line for line in logged
+                                        if line != "failed to parse grammar")]
+            raise GrammarError(grammar.field, "llama.cpp cannot parse this grammar: "
+                               + ("; ".join(reasons) or "no reason given"))
+        return _Grammar(ll, handle, self.n_vocab, grammar.field)
 
     # -- tokens ---------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from limamono.engine.phrasebans import PhraseFilter
 from limamono.engine.protocol import (
     Completion,
     FinishReason,
+    GrammarError,
     TextChunk,
     TokenLogprob,
     Truncation,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
     from limamono.samplers import SamplerSettings
     from limamono.samplers.candidates import Stage
+    from limamono.samplers.settings import Grammar
     from limamono.samplers.vocab import Vocabulary
 
 #: Prompt tokens evaluated per forward pass during prefill (bounds the attention memory).
@@ -104,6 +106,35 @@ class KVSlot(Protocol):
 
     def crop(self, keep: int) -> None:
         """Keep only the first ``keep`` cached tokens."""
+        ...
+
+
+class GrammarState(Protocol):
+    """One stream's grammar (``settings.grammar``): which tokens may come next.
+
+    The decode loop masks the logits with it before the sampler chain, tells it each token
+    of the reply (never an end-of-sequence token: the reply ends there), and on a rollback
+    resets it to the start and replays the tokens kept.
+    """
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """A copy of ``logits`` with every token the grammar rejects here at ``-inf``.
+
+        Raises:
+            GrammarError: No token can continue the grammar here.
+        """
+        ...
+
+    def accept(self, token: int) -> None:
+        """Advance past ``token`` (one ``mask`` allowed)."""
+        ...
+
+    def rewind(self, tokens: Sequence[int]) -> None:
+        """Back to the start, then advance past ``tokens``."""
+        ...
+
+    def close(self) -> None:
+        """Free it."""
         ...
 
 
@@ -206,6 +237,8 @@ class EngineBase:
 
     #: Streams that may run at once (each in its own KV slot); the engine sets it.
     parallel: int = 1
+    #: Whether ``settings.grammar`` runs here (:meth:`_open_grammar`).
+    supports_grammar: bool = False
 
     def __init__(self, parallel: int = 1) -> None:
         if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
@@ -250,6 +283,25 @@ class EngineBase:
     def _clear_slots(self) -> None:
         """Forget every cached prompt."""
         raise NotImplementedError
+
+    def _open_grammar(self, grammar: Grammar) -> GrammarState:
+        """The state of ``grammar`` for one stream (an engine that runs grammars overrides
+        it and sets :attr:`supports_grammar`).
+
+        Raises:
+            GrammarError: The grammar does not parse, or this engine runs none.
+        """
+        raise GrammarError(grammar.field, "grammars and JSON schemas need the llama.cpp "
+                           "backend (a GGUF model, --backend llamacpp); this engine runs "
+                           "none; fix: leave the field empty or serve a GGUF model")
+
+    def check_grammar(self, grammar: Grammar) -> None:
+        """Parse ``grammar`` once, as a stream would (for a 400 before the queue).
+
+        Raises:
+            GrammarError: It does not parse (llama.cpp's message), or the engine runs none.
+        """
+        self._open_grammar(grammar).close()
 
     def _token_pieces(self, size: int) -> list[str]:
         """The text of every token id below ``size`` (an engine may batch this)."""
@@ -327,16 +379,28 @@ class EngineBase:
                      ) -> Generator[int, None, None]:
         import torch
 
-        from limamono.samplers import make_sampler
-
         if max_new_tokens == 0 or (cancel is not None and cancel.is_set()):
             return
-        sampler = None  # made after the prefill, when the vocabulary's size is known
         seed = settings.seed if settings.seed is not None else secrets.randbits(62)
         generator = torch.Generator().manual_seed(seed)
         # Sampling runs on CPU in fp32: same draws on every device, dtype and engine.
         context = torch.zeros(len(ids) + max_new_tokens, dtype=torch.long)
         context[:len(ids)] = torch.tensor(ids)
+        grammar = None if settings.grammar is None else self._open_grammar(settings.grammar)
+        try:
+            yield from self._slot_loop(ids, settings, max_new_tokens, cancel, control,
+                                          generator, context, grammar)
+        finally:
+            if grammar is not None:
+                grammar.close()
+
+    def _slot_loop(self, ids: list[int], settings: SamplerSettings, max_new_tokens: int,
+                      cancel: threading.Event | None, control: _Control,
+                      generator: torch.Generator, context: torch.Tensor,
+                      grammar: GrammarState | None) -> Generator[int, None, None]:
+        from limamono.samplers import make_sampler
+
+        sampler = None  # made after the prefill, when the vocabulary's size is known
         start = self._open_slot(ids)
         slot, fed = start.slot, ids[:start.reused]  # fed: the tokens the cache holds, always
         consistent = True  # False while an evaluation may have half-updated the cache
@@ -369,8 +433,12 @@ class EngineBase:
                     sampler = make_sampler(settings, vocab, self.context_length,
                                            self._landing(settings, vocab, len(ids),
                                                          max_new_tokens))
-                token = sampler.sample(context[:n], _banned(logits, control.bans.get(reply)),
-                                       generator)
+                masked = _banned(logits, control.bans.get(reply))
+                if grammar is not None:  # a mask before the chain (docs/SILLYTAVERN.md)
+                    masked = grammar.mask(masked)
+                token = sampler.sample(context[:n], masked, generator)
+                if grammar is not None:
+                    _grammar_step(grammar, masked, token, settings, self.eos_ids)
                 context[n] = token
                 if settings.logprobs is not None:
                     control.logprobs.append(_logprob_entry(logits, token, settings.logprobs))
@@ -381,6 +449,8 @@ class EngineBase:
                     reply -= control.rollback
                     control.yielded, control.rollback = reply, 0
                     del control.logprobs[reply:]
+                    if grammar is not None:
+                        grammar.rewind([int(t) for t in context[len(ids):len(ids) + reply]])
                     keep = len(ids) + reply  # the last kept token is re-run for its logits
                     consistent = False
                     slot.crop(keep - 1)
@@ -405,8 +475,8 @@ class EngineBase:
         Its budget is the generation's ``max_new_tokens``: the length label's token budget
         where the caller decided one (evaluation, drafting), else the request's cap.
         """
-        if not settings.soft_landing:
-            return None
+        if not settings.soft_landing or settings.grammar is not None:
+            return None  # its forced closing characters would break a grammar
         from limamono.engine.landing import soft_landing_stage
 
         return soft_landing_stage(vocab, prompt_length, budget, self._reply_text)
@@ -563,6 +633,23 @@ class EngineBase:
             parts.append(last.text)
         return Completion("".join(parts), last.finish_reason or "length", last.prompt_tokens,
                           last.completion_tokens, last.stop_string)
+
+
+def _grammar_step(grammar: GrammarState, masked: torch.Tensor, token: int,
+                  settings: SamplerSettings, eos_ids: frozenset[int]) -> None:
+    """Advance ``grammar`` past the sampled ``token`` (an end-of-sequence token ends the
+    reply and is not fed to it).
+
+    Raises:
+        GrammarError: The mask had removed ``token`` (the chain had nothing else left);
+            llama.cpp would abort the process on it.
+    """
+    if masked[token] == float("-inf"):
+        field = settings.grammar.field if settings.grammar is not None else "grammar"
+        raise GrammarError(field, "no token the grammar allows here survived the samplers "
+                           "(banned tokens or strings may exclude them all)")
+    if token not in eos_ids:
+        grammar.accept(token)
 
 
 def _logprob_entry(logits: torch.Tensor, token: int, top: int,

@@ -19,6 +19,17 @@ FinishReason = Literal["stop", "length", "cancelled"]
 Truncation = Literal["left", "error"]
 
 
+class GrammarError(ValueError):
+    """A grammar the engine cannot run: it does not parse, or the engine has no grammars.
+
+    ``field`` is the wire field the grammar came from (the server's 400 names it).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """One generated token's log-probability under the model, with the most likely ones.

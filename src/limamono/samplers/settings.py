@@ -80,6 +80,26 @@ MAX_BREAKERS, MAX_BREAKER_CHARS = 64, 200
 MAX_LOGPROBS = 20
 
 
+#: Longest grammar accepted (characters): llama.cpp parses it on every request and stream.
+MAX_GRAMMAR_CHARS = 64 * 1024
+#: Deepest nesting of groups in a grammar: llama.cpp's parser recurses once per level and
+#: overflows a thread's stack near 30 000 (measured: a segmentation fault, not an error).
+MAX_GRAMMAR_DEPTH = 256
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A constraint on the reply: a GBNF grammar (llama.cpp's format, start rule ``root``).
+
+    Attributes:
+        gbnf: The grammar text (a JSON schema or a choice list already converted).
+        field: The wire field it came from, named in every error about it.
+    """
+
+    gbnf: str
+    field: str = "grammar"
+
+
 class SamplerError(ValueError):
     """A sampler setting is invalid; ``field`` is its wire name, ``value`` what was given."""
 
@@ -236,6 +256,10 @@ class SamplerSettings:
             ``banned_strings``).
         logprobs: Report each generated token's log-probability and the ``logprobs`` most
             likely alternatives (at most 20); None: do not.
+        grammar: The reply must match this GBNF grammar (``limamono.samplers.wire`` maps
+            ``grammar``, ``grammar_string``, ``json_schema`` and the ``guided_*`` fields to
+            it); None: free text. Only the llama.cpp engine runs it, as a mask before the
+            chain; it cannot be combined with ``soft_landing`` or ``ban_eos_token``.
         soft_landing: As a reply nears its token budget, favour ending at a sentence end
             with its dialogue or thought closed, and force the closing characters in the
             last tokens (``limamono.engine.landing``); no effect before that window. On in
@@ -283,6 +307,7 @@ class SamplerSettings:
     banned_strings: tuple[str, ...] = ()
     logprobs: int | None = None
     soft_landing: bool = False
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
         """Validate every field and normalise numbers and sequences to their declared types."""
@@ -366,7 +391,75 @@ def _validated_extras(s: SamplerSettings) -> dict[str, Any]:
         "banned_strings": check_banned_strings(s.banned_strings),
         "logprobs": None if s.logprobs is None else check_int("logprobs", s.logprobs, 0,
                                                               MAX_LOGPROBS),
+        "grammar": check_grammar(s),
     }
+
+
+def check_grammar(s: SamplerSettings) -> Grammar | None:
+    """The settings' grammar, checked for size and nesting (llama.cpp parses it later) and
+    against the settings it cannot be combined with.
+
+    Raises:
+        SamplerError: Not a :class:`Grammar`, empty, too long or too deeply nested; or
+            ``soft_landing`` (its forced closing characters would break the grammar) or
+            ``ban_eos_token`` (the reply must end when the grammar is complete) is on.
+    """
+    grammar = s.grammar
+    if grammar is None:
+        return None
+    if not isinstance(grammar, Grammar) or not isinstance(grammar.gbnf, str):
+        raise SamplerError("grammar", grammar, "must be a GBNF grammar")
+    field, text = grammar.field, grammar.gbnf
+    if not text.strip():
+        raise SamplerError(field, text, "is empty; leave the field out for free text")
+    if len(text) > MAX_GRAMMAR_CHARS:
+        raise SamplerError(field, f"<{len(text)} characters>", f"at most {MAX_GRAMMAR_CHARS} "
+                           "characters of grammar are allowed")
+    if "\0" in text or (not text.isascii() and not _utf8(text)):
+        raise SamplerError(field, "...", "holds a NUL or a lone surrogate (not UTF-8 text)")
+    depth = grammar_depth(text)
+    if depth > MAX_GRAMMAR_DEPTH:
+        raise SamplerError(field, f"<{len(text)} characters>", f"groups nested {depth} deep; "
+                           f"at most {MAX_GRAMMAR_DEPTH} levels are allowed")
+    for flag in ("soft_landing", "ban_eos_token"):
+        if getattr(s, flag):
+            why = ("its forced closing characters would break the grammar"
+                   if flag == "soft_landing" else "the reply ends when the grammar is complete")
+            raise SamplerError(flag, True, f"cannot be combined with a grammar ({field}): "
+                               f"{why}; fix: send {flag}: false or leave {field} empty")
+    return grammar
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def grammar_depth(text: str) -> int:
+    """The deepest nesting of ``(`` groups in GBNF ``text``, outside quoted literals,
+    character classes and comments (a bound check, not a parser; linear time)."""
+    depth = deepest = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "\"[":
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+        elif c == "#":
+            while i < n and text[i] not in "\r\n":
+                i += 1
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth -= 1
+        i += 1
+    return deepest
 
 
 def check_strings(field: str, value: Any, json_string: bool = False) -> tuple[str, ...]:

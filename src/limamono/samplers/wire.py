@@ -14,13 +14,16 @@ names the ones that ask for a sampler this package does not implement, so a call
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from limamono.samplers.settings import (
+    MAX_GRAMMAR_CHARS,
     TEXTGEN_DEFAULT_PRIORITY,
     TEXTGEN_TEMPERATURE_NAMES,
+    Grammar,
     SamplerError,
     SamplerSettings,
     check_sampler_priority,
@@ -184,8 +187,7 @@ _SEQUENCES = ("sampler_order", "sampler_priority", "dry_sequence_breakers", "cus
 UNSUPPORTED_OFF: dict[str, Any] = {
     "epsilon_cutoff": 0, "eta_cutoff": 0, "skew": 0, "adaptive_target": 0,
     "encoder_repetition_penalty": 1, "no_repeat_ngram_size": 0, "penalty_alpha": 0,
-    "guidance_scale": 1, "negative_prompt": "", "grammar": "", "grammar_string": "",
-    "json_schema": {},
+    "guidance_scale": 1, "negative_prompt": "",
     # OpenAI's echo (the prompt repeated in the reply; SillyTavern never asks for it).
     "echo": False,
     "min_tokens": 0, "min_length": 0,
@@ -220,6 +222,13 @@ def settings_from_fields(fields: Mapping[str, Any], base: SamplerSettings,
         found = _pick(fields, field, names, dialect)
         if found is not None:
             used[field], changes[field] = found
+    grammar = grammar_from_fields(fields)
+    if grammar is not None:
+        used["grammar"], changes["grammar"] = grammar.field, grammar
+        # The soft landing forces closing characters the grammar may not allow: off with
+        # a grammar (the preset's default); a request that turns it on is refused.
+        if "soft_landing" not in changes:
+            changes["soft_landing"] = False
     if dialect == "textgen" and fields.get("temperature_last") is not None:
         used["sampler_priority"] = "sampler_priority"
         changes["sampler_priority"] = _apply_temperature_last(
@@ -229,6 +238,131 @@ def settings_from_fields(fields: Mapping[str, Any], base: SamplerSettings,
     except SamplerError as error:
         raise SamplerError(used.get(error.field, error.field), error.value, error.reason) \
             from None
+
+
+#: Constraint fields, every dialect alike (SillyTavern 1.12.6 sends ``grammar_string`` to
+#: every Text Completion type, the same text as ``grammar`` to KoboldCpp and llama.cpp,
+#: ``json_schema`` to TabbyAPI and llama.cpp, ``guided_grammar``/``guided_json`` to
+#: Aphrodite: ``public/scripts/textgen-settings.js`` ``getTextGenGenerationData``).
+GBNF_FIELDS = ("grammar", "grammar_string", "guided_grammar")
+SCHEMA_FIELDS = ("json_schema", "guided_json")
+CHOICE_FIELDS = ("guided_choice",)
+REFUSED_CONSTRAINTS = {"guided_regex": "regular-expression constraints are not supported; "
+                                       "send a GBNF grammar (grammar) or a JSON schema "
+                                       "(json_schema) instead"}
+#: OpenAI's ``response_format`` (``{"type": "json_schema", "json_schema": {"schema": ...}}``
+#: or ``{"type": "json_object"}``, as llama.cpp's server reads it); ``text`` is no constraint.
+RESPONSE_FORMAT = "response_format"
+CONSTRAINT_FIELDS = (*GBNF_FIELDS, *SCHEMA_FIELDS, *CHOICE_FIELDS, *REFUSED_CONSTRAINTS,
+                     RESPONSE_FORMAT)
+
+
+def constraint_fields(fields: Mapping[str, Any]) -> list[str]:
+    """The constraint fields ``fields`` sets to something (SillyTavern sends them empty,
+    ``""`` and ``{}``, when they are off)."""
+    found = [name for name in CONSTRAINT_FIELDS if fields.get(name) not in (None, "", {}, [])]
+    kind = fields.get(RESPONSE_FORMAT)
+    if isinstance(kind, Mapping) and kind.get("type") in (None, "text"):
+        found.remove(RESPONSE_FORMAT)
+    return found
+
+
+def grammar_from_fields(fields: Mapping[str, Any]) -> Grammar | None:
+    """The one grammar a request asks for, or None.
+
+    GBNF fields are taken as they are (equal texts under several names count once); a JSON
+    schema is converted by llama-cpp-python's ``json_schema_to_gbnf`` (the converter
+    llama.cpp's server uses, ported); ``guided_choice`` (a list of strings) becomes the
+    alternation of those literals.
+
+    Raises:
+        SamplerError: Two different constraints, a value of the wrong type, a schema the
+            converter refuses, ``guided_regex``; the field named.
+    """
+    found: dict[str, Grammar] = {}
+    for name in constraint_fields(fields):
+        if name in REFUSED_CONSTRAINTS:
+            raise SamplerError(name, fields[name], REFUSED_CONSTRAINTS[name])
+        value = fields[name]
+        if name in GBNF_FIELDS:
+            if not isinstance(value, str):
+                raise SamplerError(name, value, "must be a GBNF grammar (a string)")
+            grammar = Grammar(value, name)
+        elif name in SCHEMA_FIELDS:
+            grammar = Grammar(_schema_gbnf(name, value), name)
+        elif name == RESPONSE_FORMAT:
+            grammar = Grammar(_schema_gbnf(name, _response_schema(value)), name)
+        else:
+            grammar = Grammar(_choice_gbnf(name, value), name)
+        if not any(g.gbnf == grammar.gbnf for g in found.values()):
+            found[name] = grammar
+    if len(found) > 1:
+        first, second = list(found)[:2]
+        raise SamplerError(second, "...", f"{first} and {second} are both set to different "
+                           "constraints; send one of them")
+    return next(iter(found.values()), None)
+
+
+def _schema_gbnf(name: str, value: Any) -> str:
+    """GBNF for a JSON schema (an object, or its JSON text) via llama-cpp-python."""
+    if isinstance(value, str):
+        if len(value) > MAX_GRAMMAR_CHARS:
+            raise SamplerError(name, "...", f"at most {MAX_GRAMMAR_CHARS} characters")
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise SamplerError(name, "...", f"is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise SamplerError(name, value, "must be a JSON schema (an object)")
+    text = json.dumps(value)
+    if len(text) > MAX_GRAMMAR_CHARS:
+        raise SamplerError(name, "...", f"at most {MAX_GRAMMAR_CHARS} characters of schema")
+    try:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+    except ImportError:
+        raise SamplerError(name, "...", "JSON schemas need llama-cpp-python (the llama.cpp "
+                           "backend); fix: run make setup") from None
+    try:
+        return str(json_schema_to_gbnf(text))
+    except Exception as error:  # the converter's own checks raise anything
+        raise SamplerError(name, "...", "llama-cpp-python cannot turn this schema into a "
+                           f"grammar: {type(error).__name__}: {error}") from None
+
+
+def _response_schema(value: Any) -> Any:
+    """The JSON schema of an OpenAI ``response_format``."""
+    kind = value.get("type") if isinstance(value, Mapping) else None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        inner = value.get("json_schema")
+        schema = inner.get("schema") if isinstance(inner, Mapping) else None
+        if isinstance(schema, dict):
+            return schema
+        raise SamplerError(RESPONSE_FORMAT, value, 'must be {"type": "json_schema", '
+                           '"json_schema": {"schema": {...}}}')
+    raise SamplerError(RESPONSE_FORMAT, value, "type must be text, json_object or json_schema")
+
+
+def _choice_gbnf(name: str, value: Any) -> str:
+    """``root ::= "a" | "b"`` for vLLM's ``guided_choice`` list of strings."""
+    if not isinstance(value, list) or not value or \
+            not all(isinstance(v, str) and v for v in value):
+        raise SamplerError(name, value, "must be a list of non-empty strings")
+    return "root ::= " + " | ".join(_gbnf_literal(v) for v in value)
+
+
+def _gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal (its escapes: ``\\"``, ``\\\\``, ``\\uXXXX``...)."""
+    out = []
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+    return '"' + "".join(out) + '"'
 
 
 def _pick(fields: Mapping[str, Any], field: str, names: tuple[str, ...],

@@ -94,7 +94,8 @@ def llamacpp_request(body: LlamaCompletionRequest, state: ServerState) -> Genera
         raise ApiError(BAD_REQUEST, str(error), field=error.field) from None
     return text_request(fields, single_prompt(body.prompt), "llamacpp", clamp=False,
                         config=state.config, engine_context=state.engine.context_length,
-                        vocab_size=getattr(state.engine, "n_vocab", None))
+                        vocab_size=getattr(state.engine, "n_vocab", None),
+                        grammars=getattr(state.engine, "supports_grammar", False))
 
 
 def stop_type(chunk: TextChunk) -> str:

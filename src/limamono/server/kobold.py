@@ -41,7 +41,8 @@ def kobold_request(body: KoboldGenerateRequest, state: ServerState) -> Generatio
                        field="prompt")
     return text_request(body_fields(body), prompt, "koboldcpp", clamp=True,
                         config=state.config, engine_context=state.engine.context_length,
-                        vocab_size=getattr(state.engine, "n_vocab", None))
+                        vocab_size=getattr(state.engine, "n_vocab", None),
+                        grammars=getattr(state.engine, "supports_grammar", False))
 
 
 def kobold_events(chunk: TextChunk) -> list[str]:

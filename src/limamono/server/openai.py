@@ -74,7 +74,8 @@ def completion_request(body: CompletionRequest, state: ServerState) -> Generatio
     fields = body_fields(body)
     return text_request(fields, single_prompt(body.prompt), dialect_of(fields), clamp=False,
                         config=state.config, engine_context=state.engine.context_length,
-                        vocab_size=getattr(state.engine, "n_vocab", None), choices=True)
+                        vocab_size=getattr(state.engine, "n_vocab", None), choices=True,
+                        grammars=getattr(state.engine, "supports_grammar", False))
 
 
 def _length_label(value: str | None, default: str | None, field: str) -> str | None:
@@ -164,7 +165,8 @@ def chat_request(body: ChatCompletionRequest, state: ServerState) -> GenerationR
     request = text_request(body_fields(body), prompt, "textgen", clamp=False,
                            config=state.config, engine_context=state.engine.context_length,
                            extra_stops=stops, vocab_size=getattr(state.engine, "n_vocab", None),
-                           choices=True)
+                           choices=True,
+                           grammars=getattr(state.engine, "supports_grammar", False))
     return replace(request, chat=chat)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from limamono.core import policy as pol
 from limamono.core.conversation import Conversation
-from limamono.engine.protocol import Engine
+from limamono.engine.protocol import Engine, GrammarError
 from limamono.samplers import (
     MAX_LOGPROBS,
     SamplerError,
@@ -33,8 +33,9 @@ from limamono.samplers import (
     settings_from_fields,
     unsupported_fields,
 )
-from limamono.samplers.settings import check_int
+from limamono.samplers.settings import Grammar, check_int
 from limamono.samplers.shaping import check_in_vocab
+from limamono.samplers.wire import constraint_fields
 from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, ApiError
 from limamono.util.untrusted import quote
@@ -340,38 +341,46 @@ def choices_of(body: Mapping[str, Any]) -> int:
     return n
 
 
-#: Fields that ask for constrained decoding (a grammar or a JSON schema): KoboldCpp's and
-#: llama.cpp's ``grammar``, text-generation-webui's ``grammar_string``, llama.cpp's and
-#: TabbyAPI's ``json_schema``, vLLM's and Aphrodite's ``guided_*``.
-CONSTRAINT_FIELDS = ("grammar", "grammar_string", "json_schema", "guided_json",
-                     "guided_grammar", "guided_regex", "guided_choice")
-
-
-def check_no_constraints(body: Mapping[str, Any]) -> None:
-    """Refuse a request for constrained decoding, which this server does not run.
+def check_constraints(body: Mapping[str, Any], supported: bool) -> None:
+    """Refuse a constraint (grammar, JSON schema) the engine cannot run.
 
     Ignoring it would answer free text to a client that parses JSON (SillyTavern's tracker
     and status-block extensions send ``json_schema``), so the field is named instead.
     SillyTavern sends the fields empty when they are off (``""``, ``{}``): those pass, as
-    does OpenAI's ``response_format: {"type": "text"}``.
+    does OpenAI's ``response_format: {"type": "text"}``. Which field maps to which grammar
+    is ``limamono.samplers.wire.grammar_from_fields``' decision.
     """
-    for name in CONSTRAINT_FIELDS:
-        value = body.get(name)
-        if value not in (None, "", {}, []):
-            raise ApiError(BAD_REQUEST, f"{name}: constrained decoding (grammars, JSON "
-                           "schemas) is not supported by this server; fix: leave the "
-                           "field empty (SillyTavern: clear the grammar / JSON schema box)",
-                           field=name)
-    kind = body.get("response_format")
-    if isinstance(kind, Mapping) and kind.get("type") not in (None, "text"):
-        raise ApiError(BAD_REQUEST, f"response_format.type={quote(kind.get('type'))}: only "
-                       "'text' is supported (no JSON mode)", field="response_format")
+    if supported:
+        return
+    for name in constraint_fields(body):
+        raise ApiError(BAD_REQUEST, f"{name}: grammars and JSON schemas need the llama.cpp "
+                       "backend (serve a GGUF model: --backend llamacpp); the torch engine "
+                       "runs none; fix: leave the field empty (SillyTavern: clear the "
+                       "grammar / JSON schema box)", field=name)
+
+
+def check_grammar(engine: Engine, grammar: Grammar) -> None:
+    """Parse a request's grammar once before it is queued (each stream parses its own).
+
+    Raises:
+        ApiError: 400 naming the grammar's field, with llama.cpp's parse message, or
+            saying that this engine runs no grammars.
+    """
+    check = getattr(engine, "check_grammar", None)
+    try:
+        if check is None:
+            raise GrammarError(grammar.field, "grammars and JSON schemas need the llama.cpp "
+                               "backend; this engine runs none")
+        check(grammar)
+    except GrammarError as error:
+        raise ApiError(BAD_REQUEST, str(error), field=error.field) from None
 
 
 def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool,
                  config: ServerConfig, engine_context: int,
                  extra_stops: Sequence[str] = (),
-                 vocab_size: int | None = None, choices: bool = False) -> GenerationRequest:
+                 vocab_size: int | None = None, choices: bool = False,
+                 grammars: bool = False) -> GenerationRequest:
     """Check a text-completion body and build its :class:`GenerationRequest`.
 
     Args:
@@ -386,6 +395,8 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
         vocab_size: The model's vocabulary size (token ids in ``logit_bias`` and
             ``custom_token_bans`` must be below it); None: not checked here.
         choices: The route returns ``n`` replies (OpenAI shapes); else ``n`` must be 1.
+        grammars: The engine runs grammars (``supports_grammar``); else a constraint
+            field is a 400 naming it.
 
     Raises:
         ApiError: 400 naming the field at fault.
@@ -393,7 +404,7 @@ def text_request(body: Mapping[str, Any], prompt: str, dialect: str, clamp: bool
     n = choices_of(body) if choices else 1
     if not choices:
         check_single_reply(body)
-    check_no_constraints(body)
+    check_constraints(body, grammars)
     ignored = unsupported_fields(body)
     if ignored:  # accepted, as the emulated servers accept them, but the user should know
         log.warning("ignoring fields this server does not implement: %s", ", ".join(ignored))

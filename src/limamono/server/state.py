@@ -15,7 +15,12 @@ from limamono.core.policy import ContextOverflowError
 from limamono.engine.protocol import Engine
 from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, BUSY, ApiError
-from limamono.server.params import GenerationRequest, fit_to_context, request_adapters
+from limamono.server.params import (
+    GenerationRequest,
+    check_grammar,
+    fit_to_context,
+    request_adapters,
+)
 from limamono.server.queue import GenerationQueue, Job, QueueFullError
 from limamono.server.streaming import Reply, collect_choices
 
@@ -85,6 +90,8 @@ class ServerState:
             if request.lora is not None:
                 request = replace(request, adapters=request_adapters(request.lora,
                                                                      self.engine))
+            if request.settings.grammar is not None:
+                check_grammar(self.engine, request.settings.grammar)
             return request, fit_to_context(self.engine, request)
 
         if self.adapter_loading:
