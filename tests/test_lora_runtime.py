@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from limamono.engine.protocol import AdapterUnloadedError
 from limamono.samplers import get_preset
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "adapters" / "demo"
@@ -73,7 +74,7 @@ def test_load_changes_the_reply_unload_restores_it_and_caches_stay_apart(engine,
     assert _reply(engine) == base
     with pytest.raises(KeyError):
         engine.unload_adapter("demo")
-    with pytest.raises(KeyError), engine.using_adapters({"demo": 1.0}):
+    with pytest.raises(AdapterUnloadedError), engine.using_adapters({"demo": 1.0}):
         pass
 
 
@@ -123,3 +124,22 @@ def test_a_half_scale_is_its_own_cache_key(engine, demo_gguf):
         assert half != full
     finally:
         engine.unload_adapter("demo")
+
+
+def test_a_chosen_adapter_unloaded_before_the_stream_starts(engine, demo_gguf):
+    """Regression: a stream whose chosen adapter was unloaded meanwhile raised a bare
+    KeyError (the server's 500); now AdapterUnloadedError naming it, and a name at scale 0
+    (what llama.cpp's ``lora`` field gives every adapter it does not name) is no longer
+    needed at all."""
+    base = _reply(engine)
+    engine.load_adapter("demo", demo_gguf, 1.0)
+    with engine.using_adapters({"demo": 1.0}):
+        engine.unload_adapter("demo")
+        with pytest.raises(AdapterUnloadedError, match="adapter 'demo' was unloaded"):
+            _reply(engine)
+    engine.load_adapter("demo", demo_gguf, 1.0)
+    with engine.using_adapters({"demo": 0.0}):
+        engine.unload_adapter("demo")
+        assert _reply(engine) == base
+    with pytest.raises(AdapterUnloadedError), engine.using_adapters({"demo": 0.5}):
+        pass

@@ -214,6 +214,58 @@ def test_a_request_chooses_its_adapters_with_llamacpps_lora_field(tmp_path):
         assert engine.choices[-1] == {"a": 1.0, "b": 0.0}
 
 
+def test_an_adapter_unloaded_while_its_request_waits_is_a_409_naming_it(tmp_path,
+                                                                      monkeypatch):
+    """Regression: a request that chose adapter "a" and waited in the queue while "a" was
+    unloaded got a 500 with the bare KeyError text "'a'"."""
+    from limamono.server import state as state_module
+
+    engine = LlamaUnloadEngine(loaded=[_Loaded("a", 1.0), _Loaded("b", 0.5)])
+    checked = state_module.request_adapters
+
+    def then_unload(value: Any, chosen: Any) -> Any:
+        choice = checked(value, chosen)
+        engine.unload_adapter("a")  # as /v1/lora/unload would while the request waits
+        return choice
+
+    monkeypatch.setattr(state_module, "request_adapters", then_unload)
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        body = {"prompt": "Hi", "max_tokens": 5, "lora": [{"id": 0, "scale": 1}]}
+        response = client.post("/v1/completions", json=body)
+        assert response.status_code == 409
+        assert response.json()["error"]["param"] == "lora"
+        assert response.json()["error"]["message"].startswith(
+            "adapter 'a' was unloaded after this request chose it")
+        engine.loaded.insert(0, _Loaded("a", 1.0))
+        kobold = client.post("/api/v1/generate", json={**body, "max_length": 5})
+        assert kobold.status_code == 409
+        assert "adapter 'a' was unloaded" in kobold.json()["error"]["message"]
+        engine.loaded.insert(0, _Loaded("a", 1.0))
+        streamed = client.post("/v1/completions", json={**body, "stream": True})
+        assert "adapter 'a' was unloaded after this request chose it" in streamed.text
+        # choosing only "b" (so "a" at scale 0) survives "a" going away
+        engine.loaded.insert(0, _Loaded("a", 1.0))
+        response = client.post("/v1/completions", json={
+            "prompt": "Hi", "max_tokens": 5, "lora": [{"id": 1, "scale": 0.25}]})
+        assert response.status_code == 200, response.text
+        assert engine.choices[-1] == {"b": 0.25}
+
+
+@dataclass
+class LlamaUnloadEngine(AdapterEngine):
+    """The fake with the llama.cpp engine's rule for a chosen adapter that is gone."""
+
+    def using_adapters(self, choice: dict[str, float] | None) -> Any:
+        from limamono.engine.protocol import AdapterUnloadedError
+
+        names = {a.name for a in self.loaded}
+        for name, scale in (choice or {}).items():
+            if scale != 0 and name not in names:
+                raise AdapterUnloadedError(name)
+        kept = None if choice is None else {n: s for n, s in choice.items() if s != 0}
+        return super().using_adapters(kept)
+
+
 @pytest.mark.slow
 def test_load_changes_the_greedy_reply_and_unload_restores_it(tmp_path, monkeypatch):
     from limamono.engine.llamacpp import LlamaCppEngine

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from limamono.engine.kvreuse import Reuse, plan_reuse
 from limamono.engine.kvstore import DEFAULT_CAP_MB, KVStore, SavedState, file_identity
 from limamono.engine.loop import PREFILL_CHUNK, EngineBase, GrammarState, KVSlot, SlotStart
-from limamono.engine.protocol import GrammarError
+from limamono.engine.protocol import AdapterUnloadedError, GrammarError
 from limamono.models import llama_lib
 from limamono.models.resolve import ModelError
 
@@ -430,13 +430,18 @@ class LlamaCppEngine(EngineBase):
         """Streams this thread starts inside the block apply ``choice`` (adapter name to
         scale; empty: the base model) instead of every loaded adapter at its own scale.
 
+        A name at scale 0 that is no longer loaded is left out (it changes nothing).
+
         Raises:
-            KeyError: A name that is not loaded (checked now and when a stream starts).
+            AdapterUnloadedError: A name with another scale that is not loaded (unloaded
+                since the request chose it; checked now and when a stream starts).
         """
         if choice is not None:
-            missing = [name for name in choice if name not in self._adapters]
-            if missing:
-                raise KeyError(missing[0])
+            with self._ctx_lock:
+                missing = [name for name, scale in choice.items()
+                           if scale != 0 and name not in self._adapters]
+                if missing:
+                    raise AdapterUnloadedError(missing[0])
         before = getattr(self._choice, "value", None)
         self._choice.value = None if choice is None else dict(choice)
         try:
@@ -454,11 +459,12 @@ class LlamaCppEngine(EngineBase):
             return self._default_key()
         key = []
         for name, scale in choice.items():
+            if scale == 0:
+                continue
             adapter = self._adapters.get(name)
             if adapter is None:  # unloaded since the request was checked
-                raise KeyError(name)
-            if scale != 0:
-                key.append((adapter.number, float(scale)))
+                raise AdapterUnloadedError(name)
+            key.append((adapter.number, float(scale)))
         return tuple(sorted(key))
 
     def _set_context_adapters(self, key: AdapterKey) -> None:

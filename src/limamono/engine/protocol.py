@@ -30,6 +30,16 @@ class GrammarError(ValueError):
         self.field = field
 
 
+class AdapterUnloadedError(RuntimeError):
+    """A request chose an adapter (with a scale other than 0) that was unloaded before its
+    generation started (it waited in the queue meanwhile). ``name`` is the adapter's."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"adapter {name!r} was unloaded after this request chose it; send "
+                         "the request again (GET /v1/lora lists the loaded adapters)")
+        self.name = name
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """One generated token's log-probability under the model, with the most likely ones.

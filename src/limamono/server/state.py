@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from starlette.types import Receive
 
 from limamono.core.policy import ContextOverflowError
-from limamono.engine.protocol import Engine
+from limamono.engine.protocol import AdapterUnloadedError, Engine
 from limamono.server.config import ServerConfig
 from limamono.server.errors import BAD_REQUEST, BUSY, ApiError
 from limamono.server.params import (
@@ -26,6 +26,8 @@ from limamono.server.streaming import Reply, collect_choices
 
 T = TypeVar("T")
 
+#: Status of a request whose adapter was unloaded while it waited in the queue.
+CONFLICT = 409
 #: Status of the (unread) answer to a client that disconnected before its reply was done.
 CLIENT_CLOSED = 499
 
@@ -110,7 +112,8 @@ class ServerState:
         """The whole reply of a non-streaming request (choice 0).
 
         Raises:
-            ApiError: 400 when the prompt cannot fit, 500 when the engine failed,
+            ApiError: 400 when the prompt cannot fit, 409 naming the adapter when one the
+                request chose was unloaded while it waited, 500 when the engine failed,
                 499 (unread) when the client disconnected and the job was cancelled.
         """
         return (await self.replies(job, receive))[0]
@@ -125,6 +128,8 @@ class ServerState:
             reply = await collect_choices(job, receive)
         except ContextOverflowError as error:
             raise ApiError(BAD_REQUEST, str(error), field="prompt") from None
+        except AdapterUnloadedError as error:  # unloaded while the request was queued
+            raise ApiError(CONFLICT, str(error), field="lora", kind="conflict") from None
         except Exception as error:  # request boundary: the engine failed
             raise ApiError(500, f"generation failed: {error}", kind="server_error") from None
         if reply is None:
