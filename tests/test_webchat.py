@@ -6,10 +6,13 @@ itself is driven in a real browser by ``test_webchat_browser.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -104,6 +107,7 @@ def test_info_lists_presets_lengths_and_bundled_characters(setup) -> None:
     client, _, _ = setup
     info = client.get("/webchat/api/info").json()
     assert info == {"model": "scripted", "context_length": 4096,
+                    "adapters": [], "runtime_adapters": False,
                     "presets": ["limamono", "limamono-dry", "greedy"],
                     "default_preset": "limamono",
                     "lengths": ["micro", "tiny", "short", "medium", "long", "massive", "huge"],
@@ -125,6 +129,71 @@ def test_a_bundled_character_opens_with_its_greetings_as_swipes(setup) -> None:
     listed = client.get("/webchat/api/chats").json()
     assert [(c["id"], c["character"], c["user"], c["messages"]) for c in listed] == [
         (chat["id"], "Mira Holt", "Tom", 1)]
+
+
+class AdapterScriptedEngine(ScriptedEngine):
+    """The scripted engine with the llama.cpp engine's run-time adapter methods; records
+    the adapter choice each generation ran under."""
+
+    def __init__(self, replies: list[str]) -> None:
+        super().__init__(replies)
+        self.loaded = [SimpleNamespace(name="a", scale=1.0),
+                       SimpleNamespace(name="b", scale=0.5)]
+        self.choices: list[dict[str, float] | None] = []
+        self._choice = threading.local()
+
+    def adapters(self) -> list[Any]:
+        return list(self.loaded)
+
+    @contextlib.contextmanager
+    def using_adapters(self, choice: dict[str, float] | None) -> Iterator[None]:
+        self._choice.value = choice
+        try:
+            yield
+        finally:
+            self._choice.value = None
+
+    def stream_text(self, *args: Any, **kwargs: Any) -> Any:
+        self.choices.append(getattr(self._choice, "value", None))
+        return super().stream_text(*args, **kwargs)
+
+
+def test_a_reply_honours_the_lora_field_like_the_completion_routes(tmp_path: Path) -> None:
+    """Regression: the web chat ignored ``lora``; now a reply runs under the adapters it
+    chooses, as on /v1/completions, and the page lists the loaded ones."""
+    characters = tmp_path / "characters"
+    characters.mkdir()
+    mira_card(characters)
+    engine = AdapterScriptedEngine(["She nodded slowly."])
+    web = WebChatConfig(tmp_path / "chats.db", characters)
+    with TestClient(create_app(engine, ServerConfig(), web)) as client:
+        info = client.get("/webchat/api/info").json()
+        assert info["runtime_adapters"] is True
+        assert info["adapters"] == [{"id": 0, "name": "a", "scale": 1.0},
+                                    {"id": 1, "name": "b", "scale": 0.5}]
+        chat = start_chat(client)
+        generate(client, chat["id"], action="send", text="Hello.",
+                 lora=[{"id": 1, "scale": 0.5}])
+        generate(client, chat["id"], action="regenerate", lora=[])
+        generate(client, chat["id"], action="regenerate")
+        assert engine.choices == [{"a": 0.0, "b": 0.5}, {"a": 0.0, "b": 0.0}, None]
+        response = client.post(f"/webchat/api/chats/{chat['id']}/generate",
+                               json={"action": "regenerate", "lora": [{"id": 5}]})
+        assert response.status_code == 400
+        assert response.json()["error"]["message"].startswith(
+            "lora[0].id=5: no loaded adapter has that id")
+        assert len(engine.choices) == 3
+
+
+def test_the_lora_field_on_an_engine_without_adapters_is_refused(setup) -> None:
+    client, engine, _ = setup
+    chat = start_chat(client)
+    response = client.post(f"/webchat/api/chats/{chat['id']}/generate",
+                           json={"action": "reply", "lora": []})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(
+        "lora: choosing adapters per request needs the llama.cpp engine")
+    assert engine.prompts == []
 
 
 def test_send_streams_the_reply_and_saves_it(setup) -> None:

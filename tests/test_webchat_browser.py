@@ -11,6 +11,7 @@ are fast and every reply is known; one drives the embedded model (marked slow).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -419,6 +421,69 @@ def test_busy_server_and_a_restart_give_clear_messages(tmp_path, page) -> None:
         page.goto(url2 + "/#chat=1")
         page.wait_for_selector("article.message.char")
         assert page.locator("#notice").is_hidden()
+
+
+class AdapterPacedEngine(PacedEngine):
+    """The paced engine with the llama.cpp engine's run-time adapter methods; records the
+    adapter choice each reply ran under."""
+
+    def __init__(self, replies: Sequence[str]) -> None:
+        super().__init__(replies)
+        self.loaded = [SimpleNamespace(name="calm", scale=1.0),
+                       SimpleNamespace(name="terse", scale=0.5)]
+        self.choices: list[dict[str, float] | None] = []
+        self._choice = threading.local()
+
+    def adapters(self) -> list[Any]:
+        return list(self.loaded)
+
+    @contextlib.contextmanager
+    def using_adapters(self, choice: dict[str, float] | None) -> Iterator[None]:
+        self._choice.value = choice
+        try:
+            yield
+        finally:
+            self._choice.value = None
+
+    def stream_text(self, *args: Any, **kwargs: Any) -> Iterator[TextChunk]:
+        self.choices.append(getattr(self._choice, "value", None))
+        return super().stream_text(*args, **kwargs)
+
+
+def test_the_adapter_select_chooses_the_replys_adapters(tmp_path, page) -> None:
+    """The page's Adapter control sends llama.cpp's ``lora`` field (shown only when the
+    engine loads adapters at run time); an adapter loaded later appears on focus."""
+    engine = AdapterPacedEngine(["She nodded slowly."])
+    web = WebChatConfig(tmp_path / "chats.db", REPO / "examples" / "characters")
+    with live_server(create_app(engine, ServerConfig(), web)) as url:
+        page.goto(url)
+        page.wait_for_function(CHARACTERS_LISTED)
+        assert page.locator("#adapter-label").is_visible()
+        assert page.locator("#adapter-select option").all_inner_texts() == [
+            "all loaded (default)", "none (base model)", "calm × 1", "terse × 0.5"]
+        page.select_option("#character-select", "orrin")
+        page.click("#start-chat")
+        page.wait_for_selector("article.message.char")
+        page.select_option("#adapter-select", "1")
+        send(page, "Hello?")
+        wait_idle(page)
+        page.select_option("#adapter-select", "base")
+        page.click("#regenerate")
+        wait_idle(page)
+        page.select_option("#adapter-select", "")
+        page.click("#regenerate")
+        wait_idle(page)
+        assert engine.choices == [{"calm": 0.0, "terse": 0.5}, {"calm": 0.0, "terse": 0.0},
+                                  None]
+        engine.loaded.append(SimpleNamespace(name="late", scale=2.0))
+        page.evaluate("() => window.dispatchEvent(new Event('focus'))")
+        page.wait_for_function("() => document.querySelector('#adapter-select')"
+                               ".options.length === 5")
+    plain = PacedEngine(["Fine."])
+    with live_server(create_app(plain, ServerConfig(), web)) as url:
+        page.goto(url)
+        page.wait_for_function(CHARACTERS_LISTED)
+        assert page.locator("#adapter-label").is_hidden()
 
 
 CHARACTERS_LISTED = "() => document.querySelector('#character-select').options.length > 1"

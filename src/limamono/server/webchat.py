@@ -45,10 +45,10 @@ from limamono.chat import ChatConfig, ChatError, ChatSession, chat_from_card
 from limamono.core import format as fmt
 from limamono.core.conversation import LENGTHS, Message, User
 from limamono.core.policy import ContextOverflowError
-from limamono.engine.protocol import Completion, TextChunk
+from limamono.engine.protocol import AdapterUnloadedError, Completion, TextChunk
 from limamono.samplers import PRESETS, SamplerSettings, get_preset
 from limamono.server.errors import BAD_REQUEST, BUSY, ApiError, error_body
-from limamono.server.params import GenerationRequest
+from limamono.server.params import GenerationRequest, request_adapters
 from limamono.server.queue import Job, QueueFullError
 from limamono.server.state import ServerState
 from limamono.server.streaming import EventStream
@@ -133,6 +133,10 @@ class Generate(_Body):
     text: str = Field("", max_length=MAX_MESSAGE_CHARS)
     length: str | None = None
     preset: str | None = None
+    #: llama.cpp's per-request adapter choice, as every completion route takes it
+    #: (``[{"id": 0, "scale": 1.0}]``; ``[]``: the base model; absent: every loaded
+    #: adapter at its scale); checked by ``params.request_adapters``.
+    lora: Any = None
 
 
 class ChooseSwipe(_Body):
@@ -172,6 +176,9 @@ class QueuedEngine:
         self.context_length = state.engine.context_length
         self.loop: asyncio.AbstractEventLoop | None = None
         self.job: Job | None = None
+        #: The adapter set of the next generations (a request's ``lora``); None: every
+        #: loaded adapter at its scale.
+        self.adapters: dict[str, float] | None = None
         #: Told ``{"type": "queued", "position": n}`` when a job has to wait its turn.
         self.notify: Callable[[dict[str, Any]], None] | None = None
 
@@ -199,7 +206,7 @@ class QueuedEngine:
         if loop is None:
             raise RuntimeError("QueuedEngine.loop is not set")
         request = GenerationRequest(prompt, settings, max_new_tokens, tuple(stop),
-                                    self.context_length)
+                                    self.context_length, adapters=self.adapters)
 
         async def submit() -> Job:
             return self.state.queue.submit(request, prompt)
@@ -463,10 +470,12 @@ def _generate(chats: WebChats, chat_id: int, body: Generate, loop: asyncio.Abstr
     live: _Live | None = None
     try:
         settings = _settings(chats.state, body.preset)
+        adapters = request_adapters(body.lora, chats.state.engine)
         live = chats.live(store, chat_id, generating=True)
         session = live.session
         live.engine.loop = loop
         live.engine.notify = emit
+        live.engine.adapters = adapters
         session.settings = settings
         # Every request says its length; none is the default (``long``), never the last one.
         session.response_length = body.length or fmt.DEFAULT_RESPONSE_LENGTH
@@ -486,6 +495,8 @@ def _generate(chats: WebChats, chat_id: int, body: Generate, loop: asyncio.Abstr
         emit(_error(BUSY, f"the server is busy ({error}); try again in a moment"))
     except ContextOverflowError as error:
         emit(_error(BAD_REQUEST, str(error)))
+    except AdapterUnloadedError as error:  # unloaded while the reply waited in the queue
+        emit(_error(CONFLICT, str(error)))
     except StaleChatError as error:
         emit(_error(CONFLICT, f"{error}; the page shows the chat as saved"))
     except StoreError as error:
@@ -528,7 +539,11 @@ def router(state: ServerState, config: WebChatConfig) -> APIRouter:
 
     @api.get("/webchat/api/info", summary="The model, presets, lengths and characters")
     async def info() -> dict[str, Any]:
+        loaded = getattr(state.engine, "adapters", None)
+        adapters = [{"id": i, "name": a.name, "scale": a.scale}
+                    for i, a in enumerate(loaded() if callable(loaded) else [])]
         return {"model": state.model_name, "context_length": state.engine.context_length,
+                "adapters": adapters, "runtime_adapters": callable(loaded),
                 "presets": list(PRESETS), "default_preset": state.config.preset,
                 "lengths": list(LENGTHS), "default_length": fmt.DEFAULT_RESPONSE_LENGTH,
                 "characters": list(config.bundled()),

@@ -173,6 +173,39 @@ async function loadInfo() {
   const presets = $("preset-select");
   presets.replaceChildren(option("", `default (${info.default_preset})`));
   for (const preset of info.presets) presets.appendChild(option(preset, preset));
+  showAdapters(info);
+}
+
+// The adapter choice of the next reply, as llama.cpp's per-request "lora" field: "" is
+// every loaded adapter at its scale (the server's default), "base" none, a number that
+// adapter alone at its scale. Shown only when the engine loads adapters at run time.
+function showAdapters(info) {
+  const select = $("adapter-select");
+  const chosen = select.value;
+  select.replaceChildren(option("", "all loaded (default)"), option("base", "none (base model)"));
+  for (const adapter of info.adapters) {
+    select.appendChild(option(String(adapter.id), `${adapter.name} × ${adapter.scale}`));
+  }
+  if ([...select.options].some((node) => node.value === chosen)) select.value = chosen;
+  $("adapter-label").hidden = !info.runtime_adapters;
+}
+
+// Adapters are loaded and unloaded by the admin while the page is open: list them afresh.
+async function refreshAdapters() {
+  try {
+    state.info = await api("GET", "/webchat/api/info");
+    showAdapters(state.info);
+  } catch (error) {
+    // the list stays as it was; the next reply's answer says what went wrong
+  }
+}
+
+function adapterChoice() {
+  const value = $("adapter-select").value;
+  if (!state.info || !state.info.runtime_adapters || value === "") return undefined;
+  if (value === "base") return [];
+  const adapter = state.info.adapters.find((item) => String(item.id) === value);
+  return adapter ? [{ id: adapter.id, scale: adapter.scale }] : undefined;
 }
 
 function option(value, label) {
@@ -460,6 +493,8 @@ async function generate(action, text) {
   const preset = $("preset-select").value;
   if (length) body.length = length;
   if (preset) body.preset = preset;
+  const lora = adapterChoice();
+  if (lora !== undefined) body.lora = lora;
   setStreaming(true);
   showNotice("");
   let target = null;
@@ -603,6 +638,8 @@ function bindControls() {
   $("regenerate").addEventListener("click", () => generate("regenerate"));
   $("continue").addEventListener("click", () => generate("continue"));
   $("undo").addEventListener("click", undo);
+  // the admin may have loaded or unloaded adapters while the user was elsewhere
+  window.addEventListener("focus", () => { if (!state.streaming) refreshAdapters(); });
   $("toggle-sidebar").addEventListener("click", () => {
     const open = $("app").classList.toggle("drawer");
     $("toggle-sidebar").setAttribute("aria-expanded", String(open));
