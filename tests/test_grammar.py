@@ -286,3 +286,22 @@ def test_soft_landing_with_a_grammar_is_a_400_on_the_route(client):
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "soft_landing"
     assert "(json_schema)" in response.json()["error"]["message"]
+
+
+def test_koboldcpps_json_to_grammar_route():
+    """KoboldCpp Lite posts {"schema": ...} and reads success and result; other clients
+    post the schema itself. The converter is the one json_schema requests use."""
+    from test_server_fakes import FakeEngine
+
+    expected = grammar_from_fields({"json_schema": SCHEMA}).gbnf
+    with TestClient(create_app(FakeEngine(), ServerConfig())) as test_client:
+        for body in ({"schema": SCHEMA}, SCHEMA):
+            response = test_client.post("/api/extra/json_to_grammar", json=body)
+            assert response.status_code == 200
+            assert response.json() == {"result": expected, "success": True}
+        response = test_client.post("/api/extra/json_to_grammar",
+                                    json={"schema": {"$ref": "#/nowhere"}})
+        answer = response.json()
+        assert (answer["result"], answer["success"]) == ("", False)
+        assert answer["error"].startswith("schema='...': llama-cpp-python cannot turn this "
+                                          "schema into a grammar")

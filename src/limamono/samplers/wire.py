@@ -289,9 +289,9 @@ def grammar_from_fields(fields: Mapping[str, Any]) -> Grammar | None:
                 raise SamplerError(name, value, "must be a GBNF grammar (a string)")
             grammar = Grammar(value, name)
         elif name in SCHEMA_FIELDS:
-            grammar = Grammar(_schema_gbnf(name, value), name)
+            grammar = Grammar(schema_gbnf(name, value), name)
         elif name == RESPONSE_FORMAT:
-            grammar = Grammar(_schema_gbnf(name, _response_schema(value)), name)
+            grammar = Grammar(schema_gbnf(name, _response_schema(value)), name)
         else:
             grammar = Grammar(_choice_gbnf(name, value), name)
         if not any(g.gbnf == grammar.gbnf for g in found.values()):
@@ -303,8 +303,13 @@ def grammar_from_fields(fields: Mapping[str, Any]) -> Grammar | None:
     return next(iter(found.values()), None)
 
 
-def _schema_gbnf(name: str, value: Any) -> str:
-    """GBNF for a JSON schema (an object, or its JSON text) via llama-cpp-python."""
+def schema_gbnf(name: str, value: Any) -> str:
+    """GBNF for a JSON schema (an object, or its JSON text) via llama-cpp-python.
+
+    Raises:
+        SamplerError: Not a schema, too long, or refused by the converter (``name`` is
+            the field named).
+    """
     if isinstance(value, str):
         if len(value) > MAX_GRAMMAR_CHARS:
             raise SamplerError(name, "...", f"at most {MAX_GRAMMAR_CHARS} characters")

@@ -17,10 +17,17 @@ from fastapi.responses import JSONResponse
 
 from limamono import __version__
 from limamono.engine.protocol import TextChunk
+from limamono.samplers import SamplerError
+from limamono.samplers.wire import schema_gbnf
 from limamono.server.errors import BAD_REQUEST, ApiError, stream_error
 from limamono.server.logprobs import chat_logprobs
 from limamono.server.params import GenerationRequest, text_request
-from limamono.server.schemas import AbortRequest, KoboldGenerateRequest, TokenCountRequest
+from limamono.server.schemas import (
+    AbortRequest,
+    Body,
+    KoboldGenerateRequest,
+    TokenCountRequest,
+)
 from limamono.server.state import (
     KOBOLD_API_VERSION,
     KOBOLDCPP_VERSION,
@@ -131,6 +138,19 @@ def router(state: ServerState) -> APIRouter:
     async def tokencount(body: TokenCountRequest) -> dict[str, Any]:
         ids = await state.tokenize(body.prompt)
         return {"value": len(ids), "ids": ids}
+
+    @api.post("/api/extra/json_to_grammar", summary="A JSON schema as a GBNF grammar")
+    async def json_to_grammar(body: Body) -> dict[str, Any]:
+        # KoboldCpp Lite posts {"schema": ...} and reads "success" and "result" (falling
+        # back to a generic JSON grammar when success is false); other clients post the
+        # schema itself. The converter is the one json_schema requests use.
+        fields = body.model_dump()
+        schema = fields.get("schema", fields)
+        try:
+            grammar = await state.cpu(schema_gbnf, "schema", schema)
+        except SamplerError as error:
+            return {"result": "", "success": False, "error": str(error)}
+        return {"result": grammar, "success": True}
 
     @api.get("/api/extra/perf", summary="Queue state and generation counters")
     async def perf() -> JSONResponse:
