@@ -169,9 +169,50 @@ def test_an_earlier_report_joins_without_generating_again(tiny, tmp_path):
 
 def test_bad_config_lists_every_problem():
     with pytest.raises(ValueError) as info:
-        EvalConfig(data=DATA, lengths=("long", "vast"), samples=0, policy="chat")
+        EvalConfig(data=DATA, lengths=("long", "vast"), samples=0, policy="chat",
+                   backend="vllm")
     assert "vast" in str(info.value) and "samples" in str(info.value)
     assert "policy 'chat' is not one of training, sillytavern" in str(info.value)
+    assert "backend 'vllm' is not one of torch, llamacpp" in str(info.value)
+
+
+def test_llamacpp_generates_and_torch_scores(tiny, tmp_path):
+    """--backend llamacpp: the replies come from the generating engine, the loss from a
+    torch engine of the same variant (the same loss as a torch run); reports of the two
+    backends are not paired, and an older report counts as torch."""
+    from limamono.evaluate.report import ReportError, read_variants
+
+    replies = {k: (" Mira nodded.", "###") for k in ("short", "long", "massive")}
+    torch_config = EvalConfig(data=DATA, adapters=("none",), samples=2)
+    [on_torch] = run(torch_config, load=lambda m, a: ScriptedEngine(*tiny, replies))
+    generators, scorers = [], []
+
+    def load(model, adapter):
+        generators.append(ScriptedEngine(None, None, replies))  # no torch model to score
+        return generators[-1]
+
+    def load_loss(model, adapter):
+        scorers.append((model, adapter))
+        return ScriptedEngine(*tiny, {})
+
+    config = dataclasses.replace(torch_config, adapters=("none", "x"), backend="llamacpp")
+    results = run(config, load=load, load_loss=load_loss)
+    assert scorers == [("smollm2-135m", "none"), ("smollm2-135m", "x")]
+    assert [len(g.prompts) for g in generators] == [6, 6]
+    assert results[0].eval_loss == on_torch.eval_loss
+    assert results[0].supervised_tokens == on_torch.supervised_tokens
+    write_report(torch_config, [on_torch], tmp_path / "torch")
+    with pytest.raises(ReportError, match=r"backend is 'torch' there and 'llamacpp' here"):
+        read_variants(tmp_path / "torch", dataclasses.replace(config, adapters=("x",)))
+    legacy = json.loads((tmp_path / "torch" / "report.json").read_text())
+    del legacy["config"]["backend"]
+    (tmp_path / "legacy").mkdir()
+    (tmp_path / "legacy" / "report.json").write_text(json.dumps(legacy))
+    assert read_variants(tmp_path / "legacy", dataclasses.replace(torch_config,
+                                                                  adapters=("x",)))
+    write_report(config, results, tmp_path / "llama")
+    assert "generated on llamacpp; loss on torch." in (tmp_path / "llama" /
+                                                       "report.md").read_text()
 
 
 @pytest.mark.parametrize(("args", "samples", "max_tokens"), [
@@ -190,12 +231,35 @@ def test_cli_sample_defaults(monkeypatch, tmp_path, args, samples, max_tokens):
 
     seen = []
     monkeypatch.setattr(engine_cmd, "prepare_model_for_cli", lambda model: None)
-    monkeypatch.setattr(run_mod, "run", lambda config, progress, load: seen.append(config)
+    monkeypatch.setattr(run_mod, "run", lambda config, progress, load, **kw: seen.append(config)
                         or [])
     monkeypatch.setattr(report, "write_report", lambda config, results, out: [])
     result = CliRunner().invoke(app, ["eval", "--data", str(DATA), "-o", str(tmp_path), *args])
     assert result.exit_code == 0, result.output
     assert (seen[0].samples, seen[0].max_new_tokens) == (samples, max_tokens)
+    assert seen[0].backend == "torch"
+
+
+def test_cli_backend(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import limamono.cli.engine_cmd as engine_cmd
+    import limamono.evaluate.report as report
+    import limamono.evaluate.run as run_mod
+    from limamono.cli import app
+
+    seen = []
+    monkeypatch.setattr(engine_cmd, "prepare_model_for_cli", lambda model: None)
+    monkeypatch.setattr(run_mod, "run", lambda config, progress, load, load_loss:
+                        seen.append((config.backend, load_loss is not None)) or [])
+    monkeypatch.setattr(report, "write_report", lambda config, results, out: [])
+    args = ["eval", "--data", str(DATA), "-o", str(tmp_path), "--quick"]
+    assert CliRunner().invoke(app, [*args, "--backend", "llamacpp"]).exit_code == 0
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert seen == [("llamacpp", True), ("torch", False)]
+    result = CliRunner().invoke(app, [*args, "--backend", "gpu"])
+    assert result.exit_code != 0 and "backend 'gpu' is not one of torch, llamacpp" in \
+        result.output
 
 
 def test_cli_with_report_generates_only_what_it_lacks(tiny, tmp_path, monkeypatch):
@@ -212,7 +276,7 @@ def test_cli_with_report_generates_only_what_it_lacks(tiny, tmp_path, monkeypatc
                  tmp_path / "base")
     monkeypatch.setattr(engine_cmd, "prepare_model_for_cli", lambda model: None)
     seen = []
-    monkeypatch.setattr(run_mod, "run", lambda config, progress, load: seen.append(config)
+    monkeypatch.setattr(run_mod, "run", lambda config, progress, load, **kw: seen.append(config)
                         or [])
     args = ["eval", "--data", str(DATA), "--samples", "2", "--with-report",
             str(tmp_path / "base")]

@@ -46,6 +46,11 @@ def eval_cmd(
                                        "a busy machine)."),
     soft_landing: bool = typer.Option(True, "--soft-landing/--no-soft-landing",
                                       help=SOFT_LANDING_HELP),
+    backend: str = typer.Option("torch", "--backend", help="Engine that generates the "
+                                "replies: torch, or llamacpp (the embedded model's GGUF with "
+                                "the adapter as a GGUF LoRA; several times faster on a CPU). "
+                                "The loss is computed on torch either way; replies differ "
+                                "between backends, so compare reports of one backend."),
 ) -> None:
     """Evaluate the base model and adapters on held-out conversations.
 
@@ -69,7 +74,7 @@ def eval_cmd(
         config = EvalConfig(data=data, model=model, adapters=tuple(adapter), lengths=chosen,
                             samples=samples, seed=seed, max_new_tokens=max_tokens,
                             preset=preset, policy=policy, dtype=dtype, threads=threads,
-                            soft_landing=soft_landing)
+                            soft_landing=soft_landing, backend=backend)
     except ValueError as exc:
         fail(str(exc))
     if not data.is_dir():
@@ -97,7 +102,8 @@ def eval_cmd(
 
 
 def _generate(config: Any, model: str, dtype: str, threads: int | None) -> list[Any]:
-    """Run the variants of ``config`` on the torch engine, one progress bar each."""
+    """Run the variants of ``config`` (replies on its backend, loss on torch), one progress
+    bar each."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -121,13 +127,16 @@ def _generate(config: Any, model: str, dtype: str, threads: int | None) -> list[
                 tasks[variant] = bar.add_task(f"generating ({variant})", total=total)
             bar.update(tasks[variant], completed=done)
 
-        def load(model_name: str, adapter_name: str) -> Any:
-            # Loss evaluation needs the torch model, and both variants the same engine.
-            return load_engine_for_cli(model_name, resolve_adapter(adapter_name), dtype, threads,
-                                       backend="torch")
+        def load_on(backend: str) -> Any:
+            def load(model_name: str, adapter_name: str) -> Any:
+                # Every variant on the same backend: replies are paired by seed.
+                return load_engine_for_cli(model_name, resolve_adapter(adapter_name), dtype,
+                                           threads, backend=backend)
+            return load
 
         try:
-            return run(config, progress, load=load)
+            return run(config, progress, load=load_on(config.backend),
+                       load_loss=None if config.backend == "torch" else load_on("torch"))
         except (OSError, ValueError) as exc:
             fail(str(exc))
 

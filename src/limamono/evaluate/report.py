@@ -33,11 +33,12 @@ _ROWS = [
 
 #: What two reports must share for their variants to stand side by side: the same
 #: prompts (``prompts_sha256`` covers data, lengths, samples and seed), model, reply cap,
-#: samplers, policy, loss windows and dtype. Threads only change the speed.
+#: samplers, policy, loss windows, dtype and the backend that generated the replies.
+#: Threads only change the speed.
 PAIRED_FIELDS = ("model", "lengths", "samples", "seed", "max_new_tokens", "preset", "policy",
-                 "seq_len", "dtype", "soft_landing")
+                 "seq_len", "dtype", "soft_landing", "backend")
 #: What a report written before a field existed ran with.
-BEFORE_FIELD: dict[str, object] = {"soft_landing": False}
+BEFORE_FIELD: dict[str, object] = {"soft_landing": False, "backend": "torch"}
 
 
 class ReportError(ValueError):
@@ -195,7 +196,9 @@ def to_markdown(config: EvalConfig, results: Sequence[VariantResult]) -> str:
         "# Evaluation report", "",
         f"Model `{config.model}`; data `{config.data}`; {config.samples} prompt(s) per "
         f"length; lengths {', '.join(config.lengths)}; preset {_preset(config.preset)}; "
-        f"seed {config.seed}; replies capped at {config.max_new_tokens} tokens.", "",
+        f"seed {config.seed}; replies capped at {config.max_new_tokens} tokens, generated "
+        f"on {config.backend}" + ("" if config.soft_landing else " without the soft landing")
+        + "; loss on torch.", "",
         *_sources(results),
         "## Loss on held-out conversations (supervised tokens)", "", head.rstrip("\n"),
         "| eval loss | " + " | ".join(_cell(r.eval_loss, False) for r in results) + " |",

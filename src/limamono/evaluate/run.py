@@ -39,6 +39,9 @@ def samples_for(lengths: Sequence[str], replies: int = REQUIRED_REPLIES) -> int:
     return math.ceil(replies / max(len(lengths), 1))
 
 
+#: Engines that can generate an eval's replies (the loss is always computed on torch).
+EVAL_BACKENDS: tuple[str, ...] = ("torch", "llamacpp")
+
 #: ``limamono eval --quick``: a CI-sized run (figures too wide to judge any target).
 QUICK_SAMPLES = 2
 QUICK_MAX_TOKENS = 64
@@ -67,6 +70,10 @@ class EvalConfig:
         threads: torch threads (None: torch's default).
         soft_landing: as each variant's samplers say (the ``limamono`` preset: on); False
             turns the soft landing off for every variant (``--no-soft-landing``).
+        backend: the engine that generates the replies, ``torch`` or ``llamacpp`` (the
+            embedded GGUF with the adapter as a GGUF LoRA: several times faster on a CPU).
+            The loss is always computed on torch. Replies of the two backends differ for
+            the same seed (other kernels), so only reports of one backend are paired.
     """
 
     data: Path
@@ -82,6 +89,7 @@ class EvalConfig:
     dtype: str = "auto"
     threads: int | None = None
     soft_landing: bool = True
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         problems = [f"length {x!r} is not one of {', '.join(LENGTHS)}"
@@ -94,6 +102,8 @@ class EvalConfig:
             problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.policy is not None and self.policy not in POLICIES:
             problems.append(f"policy {self.policy!r} is not one of {', '.join(POLICIES)}")
+        if self.backend not in EVAL_BACKENDS:
+            problems.append(f"backend {self.backend!r} is not one of {', '.join(EVAL_BACKENDS)}")
         if problems:
             raise ValueError("invalid eval config: " + "; ".join(problems))
 
@@ -258,10 +268,15 @@ def eval_loss(model: Any, tokenizer: Any, data: Path, seq_len: int,
 
 def evaluate_variant(engine: Any, adapter: str, conversations: Sequence[Conversation],
                      config: EvalConfig,
-                     progress: Callable[[int], None] | None = None) -> VariantResult:
-    """Loss and behaviour of one loaded engine (its adapter's policy and samplers)."""
+                     progress: Callable[[int], None] | None = None,
+                     loss_engine: Any = None) -> VariantResult:
+    """Loss and behaviour of one loaded engine (its adapter's policy and samplers).
+
+    ``loss_engine``: a torch engine of the same variant for the loss (default: ``engine``).
+    """
     chosen = variant_defaults(config, adapter)
-    loss, tokens = eval_loss(engine.model, engine.tokenizer, config.data, config.seq_len,
+    scorer = engine if loss_engine is None else loss_engine
+    loss, tokens = eval_loss(scorer.model, scorer.tokenizer, config.data, config.seq_len,
                              chosen.policy)
     samples = generate_samples(engine, make_prompts(conversations, config), config, progress,
                                chosen)
@@ -270,21 +285,32 @@ def evaluate_variant(engine: Any, adapter: str, conversations: Sequence[Conversa
 
 
 def run(config: EvalConfig, progress: Callable[[str, int, int], None] | None = None,
-        load: Callable[[str, str], Any] | None = None) -> list[VariantResult]:
-    """Evaluate every variant in turn (one model in memory at a time).
+        load: Callable[[str, str], Any] | None = None,
+        load_loss: Callable[[str, str], Any] | None = None) -> list[VariantResult]:
+    """Evaluate every variant in turn (one variant's models in memory at a time).
 
     Args:
         config: what to evaluate.
         progress: called as ``progress(variant, done, total)`` after each reply.
-        load: ``load(model, adapter) -> engine``; defaults to ``limamono.engine.load_engine``.
+        load: ``load(model, adapter) -> engine`` on ``config.backend``, which generates;
+            defaults to ``limamono.engine.load_engine``.
+        load_loss: the torch engine for the loss when ``config.backend`` is not torch
+            (default ``load_engine(..., backend="torch")``); on torch the one engine does both.
     """
-    if load is None:
-        from limamono.engine import load_engine
-        from limamono.models.resolve import resolve_adapter
+    from limamono.models.resolve import resolve_adapter
 
-        def load(model: str, adapter: str) -> Any:
+    def load_on(backend: str) -> Callable[[str, str], Any]:
+        from limamono.engine import load_engine
+
+        def loader(model: str, adapter: str) -> Any:
             return load_engine(model=model, adapter=resolve_adapter(adapter),
-                               dtype=config.dtype, threads=config.threads, backend="torch")
+                               dtype=config.dtype, threads=config.threads, backend=backend)
+        return loader
+
+    if load is None:
+        load = load_on(config.backend)
+    if load_loss is None and config.backend != "torch":
+        load_loss = load_on("torch")
 
     conversations = held_out(config.data)
     total = len(make_prompts(conversations, config))
@@ -299,6 +325,7 @@ def run(config: EvalConfig, progress: Callable[[str, int, int], None] | None = N
             if progress:
                 progress(adapter, done, total)
 
-        results.append(evaluate_variant(engine, adapter, conversations, config, tick))
-        del engine
+        scorer = None if load_loss is None else load_loss(config.model, adapter)
+        results.append(evaluate_variant(engine, adapter, conversations, config, tick, scorer))
+        del engine, scorer
     return results
