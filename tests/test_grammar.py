@@ -2,9 +2,10 @@
 limamono's chain, per stream, with phrase-ban rollback, and the wire fields of every dialect
 mapped to one grammar.
 
-The model tests use the embedded SmolLM2 GGUF; the tiny Mistral fixture has no GGUF file
-(it is a transformers folder), so the llama.cpp engine, the only one that runs grammars,
-cannot load it: its tokenizer family is covered only by the refusal on the torch side.
+The model tests use the embedded SmolLM2 GGUF (BPE). The tiny Mistral fixture ships no
+GGUF (it is a transformers folder); its SentencePiece tokenizer family (with BOS) is
+covered by exporting it to GGUF here (``export_gguf``, as ``limamono export gguf`` does):
+its weights are random, so only what the grammar forces is asserted there.
 """
 
 from __future__ import annotations
@@ -305,3 +306,38 @@ def test_koboldcpps_json_to_grammar_route():
         assert (answer["result"], answer["success"]) == ("", False)
         assert answer["error"].startswith("schema='...': llama-cpp-python cannot turn this "
                                           "schema into a grammar")
+
+
+@pytest.fixture(scope="module")
+def mistral_engine(tiny_mistral_dir: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import shutil
+
+    from conftest import mistral_sentencepiece
+    from limamono.engine.llamacpp import LlamaCppEngine
+    from limamono.models.gguf_export import export_gguf
+
+    folder = tmp_path_factory.mktemp("mistral")
+    model_dir = folder / "model"
+    shutil.copytree(tiny_mistral_dir, model_dir)
+    shutil.copy(mistral_sentencepiece(), model_dir / "tokenizer.model")
+    export_gguf(str(model_dir), None, folder / "mistral.gguf")
+    made = LlamaCppEngine(folder / "mistral.gguf", context_length=512, threads=1, parallel=2)
+    yield made
+    made.close()
+
+
+@pytest.mark.slow  # the export and a 200-token reply take about 10 s here
+def test_grammars_on_the_mistral_sentencepiece_tokenizer(mistral_engine):
+    assert mistral_engine.start_ids == (1,)  # BOS, as the Mistral tokenizer adds it
+    for seed in range(3):
+        settings = get_preset("limamono").replace(soft_landing=False, seed=seed,
+                                                  grammar=Grammar(YES_NO))
+        reply = mistral_engine.generate(PROMPT, settings, 10)
+        assert reply.text in ("yes", "no") and reply.finish_reason == "stop"
+    schema = get_preset("limamono").replace(
+        soft_landing=False, seed=5, grammar=grammar_from_fields({"json_schema": SCHEMA}))
+    reply = mistral_engine.generate("A character sheet as JSON:\n", schema, 200)
+    assert reply.finish_reason == "stop", reply
+    _valid(reply.text)
+    settings = greedy(YES_NO).replace(banned_strings=("yes",))
+    assert mistral_engine.generate(PROMPT, settings, 10).text == "no"
