@@ -501,7 +501,8 @@ def test_cli_lists_every_sampler_with_its_dialect_names() -> None:
     for label, _, _, _ in CATALOG:
         assert label in result.output
     for name in ("dry_sequence_breakers", "nsigma", "top_n_sigma", "mirostat_mode",
-                 "xtc_probability", "banned_strings", "logit_bias", "dynatemp_range"):
+                 "xtc_probability", "banned_strings", "logit_bias", "dynatemp_range",
+                 "grammar_string", "json_schema", "guided_choice"):
         assert name in result.output
     assert "llama.cpp names" in result.output and "samplers (names)" in result.output
     assert "limamono-dry" in CliRunner().invoke(app, ["samplers", "list"]).output

@@ -451,6 +451,8 @@ CATALOG: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("XTC", ("xtc_threshold", "xtc_probability"), "xtc", "(after the order)"),
     ("ban EOS", ("ban_eos_token",), "(first)", "(first)"),
     ("banned strings (backtracking)", ("banned_strings",), "(engine)", "(engine)"),
+    ("grammar / JSON schema", ("grammar",), "(first; llama.cpp only)",
+     "(first; llama.cpp only)"),
     ("soft landing (limamono's own)", ("soft_landing",), "(after the bans)",
      "(after the bans)"),
     ("seed", ("seed",), "-", "-"),
@@ -460,6 +462,8 @@ CATALOG: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
 
 def wire_names(field: str, dialect: str) -> tuple[str, ...]:
     """The wire names a dialect reads for a settings field, its preferred one first."""
+    if field == "grammar":  # every dialect reads every constraint field (grammar_from_fields)
+        return tuple(n for n in CONSTRAINT_FIELDS if n not in REFUSED_CONSTRAINTS)
     return _ALIASES.get(dialect, TEXTGEN_ALIASES).get(field, ())
 
 
