@@ -39,7 +39,7 @@ def generate_cmd(
                                     "name, e.g. 'Occupation: ferry pilot' (\\n separates "
                                     "lines); the model carries on from there."),
     model: str = typer.Option("smollm2-135m", "--model", help="Model: smollm2-135m (embedded), "
-                              "an HF folder or a cached hub id."),
+                              "a .gguf file (llama.cpp), an HF folder or a cached hub id."),
     adapter: str = typer.Option("demo", "--adapter", help="Adapter folder, 'demo' or 'none'."),
     preset: str = typer.Option("limamono", "--preset", help="Sampler preset."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for a repeatable draft."),

@@ -13,7 +13,8 @@ from limamono.cli.common import EXIT_BAD_INPUT, EXIT_PROBLEMS, err, fail, out
 from limamono.util.untrusted import quote
 
 data_app = typer.Typer(help="Check, build and measure a training dataset (a folder of "
-                            "conversation YAML, JSONL and LimaRP YAML files).",
+                            "conversation YAML, JSONL and LimaRP YAML files); draft "
+                            "conversations; preference pairs from swipes.",
                        no_args_is_help=True)
 
 if TYPE_CHECKING:

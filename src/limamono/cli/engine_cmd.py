@@ -128,9 +128,11 @@ def models_cmd(
                                  "into the cache now (once, about a minute and a half), so the "
                                  "first chat or demo starts at once. `make demo` runs this."),
 ) -> None:
-    """List the models that can be loaded here (no network): the embedded default, converted
-    folders under $LIMAMONO_HOME/models and models in the local Hugging Face cache; and the
-    dtype that --dtype auto picks on this machine, with the reason."""
+    """List the models that can be loaded here (no network), and the dtype --dtype auto picks.
+
+    The embedded default, converted folders under $LIMAMONO_HOME/models and models in the
+    local Hugging Face cache; and the dtype that --dtype auto picks on this machine, with the
+    reason."""
     from rich.table import Table
 
     from limamono.models.resolve import DEFAULT_MODEL, choose_dtype, limamono_home, list_models

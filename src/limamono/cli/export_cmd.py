@@ -31,7 +31,7 @@ def export_gguf_cmd(
     The file holds the Limamono chat template and the adapter card's stop strings
     (`limamono.stop_strings`), so llama.cpp and KoboldCpp run it as it is. --lora-only writes
     the adapter alone (general.type adapter) for users who keep the base file. See
-    docs/TRAINING.md, "Export".
+    docs/TRAINING.md, "Export as GGUF".
     """
     from limamono.models.gguf_export import ExportError, export_gguf
     from limamono.models.resolve import ModelError

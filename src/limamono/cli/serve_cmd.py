@@ -32,9 +32,10 @@ DEFAULT_PARALLEL = 4
 
 _HELP = (
     "Serve a model over the APIs SillyTavern already speaks.\n\n"
-    "KoboldAI/KoboldCpp (URL http://HOST:PORT/api), text-generation-webui and "
-    "OpenAI-compatible text completion (URL http://HOST:PORT), and /v1/chat/completions "
-    "in the Limamono format.\n\n"
+    "KoboldAI/KoboldCpp (URL http://HOST:PORT/api); text-generation-webui, llama.cpp's "
+    "server, TabbyAPI, Aphrodite/vLLM and OpenAI-compatible text completion (URL "
+    "http://HOST:PORT); and /v1/chat/completions in the Limamono format. Grammars and JSON "
+    "schemas (grammar, grammar_string, json_schema, ...) run on the llama.cpp engine.\n\n"
     "A chat page for the browser is at http://HOST:PORT/ (--open opens it), sharing its "
     "chats with `limamono chat` (--db).\n\n"
     "On the llama.cpp engine (GGUF files, the default) --parallel conversations are decoded "
@@ -141,8 +142,10 @@ def register(app: typer.Typer) -> None:
         parallel: int | None = typer.Option(
             None, "--parallel", "-np", min=1, show_default=False,
             help="Slots of the llama.cpp engine: conversations generated at once, decoded "
-            "together (each slot holds its own KV cache of --context tokens). The torch "
-            f"engine has one slot.  [default: {DEFAULT_PARALLEL}]"),
+            "together (each slot holds its own KV cache of --context tokens); a request's "
+            "`n` choices take one slot each. The torch engine has one slot. "
+            # Escaped: Rich markup would take an unescaped "[default: 4]" for a style tag
+            f"\\[default: {DEFAULT_PARALLEL}]"),
         kv_save_mb: int = typer.Option(
             2048, "--kv-save-mb", min=0,
             help="llama.cpp engine: save finished conversations' KV caches under "

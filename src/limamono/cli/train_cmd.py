@@ -13,7 +13,8 @@ export_app = typer.Typer(help="Export a training run for other tools.", no_args_
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 _OVERRIDES_HELP = ("Any config key can follow as --key value (e.g. --lora-r 16 "
-                   "--learning-rate 1e-4 --bf16 false); CLI > file > defaults.")
+                   "--learning-rate 1e-4 --bf16 false, --load-in-4bit for QLoRA, --report-to "
+                   "tensorboard|wandb|none); CLI > file > defaults. Keys: docs/TRAINING.md.")
 
 
 def _say(line: str) -> None:
@@ -56,9 +57,11 @@ def train_cmd(
                                "found in output_dir: its checkpoints, adapter and manifest. "
                                "Folders limamono did not make are never replaced."),
 ) -> None:
-    """Train a LoRA adapter with the card's recipe (r 8, alpha 16, dropout 0.5, all linear
-    projections, seq 4096 padded, 3 epochs, cosine 2e-4). Writes OUT/adapter/, OUT/loss.png,
-    OUT/manifest.json and atomic checkpoints. output_dir must be new, empty, or this run's
+    """Train a LoRA adapter with the card's recipe (or DPO/ORPO on preference pairs).
+
+    The recipe: r 8, alpha 16, dropout 0.5, all linear projections, seq 4096 padded, 3
+    epochs, cosine 2e-4. Writes OUT/adapter/, OUT/loss.png, OUT/manifest.json and atomic
+    checkpoints. output_dir must be new, empty, or this run's
     own (limamono-run.json records whose). Works under `accelerate launch -m limamono
     train CONFIG`. With `method: dpo` or `orpo` it trains on a preference set (`limamono
     data prefs`) with TRL, from `sft_adapter` (also DPO's reference)."""
