@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,6 +38,8 @@ from limamono.server.queue import GenerationQueue
 from limamono.server.state import ServerState
 from limamono.server.webchat import WebChatConfig
 from limamono.util.untrusted import quote
+
+log = logging.getLogger("limamono.server")
 
 #: Routes that need no API key: liveness and the version checks clients make first.
 PUBLIC_PATHS = frozenset({"/health", *kobold.PUBLIC_PATHS})
@@ -234,6 +237,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+#: Distinct refused Host/Origin values logged, at most (each once).
+LOGGED_REFUSALS = 32
+
 #: Methods that change nothing; every other one is refused from a foreign ``Origin``.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -281,6 +287,7 @@ class HostOriginGuard:
         self.app = app
         self.hosts = hosts
         self.origins = frozenset(o.rstrip("/").lower() for o in origins)
+        self.logged: set[str] = set()  # the refusals already logged (LOGGED_REFUSALS at most)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check ``Host`` and ``Origin``, then pass the request on."""
@@ -291,21 +298,36 @@ class HostOriginGuard:
         host = headers.get(b"host", b"").decode("latin-1")
         origin = headers.get(b"origin")
         if host and not host_allowed(host, self.hosts):
-            await _reply(scope, receive, send, BAD_REQUEST,
-                         f"Host {quote(host)} is not a name of this server (a DNS rebinding "
-                         "page?); fix: call it by IP address or localhost, or start it with "
-                         f"--allow-host {quote(host.rsplit(':', 1)[0])}", kind="invalid_host")
+            message = (f"Host {quote(host)} is not a name of this server (a DNS rebinding "
+                       "page?); fix: call it by IP address or localhost, or start it with "
+                       f"--allow-host {quote(host.rsplit(':', 1)[0])}")
+            self._log_once(f"host {host}", message)
+            await _reply(scope, receive, send, BAD_REQUEST, message, kind="invalid_host")
             return
         if origin is not None and scope["method"] not in SAFE_METHODS:
             text = origin.decode("latin-1")
             if not self._origin_allowed(text, host):
-                await _reply(scope, receive, send, FORBIDDEN,
-                             f"a {scope['method']} from the web page of origin {quote(text)} "
-                             "is refused (a cross-site request?); fix: start the server with "
-                             f"--cors-origin {quote(text)} to allow that page",
-                             kind="forbidden_origin")
+                message = (f"a {scope['method']} from the web page of origin {quote(text)} "
+                           "is refused (a cross-site request?); fix: start the server with "
+                           f"--cors-origin {quote(text)} to allow that page")
+                self._log_once(f"origin {text}", message)
+                await _reply(scope, receive, send, FORBIDDEN, message, kind="forbidden_origin")
                 return
         await self.app(scope, receive, send)
+
+    def _log_once(self, key: str, message: str) -> None:
+        """Log a refusal the first time its Host or Origin is seen.
+
+        SillyTavern's status checks drop the body of a failed answer (its Text Completion
+        modes show only "No connection"), so the server's log is where the user of a
+        SillyTavern in Docker (``http://host.docker.internal:5001``) finds the fix. Once
+        per name, and for at most ``LOGGED_REFUSALS`` names, so that a page retrying
+        (or many rebinding names) cannot flood the log.
+        """
+        if key in self.logged or len(self.logged) >= LOGGED_REFUSALS:
+            return
+        self.logged.add(key)
+        log.warning("refused: %s", message)
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         origin = origin.rstrip("/").lower()
