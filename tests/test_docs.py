@@ -235,6 +235,93 @@ def test_help_text_survives_rich_markup() -> None:
     assert Text.from_markup(parallel.help).plain.endswith("[default: 4]")
 
 
+# Defaults stated in the docs' option tables -------------------------------------------
+
+
+def _table_rows(path: Path, header: str) -> list[list[str]]:
+    """The rows of the Markdown table whose header line starts with ``header``."""
+    rows: list[list[str]] = []
+    inside = False
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if line.startswith(header):
+            inside = True
+            continue
+        if inside and not line.startswith("|"):
+            if rows:
+                break
+            continue
+        if inside and not line.startswith("|---"):
+            rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+def _value(text: str) -> Any:
+    """A default as the docs write it: `x`, 4, 0.5, true, unset; None when it is prose."""
+    text = text.strip().strip("`")
+    if text in ("true", "false"):
+        return text == "true"
+    if text == "unset":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    return text if re.fullmatch(r"[\w.-]+", text) else ...
+
+
+def _same(stated: Any, actual: Any) -> bool:
+    if stated == "none":  # no value given: None, or an empty repeatable option
+        return actual is None or actual == []
+    if isinstance(stated, float) and not isinstance(actual, bool):
+        return isinstance(actual, (int, float)) and float(actual) == stated
+    return bool(stated == actual)
+
+
+def test_serve_option_defaults_in_the_sillytavern_guide() -> None:
+    from limamono.cli.serve_cmd import DEFAULT_PARALLEL
+
+    params = {o: p for p in ROOT_COMMAND.commands["serve"].params for o in p.opts}
+    rows = _table_rows(ROOT / "docs" / "SILLYTAVERN.md", "| option | default |")
+    checked = 0
+    for row in rows:
+        options = re.findall(r"`(--[a-z-]+)`", row[0].split("(")[0])
+        defaults = [_value(d) for d in row[1].split(", ")]
+        assert options, row
+        for option in options:
+            assert option in params, f"SILLYTAVERN.md: serve has no {option}"
+        if len(defaults) != len(options) or ... in defaults:
+            continue  # prose ("the model's", "none"): read by eye
+        for option, stated in zip(options, defaults, strict=True):
+            actual = params[option].default
+            actual = DEFAULT_PARALLEL if option == "--parallel" else actual
+            assert _same(stated, actual), f"SILLYTAVERN.md: {option} default {stated!r}, " \
+                f"code {actual!r}"
+            checked += 1
+    assert checked >= 12
+
+
+def test_training_config_defaults_in_the_training_guide() -> None:
+    from limamono.train.config import TrainConfig
+
+    defaults = TrainConfig()
+    rows = _table_rows(ROOT / "docs" / "TRAINING.md", "| key | default |")
+    checked = 0
+    for row in rows:
+        keys = [k.strip() for k in row[0].split(",")]
+        stated = [_value(d) for d in row[1].split(", ")]
+        for key in keys:
+            assert key in FIELDS, f"TRAINING.md: no config key {key}"
+        if ... in stated or len(stated) not in (1, len(keys)):
+            continue  # prose (the target modules, bf16's rule): read by eye
+        for key, value in zip(keys, stated * len(keys) if len(stated) == 1 else stated,
+                              strict=True):
+            actual = getattr(defaults, key)
+            assert _same(value, actual), f"TRAINING.md: {key} default {value!r}, " \
+                f"code {actual!r}"
+            checked += 1
+    assert checked >= 20
+
+
 # Links -----------------------------------------------------------------------------------
 
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
