@@ -59,6 +59,20 @@ def test_4bit_and_8bit_together_are_refused_naming_both(tmp_path):
         "precision; fix: set load_in_8bit: false for QLoRA (4-bit), or load_in_4bit: false"]
 
 
+def test_axolotls_adapter_qlora_is_lora_on_a_4bit_base(tmp_path):
+    config = make_config({"data": str(tmp_path), "adapter": "qlora", "load_in_4bit": True})
+    assert (config.adapter, config.load_in_4bit, config.load_in_8bit) == ("qlora", True, False)
+    with pytest.raises(ConfigError) as info:
+        make_config({"data": str(tmp_path), "adapter": "qlora"})
+    assert info.value.problems == [
+        "adapter: qlora needs load_in_4bit: true (Axolotl's rule: QLoRA is LoRA on a 4-bit "
+        "base); fix: set load_in_4bit: true, or adapter: lora"]
+    with pytest.raises(ConfigError) as info:
+        make_config({"data": str(tmp_path), "adapter": "ia3"})
+    assert info.value.problems == [
+        "adapter: 'lora' or 'qlora' (Axolotl's name for LoRA on a 4-bit base), got 'ia3'"]
+
+
 def test_the_axolotl_export_says_qlora(tmp_path):
     from limamono.train.sweep import axolotl_config
 

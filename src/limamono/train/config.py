@@ -81,7 +81,8 @@ class TrainConfig:
         window_overlap: context turns repeated at the start of a window when building.
         length_bounds: word bounds of the length labels when building.
         trigger: trigger phrase key or text when building.
-        adapter: only ``lora`` is supported.
+        adapter: ``lora``, or Axolotl's ``qlora`` (the same LoRA on a 4-bit base; like
+            Axolotl, it requires ``load_in_4bit: true``).
         lora_r: LoRA rank. lora_alpha: LoRA scale numerator. lora_dropout: dropout on the
             LoRA input.
         lora_target_modules: module names that get LoRA (default: all linear projections).
@@ -246,7 +247,11 @@ def _number(value: Any, kind: str) -> int | float:
 def _range_problems(c: TrainConfig) -> list[str]:
     checks: list[tuple[bool, str]] = [
         (bool(c.data), "data: required; fix: set `data: DIR` (a dataset folder or a built one)"),
-        (c.adapter == "lora", f"adapter: only 'lora' is supported, got {quote(c.adapter)}"),
+        (c.adapter in ("lora", "qlora"), "adapter: 'lora' or 'qlora' (Axolotl's name for "
+         f"LoRA on a 4-bit base), got {quote(c.adapter)}"),
+        (c.adapter != "qlora" or c.load_in_4bit, "adapter: qlora needs load_in_4bit: true "
+         "(Axolotl's rule: QLoRA is LoRA on a 4-bit base); fix: set load_in_4bit: true, or "
+         "adapter: lora"),
         (c.lora_r >= 1, f"lora_r: must be >= 1, got {c.lora_r}"),
         (c.lora_alpha > 0, f"lora_alpha: must be > 0, got {c.lora_alpha}"),
         (0 <= c.lora_dropout < 1, f"lora_dropout: must be in [0, 1), got {c.lora_dropout}"),
