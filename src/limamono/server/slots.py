@@ -1,10 +1,11 @@
 """llama.cpp server's slot actions: ``POST /slots/{id}?action=save|restore|erase``.
 
-SillyTavern's llama.cpp mode calls them to keep a chat's KV cache in a file. The shapes
-follow llama.cpp's ``tools/server`` (README, "POST /slots/{id_slot}?action=..."): the
-body names a file (``{"filename": "chat.bin"}``, a plain name, kept in ``--slot-save-path``);
-the answers carry ``id_slot``, ``filename``, ``n_saved``/``n_restored``/``n_erased``,
-``n_written``/``n_read`` and ``timings``. An engine without slots (torch) answers 501, as
+SillyTavern's server forwards them for extensions, to keep a chat's KV cache in a file (its
+1.12.6 page does not call them). The shapes follow llama.cpp's ``tools/server`` (README,
+"POST /slots/{id_slot}?action=..."): the body names a file (``{"filename": "chat.bin"}``,
+a plain name, kept in ``--slot-save-path``); the answers carry ``id_slot``, ``filename``,
+``n_saved``/``n_restored``/``n_erased``, ``n_written``/``n_read`` and ``timings``. An
+engine without slots (torch) answers 501, as
 llama.cpp does when the action is not available.
 """
 
