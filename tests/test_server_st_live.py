@@ -122,3 +122,33 @@ def test_sillytavern_continue_ends_the_prompt_with_the_partial_reply(name: str) 
     assert engine.calls[0].prompt.endswith(CONTINUED_END)
     # SillyTavern's default Continue Postfix (a space) joins the texts.
     assert response.json()["choices"][0]["message"]["content"] == "pulled the rope."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_sillytavern_impersonate_is_refused_not_taken_for_continue(stream: bool) -> None:
+    """Defect: Impersonate in Chat Completion (Custom) sends the chat and then SillyTavern's
+    impersonation prompt; the prompt was dropped as a marker, the character's message was
+    last, and the server continued the character's reply, which SillyTavern then put in
+    the user's input box. The route cannot write the user's turn, so it now says so (a
+    400, shown as a toast) before anything is generated."""
+    body = json.loads((FIXTURES / "chat_impersonate.json").read_text())
+    engine = FakeEngine(context_length=8192)
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        response = client.post("/v1/chat/completions", json={**body, "stream": stream})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "messages[8]"
+    assert error["message"].startswith("SillyTavern's Impersonate is not supported on "
+                                       "/v1/chat/completions")
+    assert engine.calls == []
+
+
+def test_the_impersonation_prompt_elsewhere_is_still_a_dropped_marker() -> None:
+    from limamono.server import stchat
+
+    body = json.loads((FIXTURES / "chat_impersonate.json").read_text())
+    prompt = body["messages"][-1]
+    assert stchat.asks_impersonation(body["messages"])
+    assert not stchat.asks_impersonation([*body["messages"], {"role": "user", "content": "x"}])
+    assert not stchat.asks_impersonation([])
+    assert stchat.is_marker(prompt["content"])

@@ -110,6 +110,14 @@ def chat_prompt(body: ChatCompletionRequest, policy: pol.PromptPolicy) -> ChatPr
                                     "response_length")
     input_length = _length_label(body.input_length, None, "input_length")
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    if stchat.asks_impersonation(messages):
+        # Without this, the prompt dropped as a marker left the character's message last,
+        # and the "impersonation" continued the character's reply (seen in SillyTavern).
+        raise ApiError(BAD_REQUEST, "SillyTavern's Impersonate is not supported on "
+                       "/v1/chat/completions: this route writes the character's turns in "
+                       "the Limamono format; use a Text Completion connection with the "
+                       "Limamono presets, where Impersonate writes your turn",
+                       field=f"messages[{len(messages) - 1}]")
     if examples := stchat.example_messages(messages):
         log.info("example dialogue left out: %d message(s) named example_user/"
                  "example_assistant (the Limamono format has no examples)", examples)

@@ -50,11 +50,14 @@ _PERSONALITY_SEP = "'s personality: "
 #: which may itself hold ``]`` or newlines: such a marker is the whole message from its
 #: head to a final ``]``.
 _MARKERS = frozenset({"[Start a new Chat]", "[Example Chat]"})
+#: The head of SillyTavern's impersonation prompt (``default_impersonation_prompt``,
+#: ``public/scripts/openai.js`` line 100), sent last when the user clicks Impersonate.
+IMPERSONATION_HEAD = "[Write your next reply from the point of view of "
 _MARKER_HEADS = (
     "[Continue the following message. ",
     "[Start a new group chat. Group members: ",
     "[Write the next reply only as ",
-    "[Write your next reply from the point of view of ",
+    IMPERSONATION_HEAD,
 )
 #: The ``name`` SillyTavern gives the system messages of a card's example dialogue.
 EXAMPLE_NAMES = frozenset({"example_user", "example_assistant"})
@@ -71,6 +74,17 @@ def is_marker(text: str) -> bool:
 def example_messages(messages: Sequence[dict[str, Any]]) -> int:
     """How many of ``messages`` are example dialogue (left out of the prompt)."""
     return sum(1 for m in messages if _is_example(m))
+
+
+def asks_impersonation(messages: Sequence[dict[str, Any]]) -> bool:
+    """Whether the body ends with SillyTavern's impersonation prompt: the user clicked
+    Impersonate and wants their own next turn written (``openai.js`` 999-1000 puts the
+    prompt last). A customised impersonation prompt is not recognised."""
+    if not messages or messages[-1].get("role") != "system":
+        return False
+    content = messages[-1].get("content")
+    text = content.strip() if isinstance(content, str) else ""
+    return text.startswith(IMPERSONATION_HEAD) and text.endswith("]")
 
 
 def _is_example(message: dict[str, Any]) -> bool:
