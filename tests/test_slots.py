@@ -135,3 +135,71 @@ def test_a_stream_reuses_the_prompt_another_slot_is_decoding(slots_engine):
     assert reused == len(ids) - 1
     assert second == expected
     assert engine._open == 0
+
+
+@pytest.fixture(scope="module")
+def long_engine():
+    """Two slots of 2,048 tokens, for prompts longer than one 512-token chunk."""
+    from limamono.engine.llamacpp import LlamaCppEngine
+    from limamono.models.resolve import embedded_gguf
+
+    engine = LlamaCppEngine(embedded_gguf(), context_length=2048, threads=1, parallel=2)
+    yield engine
+    engine.close()
+
+
+def _long_prompt(engine, words: int) -> list[int]:
+    ids = engine.prompt_ids(" ".join(f"word{i % 97}" for i in range(words)))
+    return ids[:1300]
+
+
+class _SetWhileReading(threading.Event):
+    """A cancel that reads as set only while a step of ``engine`` is reading a prompt: the
+    cancel always arrives in the middle of a chunk, never between two."""
+
+    def __init__(self, engine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def is_set(self) -> bool:
+        return self.engine._watched is not None
+
+
+def test_prompts_are_read_in_full_chunks_and_a_cancel_stops_one_half_way(long_engine):
+    engine = long_engine
+    ids = _long_prompt(engine, 2000)
+    assert len(ids) == 1300 and engine.interrupts_eval
+    engine.clear_cache()
+    steps = engine.steps
+    expected = list(engine.stream_tokens(ids, get_preset("greedy"), 4))
+    assert engine.steps - steps == 3 + 3  # 512 + 512 + 276 prompt tokens, then 3 rows
+    engine.clear_cache()
+    aborted = engine.aborted_steps
+    got = list(engine.stream_tokens(ids, get_preset("greedy"), 4, _SetWhileReading(engine)))
+    assert got == [] and engine.aborted_steps == aborted + 1
+    assert engine._open == 0 and not any(seq.busy or seq.ids for seq in engine._seqs)
+    assert list(engine.stream_tokens(ids, get_preset("greedy"), 4)) == expected  # unspoiled
+
+
+def test_a_cancelled_stream_never_stops_another_streams_step(long_engine):
+    engine = long_engine
+    ids = _long_prompt(engine, 2000)
+    other = _long_prompt(engine, 1900)[:1000]
+    engine.clear_cache()
+    expected = list(engine.stream_tokens(other, get_preset("greedy"), 6))
+    engine.clear_cache()
+    aborted = engine.aborted_steps
+    results: dict[str, list[int]] = {}
+
+    def run(name: str, prompt: list[int], cancel: threading.Event | None) -> None:
+        results[name] = list(engine.stream_tokens(prompt, get_preset("greedy"), 6, cancel))
+
+    threads = [threading.Thread(target=run, args=("cancelled", ids, _SetWhileReading(engine))),
+               threading.Thread(target=run, args=("kept", other, None))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results["kept"] == expected
+    assert results["cancelled"] == [] and engine.aborted_steps > aborted
+    assert engine._open == 0

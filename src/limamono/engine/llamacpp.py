@@ -50,7 +50,14 @@ from typing import TYPE_CHECKING, Any
 
 from limamono.engine.kvreuse import Reuse, plan_reuse
 from limamono.engine.kvstore import DEFAULT_CAP_MB, KVStore, SavedState, file_identity
-from limamono.engine.loop import PREFILL_CHUNK, EngineBase, GrammarState, KVSlot, SlotStart
+from limamono.engine.loop import (
+    PREFILL_CHUNK,
+    Cancelled,
+    EngineBase,
+    GrammarState,
+    KVSlot,
+    SlotStart,
+)
 from limamono.engine.protocol import AdapterUnloadedError, GrammarError
 from limamono.models import llama_lib
 from limamono.models.resolve import ModelError
@@ -74,6 +81,9 @@ DEFAULT_THREADS = 4
 #: them (a slot busy sampling or sending a chunk); measured: sampling one token with the
 #: limamono chain takes 1-5 ms on SmolLM2's 49k vocabulary.
 BATCH_WAIT_S = 0.02
+#: How often a step that reads a prompt looks whether all its streams were cancelled (then
+#: llama.cpp stops the decode at its next graph node: the engine is free within about this).
+ABORT_POLL_S = 0.01
 #: KV-cache element types (``--kv-type``); a quantized V cache needs flash attention.
 KV_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2}
 #: Flash-attention modes (``--flash-attn``), llama.cpp's ``llama_flash_attn_type``.
@@ -200,6 +210,8 @@ class _Seq:
         #: A KV-stream copy into it waits for the next decode (llama.cpp copies the
         #: buffers then): its state cannot be saved yet.
         self.copy_pending = False
+        #: The cancel event of the stream holding it (a step of cancelled streams stops).
+        self.cancel: threading.Event | None = None
 
     def eval(self, ids: Sequence[int]) -> torch.Tensor:
         return self.engine._eval(self, ids)
@@ -301,7 +313,21 @@ class LlamaCppEngine(EngineBase):
         self._ticks = itertools.count(1)
         #: Steps run and the most slots one step held (for tests and the benchmark).
         self.steps = self.widest_step = 0
+        #: Steps that llama.cpp stopped half-way because all their streams were cancelled.
+        self.aborted_steps = 0
+        self._watch = threading.Condition(threading.Lock())  # the abort watcher's books
+        self._watched: list[_Request] | None = None  # the running step, while it reads
+        self._closing = False
         self._load(context_length, threads or min(DEFAULT_THREADS, os.cpu_count() or 1))
+        self._abort_flag, self._abort_callback = _abort_flag(), None
+        if self._abort_flag is not None:
+            flag, callback = self._abort_flag
+            self._abort_callback = self._ll.ggml_abort_callback(callback)
+            self._ll.llama_set_abort_callback(self._ctx, self._abort_callback,
+                                              ctypes.addressof(flag))
+            self.interrupts_eval = True
+            threading.Thread(target=self._watch_steps, name="limamono-abort-watch",
+                             daemon=True).start()
         if lora is not None:
             self.load_adapter(lora_name or Path(lora).stem, Path(lora))
         self.lora_path = None if lora is None else Path(lora)
@@ -484,6 +510,9 @@ class LlamaCppEngine(EngineBase):
     def close(self) -> None:
         """Free the model, the context and the batch (the engine is unusable afterwards)."""
         ll = self._ll
+        with self._watch:
+            self._closing = True
+            self._watch.notify_all()
         for adapter in self._adapters.values():
             ll.llama_adapter_lora_free(adapter.handle)
         self._adapters.clear()
@@ -498,7 +527,7 @@ class LlamaCppEngine(EngineBase):
             self._model = None
 
     def __del__(self) -> None:
-        if getattr(self, "_ll", None) is not None:
+        if getattr(self, "_ll", None) is not None and hasattr(self, "_watch"):
             self.close()
 
     # -- grammars -----------------------------------------------------------------------
@@ -635,7 +664,21 @@ class LlamaCppEngine(EngineBase):
                 llama_batch.n_tokens = n
                 self.steps += 1
                 self.widest_step = max(self.widest_step, len(batch))
+                watched = self.interrupts_eval and n > len(batch)  # a prompt chunk is in it
+                if watched:
+                    with self._watch:
+                        self._watched = batch
+                        self._watch.notify_all()
                 code = ll.llama_decode(self._ctx, llama_batch)
+                if watched:
+                    with self._watch:  # after this, the watcher cannot raise the flag
+                        self._watched = None
+                        assert self._abort_flag is not None
+                        aborted = self._abort_flag[0][0] != b"\0"
+                        self._abort_flag[0][0] = b"\0"
+                    if aborted and code == 2:  # llama.cpp stopped it: every stream cancelled
+                        self.aborted_steps += 1
+                        raise Cancelled()
                 if code != 0:
                     raise RuntimeError(
                         f"llama_decode failed with code {code} ({n} tokens of "
@@ -654,6 +697,27 @@ class LlamaCppEngine(EngineBase):
         finally:
             for request in batch:
                 request.done = True
+
+    def _watch_steps(self) -> None:
+        """The abort watcher's thread: while a step reads a prompt chunk, raise llama.cpp's
+        abort flag once every stream in the step is cancelled."""
+        watch = self._watch
+        with watch:
+            while not self._closing:
+                batch = self._watched
+                if batch is None:
+                    watch.wait()
+                    continue
+                if all(r.seq.cancel is not None and r.seq.cancel.is_set() for r in batch):
+                    assert self._abort_flag is not None
+                    self._abort_flag[0][0] = b"\1"
+                    watch.wait()  # until the step ends
+                else:
+                    watch.wait(ABORT_POLL_S)
+
+    def _watch_cancel(self, slot: KVSlot, cancel: threading.Event | None) -> None:
+        if isinstance(slot, _Seq):  # a test may wrap the engine's slots
+            slot.cancel = cancel
 
     # -- the KV cache (layer 1) -----------------------------------------------------------
 
@@ -851,6 +915,7 @@ class LlamaCppEngine(EngineBase):
                   and not any(e.ids == tuple(slot.ids) for e in self._store.entries)):
                 self._store.save(slot.ids, lambda path: self._save_file(slot, path))
             slot.busy = False
+            slot.cancel = None
             slot.used = next(self._ticks)
         with self._step:
             self._open -= 1
@@ -863,6 +928,26 @@ class LlamaCppEngine(EngineBase):
                 if not seq.busy:
                     self._seq_rm(seq.id, -1, -1)
                     seq.ids = []
+
+
+def _abort_flag() -> tuple[ctypes.Array[ctypes.c_char], int] | None:
+    """A two-byte flag and the address of a C function that tells whether it is raised,
+    for ``llama_set_abort_callback``; None where libc's ``strlen`` cannot be found.
+
+    ggml calls the abort callback (``bool (*)(void *)``) from its compute thread before
+    every graph node, hundreds of times a decode. A Python callback would take the GIL for
+    each call, and wait up to the 5 ms switch interval behind the server's threads every
+    time; libc's ``strlen`` reads the flag without Python: on a buffer of one byte and a
+    NUL it returns 0 or 1, a valid ``bool`` in the return register (x86-64 AL, AArch64 w0).
+    """
+    try:
+        strlen = ctypes.CDLL(None).strlen
+    except (OSError, AttributeError):
+        return None
+    address = ctypes.cast(strlen, ctypes.c_void_p).value
+    if not address:
+        return None
+    return ctypes.create_string_buffer(2), address
 
 
 def _batch_capacity(parallel: int) -> int:

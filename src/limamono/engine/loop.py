@@ -73,6 +73,11 @@ def prefill_chunk(seconds_per_token: float | None) -> int:
     size = 1 << max(fits, 1).bit_length() - 1
     return max(MIN_PREFILL_CHUNK, min(PREFILL_CHUNK, size))
 
+
+class Cancelled(Exception):
+    """An evaluation stopped half-way because its stream's cancel event was set (an
+    engine that can interrupt a forward pass raises it; the slot's cache is spoiled)."""
+
 @dataclass
 class CacheStats:
     """Prompt-token counters of the KV-cache reuse (for tests and the benchmark).
@@ -239,6 +244,10 @@ class EngineBase:
     parallel: int = 1
     #: Whether ``settings.grammar`` runs here (:meth:`_open_grammar`).
     supports_grammar: bool = False
+    #: The engine interrupts an evaluation whose stream is cancelled (:meth:`_watch_cancel`,
+    #: raising :class:`Cancelled`): prompts are then read in ``PREFILL_CHUNK`` chunks, the
+    #: fastest, instead of chunks sized to end within ``CANCEL_CHECK_S``.
+    interrupts_eval: bool = False
 
     def __init__(self, parallel: int = 1) -> None:
         if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
@@ -302,6 +311,10 @@ class EngineBase:
             GrammarError: It does not parse (llama.cpp's message), or the engine runs none.
         """
         self._open_grammar(grammar).close()
+
+    def _watch_cancel(self, slot: KVSlot, cancel: threading.Event | None) -> None:
+        """Let ``slot``'s evaluations stop when ``cancel`` is set (engines with
+        :attr:`interrupts_eval`; the others check it between evaluations only)."""
 
     def _token_pieces(self, size: int) -> list[str]:
         """The text of every token id below ``size`` (an engine may batch this)."""
@@ -405,15 +418,19 @@ class EngineBase:
         slot, fed = start.slot, ids[:start.reused]  # fed: the tokens the cache holds, always
         consistent = True  # False while an evaluation may have half-updated the cache
         try:
+            self._watch_cancel(slot, cancel)
             begin, size = start.reused, MIN_PREFILL_CHUNK
             while begin < len(ids):
                 if cancel is not None and cancel.is_set():
                     return
-                # Chunks follow the measured speed, so a cancel is seen within about
-                # CANCEL_CHECK_S even on a slow or loaded machine; they at most double
-                # from one to the next (a token costs more the further into the prompt).
-                size = min(2 * size, prefill_chunk(self.prefill_s_per_token)) \
-                    if begin > start.reused else prefill_chunk(self.prefill_s_per_token)
+                if self.interrupts_eval:  # a cancel stops the chunk itself
+                    size = PREFILL_CHUNK
+                else:
+                    # Chunks follow the measured speed, so a cancel is seen within about
+                    # CANCEL_CHECK_S even on a slow or loaded machine; they at most double
+                    # from one to the next (a token costs more further into the prompt).
+                    size = min(2 * size, prefill_chunk(self.prefill_s_per_token)) \
+                        if begin > start.reused else prefill_chunk(self.prefill_s_per_token)
                 chunk = ids[begin:begin + size]
                 consistent = False
                 took = time.perf_counter()
@@ -465,6 +482,8 @@ class EngineBase:
                 logits = slot.eval([token])
                 fed.append(token)
                 consistent = True
+        except Cancelled:  # an evaluation stopped half-way: the cache is spoiled
+            return
         finally:
             self._close_slot(slot, fed if consistent else None)
 
