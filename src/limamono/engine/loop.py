@@ -358,8 +358,9 @@ class EngineBase:
         Stops after EOS, after ``max_new_tokens`` or as soon as ``cancel`` is set (checked
         before every token and between prefill chunks, which are sized to take about
         ``CANCEL_CHECK_S``; an engine with :attr:`interrupts_eval` stops a chunk itself).
-        With ``settings.seed`` set, the same prompt gives the same tokens whether or not a cached prefix was reused (up to floating-point differences
-        between differently chunked prefills: the chunk sizes follow the measured speed).
+        With ``settings.seed`` set, the same prompt gives the same tokens whether or not a
+        cached prefix was reused (up to floating-point differences between differently
+        chunked prefills: the chunk sizes follow the measured speed).
         Errors are raised on the first ``next()``.
 
         Raises:
