@@ -152,3 +152,35 @@ def test_the_impersonation_prompt_elsewhere_is_still_a_dropped_marker() -> None:
     assert not stchat.asks_impersonation([*body["messages"], {"role": "user", "content": "x"}])
     assert not stchat.asks_impersonation([])
     assert stchat.is_marker(prompt["content"])
+
+
+def test_sillytavern_group_chat_names_in_content_are_not_doubled() -> None:
+    """Defect: a group chat in Chat Completion (Custom) sends each reply as ``Name: text``
+    (names in the content); the server wrote its own ``Edda Varn:`` before it, so the
+    character's earlier reply read ``Edda Varn: Edda Varn: ...``. Another member's line
+    keeps its name (the format has one character)."""
+    body = json.loads((FIXTURES / "chat_group.json").read_text())
+    engine = FakeEngine(context_length=8192)
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        response = client.post("/v1/chat/completions", json={**body, "stream": False})
+    assert response.status_code == 200, response.text
+    assert engine.calls[0].prompt.endswith(
+        "Scenario: Traveller and Mara are at the ferry landing at dusk.\n\n"
+        "### Response: (length = tiny)\n"
+        "Edda Varn: Mara Quell: Mara was already untying the rope. \"In or out, stranger? "
+        "The tide won't wait.\"\n\n"
+        "### Response: (length = micro)\n"
+        "Edda Varn: Edda looked up from her logbook.\n\n"
+        "### Input: (length = micro)\n"
+        "Traveller: Edda, what do you write in that log?\n\n"
+        "### Response: (length = long)\nEdda Varn:")
+
+
+def test_a_speakers_own_name_prefix_is_dropped_once() -> None:
+    from limamono.server.stchat import without_name_prefix
+
+    assert without_name_prefix("Traveller: Hello.", "Traveller") == "Hello."
+    assert without_name_prefix("Edda Varn: Edda Varn: x", "Edda Varn") == "Edda Varn: x"
+    assert without_name_prefix("Mara Quell: x", "Edda Varn") == "Mara Quell: x"
+    assert without_name_prefix("Edda Varn:x", "Edda Varn") == "Edda Varn:x"
+    assert without_name_prefix("Edda: x", None) == "Edda: x"

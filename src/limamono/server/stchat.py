@@ -135,8 +135,24 @@ def conversation(messages: Sequence[dict[str, Any]], char_name: str | None = Non
             cleaned.append({"role": "system", "content": sheet})
             sheet = ""
         else:
-            cleaned.append({k: v for k, v in m.items() if k != "name"})
+            turn = {k: v for k, v in m.items() if k != "name"}
+            if isinstance(turn.get("content"), str):
+                own = char if m.get("role") == "assistant" else user
+                turn["content"] = without_name_prefix(turn["content"], own)
+            cleaned.append(turn)
     return fmt.from_chat_messages(cleaned, user_name=user, char_name=char)
+
+
+def without_name_prefix(text: str, name: str | None) -> str:
+    """``text`` without its speaker's ``Name: `` in front.
+
+    SillyTavern puts the speaker's name in the content in group chats and with "Character
+    Names Behavior: Message Content" (``Mara Quell: Mara was already...``); the format
+    writes the name itself, so it would appear twice. Another speaker's name (a group
+    member who is not the character replying) is kept: the format has one character.
+    """
+    prefix = f"{name}: "
+    return text[len(prefix):] if name and text.startswith(prefix) else text
 
 
 def main_prompt_names(text: str) -> tuple[str, str] | None:
