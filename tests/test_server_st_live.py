@@ -184,3 +184,29 @@ def test_a_speakers_own_name_prefix_is_dropped_once() -> None:
     assert without_name_prefix("Mara Quell: x", "Edda Varn") == "Mara Quell: x"
     assert without_name_prefix("Edda Varn:x", "Edda Varn") == "Edda Varn:x"
     assert without_name_prefix("Edda: x", None) == "Edda: x"
+
+
+def test_sillytavern_group_next_member_gets_a_new_reply_not_a_continue() -> None:
+    """Defect: in a group chat one member's reply follows another's (natural order). The
+    body ends with the other member's reply and SillyTavern's group nudge (``[Write the
+    next reply only as Edda Varn.]``), and the server took it for a Continue: the prompt
+    ended inside Mara's reply and Edda's "reply" continued it."""
+    body = json.loads((FIXTURES / "chat_group_next_member.json").read_text())
+    assert body["messages"][-1]["content"] == "[Write the next reply only as Edda Varn.]"
+    engine = FakeEngine(context_length=8192)
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        response = client.post("/v1/chat/completions", json={**body, "stream": False})
+    assert response.status_code == 200, response.text
+    assert engine.calls[0].prompt.endswith(
+        "She took the slip of paper off her knee, folded it.\n\n"
+        "### Response: (length = long)\nEdda Varn:")
+    # A Continue in a group chat still continues: the partial reply (prefill) or the
+    # continue nudge comes after the group nudge.
+    partial = {"role": "assistant", "content": "Edda Varn: Edda closed the log and"}
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        response = client.post("/v1/chat/completions",
+                               json={**body, "stream": False,
+                                     "messages": [*body["messages"], partial]})
+    assert response.status_code == 200, response.text
+    assert engine.calls[1].prompt.endswith(
+        "### Response: (length = long)\nEdda Varn: Edda closed the log and")

@@ -124,7 +124,7 @@ def chat_prompt(body: ChatCompletionRequest, policy: pol.PromptPolicy) -> ChatPr
     try:
         conversation = stchat.conversation(messages, char_name=body.char_name,
                                            user_name=body.user_name)
-        continuing = _continuing(body, conversation)
+        continuing = _continuing(body, conversation, stchat.ends_with_group_nudge(messages))
         chat = ChatPrompt(conversation, policy, response_length, input_length, continuing)
         render_chat(chat)  # a turn holding a header fails here
     except fmt.FormatError as error:
@@ -134,7 +134,8 @@ def chat_prompt(body: ChatCompletionRequest, policy: pol.PromptPolicy) -> ChatPr
     return chat
 
 
-def _continuing(body: ChatCompletionRequest, conversation: Conversation) -> bool:
+def _continuing(body: ChatCompletionRequest, conversation: Conversation,
+                group_nudge: bool = False) -> bool:
     """Whether the reply continues the last message (SillyTavern's Continue and prefill).
 
     The last message must be the character's. SillyTavern 1.12.6 sends no flag: with
@@ -143,7 +144,9 @@ def _continuing(body: ChatCompletionRequest, conversation: Conversation) -> bool
     ``public/scripts/openai.js`` 797-809 and 873-876), which ``stchat`` drops. So a
     trailing assistant message is continued unless the body says otherwise with
     text-generation-webui's ``continue_``, vLLM's ``continue_final_message`` or
-    ``add_generation_prompt: true``.
+    ``add_generation_prompt: true``, or ends with SillyTavern's group nudge
+    (``group_nudge``): in a group chat one member's reply follows another's, and the
+    nudged member writes a new one.
     """
     visible = [m for m in conversation.messages if not m.hidden]
     if not visible or visible[-1].role != "char":
@@ -151,7 +154,7 @@ def _continuing(body: ChatCompletionRequest, conversation: Conversation) -> bool
     for flag in (body.continue_, body.continue_final_message):
         if flag is not None:
             return flag
-    return body.add_generation_prompt is not True
+    return body.add_generation_prompt is not True and not group_nudge
 
 
 def render_chat(chat: ChatPrompt) -> str:

@@ -53,10 +53,13 @@ _MARKERS = frozenset({"[Start a new Chat]", "[Example Chat]"})
 #: The head of SillyTavern's impersonation prompt (``default_impersonation_prompt``,
 #: ``public/scripts/openai.js`` line 100), sent last when the user clicks Impersonate.
 IMPERSONATION_HEAD = "[Write your next reply from the point of view of "
+#: The head of SillyTavern's group nudge (``default_group_nudge_prompt``, ``openai.js``
+#: line 111), sent after a group chat's history: the member it names replies next.
+GROUP_NUDGE_HEAD = "[Write the next reply only as "
 _MARKER_HEADS = (
     "[Continue the following message. ",
     "[Start a new group chat. Group members: ",
-    "[Write the next reply only as ",
+    GROUP_NUDGE_HEAD,
     IMPERSONATION_HEAD,
 )
 #: The ``name`` SillyTavern gives the system messages of a card's example dialogue.
@@ -80,11 +83,23 @@ def asks_impersonation(messages: Sequence[dict[str, Any]]) -> bool:
     """Whether the body ends with SillyTavern's impersonation prompt: the user clicked
     Impersonate and wants their own next turn written (``openai.js`` 999-1000 puts the
     prompt last). A customised impersonation prompt is not recognised."""
+    return _ends_with_marker(messages, IMPERSONATION_HEAD)
+
+
+def ends_with_group_nudge(messages: Sequence[dict[str, Any]]) -> bool:
+    """Whether the body ends with SillyTavern's group nudge: the member it names is to write
+    a new reply, even when the last turn is another member's (``openai.js`` 857-860 puts
+    the nudge after the history; a Continue puts its own nudge or the partial reply after
+    it). A customised group nudge is not recognised."""
+    return _ends_with_marker(messages, GROUP_NUDGE_HEAD)
+
+
+def _ends_with_marker(messages: Sequence[dict[str, Any]], head: str) -> bool:
     if not messages or messages[-1].get("role") != "system":
         return False
     content = messages[-1].get("content")
     text = content.strip() if isinstance(content, str) else ""
-    return text.startswith(IMPERSONATION_HEAD) and text.endswith("]")
+    return text.startswith(head) and text.endswith("]")
 
 
 def _is_example(message: dict[str, Any]) -> bool:
