@@ -1,24 +1,30 @@
-"""Issue 24, defect 19: why one greedy request gives one text cold and another cached.
+"""Issue 24, defect 19 and issue 20 item 2: greedy output cold, cached and forked.
 
-On the llama.cpp engine (embedded model, demo adapter) the audit's request
-(``shared/testdata/repros/audit-3/15_greedy.json``) is run four ways:
+llama.cpp's kernels round the last prompt token's logits differently when that token is
+read inside a prompt chunk and when it is read alone (a batch of one row). A cached prompt,
+an ``n``-choice fork and a restored state read only that token, alone; since issue 20 a
+cold read does too (``limamono.engine.loop.prefill_end``). On the audit's request
+(``shared/testdata/repros/audit-3/15_greedy.json``, demo adapter) this reports, per engine:
 
-- cold: the whole prompt read in one batch, then decoding;
-- cached: the same prompt again: its KV is reused and only its last token is read again,
-  alone (a batch of one), for the next token's logits;
-- split cold: a fresh engine reads all but the last prompt token, then the full prompt
-  (so the last token is read alone, as in the cached run);
-- the last prompt token's logits read in the batch and read alone.
+- cold vs cached: the greedy tokens of a cold read and of the same prompt again (cached);
+- the last prompt token's logits read inside the chunk (the shape before the rule) and
+  alone (the rule), and the prompt before it read in other chunk sizes;
+- the rule's cost: a cold prompt read as one chunk against all but the last token, then
+  the last alone (paired runs, interleaved; the median of the differences).
 
 Usage::
 
-    .venv/bin/python bench/greedy_cache.py [--adapter demo] [--threads 2]
+    .venv/bin/python bench/greedy_cache.py [--adapter demo] [--threads 2] [--runs 5]
+        [--backend llamacpp|torch|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,56 +37,84 @@ def first_diff(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
 
 
-def main() -> None:
+def read(engine: Any, ids: list[int], chunks: list[int]) -> tuple[Any, float]:
+    """Logits after reading ``ids`` on an empty cache in evaluations of the given sizes
+    (straight through the engine's KV slot, past the loop's rule), and the seconds taken."""
+    engine.clear_cache()
+    start = engine._open_slot(ids)
+    try:
+        took, begin = time.perf_counter(), 0
+        for size in chunks:
+            logits = start.slot.eval(ids[begin:begin + size])
+            begin += size
+        took = time.perf_counter() - took
+    finally:
+        engine._close_slot(start.slot, None)
+    assert begin == len(ids)
+    return logits, took
+
+
+def measure(engine: Any, prompt: str, max_tokens: int, runs: int) -> dict[str, Any]:
     import torch
 
-    from limamono.engine import load_engine
     from limamono.samplers import get_preset
+
+    settings = replace(get_preset("greedy"), seed=1)
+    ids = engine.prompt_ids(prompt)
+    n = len(ids)
+    engine.clear_cache()
+    cold = list(engine.stream_tokens(ids, settings, max_tokens))
+    cached = list(engine.stream_tokens(ids, settings, max_tokens))
+    inside, _ = read(engine, ids, [n])
+    alone, _ = read(engine, ids, [n - 1, 1])
+    other, _ = read(engine, ids, [16, 32, n - 49, 1])
+    whole_s, split_s = [], []
+    for _ in range(runs):  # interleaved pairs: the load changes both alike
+        whole_s.append(read(engine, ids, [n])[1])
+        split_s.append(read(engine, ids, [n - 1, 1])[1])
+    extra = [s - w for w, s in zip(whole_s, split_s, strict=True)]
+    top = torch.topk(inside, 2).values
+    return {
+        "prompt_tokens": n, "reply_tokens": len(cold),
+        "cold_vs_cached_first_difference": first_diff(cold, cached),
+        "cold_equals_cached": cold == cached,
+        "last_token_in_chunk_vs_alone_max_abs_diff": round(float((inside - alone).abs().max()),
+                                                           6),
+        "last_token_in_chunk_vs_alone_mean_abs_diff": round(
+            float((inside - alone).abs().mean()), 6),
+        "last_token_top2_margin": round(float(top[0] - top[1]), 4),
+        "prefix_in_16_32_rest_vs_one_chunk_max_abs_diff": round(
+            float((other - alone).abs().max()), 6),
+        "cold_read_one_chunk_s_median": round(statistics.median(whole_s), 4),
+        "cold_read_last_alone_s_median": round(statistics.median(split_s), 4),
+        "extra_s_median": round(statistics.median(extra), 4),
+        "extra_ratio": round(statistics.median(split_s) / statistics.median(whole_s), 3),
+    }
+
+
+def main() -> None:
+    from limamono.engine import load_engine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", default="demo")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--backend", choices=["llamacpp", "torch", "both"], default="both")
     args = parser.parse_args()
     body = json.loads((REPRO / "15_greedy.json").read_text())
-    settings = replace(get_preset("greedy"), seed=1)
-
-    def fresh() -> Any:
-        return load_engine("smollm2-135m", adapter=args.adapter, threads=args.threads,
-                           backend="llamacpp")
-
-    def run(engine: Any, ids: list[int]) -> list[int]:
-        return list(engine.stream_tokens(ids, settings, body["max_tokens"]))
-
-    engine = fresh()
-    ids = engine.prompt_ids(body["prompt"])
-    cold, cached = run(engine, ids), run(engine, ids)
-    engine.close()
-    engine = fresh()
-    run(engine, ids[:-1])
-    split = run(engine, ids)
-    whole = engine.prompt_logits(ids)
-    engine.clear_cache()
-    engine.prompt_logits(ids[:-1])
-    alone = engine.prompt_logits(ids)
-    k = first_diff(cold, cached)
-    gap = None
-    if k is not None:
-        engine.clear_cache()
-        here = engine.prompt_logits(ids + cold[:k])
-        gap = float(here[cold[k]] - here[cached[k]])
-    engine.close()
-    diff = (whole - alone).abs()
-    top = torch.topk(whole, 2).values
-    print(json.dumps({
-        "prompt_tokens": len(ids), "reply_tokens": len(cold),
-        "cold_vs_cached_first_difference": k,
-        "split_cold_vs_cached_first_difference": first_diff(split, cached),
-        "split_cold_equals_cached": split == cached,
-        "last_token_logits_max_abs_diff": round(float(diff.max()), 4),
-        "last_token_logits_mean_abs_diff": round(float(diff.mean()), 4),
-        "last_token_top2_margin": round(float(top[0] - top[1]), 4),
-        "logit_gap_at_divergence": None if gap is None else round(gap, 4),
-    }, indent=1))
+    out: dict[str, Any] = {"load_average_start": [round(x, 2) for x in os.getloadavg()]}
+    backends = ["llamacpp", "torch"] if args.backend == "both" else [args.backend]
+    for backend in backends:
+        engine = load_engine("smollm2-135m", adapter=args.adapter, threads=args.threads,
+                             backend=backend)
+        try:
+            out[backend] = measure(engine, body["prompt"], body["max_tokens"], args.runs)
+        finally:
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
+    out["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

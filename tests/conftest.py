@@ -163,3 +163,19 @@ def tiny_mistral_dir(tmp_path_factory: pytest.TempPathFactory,
     for item in mistral_tokenizer_dir.iterdir():
         shutil.copy(item, out / item.name)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_gguf(tiny_mistral_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Mistral fixture exported to GGUF (it ships none), with Mistral-7B v0.1's
+    SentencePiece model beside it: the Mistral tokenizer family on the llama.cpp engine."""
+    import shutil
+
+    from limamono.models.gguf_export import export_gguf
+
+    folder = tmp_path_factory.mktemp("mistral-gguf")
+    model_dir = folder / "model"
+    shutil.copytree(tiny_mistral_dir, model_dir)
+    shutil.copy(mistral_sentencepiece(), model_dir / "tokenizer.model")
+    export_gguf(str(model_dir), None, folder / "mistral.gguf")
+    return folder / "mistral.gguf"

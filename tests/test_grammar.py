@@ -309,19 +309,10 @@ def test_koboldcpps_json_to_grammar_route():
 
 
 @pytest.fixture(scope="module")
-def mistral_engine(tiny_mistral_dir: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    import shutil
-
-    from conftest import mistral_sentencepiece
+def mistral_engine(tiny_mistral_gguf: Any) -> Any:
     from limamono.engine.llamacpp import LlamaCppEngine
-    from limamono.models.gguf_export import export_gguf
 
-    folder = tmp_path_factory.mktemp("mistral")
-    model_dir = folder / "model"
-    shutil.copytree(tiny_mistral_dir, model_dir)
-    shutil.copy(mistral_sentencepiece(), model_dir / "tokenizer.model")
-    export_gguf(str(model_dir), None, folder / "mistral.gguf")
-    made = LlamaCppEngine(folder / "mistral.gguf", context_length=512, threads=1, parallel=2)
+    made = LlamaCppEngine(tiny_mistral_gguf, context_length=512, threads=1, parallel=2)
     yield made
     made.close()
 

@@ -51,22 +51,28 @@ def _body(**fields: Any) -> dict[str, Any]:
 
 def test_n_choices_equal_single_requests_with_seed_plus_index(client: TestClient,
                                                               engine: Any) -> None:
-    # Every request below finds the prompt cached and evaluates only its last token, as
-    # each fork does. (A first, whole read of a prompt computes the last token's logits in
-    # a batch of many rows, which differs in the last bits and can change a seeded draw.)
-    client.post("/v1/completions", json=_body(max_tokens=1))
-    singles = [client.post("/v1/completions", json=_body(seed=40 + i)).json()
-               for i in range(3)]
+    # Each single request reads the prompt cold (an empty cache); the forks read only its
+    # last token. Both read that token alone (a batch of one row, engine.loop.prefill_end),
+    # so every choice equals its single request to the bit: tokens and log-probabilities.
+    singles = []
+    for i in range(3):
+        engine.clear_cache()
+        singles.append(client.post("/v1/completions", json=_body(seed=40 + i, logprobs=2)
+                                   ).json())
+    engine.clear_cache()
     evaluated = engine.stats.evaluated_tokens
-    got = client.post("/v1/completions", json=_body(n=3))
+    got = client.post("/v1/completions", json=_body(n=3, logprobs=2))
     assert got.status_code == 200, got.text
     data = got.json()
     assert [c["index"] for c in data["choices"]] == [0, 1, 2]
     assert [c["text"] for c in data["choices"]] == [s["choices"][0]["text"] for s in singles]
+    assert [c["logprobs"] for c in data["choices"]] == [s["choices"][0]["logprobs"]
+                                                        for s in singles]
     assert data["usage"]["completion_tokens"] == sum(s["usage"]["completion_tokens"]
                                                      for s in singles)
-    # The prompt was in the cache already, and the forks read only its last token.
-    assert engine.stats.evaluated_tokens - evaluated <= 3
+    # Choice 0 read the prompt; the forks read only its last token.
+    prompt = singles[0]["usage"]["prompt_tokens"]
+    assert engine.stats.evaluated_tokens - evaluated == prompt + 2
     assert len({c["text"] for c in data["choices"]}) > 1  # other seeds, other replies
 
 

@@ -74,6 +74,22 @@ def prefill_chunk(seconds_per_token: float | None) -> int:
     return max(MIN_PREFILL_CHUNK, min(PREFILL_CHUNK, size))
 
 
+def prefill_end(begin: int, size: int, total: int) -> int:
+    """Where the prompt chunk that starts at ``begin`` ends: after at most ``size`` tokens,
+    and never with the prompt's last token inside a chunk of several: that token is always
+    read alone (a batch of one row).
+
+    Its row gives the first reply token's logits, and llama.cpp's quantized kernels round
+    a row of a large batch differently from a row read alone (docs/ARCHITECTURE.md, "Greedy
+    output and the cache"). A cached prompt, an ``n``-choice fork and a restored state read
+    exactly that one token, so a cold read does too: greedy and seeded replies are then the
+    same whichever way the prompt's KV cache came about.
+    """
+    if begin >= total - 1:
+        return total
+    return min(begin + size, total - 1)
+
+
 class Cancelled(Exception):
     """An evaluation stopped half-way because its stream's cancel event was set (an
     engine that can interrupt a forward pass raises it; the slot's cache is spoiled)."""
@@ -432,11 +448,12 @@ class EngineBase:
                     # from one to the next (a token costs more further into the prompt).
                     size = min(2 * size, prefill_chunk(self.prefill_s_per_token)) \
                         if begin > start.reused else prefill_chunk(self.prefill_s_per_token)
-                chunk = ids[begin:begin + size]
+                chunk = ids[begin:prefill_end(begin, size, len(ids))]
                 consistent = False
                 took = time.perf_counter()
                 logits = slot.eval(chunk)
-                self._measure_prefill(len(chunk), time.perf_counter() - took)
+                if len(chunk) > 1:  # a lone token's fixed cost would shrink the chunks
+                    self._measure_prefill(len(chunk), time.perf_counter() - took)
                 begin += len(chunk)
                 fed = ids[:begin]
                 consistent = True
@@ -512,8 +529,11 @@ class EngineBase:
             start = self._open_slot(ids)
             fed: list[int] | None = None
             try:
-                for begin in range(start.reused, len(ids), PREFILL_CHUNK):
-                    logits = start.slot.eval(ids[begin:begin + PREFILL_CHUNK])
+                begin = start.reused
+                while begin < len(ids):
+                    end = prefill_end(begin, PREFILL_CHUNK, len(ids))
+                    logits = start.slot.eval(ids[begin:end])
+                    begin = end
                 self._count(start, len(ids) - start.reused)
                 fed = ids
             finally:
