@@ -165,17 +165,22 @@ def tiny_mistral_dir(tmp_path_factory: pytest.TempPathFactory,
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_mistral_gguf(tiny_mistral_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Mistral fixture exported to GGUF (it ships none), with Mistral-7B v0.1's
-    SentencePiece model beside it: the Mistral tokenizer family on the llama.cpp engine."""
+def export_tiny_mistral(model: Path, folder: Path, quant: str = "f16") -> Path:
+    """The tiny Mistral fixture ``model`` exported to ``folder/mistral.gguf`` (it ships no
+    GGUF), with Mistral-7B v0.1's SentencePiece model beside it."""
     import shutil
 
     from limamono.models.gguf_export import export_gguf
 
-    folder = tmp_path_factory.mktemp("mistral-gguf")
     model_dir = folder / "model"
-    shutil.copytree(tiny_mistral_dir, model_dir)
+    shutil.copytree(model, model_dir)
     shutil.copy(mistral_sentencepiece(), model_dir / "tokenizer.model")
-    export_gguf(str(model_dir), None, folder / "mistral.gguf")
+    export_gguf(str(model_dir), None, folder / "mistral.gguf", quant=quant)
     return folder / "mistral.gguf"
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_gguf(tiny_mistral_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Mistral fixture as an f16 GGUF: the Mistral tokenizer family on the
+    llama.cpp engine."""
+    return export_tiny_mistral(tiny_mistral_dir, tmp_path_factory.mktemp("mistral-gguf"))

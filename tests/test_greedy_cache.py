@@ -1,11 +1,12 @@
-"""Greedy output and the KV cache (issue 24, defect 19).
+"""Greedy output and the KV cache (issue 24, defect 19; issue 20 item 2).
 
-llama.cpp's kernels give slightly different logits for a token read in a batch and the
-same token read alone (a batch of one), so a prompt read cold and the same prompt read
-from the cache (only its last token read again, alone) can part once two candidates are
-nearly tied. The reuse itself is exact: a cold run that reads the last prompt token alone
-gives the cached run's tokens exactly. Evidence and figures: docs/ARCHITECTURE.md ("Greedy
-output and the cache") and ``bench/greedy_cache.py``.
+llama.cpp's kernels give slightly different logits for a token read inside a large batch
+and the same token read alone (a batch of one), so a prompt read cold and the same prompt
+read from the cache (only its last token read again, alone) could part once two candidates
+were nearly tied. The rule since issue 20: every prompt read ends with its last token
+alone (``limamono.engine.loop.prefill_end``), so a cold read, a cached repeat, an
+``n``-choice fork and a restored state give the same bits. Evidence and figures:
+docs/ARCHITECTURE.md ("Greedy output and the cache") and ``bench/greedy_cache.py``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def test_cached_greedy_tokens_equal_a_cold_run_of_the_same_evaluation_shape() ->
         again = list(engine.stream_tokens(ids, settings, body["max_tokens"]))
         assert len(split) == body["max_tokens"]
         assert split == cached == again  # same evaluation shape, same tokens: reuse is exact
+        engine.clear_cache()
+        cold = list(engine.stream_tokens(ids, settings, body["max_tokens"]))
+        assert engine.stats.last_evaluated == len(ids)
+        assert cold == cached  # the audit's request: parted at token 64 before the rule
     finally:
         engine.close()
 
@@ -84,20 +89,26 @@ PROMPT = "The old lighthouse keeper opened the door and"
 #: Mistral GGUF differs already on PROMPT.
 LONG = ("Mira walked down to the harbour before sunrise, as she did every morning, to count "
         "the boats that had come back in the night. The fog was thick and the lamps on the "
-        "pier were still burning, so she counted by the sound of the ropes, the bells and the gulls instead, "
-        "one boat after another, until the last one was home.")
+        "pier were still burning, so she counted by the sound of the ropes, the bells and "
+        "the gulls instead, one boat after another, until the last one was home.")
 
 
 @pytest.fixture(scope="module", params=["smollm2", "mistral"])
-def family_engine(request: pytest.FixtureRequest) -> Any:
+def family_engine(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Both tokenizer families on the llama.cpp engine, 3 slots (for ``n`` = 3): the
-    embedded SmolLM2 GGUF (BPE, Q4_1) and the tiny Mistral fixture exported to GGUF
+    embedded SmolLM2 GGUF (BPE, Q4_1) and the tiny Mistral fixture exported to a Q8_0 GGUF
     (SentencePiece, BOS first)."""
     from limamono.engine.llamacpp import LlamaCppEngine
     from limamono.models.resolve import embedded_gguf
 
-    path = embedded_gguf() if request.param == "smollm2" else \
-        request.getfixturevalue("tiny_mistral_gguf")
+    if request.param == "smollm2":
+        path = embedded_gguf()
+    else:  # quantized as the shipped models are (the f16 export rounds 2-row steps apart)
+        from conftest import export_tiny_mistral
+
+        path = export_tiny_mistral(request.getfixturevalue("tiny_mistral_dir"),
+                                   tmp_path_factory.mktemp("mistral-q8"), quant="q8_0")
     made = LlamaCppEngine(path, context_length=256, threads=1, parallel=3)
     yield made
     made.close()
@@ -174,5 +185,5 @@ def test_n_choices_equal_cold_single_requests_with_seed_plus_index(family_engine
         thread.join(120)
     assert not errors, errors
     assert engine.stats.reused_tokens - before == 2 * (len(ids) - 1)  # the forks read one
-    assert [results[i] for i in range(3)] == singles
+    assert [results[i] for i in range(3)] == singles  # token ids and log-probabilities
     assert len({tuple(s[0]) for s in singles}) > 1  # other seeds, other replies

@@ -96,7 +96,7 @@ def test_a_restarted_engine_restores_a_saved_chat(tmp_path, caplog):
     first = _engine(tmp_path)
     ids = _prompt(first)
     more = first.tokenize(" Then the lamp went out.")
-    first.prompt_logits(ids)  # the slot closes holding ids: saved
+    cold = first.prompt_logits(ids)  # the slot closes holding ids: saved
     first.close()
     reference = _engine(None)  # the same reads without a disk: ids, then the rest
     reference.prompt_logits(ids)
@@ -104,8 +104,13 @@ def test_a_restarted_engine_restores_a_saved_chat(tmp_path, caplog):
     reference.close()
 
     restarted = _engine(tmp_path)
-    got = restarted.prompt_logits([*ids, *more])
-    assert restarted.restored_tokens == len(ids)
+    # The same prompt again: its state is restored but for the last token, which is read
+    # alone, as the cold read did (engine.loop.prefill_end): the cold read's very bits.
+    again = restarted.prompt_logits(ids)
+    assert restarted.restored_tokens == len(ids) - 1
+    assert torch.equal(again, cold)
+    got = restarted.prompt_logits([*ids, *more])  # extends the sequence in memory
+    assert restarted.restored_tokens == len(ids) - 1
     assert restarted.stats.last_evaluated == len(more)
     assert torch.equal(got, expected)  # the very KV that was saved: the same bits
     restarted.close()

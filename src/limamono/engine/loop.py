@@ -374,9 +374,11 @@ class EngineBase:
         Stops after EOS, after ``max_new_tokens`` or as soon as ``cancel`` is set (checked
         before every token and between prefill chunks, which are sized to take about
         ``CANCEL_CHECK_S``; an engine with :attr:`interrupts_eval` stops a chunk itself).
-        With ``settings.seed`` set, the same prompt gives the same tokens whether or not a
-        cached prefix was reused (up to floating-point differences between differently
-        chunked prefills: the chunk sizes follow the measured speed).
+        The prompt's last token is always evaluated alone (:func:`prefill_end`), so with
+        ``settings.seed`` set (or greedy) the same prompt gives the same tokens read cold,
+        found cached, forked or restored (the tokens before it keep the chunk shapes they
+        were read in: a prompt read in other chunks can round differently,
+        docs/ARCHITECTURE.md "Greedy output and the cache").
         Errors are raised on the first ``next()``.
 
         Raises:

@@ -12,8 +12,9 @@ checks before every token, so its slot is free again within one step.
 A job with ``n`` > 1 choices runs choice 0 first; once it has produced its first chunk
 (its prompt is read), choices 1..n-1 go to the front of the queue and take the prompt from
 choice 0's slot (the llama.cpp engine copies the KV, ``llama_memory_seq_cp``) instead of
-reading it again. Choice i samples with seed + i, so it equals a single request with that
-seed.
+reading it again; a fork reads only the prompt's last token, alone, as every prompt read
+does (``limamono.engine.loop.prefill_end``). Choice i samples with seed + i, so it equals a
+single request with that seed, cold or cached, token for token.
 
 Token counting never goes through here: tokenizing does not take the generation lock.
 """
