@@ -141,9 +141,11 @@ def load_engine(model: str = DEFAULT_MODEL, adapter: str | os.PathLike[str] | No
     if choose_backend(model, adapter, backend) == "llamacpp":
         from limamono.engine.llamacpp import LlamaCppEngine
         from limamono.models.gguf_check import check_gguf
+        from limamono.models.gguf_export import embedded_run_gguf
         from limamono.models.gguf_lora import gguf_lora_for
 
-        path = gguf_file(model)
+        # The embedded model runs re-quantized to 8 bits: faster prompt reading (gguf_export)
+        path = embedded_run_gguf() if model == DEFAULT_MODEL else gguf_file(model)
         assert path is not None
         check_gguf(path)  # llama.cpp aborts the process on absurd metadata
         options = llama or LlamaOptions()

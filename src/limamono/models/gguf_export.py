@@ -366,6 +366,52 @@ def quantize(source: Path, target: Path, quant: str, threads: int | None = None)
                           f"{status}); fix: try --quant q8_0 or f16")
 
 
+#: The type the llama.cpp engine runs the embedded model in (``LLAMA_FTYPE_MOSTLY_Q8_0``).
+#: The package ships Q4_1, which llama.cpp multiplies with its generic dot products only;
+#: Q8_0 has the tiled matrix kernels (llamafile's sgemm), so a cold prompt reads faster
+#: (docs/BENCHMARKS.md, "Cold prompts": 0.44-0.81x the time to the first token, 1 thread).
+#: Re-quantizing the Q4_1 weights to 8 bits adds next-token KL of 0.007 nats on average
+#: (0.024 at most, same top token at 20 of 20 positions of README.md).
+EMBEDDED_RUN_TYPE, EMBEDDED_RUN_FTYPE = "q8_0", 7
+
+
+def embedded_run_gguf(progress: Progress | None = None) -> Path:
+    """The embedded model as the llama.cpp engine runs it: the shipped Q4_1 GGUF
+    re-quantized once to :data:`EMBEDDED_RUN_TYPE` into ``$LIMAMONO_HOME/models`` (a few
+    seconds; written beside and renamed, so never half a file), keyed by the shipped file's
+    size and modification time.
+
+    Raises:
+        limamono.models.resolve.ModelError: llama.cpp could not re-quantize it.
+    """
+    import ctypes
+
+    from limamono.models import llama_lib
+    from limamono.models.resolve import ModelError, embedded_gguf, limamono_home
+
+    source = embedded_gguf()
+    stat = source.stat()
+    target = (limamono_home() / "models" / f"{source.stem}.{EMBEDDED_RUN_TYPE}-"
+              f"{stat.st_size:x}-{int(stat.st_mtime):x}.gguf")
+    if target.is_file():
+        return target
+    if progress is not None:
+        progress(f"re-quantizing the embedded model to {EMBEDDED_RUN_TYPE} (once)")
+    lib = llama_lib.load()
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = EMBEDDED_RUN_FTYPE
+    params.allow_requantize = True  # from Q4_1: every 8-bit block holds its 4-bit values
+    params.nthread = 0
+    with _atomic_output(target) as tmp:
+        status = lib.llama_model_quantize(str(source).encode(), str(tmp).encode(),
+                                          ctypes.byref(params))
+        if status != 0:
+            raise ModelError(f"{source}: llama.cpp could not re-quantize it to "
+                             f"{EMBEDDED_RUN_TYPE} (status {status}); fix: pass --model "
+                             f"{source} to run the shipped file")
+    return target
+
+
 @contextmanager
 def _atomic_output(output: Path) -> Iterator[Path]:
     """A temp path beside ``output``, renamed to it when the block succeeds."""
