@@ -272,6 +272,8 @@ def _value(text: str) -> Any:
 def _same(stated: Any, actual: Any) -> bool:
     if stated == "none":  # no value given: None, or an empty repeatable option
         return actual is None or actual == []
+    if isinstance(actual, bool) and stated in ("on", "off"):  # a --flag/--no-flag pair
+        return stated == ("on" if actual else "off")
     if isinstance(stated, float) and not isinstance(actual, bool):
         return isinstance(actual, (int, float)) and float(actual) == stated
     return bool(stated == actual)

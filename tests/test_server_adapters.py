@@ -214,6 +214,22 @@ def test_a_request_chooses_its_adapters_with_llamacpps_lora_field(tmp_path):
         assert engine.choices[-1] == {"a": 1.0, "b": 0.0}
 
 
+def test_a_chat_completion_chooses_its_adapters_too(tmp_path):
+    engine = AdapterEngine(loaded=[_Loaded("a", 1.0), _Loaded("b", 0.5)])
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        response = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "system", "content": "Mira\nScenario: Night."},
+                         {"role": "user", "content": "Hello."}],
+            "max_tokens": 5, "lora": [{"id": 0, "scale": 0.75}]})
+        assert response.status_code == 200, response.text
+        assert engine.choices == [{"a": 0.75, "b": 0.0}]
+        response = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "system", "content": "Mira\nScenario: Night."},
+                         {"role": "user", "content": "Hello."}], "lora": [{"id": 5}]})
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == "lora[0].id"
+
+
 def test_an_adapter_unloaded_while_its_request_waits_is_a_409_naming_it(tmp_path,
                                                                       monkeypatch):
     """Regression: a request that chose adapter "a" and waited in the queue while "a" was
