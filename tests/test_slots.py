@@ -204,3 +204,22 @@ def test_a_cancelled_stream_never_stops_another_streams_step(long_engine):
     assert results["kept"] == expected
     assert results["cancelled"] == [] and engine.aborted_steps > aborted
     assert engine._open == 0
+
+
+def test_a_stream_samples_with_one_torch_thread_and_leaves_other_threads_alone(slots_engine):
+    import torch
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def run() -> None:
+        torch.set_num_threads(2)
+        list(slots_engine.stream_tokens(slots_engine.prompt_ids("Rain"), get_preset("greedy"),
+                                        2))
+        seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(60)
+    assert seen == [1]
+    assert torch.get_num_threads() == before

@@ -725,6 +725,14 @@ class LlamaCppEngine(EngineBase):
         self._ll.llama_memory_seq_rm(self._mem, seq_id, start, end)
 
     def _open_slot(self, ids: list[int]) -> SlotStart:
+        import torch
+
+        # torch only samples here (vector ops on the 49k logits), in the stream's thread:
+        # one OpenMP thread. With two, every op waits at a barrier for the other core:
+        # 10x slower while another process uses it (docs/BENCHMARKS.md, "Parallel slots").
+        # The setting is per thread (omp_set_num_threads): other threads keep theirs.
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
         with self._ctx_lock:
             key = self._chosen_key()
             seq, plan = self._place(ids, key)
