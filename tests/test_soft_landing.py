@@ -56,7 +56,7 @@ def test_inside_the_window_sentence_ends_get_the_growing_bias():
     budget = 16  # window 8
     reply = [OPEN, COME, IN]  # ' "Come in': dialogue open, no full stop yet
     assert open_span(text_of(reply)) == "dialogue"
-    for left in (8, 5, 3):
+    for left in (8, 5, 4):  # at 3 left the full stop is forced (below)
         pad = [AND] * (budget - left - len(reply))
         out = process([*reply, *pad], budget)
         bias = MAX_BIAS * (8 - left + 1) / 8
@@ -76,6 +76,20 @@ def test_after_the_full_stop_the_open_quote_is_favoured_then_forced():
     forced = process([AND] * 11 + reply, budget)  # left 1: only the closing quote remains
     assert torch.isfinite(forced).nonzero().flatten().tolist() == [QUOTE]
     assert forced[QUOTE] == LOGITS[QUOTE]
+
+
+def test_with_one_token_of_slack_the_closer_is_forced_already():
+    """Regression: at 2 tokens left after ' "Come in.' the quote was only favoured, so a
+    word could follow (' "Come in. and') and the last token could then add only the full
+    stop: the capped reply ended with its quote open (the llama.cpp eval, docs/EVAL.md)."""
+    budget = 16
+    reply = [OPEN, COME, IN, DOT]
+    out = process([AND] * 10 + reply, budget)  # left 2, one closer needed
+    assert torch.isfinite(out).nonzero().flatten().tolist() == [QUOTE]
+    unpunctuated = process([AND] * 11 + [OPEN, COME, IN], budget)  # left 2, '.' then '"'
+    assert torch.isfinite(unpunctuated).nonzero().flatten().tolist() == [DOT]
+    out = process([AND] * 10 + [OPEN, COME, IN], budget)  # left 3: one token of slack
+    assert torch.isfinite(out).nonzero().flatten().tolist() == [DOT]
 
 
 def test_the_last_two_tokens_force_a_full_stop_then_the_closer():
@@ -176,7 +190,8 @@ def test_a_reply_at_its_cap_lands_with_its_quote_closed():
     landed = engine.generate(" He", on, 24)
     assert off.text == ' said "Come in and sit' + " in and sit" * 6  # 6 + 18 tokens
     assert off.finish_reason == "length" and open_span(off.text) == "dialogue"
-    assert landed.finish_reason == "length" and landed.completion_tokens == 24
+    # The closer comes with a token to spare, and that token ends the reply (EOS).
+    assert (landed.finish_reason, landed.completion_tokens) == ("stop", 24), landed
     assert landed.text.endswith('."') and ends_sentence(landed.text)
     # The first 24 - 8 tokens (before the window) are the same.
     ids_on, ids_off = engine.tokenize(landed.text), engine.tokenize(off.text)

@@ -18,8 +18,10 @@ With ``r`` tokens left in the budget (the one about to be sampled included) and 
 - Inside a sentence: tokens that end a sentence (``.``, ``!``, ``?``, possibly with a
   closing delimiter: ``spans.SENTENCE_END``'s marks) get ``+bias``; after the sentence's
   punctuation inside an open span, the span's closing delimiter gets it instead.
-- Forcing, in the last tokens: when ``r`` is exactly what the closing still needs (a full
-  stop if the sentence has none, then the open span's delimiter), only those tokens remain.
+- Forcing, in the last tokens: when ``r`` is at most one more than what the closing still
+  needs (a full stop if the sentence has none, then the open span's delimiter), only those
+  tokens remain. (Forcing only at exactly that count let a free token add a word after the
+  full stop, ``"Four. Fif.``, which then could not be closed.)
 
 ``bias`` grows linearly from ``MAX_BIAS / w`` at the window's start to ``MAX_BIAS`` at its
 last token. A forced or favoured token that a ban removed stays removed.
@@ -114,7 +116,10 @@ def soft_landing_stage(vocab: Vocabulary, prompt_length: int, budget: int,
         closing = tokens.closers.get(DELIMITERS[kind]) if kind is not None else None
         punctuated = _punctuated(text)
         needed = (0 if punctuated else 1) + (1 if kind is not None else 0)
-        if left <= needed:
+        # One token of slack: at ``needed + 1`` left, a free token could add a word after
+        # the full stop (``"Four. Fif``), needing one more than remains; forcing from
+        # there closes every capped reply (the spare token then ends it at the landing).
+        if needed and left <= needed + 1:
             forced, wanted = (closing, DELIMITERS[kind]) if punctuated and kind is not None \
                 else (tokens.full_stop, FULL_STOP)
             # Only pieces that add exactly that character here (a SentencePiece ``▁"`` adds
