@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from limamono.engine.protocol import Completion, TextChunk
@@ -91,6 +92,35 @@ class FakeEngine:
         last = chunks[-1]
         return Completion("".join(c.text for c in chunks), last.finish_reason or "length",
                           last.prompt_tokens, last.completion_tokens, last.stop_string)
+
+
+class RuntimeAdapters:
+    """Mixin for a fake engine: the llama.cpp engine's run-time adapter methods
+    (``adapters``, ``using_adapters``) over ``ADAPTERS`` (name, scale), recording in
+    ``choices`` the adapter choice each ``stream_text`` ran under."""
+
+    ADAPTERS: tuple[tuple[str, float], ...] = (("a", 1.0), ("b", 0.5))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded = [SimpleNamespace(name=name, scale=scale) for name, scale in self.ADAPTERS]
+        self.choices: list[dict[str, float] | None] = []
+        self._choice = threading.local()
+
+    def adapters(self) -> list[Any]:
+        return list(self.loaded)
+
+    @contextmanager
+    def using_adapters(self, choice: dict[str, float] | None) -> Iterator[None]:
+        self._choice.value = choice
+        try:
+            yield
+        finally:
+            self._choice.value = None
+
+    def stream_text(self, *args: Any, **kwargs: Any) -> Any:
+        self.choices.append(getattr(self._choice, "value", None))
+        return super().stream_text(*args, **kwargs)  # type: ignore[misc]  # the fake's own
 
 
 @contextmanager

@@ -6,13 +6,10 @@ itself is driven in a real browser by ``test_webchat_browser.py``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,7 +23,7 @@ from limamono.server import ServerConfig, WebChatConfig, create_app
 from limamono.server.webchat import CSP, QUEUED_AFTER_S, STATIC
 from limamono.store import ChatStore
 from test_chat import ScriptedEngine
-from test_server_fakes import FakeEngine
+from test_server_fakes import FakeEngine, RuntimeAdapters
 
 GREETING = 'Mira looked up from the lamp. "You made it up the stairs, then."'
 ALTERNATE = "The lamp turned above them. _Another one caught by the storm._"
@@ -131,31 +128,8 @@ def test_a_bundled_character_opens_with_its_greetings_as_swipes(setup) -> None:
         (chat["id"], "Mira Holt", "Tom", 1)]
 
 
-class AdapterScriptedEngine(ScriptedEngine):
-    """The scripted engine with the llama.cpp engine's run-time adapter methods; records
-    the adapter choice each generation ran under."""
-
-    def __init__(self, replies: list[str]) -> None:
-        super().__init__(replies)
-        self.loaded = [SimpleNamespace(name="a", scale=1.0),
-                       SimpleNamespace(name="b", scale=0.5)]
-        self.choices: list[dict[str, float] | None] = []
-        self._choice = threading.local()
-
-    def adapters(self) -> list[Any]:
-        return list(self.loaded)
-
-    @contextlib.contextmanager
-    def using_adapters(self, choice: dict[str, float] | None) -> Iterator[None]:
-        self._choice.value = choice
-        try:
-            yield
-        finally:
-            self._choice.value = None
-
-    def stream_text(self, *args: Any, **kwargs: Any) -> Any:
-        self.choices.append(getattr(self._choice, "value", None))
-        return super().stream_text(*args, **kwargs)
+class AdapterScriptedEngine(RuntimeAdapters, ScriptedEngine):
+    """The scripted engine with run-time adapters ``a`` and ``b``."""
 
 
 def test_a_reply_honours_the_lora_field_like_the_completion_routes(tmp_path: Path) -> None:
@@ -433,7 +407,9 @@ def test_a_reply_that_waits_says_its_place_in_the_queue(tmp_path: Path) -> None:
         while client.get("/health").json()["waiting"] < 1:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        time.sleep(QUEUED_AFTER_S * 2)  # long enough for the waiting reply to say so
+        # long enough for the waiting reply to say so, with room for a loaded machine
+        # (at twice the delay it failed now and then at load 5-12)
+        time.sleep(QUEUED_AFTER_S + 1.5)
         engine.release.set()
         thread.join(10)
         waiting.join(10)

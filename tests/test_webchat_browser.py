@@ -11,7 +11,6 @@ are fast and every reply is known; one drives the embedded model (marked slow).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
@@ -33,7 +32,7 @@ from limamono.engine.protocol import Completion, TextChunk
 from limamono.server import ServerConfig, WebChatConfig, create_app
 from limamono.store import ChatStore
 from test_chat import ScriptedEngine
-from test_server_fakes import live_server
+from test_server_fakes import RuntimeAdapters, live_server
 
 CHROMIUM = Path(os.environ.get("LIMAMONO_CHROMIUM", "/usr/bin/chromium"))
 #: Chromium switches: headless, no sandbox (CI runs as root), nothing fetched from the
@@ -423,31 +422,10 @@ def test_busy_server_and_a_restart_give_clear_messages(tmp_path, page) -> None:
         assert page.locator("#notice").is_hidden()
 
 
-class AdapterPacedEngine(PacedEngine):
-    """The paced engine with the llama.cpp engine's run-time adapter methods; records the
-    adapter choice each reply ran under."""
+class AdapterPacedEngine(RuntimeAdapters, PacedEngine):
+    """The paced engine with run-time adapters ``calm`` and ``terse``."""
 
-    def __init__(self, replies: Sequence[str]) -> None:
-        super().__init__(replies)
-        self.loaded = [SimpleNamespace(name="calm", scale=1.0),
-                       SimpleNamespace(name="terse", scale=0.5)]
-        self.choices: list[dict[str, float] | None] = []
-        self._choice = threading.local()
-
-    def adapters(self) -> list[Any]:
-        return list(self.loaded)
-
-    @contextlib.contextmanager
-    def using_adapters(self, choice: dict[str, float] | None) -> Iterator[None]:
-        self._choice.value = choice
-        try:
-            yield
-        finally:
-            self._choice.value = None
-
-    def stream_text(self, *args: Any, **kwargs: Any) -> Iterator[TextChunk]:
-        self.choices.append(getattr(self._choice, "value", None))
-        return super().stream_text(*args, **kwargs)
+    ADAPTERS = (("calm", 1.0), ("terse", 0.5))
 
 
 def test_the_adapter_select_chooses_the_replys_adapters(tmp_path, page) -> None:
