@@ -37,14 +37,18 @@ def test_cached_greedy_tokens_equal_a_cold_run_of_the_same_evaluation_shape() ->
         list(engine.stream_tokens(ids[:-1], settings, 1))
         split = list(engine.stream_tokens(ids, settings, body["max_tokens"]))
         assert engine.stats.last_reused == len(ids) - 1
-        cached = list(engine.stream_tokens(ids, settings, body["max_tokens"]))
         again = list(engine.stream_tokens(ids, settings, body["max_tokens"]))
         assert len(split) == body["max_tokens"]
-        assert split == cached == again  # same evaluation shape, same tokens: reuse is exact
+        assert split == again  # same evaluation shape, same tokens: reuse is exact
         engine.clear_cache()
         cold = list(engine.stream_tokens(ids, settings, body["max_tokens"]))
         assert engine.stats.last_evaluated == len(ids)
-        assert cold == cached  # the audit's request: parted at token 64 before the rule
+        cached = list(engine.stream_tokens(ids, settings, body["max_tokens"]))
+        assert engine.stats.last_reused == len(ids) - 1
+        # The audit's request: a cold read and its cached repeat parted at token 64 before
+        # the rule. (``split`` read the next-to-last token alone too, so it may part from
+        # these after a near-tie: on the Q8_0 run file it does, at token 73.)
+        assert cold == cached
     finally:
         engine.close()
 

@@ -140,8 +140,8 @@ def check_shapes(adapter_dir: Path, base: BaseInfo, base_gguf: Path) -> None:
                 shape[0 if side == "A" else 1]:
             problem = f"shape {list(shape)}: its rank differs from its pair's"
         if problem:
-            raise ModelError(f"{adapter_dir}: tensor {key} does not fit {base_gguf.name} "
-                             f"({problem}); the adapter was trained for another model; fix: "
+            raise ModelError(f"{adapter_dir}: tensor {key} ({problem}) does not fit "
+                             f"{base_gguf.name}; the adapter was trained for another model; fix: "
                              "pass --model with its base model, or train an adapter for "
                              "this one")
 
