@@ -220,8 +220,8 @@ def test_a_lora_of_another_shape_names_the_adapter_and_tensor_on_llamacpp(
     assert str(caught.value) == (
         f"{adapter}: tensor base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight "
         "(shape [4, 32]: its 32 inputs do not match 576) does not fit "
-        "SmolLM2-135M-Instruct.Q4_1.gguf; the adapter was trained for another model; fix: pass --model with its "
-        "base model, or train an adapter for this one")
+        "SmolLM2-135M-Instruct.Q4_1.gguf; the adapter was trained for another model; fix: "
+        "pass --model with its base model, or train an adapter for this one")
     assert not (tmp_path / "home" / "lora").exists()  # nothing converted
 
 
