@@ -184,27 +184,55 @@ def test_prompts_are_read_in_full_chunks_and_a_cancel_stops_one_half_way(long_en
     assert list(engine.stream_tokens(ids, get_preset("greedy"), 4)) == expected  # unspoiled
 
 
-def test_a_cancelled_stream_never_stops_another_streams_step(long_engine):
+def test_a_cancelled_stream_never_stops_another_streams_step(long_engine, monkeypatch):
+    """A cancel that arrives while a step reads a prompt chunk of the cancelled stream
+    beside another stream's row: the step runs to its end (the other stream needs it), and
+    the cancelled stream stops before its next step."""
     engine = long_engine
     ids = _long_prompt(engine, 2000)
-    other = _long_prompt(engine, 1900)[:1000]
+    # Another text, so that neither prompt is a prefix of the other (a prefix would be
+    # copied from the other slot instead of read).
+    other = engine.prompt_ids(" ".join(f"tide{i % 89}" for i in range(1900)))[:1000]
     engine.clear_cache()
-    expected = list(engine.stream_tokens(other, get_preset("greedy"), 6))
+    expected = list(engine.stream_tokens(other, get_preset("greedy"), 48))
+    assert len(expected) == 48  # it is still decoding while the other stream reads
     engine.clear_cache()
     aborted = engine.aborted_steps
+    cancel, decoding = threading.Event(), threading.Event()
+    shared: list[int] = []
+    run_step = engine._run_step
+
+    def cancel_in_a_shared_step(batch) -> None:
+        mine = [r for r in batch if r.seq.cancel is cancel]
+        if mine and len(batch) > 1 and len(mine[0].ids) > 1 and not shared:
+            shared.append(len(mine[0].ids))
+            cancel.set()
+        run_step(batch)
+
+    monkeypatch.setattr(engine, "_run_step", cancel_in_a_shared_step)
+    # Every step waits for both open streams' tokens (the engine waits 20 ms, after which
+    # a chunk may start alone: then which step is shared would depend on thread timing).
+    monkeypatch.setattr("limamono.engine.llamacpp.BATCH_WAIT_S", 30.0)
     results: dict[str, list[int]] = {}
 
-    def run(name: str, prompt: list[int], cancel: threading.Event | None) -> None:
-        results[name] = list(engine.stream_tokens(prompt, get_preset("greedy"), 6, cancel))
+    def keep() -> None:
+        results["kept"] = []
+        for token in engine.stream_tokens(other, get_preset("greedy"), 48):
+            results["kept"].append(token)
+            decoding.set()
 
-    threads = [threading.Thread(target=run, args=("cancelled", ids, _SetWhileReading(engine))),
-               threading.Thread(target=run, args=("kept", other, None))]
+    def cancelled() -> None:
+        assert decoding.wait(120)
+        results["cancelled"] = list(engine.stream_tokens(ids, get_preset("greedy"), 6, cancel))
+
+    threads = [threading.Thread(target=keep), threading.Thread(target=cancelled)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
-    assert results["kept"] == expected
-    assert results["cancelled"] == [] and engine.aborted_steps > aborted
+    assert shared == [512]  # the cancel came in a step that also held the kept row
+    assert engine.aborted_steps == aborted  # so that step was not stopped
+    assert results == {"kept": expected, "cancelled": []}
     assert engine._open == 0
 
 
