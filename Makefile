@@ -74,8 +74,9 @@ demo: $(STAMP)
 	$(BIN)/limamono demo
 
 # Every test, the slow ones on the embedded model included: a test CI never runs rots.
+# The 25 slowest are listed at the end, to keep the run inside CI's time.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The quick loop while editing: everything but the tests marked slow.
 test-fast: $(STAMP)
