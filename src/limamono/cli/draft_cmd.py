@@ -146,22 +146,13 @@ def _slug(name: str) -> str:
 def _one_draft(engine: Any, settings: Any, policy: Any, start: Conversation, plan: Any,
                seed: int, target: Path, model: str, adapter: str) -> bool:
     """Write one draft; False when drafting was cancelled (no further drafts)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     from limamono.cli.engine_cmd import ctrl_c_sets
+    from limamono.cli.progress import counting
     from limamono.core.conversation import dump_yaml
     from limamono.dataset.draft import draft_conversation, mark_draft
 
     cancel = threading.Event()
-    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar, \
-            ctrl_c_sets(cancel):
+    with counting() as bar, ctrl_c_sets(cancel):
         task = bar.add_task(f"draft {target.name}: turns", total=plan.turns)
         draft = draft_conversation(engine, settings, start, plan, seed, policy, cancel=cancel,
                                    on_turn=lambda done, total, _m: bar.update(task,

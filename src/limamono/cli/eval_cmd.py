@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from limamono.cli.common import SOFT_LANDING_HELP, err, fail, out
+from limamono.cli.common import SOFT_LANDING_HELP, fail, out
 from limamono.models.resolve import DTYPE_HELP
 
 
@@ -104,23 +104,14 @@ def eval_cmd(
 def _generate(config: Any, model: str, dtype: str, threads: int | None) -> list[Any]:
     """Run the variants of ``config`` (replies on its backend, loss on torch), one progress
     bar each."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskID,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     from limamono.cli.engine_cmd import load_engine_for_cli, prepare_model_for_cli
+    from limamono.cli.progress import counting
     from limamono.evaluate.run import run
     from limamono.models.resolve import resolve_adapter
 
     prepare_model_for_cli(model)  # a conversion bar first: one live display at a time
-    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
-        tasks: dict[str, TaskID] = {}
+    with counting() as bar:
+        tasks: dict[str, Any] = {}
 
         def progress(variant: str, done: int, total: int) -> None:
             if variant not in tasks:
