@@ -6,6 +6,7 @@ at the same position were generated with the same prompts and seeds (same ``--se
 Several pairs (batches with different ``--seed``) are pooled.
 
     python bench/soft_landing.py --on runs/sl-on-a --off runs/sl-off-a [--on ... --off ...]
+    python bench/soft_landing.py --on runs/ev84-dpo --off runs/ev84-demo --names dpo,demo
 
 Figures per variant, each with its 95 % Wilson interval: style compliance (the report's
 own check), replies ending mid-sentence (``style.spans.ends_sentence`` is false), replies
@@ -50,8 +51,10 @@ FIGURES: dict[str, Callable[[Row], bool]] = {
 }
 
 
-def compare(on: Sequence[Path], off: Sequence[Path]) -> list[str]:
-    """The table rows (markdown) for the pooled pairs."""
+def compare(on: Sequence[Path], off: Sequence[Path],
+            names: tuple[str, str] = ("on", "off")) -> list[str]:
+    """The table rows (markdown) for the pooled pairs; ``names`` head the two variants'
+    columns (two adapters compare the same way: ``--names dpo,demo``)."""
     pairs: list[tuple[Row, Row]] = []
     for a, b in zip(on, off, strict=True):
         digest_a, rows_a = replies(a)
@@ -61,7 +64,8 @@ def compare(on: Sequence[Path], off: Sequence[Path]) -> list[str]:
         pairs += list(zip(rows_a, rows_b, strict=True))
     n = len(pairs)
     lines = [f"{n} paired replies", "",
-             "| figure | on | off | only on | only off |", "|---|---|---|---|---|"]
+             f"| figure | {names[0]} | {names[1]} | only {names[0]} | only {names[1]} |",
+             "|---|---|---|---|---|"]
     for name, test in FIGURES.items():
         k_on = sum(test(x) for x, _ in pairs)
         k_off = sum(test(y) for _, y in pairs)
@@ -79,8 +83,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--on", type=Path, action="append", required=True)
     parser.add_argument("--off", type=Path, action="append", required=True)
+    parser.add_argument("--names", default="on,off",
+                        help="the two columns' names, for --on and --off (default: on,off)")
     args = parser.parse_args()
-    print("\n".join(compare(args.on, args.off)))
+    first, _, second = args.names.partition(",")
+    if not first or not second:
+        parser.error(f"--names {args.names!r}: give two names, as in --names dpo,demo")
+    print("\n".join(compare(args.on, args.off, (first, second))))
 
 
 if __name__ == "__main__":
