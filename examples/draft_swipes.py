@@ -26,8 +26,9 @@ from limamono.samplers import get_preset
 from limamono.style import normalize
 
 HERE = Path(__file__).resolve().parent
-#: Reply cap of the drafts: the evaluation's (docs/EVAL.md). The committed example was
-#: drafted with --max-tokens 64 (the generation loop took ~0.15 CPU-s a token here).
+#: Reply cap of the drafts: the evaluation's (docs/EVAL.md), within which each draft gets
+#: its label's budget. The committed example uses it; a first version capped the drafts at
+#: 64 tokens, and DPO then learned "longer" (docs/TRAINING.md, "The example").
 MAX_TOKENS = 384
 
 
@@ -70,7 +71,8 @@ def main() -> None:
                   f"{done.finish_reason}", flush=True)
         meta = {"source": f"conversations/{Path(record.name).name}",
                 "swipes": "swipe 1 of each drafted turn: the demo adapter (seed "
-                          f"{args.seed} + turn), {args.max_tokens}-token cap"}
+                          f"{args.seed} + turn), {args.max_tokens}-token cap, "
+                          f"{args.backend} backend"}
         chat = replace(conv, messages=messages, meta=meta)
         (args.out / Path(record.name).name).write_text(dump_yaml(chat), encoding="utf-8")
 
