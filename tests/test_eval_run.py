@@ -89,7 +89,7 @@ def test_run_and_report(tiny, tmp_path):
     assert b.thought_rate == pytest.approx(2 / 6)
     assert b.median_words == {"short": 3.0, "long": 14.0, "massive": 20.0}
     assert b.length_spearman == pytest.approx(1.0)
-    assert calls[-1] == ("other", 6, 6)
+    assert calls == [(v, d, 6) for v in ("none", "other") for d in range(7)]
     assert engines[0].prompts[0][0].endswith("### Response: (length = short)\nMira:")
 
     written = write_report(config, results, tmp_path / "report")

@@ -38,7 +38,7 @@ def test_eval_outside_a_terminal_prints_progress_lines(monkeypatch, tmp_path):
     from limamono.cli import app
 
     def fake_run(config, progress, load, **kw):
-        for done in (1, 2, 3):
+        for done in (0, 1, 2, 3):  # 0: the variant starts
             progress("demo", done, 3)
         return []
 

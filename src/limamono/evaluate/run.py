@@ -291,7 +291,8 @@ def run(config: EvalConfig, progress: Callable[[str, int, int], None] | None = N
 
     Args:
         config: what to evaluate.
-        progress: called as ``progress(variant, done, total)`` after each reply.
+        progress: called as ``progress(variant, done, total)`` with ``done`` 0 when a
+            variant starts (its clock starts there), then after each reply.
         load: ``load(model, adapter) -> engine`` on ``config.backend``, which generates;
             defaults to ``limamono.engine.load_engine``.
         load_loss: the torch engine for the loss when ``config.backend`` is not torch
@@ -318,6 +319,8 @@ def run(config: EvalConfig, progress: Callable[[str, int, int], None] | None = N
     for adapter in config.adapters:
         engine = load(config.model, adapter)
         done = 0
+        if progress:
+            progress(adapter, 0, total)
 
         def tick(n: int, adapter: str = adapter) -> None:
             nonlocal done
