@@ -110,14 +110,20 @@ def test_refusal_logs_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
     assert "n0.evil.com" in logged[0].getMessage()
 
 
+def _chat(engine: FakeEngine, body: dict[str, Any], **fields: Any) -> Any:
+    """``body`` (a request a real SillyTavern sent), with ``fields`` replaced, posted to
+    ``/v1/chat/completions`` of a new app on ``engine``; the response."""
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        return client.post("/v1/chat/completions", json={**body, **fields})
+
+
 @pytest.mark.parametrize("name", ["chat_continue_prefill.json", "chat_continue_nudge.json"])
 def test_sillytavern_continue_ends_the_prompt_with_the_partial_reply(name: str) -> None:
     """Chat Completion (Custom) Continue, with "Continue prefill" (the partial reply is the
     last message) and without (then SillyTavern's continue nudge follows it)."""
     body = json.loads((FIXTURES / name).read_text())
     engine = FakeEngine(reply=" pulled the rope.", context_length=8192)
-    with TestClient(create_app(engine, ServerConfig())) as client:
-        response = client.post("/v1/chat/completions", json={**body, "stream": False})
+    response = _chat(engine, body, stream=False)
     assert response.status_code == 200, response.text
     assert engine.calls[0].prompt.endswith(CONTINUED_END)
     # SillyTavern's default Continue Postfix (a space) joins the texts.
@@ -133,8 +139,7 @@ def test_sillytavern_impersonate_is_refused_not_taken_for_continue(stream: bool)
     400, shown as a toast) before anything is generated."""
     body = json.loads((FIXTURES / "chat_impersonate.json").read_text())
     engine = FakeEngine(context_length=8192)
-    with TestClient(create_app(engine, ServerConfig())) as client:
-        response = client.post("/v1/chat/completions", json={**body, "stream": stream})
+    response = _chat(engine, body, stream=stream)
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "messages[8]"
@@ -161,8 +166,7 @@ def test_sillytavern_group_chat_names_in_content_are_not_doubled() -> None:
     keeps its name (the format has one character)."""
     body = json.loads((FIXTURES / "chat_group.json").read_text())
     engine = FakeEngine(context_length=8192)
-    with TestClient(create_app(engine, ServerConfig())) as client:
-        response = client.post("/v1/chat/completions", json={**body, "stream": False})
+    response = _chat(engine, body, stream=False)
     assert response.status_code == 200, response.text
     assert engine.calls[0].prompt.endswith(
         "Scenario: Traveller and Mara are at the ferry landing at dusk.\n\n"
@@ -194,8 +198,7 @@ def test_sillytavern_group_next_member_gets_a_new_reply_not_a_continue() -> None
     body = json.loads((FIXTURES / "chat_group_next_member.json").read_text())
     assert body["messages"][-1]["content"] == "[Write the next reply only as Edda Varn.]"
     engine = FakeEngine(context_length=8192)
-    with TestClient(create_app(engine, ServerConfig())) as client:
-        response = client.post("/v1/chat/completions", json={**body, "stream": False})
+    response = _chat(engine, body, stream=False)
     assert response.status_code == 200, response.text
     assert engine.calls[0].prompt.endswith(
         "She took the slip of paper off her knee, folded it.\n\n"
@@ -203,10 +206,7 @@ def test_sillytavern_group_next_member_gets_a_new_reply_not_a_continue() -> None
     # A Continue in a group chat still continues: the partial reply (prefill) or the
     # continue nudge comes after the group nudge.
     partial = {"role": "assistant", "content": "Edda Varn: Edda closed the log and"}
-    with TestClient(create_app(engine, ServerConfig())) as client:
-        response = client.post("/v1/chat/completions",
-                               json={**body, "stream": False,
-                                     "messages": [*body["messages"], partial]})
+    response = _chat(engine, body, stream=False, messages=[*body["messages"], partial])
     assert response.status_code == 200, response.text
     assert engine.calls[1].prompt.endswith(
         "### Response: (length = long)\nEdda Varn: Edda closed the log and")
