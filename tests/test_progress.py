@@ -6,13 +6,13 @@ import re
 
 from rich.text import Text
 
-from limamono.cli.progress import LineProgress, counting
+from limamono.cli.progress import CountLines, counting
 
 
 def test_lines_say_the_first_and_last_item_and_at_most_one_line_per_interval():
     now = [100.0]
     said: list[Text] = []
-    bar = LineProgress(said.append, clock=lambda: now[0], every_s=30.0)
+    bar = CountLines(said.append, clock=lambda: now[0], every_s=30.0)
     task = bar.add_task("generating (demo)", total=84)
     other = bar.add_task("generating ([bold]x[/bold])", total=2)
     for done, at in [(1, 104.0), (2, 120.0), (3, 134.5), (4, 150.0), (4, 190.0), (84, 3825.0)]:
@@ -61,4 +61,4 @@ def test_a_terminal_gets_the_rich_bar():
     with counting(terminal=True) as bar:
         assert isinstance(bar, Progress)
     with counting(terminal=False) as bar:
-        assert isinstance(bar, LineProgress)
+        assert isinstance(bar, CountLines)

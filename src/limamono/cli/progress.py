@@ -18,7 +18,8 @@ from rich.text import Text
 from limamono.cli.common import err
 from limamono.cli.quiet import is_terminal
 
-#: The least time between two progress lines of one task outside a terminal.
+#: The least time between two progress lines of one task outside a terminal (training's
+#: loss lines use the same interval: ``train.progress.LineProgress``).
 LINE_EVERY_S = 30.0
 
 
@@ -30,7 +31,7 @@ class Counter(Protocol):
     def update(self, task: Any, /, *, completed: int) -> None: ...
 
 
-class LineProgress:
+class CountLines:
     """Progress as plain lines on stderr, throttled per task."""
 
     def __init__(self, say: Callable[[Text], None] | None = None,
@@ -74,9 +75,9 @@ def _clock_text(seconds: float) -> str:
 @contextmanager
 def counting(terminal: bool | None = None) -> Iterator[Counter]:
     """A Rich bar (description, bar, done/total, elapsed) on stderr in a terminal, else
-    :class:`LineProgress`."""
+    :class:`CountLines`."""
     if not (is_terminal() if terminal is None else terminal):
-        yield LineProgress()
+        yield CountLines()
         return
     from rich.progress import (
         BarColumn,
